@@ -1,1 +1,17 @@
-//! Workspace integration tests.
+//! lime-bench workspace integration tests: one binary, one module per area.
+//!
+//! Snapshots live in `golden/` (see [`golden`]); under `CI=true` a missing snapshot fails.
+
+mod cli;
+mod models_correctness;
+mod models_accounting;
+mod tasks_common;
+mod tasks_prosqa;
+
+/// insta settings that put named snapshots in `<repo>/golden/`.
+pub fn golden() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../golden"));
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
