@@ -12,7 +12,6 @@
 //! The library does no file I/O of its own except [`save_weights`]/[`load_weights`], which write
 //! and read a path chosen by the caller; prefer [`state_dict`]/[`load_state_dict`].
 pub mod accounting;
-pub mod accounting;
 pub mod config;
 pub mod init;
 pub mod lime;
