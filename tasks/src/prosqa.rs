@@ -45,6 +45,7 @@ use std::collections::{HashSet, VecDeque};
 const NAME: &str = "prosqa";
 
 /// Person names (the first 17 are the pool of the released data, a ProntoQA-style name list).
+#[rustfmt::skip]
 const PERSONS: [&str; 24] = [
     "Alex", "Bob", "Carol", "Davis", "Eva", "Fae", "Gabriel", "Jack", "Max", "Oliver", "Polly",
     "Rex", "Sally", "Sam", "Stella", "Tom", "Wren", "Anna", "Ben", "Cleo", "Dan", "Ivy", "Leo",
@@ -53,6 +54,7 @@ const PERSONS: [&str; 24] = [
 
 /// Fictional concepts (the first 38 are the ProntoQA-style `-pus` words of the released data; the
 /// rest are ours, for larger pools).
+#[rustfmt::skip]
 const CONCEPTS: [&str; 64] = [
     "bompus", "boompus", "brimpus", "chorpus", "dumpus", "felpus", "fompus", "gerpus", "gorpus",
     "grimpus", "gwompus", "hilpus", "impus", "jelpus", "jompus", "kerpus", "lempus", "lorpus",
@@ -779,6 +781,7 @@ impl Task for Prosqa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{generate, Split};
     use rand::SeedableRng;
 
     fn task(sets: &[(&str, &str)]) -> Prosqa {
@@ -830,5 +833,308 @@ mod tests {
             out.push('\n');
         }
         std::fs::write(&path, out).unwrap();
+    }
+
+    /// All configurations the property tests sweep.
+    fn variants() -> Vec<Prosqa> {
+        let mut v = Vec::new();
+        for r in ["sentences", "symbolic"] {
+            for cot in ["false", "true"] {
+                v.push(task(&[("rendering", r), ("cot", cot)]));
+            }
+        }
+        v
+    }
+
+    /// The graph as stated in the prompt: edges between name tokens, plus the question.
+    fn parse(t: &Prosqa, ex: &Example) -> (Vec<(u32, u32)>, u32, u32, u32) {
+        let p = ex.prompt();
+        let (edges, root) = t.parse_prompt(p);
+        let q = match t.cfg.rendering {
+            Rendering::Sentences => &p[p.len() - 7..],
+            Rendering::Symbolic => &p[p.len() - 5..],
+        };
+        let (x, y) = match t.cfg.rendering {
+            Rendering::Sentences => {
+                assert_eq!([q[0], q[2], q[4], q[6]], [IS_Q, A, OR, QMARK]);
+                (q[3], q[5])
+            }
+            Rendering::Symbolic => {
+                assert_eq!([q[0], q[4]], [QMARK, COLON]);
+                (q[2], q[3])
+            }
+        };
+        let n_facts = match t.cfg.rendering {
+            Rendering::Sentences => p.iter().filter(|&&x| x == DOT).count(),
+            Rendering::Symbolic => p.iter().filter(|&&x| x == BAR).count(),
+        };
+        assert_eq!(edges.len(), n_facts, "every fact parses and none repeats");
+        (edges.into_iter().collect(), root.unwrap(), x, y)
+    }
+
+    fn dist(edges: &[(u32, u32)], src: u32) -> std::collections::HashMap<u32, usize> {
+        let mut d = std::collections::HashMap::from([(src, 0usize)]);
+        let mut q = VecDeque::from([src]);
+        while let Some(u) = q.pop_front() {
+            for &(a, b) in edges {
+                if a == u && !d.contains_key(&b) {
+                    d.insert(b, d[&u] + 1);
+                    q.push_back(b);
+                }
+            }
+        }
+        d
+    }
+
+    fn is_dag(edges: &[(u32, u32)]) -> bool {
+        // Kahn's algorithm on the stated facts.
+        let nodes: HashSet<u32> = edges.iter().flat_map(|&(a, b)| [a, b]).collect();
+        let mut indeg: std::collections::HashMap<u32, usize> =
+            nodes.iter().map(|&x| (x, 0)).collect();
+        for &(_, b) in edges {
+            *indeg.get_mut(&b).unwrap() += 1;
+        }
+        let mut q: Vec<u32> = indeg
+            .iter()
+            .filter(|(_, &d)| d == 0)
+            .map(|(&x, _)| x)
+            .collect();
+        let mut seen = 0;
+        while let Some(u) = q.pop() {
+            seen += 1;
+            for &(a, b) in edges {
+                if a == u {
+                    let d = indeg.get_mut(&b).unwrap();
+                    *d -= 1;
+                    if *d == 0 {
+                        q.push(b);
+                    }
+                }
+            }
+        }
+        seen == nodes.len()
+    }
+
+    #[test]
+    fn structure_holds_over_many_seeds() {
+        for t in variants() {
+            for i in 0..300 {
+                let ex = generate(&t, Split::Train, i);
+                assert!(ex.tokens.iter().all(|&x| (x as usize) < t.vocab_size()));
+                assert!(
+                    ex.tokens.len() <= t.max_len(),
+                    "{} > {}",
+                    ex.tokens.len(),
+                    t.max_len()
+                );
+                assert!(ex.answer().len() <= t.max_new_tokens());
+                assert_eq!(ex.tokens.last(), Some(&EOS));
+                assert_eq!(ex.tokens.iter().filter(|&&x| x == EOS).count(), 1);
+                let (edges, root, x, y) = parse(&t, &ex);
+                assert!(is_dag(&edges), "cycle in example {i}");
+                let d = dist(&edges, root);
+                // Exactly one candidate reachable; it is the answer.
+                assert!(
+                    d.contains_key(&x) != d.contains_key(&y),
+                    "example {i}: reachability of candidates"
+                );
+                let (ans, other) = if d.contains_key(&x) { (x, y) } else { (y, x) };
+                assert_eq!(ex.meta["answer_first"], json!(ans == x));
+                assert_eq!(ex.meta["answer"], json!(t.token_str(ans)));
+                assert_eq!(ex.meta["distractor"], json!(t.token_str(other)));
+                let hops = d[&ans];
+                assert_eq!(ex.meta["hops"], json!(hops));
+                assert!((t.cfg.min_hops..=t.cfg.max_hops).contains(&hops));
+                assert_eq!(ex.meta["edges"], json!(edges.len()));
+                // Both candidates are sinks; the root is a person.
+                assert!(!edges.iter().any(|&(a, _)| a == ans || a == other));
+                assert!(PERSONS.contains(&t.token_str(root).as_str()));
+                // targets: exactly the answer span, teacher-forced.
+                let want: Vec<(u32, u32)> = (ex.prompt_len - 1..ex.tokens.len() - 1)
+                    .map(|p| (p as u32, ex.tokens[p + 1]))
+                    .collect();
+                assert_eq!(ex.targets, want);
+                if t.cfg.cot {
+                    assert!(
+                        t.path_valid(&ex, ex.answer()),
+                        "reference CoT must be a valid path"
+                    );
+                    let steps = match t.cfg.rendering {
+                        Rendering::Sentences => {
+                            ex.answer().iter().filter(|&&x| x == DOT).count() - 1
+                        }
+                        Rendering::Symbolic => ex.answer().len() - 2,
+                    };
+                    assert_eq!(steps, hops, "CoT is a shortest path");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn verifier_accepts_answer_and_rejects_corruptions() {
+        for t in variants() {
+            for i in 0..300 {
+                let ex = generate(&t, Split::Val, i);
+                let a = ex.answer().to_vec();
+                let (edges, _, x, y) = parse(&t, &ex);
+                let ans: u32 = if ex.meta["answer_first"] == json!(true) {
+                    x
+                } else {
+                    y
+                };
+                let other = if ans == x { y } else { x };
+                assert!(t.score(&ex, &a), "own answer rejected");
+                assert!(
+                    t.score(&ex, &a[..a.len() - 1]),
+                    "answer without EOS rejected"
+                );
+                let mut trailing = a.clone();
+                trailing.extend([DOT, EVERY]);
+                assert!(t.score(&ex, &trailing), "tokens after EOS must be ignored");
+                // Naming the distractor instead.
+                let swap = |v: &[u32]| -> Vec<u32> {
+                    let mut v = v.to_vec();
+                    let k = v.len() - 1 - t.final_len()
+                        + (t.cfg.rendering == Rendering::Sentences) as usize * 3;
+                    assert_eq!(v[k], ans);
+                    v[k] = other;
+                    v
+                };
+                assert!(!t.score(&ex, &swap(&a)), "distractor accepted");
+                assert!(!t.score(&ex, &[]), "empty accepted");
+                assert!(!t.score(&ex, &[EOS]), "bare EOS accepted");
+                assert!(
+                    !t.score(&ex, &a[..a.len() - 2]),
+                    "truncated answer accepted"
+                );
+                let mut wrong_name = a.clone();
+                if t.cfg.rendering == Rendering::Sentences {
+                    let k = wrong_name.len() - 6;
+                    wrong_name[k] = if wrong_name[k] == FIRST_NAME {
+                        FIRST_NAME + 1
+                    } else {
+                        FIRST_NAME
+                    };
+                    assert!(!t.score(&ex, &wrong_name), "wrong person accepted");
+                }
+                if t.cfg.cot {
+                    assert!(!t.path_valid(&ex, &swap(&a)));
+                    // Break the path: replace the first step's concept by a node that is not a
+                    // child of the root.
+                    let root_children: HashSet<u32> = edges
+                        .iter()
+                        .filter(|e| Some(e.0) == t.parse_prompt(ex.prompt()).1)
+                        .map(|e| e.1)
+                        .collect();
+                    let bad = (FIRST_NAME + t.cfg.person_pool as u32..t.vocab_size() as u32)
+                        .find(|c| !root_children.contains(c))
+                        .unwrap();
+                    let mut broken = a.clone();
+                    let k = match t.cfg.rendering {
+                        Rendering::Sentences => 3,
+                        Rendering::Symbolic => 1,
+                    };
+                    broken[k] = bad;
+                    if t.cfg.rendering == Rendering::Sentences {
+                        // `Every <bad> is a x2.`: the chain stays locally consistent, but the
+                        // fact `root is a <bad>` is not in the prompt.
+                        assert_eq!(broken[5], EVERY);
+                        broken[6] = bad;
+                    }
+                    assert!(
+                        !t.path_valid(&ex, &broken),
+                        "path through a non-fact accepted"
+                    );
+                    assert!(t.score(&ex, &broken), "score ignores the steps");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn levels_pin_hops_and_mixed_covers_range() {
+        for h in 3..=6usize {
+            let t = crate::build(NAME, Some(&format!("hops{h}")), &[]).unwrap();
+            for i in 0..40 {
+                assert_eq!(generate(t.as_ref(), Split::Train, i).meta["hops"], json!(h));
+            }
+        }
+        let t = crate::build(NAME, None, &[]).unwrap();
+        let mut seen = [0usize; 7];
+        for ex in crate::generate_range(t.as_ref(), Split::Train, 0, 400) {
+            seen[ex.meta["hops"].as_u64().unwrap() as usize] += 1;
+        }
+        assert_eq!(seen[..3], [0, 0, 0]);
+        assert!(seen[3..].iter().all(|&c| c > 0), "{seen:?}");
+    }
+
+    #[test]
+    fn sentences_render_as_english() {
+        let t = task(&[("cot", "true")]);
+        let ex = generate(&t, Split::Test, 0);
+        let text = t.render(&ex.tokens);
+        assert!(text.contains(". Every ") || text.starts_with("Every "));
+        assert!(!text.contains(" .") && !text.contains(" ?"));
+        let q = t.render(&ex.prompt()[ex.prompt_len - 7..]);
+        assert!(
+            q.starts_with("Is ") && q.ends_with('?') && q.contains(" or "),
+            "{q}"
+        );
+        let ans = t.render(ex.answer());
+        assert!(
+            ans.ends_with(&format!(
+                "{} is a {}. <eos>",
+                ex.meta["root"].as_str().unwrap(),
+                ex.meta["answer"].as_str().unwrap()
+            )),
+            "{ans}"
+        );
+        for s in t.render(&ex.tokens[..ex.tokens.len() - 1]).split(". ") {
+            let w: Vec<&str> = s.split(' ').collect();
+            assert!(w.len() >= 4, "{s}");
+        }
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let d = to_config_value(&ProsqaConfig::default());
+        assert_eq!(task(&[]).config(), d);
+        let bad = |k: &str, v: Value| {
+            let mut c = d.clone();
+            c[k] = v;
+            Prosqa::from_json(c)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(bad("min_nodes", json!(3)).contains("min_nodes"));
+        assert!(bad("max_nodes", json!(10)).contains("max_nodes"));
+        assert!(bad("min_hops", json!(7)).contains("min_hops"));
+        assert!(bad("max_hops", json!(9)).contains("max_hops"));
+        assert!(bad("concept_pool", json!(10)).contains("concept_pool"));
+        assert!(bad("person_pool", json!(30)).contains("person_pool"));
+        assert!(bad("max_edges", json!(5)).contains("max_edges"));
+        assert!(bad("rendering", json!("graph")).contains("unknown variant"));
+        let mut c = d.clone();
+        c["hop"] = json!(3);
+        assert!(Prosqa::from_json(c)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("unknown field"));
+        let e = crate::build(NAME, None, &[("hops".into(), "3".into())])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("unknown config key"));
+    }
+
+    #[test]
+    fn generation_is_deterministic() {
+        let t = task(&[]);
+        let a = generate(&t, Split::Test, 7);
+        let b = generate(&task(&[]), Split::Test, 7);
+        assert_eq!(a, b);
+        assert_ne!(a.tokens, generate(&t, Split::Test, 8).tokens);
     }
 }
