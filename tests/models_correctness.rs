@@ -1,1 +1,700 @@
-//! (to be written)
+//! Correctness of the `models` crate: reductions (lime → llama, lime-dynamic → lime), causality,
+//! parameter counts, finite-difference gradients, KV-cache decoding, overfitting with gradients on
+//! every Var, deterministic name-keyed init, and safetensors round trips.
+//!
+//! All models are tiny (d ≤ 32, ≤ 3 layers, T ≤ 16); exactness checks run in f64.
+
+use std::collections::HashMap;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use models::{
+    count_params, init_varmap, load_state_dict, load_weights, param_group, param_groups,
+    save_weights, sorted_vars, state_dict, Config, KvCache, Model, ParamGroup, Variant,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn cfg(variant: Variant, n_layers: usize, n_heads: usize, n_kv_heads: usize, tie: bool) -> Config {
+    Config {
+        variant,
+        vocab_size: 23,
+        d_model: 16,
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        d_ff: 40,
+        tie_embeddings: tie,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-6,
+    }
+}
+
+/// The configurations most tests sweep: every variant, MHA and GQA, tied and untied.
+fn sweep() -> Vec<Config> {
+    let mut out = Vec::new();
+    for v in Variant::ALL {
+        out.push(cfg(v, 3, 4, 4, false));
+        out.push(cfg(v, 3, 4, 2, true));
+        out.push(cfg(v, 2, 2, 1, false));
+    }
+    out
+}
+
+fn random_ids(b: usize, t: usize, vocab: usize, seed: u64) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<u32> = (0..b * t).map(|_| rng.gen_range(0..vocab as u32)).collect();
+    Ok(Tensor::from_vec(v, (b, t), &Device::Cpu)?)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    ensure!(
+        a.dims() == b.dims(),
+        "shape {:?} vs {:?}",
+        a.dims(),
+        b.dims()
+    );
+    let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?.abs()?;
+    Ok(d.flatten_all()?.max(0)?.to_scalar::<f64>()?)
+}
+
+fn var(varmap: &VarMap, name: &str) -> Result<Var> {
+    sorted_vars(varmap)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .with_context(|| format!("no var {name}"))
+}
+
+/// Overwrites every Var whose name contains `pat` with seeded N(0, std²) values.
+fn randomize(varmap: &VarMap, pat: &str, std: f64, seed: u64) -> Result<usize> {
+    let mut n = 0;
+    for (name, v) in sorted_vars(varmap) {
+        if !name.contains(pat) {
+            continue;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ name.len() as u64 ^ (n as u64) << 8);
+        let vals: Vec<f64> = (0..v.elem_count())
+            .map(|_| std * (rng.gen::<f64>() * 2.0 - 1.0) * 1.7)
+            .collect();
+        let t = Tensor::from_vec(vals, v.shape().clone(), &Device::Cpu)?.to_dtype(v.dtype())?;
+        v.set(&t)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn loss(model: &Model, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = model.forward(ids)?; // (B,T,V)
+    let (b, t, v) = logits.dims3()?;
+    Ok(candle_nn::loss::cross_entropy(
+        &logits.reshape((b * t, v))?,
+        &targets.flatten_all()?,
+    )?)
+}
+
+/// Independent parameter count (same closed form as the paper's Table 8 accounting).
+/// TODO(accounting): once `models::accounting` is exported from lib.rs, also compare against
+/// `models::accounting::num_params` (see `num_params_matches_built_tensors`).
+fn formula_num_params(c: &Config) -> usize {
+    let (v, d, f, l, r) = (c.vocab_size, c.d_model, c.d_ff, c.n_layers, c.n_kv_heads);
+    let kv = r * c.head_dim();
+    let per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d;
+    let base = v * d * if c.tie_embeddings { 1 } else { 2 } + l * per_layer + d;
+    let blocks = l * (l + 1) / 2 - 1; // Σ_{l=1}^{L-1} (l+1)
+    match c.variant {
+        Variant::Llama => base,
+        Variant::Lime => base + r * r * blocks,
+        Variant::LimeDynamic => base + r * r * blocks * (1 + d),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Reductions
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lime_with_identity_router_equals_llama() -> Result<()> {
+    let dev = Device::Cpu;
+    for (h, r, tie) in [(4, 4, false), (4, 2, true), (4, 1, false)] {
+        let lime_cfg = cfg(Variant::Lime, 3, h, r, tie);
+        let llama_cfg = Config {
+            variant: Variant::Llama,
+            ..lime_cfg.clone()
+        };
+        let (lime_vm, lime) = init_varmap(&lime_cfg, 11, DType::F64, &dev)?;
+        // Different seed on purpose: weights are copied over explicitly below.
+        let (llama_vm, llama) = init_varmap(&llama_cfg, 12, DType::F64, &dev)?;
+        let ids = random_ids(2, 12, lime_cfg.vocab_size, 1)?;
+
+        // Shared weights: copy every llama parameter into the lime model.
+        let llama_sd = state_dict(&llama_vm)?;
+        let mut n_router = 0;
+        for (name, v) in sorted_vars(&lime_vm) {
+            if let Some(t) = llama_sd.get(&name) {
+                v.set(t)?;
+            } else {
+                ensure!(
+                    name.ends_with(".router.w"),
+                    "unexpected lime-only param {name}"
+                );
+                n_router += 1;
+            }
+        }
+        ensure!(
+            n_router == 2,
+            "expected routers for layers 1 and 2, got {n_router}"
+        );
+        let reference = llama.forward(&ids)?;
+
+        // At init the router mixes in earlier layers: lime must differ from llama.
+        let d_init = max_abs_diff(&lime.forward(&ids)?, &reference)?;
+        ensure!(
+            d_init > 1e-4,
+            "random router should change the logits (diff {d_init})"
+        );
+
+        // Router [0 … 0 | I]: exactly llama.
+        for (name, v) in sorted_vars(&lime_vm) {
+            if name.ends_with(".router.w") {
+                let (rr, s) = v.dims2()?;
+                let zeros = Tensor::zeros((rr, s - rr), DType::F64, &dev)?;
+                let eye = Tensor::eye(rr, DType::F64, &dev)?;
+                v.set(&Tensor::cat(&[zeros, eye], 1)?)?;
+            }
+        }
+        let d = max_abs_diff(&lime.forward(&ids)?, &reference)?;
+        ensure!(
+            d <= 1e-6,
+            "lime [0|I] vs llama (H={h}, R={r}): max diff {d}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn lime_dynamic_at_init_equals_lime() -> Result<()> {
+    let dev = Device::Cpu;
+    for (h, r) in [(4, 4), (4, 2)] {
+        let dyn_cfg = cfg(Variant::LimeDynamic, 3, h, r, false);
+        let lime_cfg = Config {
+            variant: Variant::Lime,
+            ..dyn_cfg.clone()
+        };
+        let (dyn_vm, dynamic) = init_varmap(&dyn_cfg, 5, DType::F64, &dev)?;
+        let (lime_vm, lime) = init_varmap(&lime_cfg, 6, DType::F64, &dev)?;
+        let lime_sd = state_dict(&lime_vm)?;
+        for (name, v) in sorted_vars(&dyn_vm) {
+            match lime_sd.get(&name) {
+                Some(t) => v.set(t)?,
+                None => {
+                    ensure!(name.ends_with(".router.u"), "unexpected param {name}");
+                    let all_zero = v.as_tensor().abs()?.sum_all()?.to_scalar::<f64>()? == 0.0;
+                    ensure!(all_zero, "{name} must be initialised to zero");
+                }
+            }
+        }
+        let ids = random_ids(2, 10, dyn_cfg.vocab_size, 2)?;
+        let reference = lime.forward(&ids)?;
+        let d = max_abs_diff(&dynamic.forward(&ids)?, &reference)?;
+        ensure!(d <= 1e-6, "lime-dynamic at init vs lime: {d}");
+        // A non-zero U_l must change the output (the dynamic path is live).
+        ensure!(randomize(&dyn_vm, ".router.u", 0.1, 3)? == 2);
+        let d = max_abs_diff(&dynamic.forward(&ids)?, &reference)?;
+        ensure!(d > 1e-4, "non-zero U_l should change the logits (diff {d})");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Causality
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn future_tokens_never_change_earlier_logits() -> Result<()> {
+    let dev = Device::Cpu;
+    for c in sweep() {
+        let (vm, model) = init_varmap(&c, 21, DType::F64, &dev)?;
+        randomize(&vm, ".router.u", 0.1, 4)?; // make lime-dynamic's per-token path non-trivial
+        let (b, t) = (2, 11);
+        let ids = random_ids(b, t, c.vocab_size, 7)?;
+        let base = model.forward(&ids)?;
+        for p in [0, 4, t - 1] {
+            let mut v: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+            for row in 0..b {
+                v[row * t + p] = (v[row * t + p] + 1) % c.vocab_size as u32;
+            }
+            let changed = model.forward(&Tensor::from_vec(v, (b, t), &dev)?)?;
+            if p > 0 {
+                let d = max_abs_diff(&base.narrow(1, 0, p)?, &changed.narrow(1, 0, p)?)?;
+                ensure!(
+                    d <= 1e-12,
+                    "{:?}: changing token {p} changed earlier logits by {d}",
+                    c
+                );
+            }
+            let d = max_abs_diff(&base.narrow(1, p, t - p)?, &changed.narrow(1, p, t - p)?)?;
+            ensure!(
+                d > 1e-6,
+                "{:?}: changing token {p} should change logits at ≥ {p}",
+                c
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Parameter count
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn num_params_matches_built_tensors() -> Result<()> {
+    let mut cfgs = sweep();
+    for v in Variant::ALL {
+        cfgs.push(Config {
+            d_model: 24,
+            d_ff: 56,
+            vocab_size: 31,
+            ..cfg(v, 1, 3, 3, true)
+        });
+        cfgs.push(Config {
+            d_model: 32,
+            d_ff: 64,
+            ..cfg(v, 3, 8, 2, false)
+        });
+    }
+    for c in &cfgs {
+        let (vm, _) = init_varmap(c, 0, DType::F32, &Device::Cpu)?;
+        let built = count_params(&vm);
+        ensure!(
+            built == formula_num_params(c),
+            "{c:?}: built {built} vs formula"
+        );
+        // lime-only parameters are exactly the router ones.
+        let n_router: usize = sorted_vars(&vm)
+            .iter()
+            .filter(|(n, _)| param_group(n) == ParamGroup::Router)
+            .map(|(_, v)| v.elem_count())
+            .sum();
+        let llama = formula_num_params(&Config {
+            variant: Variant::Llama,
+            ..c.clone()
+        });
+        ensure!(
+            built - n_router == llama,
+            "{c:?}: non-router params differ from llama"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn param_groups_follow_the_rules() -> Result<()> {
+    for tie in [false, true] {
+        let c = cfg(Variant::LimeDynamic, 3, 4, 2, tie);
+        let (vm, _) = init_varmap(&c, 0, DType::F32, &Device::Cpu)?;
+        for (name, v) in sorted_vars(&vm) {
+            let g = param_group(&name);
+            let expected = if name.contains(".router.") {
+                ParamGroup::Router
+            } else if name.ends_with("norm.weight") || name == "embed_tokens.weight" {
+                ParamGroup::NoDecay
+            } else {
+                ParamGroup::Decay
+            };
+            ensure!(g == expected, "{name}: {g:?}, expected {expected:?}");
+            if g == ParamGroup::Decay {
+                ensure!(v.rank() >= 2, "{name}: decayed params must be matrices");
+            }
+        }
+        let groups = param_groups(&vm);
+        let n_lm_head = groups[&ParamGroup::Decay]
+            .iter()
+            .filter(|(n, _)| n == "lm_head.weight");
+        ensure!(
+            n_lm_head.count() == usize::from(!tie),
+            "lm_head exists iff untied"
+        );
+        ensure!(groups[&ParamGroup::Router].len() == 4, "W_1, W_2, U_1, U_2");
+    }
+    Ok(())
+}
+
+#[test]
+fn router_init_is_uniform_with_identity_block() -> Result<()> {
+    let c = cfg(Variant::Lime, 3, 4, 2, false);
+    let (vm, model) = init_varmap(&c, 3, DType::F64, &Device::Cpu)?;
+    let ws = model.router_weights();
+    ensure!(ws.len() == 2);
+    for (i, w) in ws.iter().enumerate() {
+        let l = i + 1;
+        let (r, s) = w.dims2()?;
+        ensure!(r == 2 && s == (l + 1) * 2, "W_{l} shape {:?}", w.dims());
+        let vals: Vec<Vec<f64>> = w.to_vec2()?;
+        let b = (3.0 / s as f64).sqrt();
+        for (i, row) in vals.iter().enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                if j >= s - r {
+                    ensure!(
+                        x == if i == j + r - s { 1.0 } else { 0.0 },
+                        "identity block"
+                    );
+                } else {
+                    ensure!(
+                        x.abs() < b && x != 0.0,
+                        "W_{l}[{i},{j}] = {x} outside U(-{b},{b})"
+                    );
+                }
+            }
+        }
+    }
+    // The heatmap rows are normalised and the diagonal dominates at init.
+    let rows = model.router_heatmap()?;
+    ensure!(rows.len() == 3 && rows[0] == vec![1.0]);
+    for row in &rows[1..] {
+        ensure!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+    ensure!(var(&vm, "layers.1.attn.router.w").is_ok());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Finite-difference gradients
+// ---------------------------------------------------------------------------------------------
+
+fn get_flat(v: &Var, i: usize) -> Result<f64> {
+    Ok(v.as_tensor().flatten_all()?.get(i)?.to_scalar::<f64>()?)
+}
+
+fn set_flat(v: &Var, i: usize, x: f64) -> Result<()> {
+    let mut vals: Vec<f64> = v.as_tensor().flatten_all()?.to_vec1()?;
+    vals[i] = x;
+    v.set(&Tensor::from_vec(vals, v.shape().clone(), &Device::Cpu)?)?;
+    Ok(())
+}
+
+#[test]
+fn gradients_match_finite_differences() -> Result<()> {
+    let dev = Device::Cpu;
+    for c in [
+        cfg(Variant::LimeDynamic, 3, 4, 2, false),
+        cfg(Variant::Lime, 3, 2, 2, true),
+    ] {
+        let (vm, model) = init_varmap(&c, 8, DType::F64, &dev)?;
+        randomize(&vm, ".router.u", 0.05, 9)?;
+        let ids = random_ids(2, 8, c.vocab_size, 10)?;
+        let targets = random_ids(2, 8, c.vocab_size, 11)?;
+        let grads = loss(&model, &ids, &targets)?.backward()?;
+        let mut checks = vec![
+            ("layers.2.attn.router.w", vec![0, 3, 5]),
+            ("layers.1.attn.router.w", vec![0, 1, 2]),
+            ("layers.0.attn.k_proj.weight", vec![0, 17, 100]),
+            ("layers.1.attn.v_proj.weight", vec![3, 50]),
+            ("layers.1.mlp.w_gate.weight", vec![7]),
+            ("embed_tokens.weight", vec![16 * 3 + 2]),
+        ];
+        if c.variant == Variant::LimeDynamic {
+            checks.push(("layers.2.attn.router.u", vec![0, 31, 150]));
+        }
+        let eps = 1e-5;
+        for (name, idxs) in checks {
+            let v = var(&vm, name)?;
+            let g: Vec<f64> = grads
+                .get(v.as_tensor())
+                .with_context(|| format!("no grad for {name}"))?
+                .flatten_all()?
+                .to_vec1()?;
+            for i in idxs {
+                let x0 = get_flat(&v, i)?;
+                set_flat(&v, i, x0 + eps)?;
+                let lp = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
+                set_flat(&v, i, x0 - eps)?;
+                let lm = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
+                set_flat(&v, i, x0)?;
+                let fd = (lp - lm) / (2.0 * eps);
+                let err = (fd - g[i]).abs();
+                ensure!(
+                    err <= 1e-8 + 1e-5 * g[i].abs(),
+                    "{:?} {name}[{i}]: backward {} vs FD {fd} (err {err})",
+                    c.variant,
+                    g[i]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. KV-cache decoding
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn kv_cache_decoding_matches_full_forward() -> Result<()> {
+    let dev = Device::Cpu;
+    for c in sweep() {
+        let (vm, model) = init_varmap(&c, 31, DType::F64, &dev)?;
+        randomize(&vm, ".router.u", 0.1, 5)?;
+        let (b, t) = (2, 10);
+        let ids = random_ids(b, t, c.vocab_size, 12)?;
+        let full = model.forward(&ids)?; // (B,T,V)
+
+        // Token by token.
+        let mut cache = KvCache::new(&c);
+        for i in 0..t {
+            let step = model.forward_cached(&ids.narrow(1, i, 1)?, &mut cache)?;
+            ensure!(cache.len() == i + 1);
+            let d = max_abs_diff(&step, &full.narrow(1, i, 1)?)?;
+            ensure!(d <= 1e-10, "{c:?}: token-by-token step {i} differs by {d}");
+        }
+
+        // Prompt of 4, then chunks of 1 and 5.
+        let mut cache = KvCache::new(&c);
+        let mut pos = 0;
+        for n in [4, 1, 5] {
+            let out = model.forward_cached(&ids.narrow(1, pos, n)?, &mut cache)?;
+            let d = max_abs_diff(&out, &full.narrow(1, pos, n)?)?;
+            ensure!(d <= 1e-10, "{c:?}: chunk at {pos} (len {n}) differs by {d}");
+            pos += n;
+            ensure!(cache.len() == pos);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Overfitting one batch, with a gradient for every Var
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tiny_models_overfit_one_batch_and_every_var_gets_a_gradient() -> Result<()> {
+    let dev = Device::Cpu;
+    for variant in Variant::ALL {
+        let c = Config {
+            d_model: 32,
+            d_ff: 64,
+            vocab_size: 32,
+            ..cfg(variant, 2, 4, 2, false)
+        };
+        let (vm, model) = init_varmap(&c, 1, DType::F32, &dev)?;
+        let ids = random_ids(4, 16, c.vocab_size, 100)?;
+        let targets = random_ids(4, 16, c.vocab_size, 101)?;
+
+        let base_lr = 1e-2;
+        let mut opts = Vec::new();
+        for (group, vars) in param_groups(&vm) {
+            let (lr, weight_decay) = match group {
+                ParamGroup::Router => (base_lr * models::ROUTER_LR_MULT, 0.0),
+                ParamGroup::Decay => (base_lr, 0.01),
+                ParamGroup::NoDecay => (base_lr, 0.0),
+            };
+            let params = ParamsAdamW {
+                lr,
+                weight_decay,
+                ..Default::default()
+            };
+            opts.push(AdamW::new(
+                vars.into_iter().map(|(_, v)| v).collect(),
+                params,
+            )?);
+        }
+
+        let mut first = None;
+        let mut last = f32::INFINITY;
+        for step in 0..200 {
+            let l = loss(&model, &ids, &targets)?;
+            let lv = l.to_scalar::<f32>()?;
+            ensure!(lv.is_finite(), "{variant:?}: loss {lv} at step {step}");
+            let grads = l.backward()?;
+            if step == 0 {
+                for (name, v) in sorted_vars(&vm) {
+                    let g = grads.get(v.as_tensor());
+                    ensure!(g.is_some(), "{variant:?}: no gradient reaches {name}");
+                    let norm = g.unwrap().sqr()?.sum_all()?.to_scalar::<f32>()?;
+                    ensure!(norm > 0.0, "{variant:?}: zero gradient for {name}");
+                }
+            }
+            for o in opts.iter_mut() {
+                o.step(&grads)?;
+            }
+            first.get_or_insert(lv);
+            last = lv;
+            if lv < 0.1 * first.unwrap() {
+                break;
+            }
+        }
+        let first = first.unwrap();
+        ensure!(
+            last < 0.1 * first,
+            "{variant:?}: loss {first} → {last}, not below 10%"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Deterministic, name-keyed init
+// ---------------------------------------------------------------------------------------------
+
+fn f64_values(vm: &VarMap) -> Result<Vec<(String, Vec<f64>)>> {
+    sorted_vars(vm)
+        .into_iter()
+        .map(|(n, v)| {
+            Ok((
+                n,
+                v.as_tensor()
+                    .to_dtype(DType::F64)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn init_is_deterministic_and_name_keyed() -> Result<()> {
+    let dev = Device::Cpu;
+    let c = cfg(Variant::LimeDynamic, 3, 4, 2, false);
+    let a = f64_values(&init_varmap(&c, 42, DType::F32, &dev)?.0)?;
+    let b = f64_values(&init_varmap(&c, 42, DType::F32, &dev)?.0)?;
+    ensure!(a.len() == b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        ensure!(na == nb);
+        let same = va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits());
+        ensure!(same, "{na} differs between two inits with the same seed");
+    }
+
+    // Different seeds: every random tensor differs (norms are ones, U_l zeros in both).
+    let other: HashMap<String, Vec<f64>> = f64_values(&init_varmap(&c, 43, DType::F32, &dev)?.0)?
+        .into_iter()
+        .collect();
+    for (name, v) in &a {
+        let random = !(name.ends_with("norm.weight") || name.ends_with(".router.u"));
+        ensure!(
+            (v != &other[name]) == random,
+            "{name}: seed dependence wrong"
+        );
+    }
+
+    // Name-keyed: a parameter does not depend on which other parameters exist.
+    let variants = [
+        cfg(Variant::Llama, 1, 4, 2, true),
+        cfg(Variant::Lime, 2, 4, 2, false),
+        cfg(Variant::LimeDynamic, 3, 4, 2, true),
+    ];
+    let all: Vec<HashMap<String, Vec<f64>>> = variants
+        .iter()
+        .map(|c| {
+            Ok(f64_values(&init_varmap(c, 42, DType::F32, &dev)?.0)?
+                .into_iter()
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    let reference: HashMap<String, Vec<f64>> = a.into_iter().collect();
+    let mut shared = 0;
+    for m in &all {
+        for (name, v) in m {
+            if let Some(r) = reference.get(name) {
+                ensure!(v == r, "{name} depends on the rest of the model");
+                shared += 1;
+            }
+        }
+    }
+    ensure!(shared > 20, "too few shared names compared ({shared})");
+
+    // f32 init is the f64 init rounded: the same values on the host whatever the dtype.
+    let (vm64, _) = init_varmap(&c, 42, DType::F64, &dev)?;
+    let w64 = var(&vm64, "layers.1.attn.q_proj.weight")?
+        .as_tensor()
+        .to_dtype(DType::F32)?;
+    let w32 = &reference["layers.1.attn.q_proj.weight"];
+    let w64: Vec<f64> = w64.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    ensure!(&w64 == w32, "f32 init is not the rounded f64 init");
+
+    // The normal init has the documented scale.
+    let q = &reference["layers.1.mlp.w_gate.weight"];
+    let std = (q.iter().map(|x| x * x).sum::<f64>() / q.len() as f64).sqrt();
+    ensure!(
+        (std - 0.02).abs() < 0.002,
+        "w_gate std {std}, expected 0.02"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Safetensors round trip
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn safetensors_round_trip_preserves_logits() -> Result<()> {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir()?;
+    for c in [
+        cfg(Variant::LimeDynamic, 3, 4, 2, false),
+        cfg(Variant::Llama, 2, 4, 4, true),
+    ] {
+        let (vm, model) = init_varmap(&c, 77, DType::F32, &dev)?;
+        randomize(&vm, ".router.u", 0.1, 6)?;
+        let ids = random_ids(2, 9, c.vocab_size, 13)?;
+        let logits = model.forward(&ids)?;
+
+        // Helper path.
+        let path = dir.path().join(format!("{}.safetensors", c.variant.name()));
+        save_weights(&vm, &path)?;
+        let (vm2, model2) = init_varmap(&c, 78, DType::F32, &dev)?;
+        ensure!(
+            max_abs_diff(&model2.forward(&ids)?, &logits)? > 1e-4,
+            "seeds should differ"
+        );
+        load_weights(&vm2, &path)?;
+        ensure!(
+            max_abs_diff(&model2.forward(&ids)?, &logits)? == 0.0,
+            "helper round trip"
+        );
+
+        // Harness path: state_dict → candle_core::safetensors → load_state_dict; names are the
+        // VarBuilder tree.
+        let path2 = dir.path().join("sd.safetensors");
+        candle_core::safetensors::save(&state_dict(&vm)?, &path2)?;
+        let loaded = candle_core::safetensors::load(&path2, &dev)?;
+        ensure!(loaded.contains_key("layers.0.attn.q_proj.weight"));
+        ensure!(loaded.contains_key("norm.weight"));
+        let (vm3, model3) = init_varmap(&c, 79, DType::F32, &dev)?;
+        load_state_dict(&vm3, &loaded)?;
+        ensure!(
+            max_abs_diff(&model3.forward(&ids)?, &logits)? == 0.0,
+            "state_dict round trip"
+        );
+
+        // VarMap::load works as well (same names).
+        let (mut vm4, model4) = init_varmap(&c, 80, DType::F32, &dev)?;
+        vm4.load(&path)?;
+        ensure!(
+            max_abs_diff(&model4.forward(&ids)?, &logits)? == 0.0,
+            "VarMap::load"
+        );
+
+        // Strictness: a missing tensor is an error.
+        let mut partial = loaded.clone();
+        partial.remove("norm.weight");
+        ensure!(load_state_dict(&vm3, &partial).is_err());
+    }
+    Ok(())
+}
+
+// Trace diagnostics have the documented shapes.
+#[test]
+fn forward_trace_shapes() -> Result<()> {
+    let c = cfg(Variant::Lime, 3, 4, 2, false);
+    let (_, model) = init_varmap(&c, 1, DType::F32, &Device::Cpu)?;
+    let ids = random_ids(2, 5, c.vocab_size, 1)?;
+    let (logits, trace) = model.forward_trace(&ids)?;
+    ensure!(max_abs_diff(&logits, &model.forward(&ids)?)? == 0.0);
+    ensure!(trace.hidden.len() == 4 && trace.values.len() == 3);
+    ensure!(trace.hidden[3].dims() == [2, 5, 16]);
+    ensure!(trace.values[2].dims() == [2, 2, 5, 4]);
+    let _ = logits.argmax(D::Minus1)?;
+    Ok(())
+}

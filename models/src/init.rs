@@ -1,0 +1,293 @@
+//! Deterministic, name-keyed initialisation; optimizer parameter groups; weight (de)serialisation
+//! helpers.
+//!
+//! ## Initialisation
+//! Every parameter is generated on the host in f64 from its own `ChaCha8Rng`, seeded with
+//! `SHA-256("lime-bench/init/v1" ‖ seed (u64 LE) ‖ name)`, then converted to the requested dtype
+//! and moved to the device. A parameter's value depends only on (seed, name, shape), not on which
+//! other parameters exist, creation order or thread count. (The normal samples use Box–Muller;
+//! `sqrt` is exact IEEE, `ln`/`cos` come from the platform libm, which is correctly rounded for
+//! practically all inputs on glibc.)
+//!
+//! | parameter                                   | init                                                   |
+//! |---------------------------------------------|--------------------------------------------------------|
+//! | `embed_tokens.weight` (V, D)                | N(0, 0.02²)                                            |
+//! | `*.q_proj/k_proj/v_proj/o_proj.weight`      | N(0, 0.02²)                                            |
+//! | `*.mlp.w_gate/w_up/w_down.weight`           | N(0, 0.02²)                                            |
+//! | `lm_head.weight` (V, D), untied only        | N(0, 0.02²)                                            |
+//! | `*_norm.weight`, `norm.weight` (D,)         | ones                                                   |
+//! | `layers.{l}.attn.router.w` (R, (l+1)R)      | U(−b, b), b = sqrt(3/((l+1)R)); then the last R×R block (current layer) = I |
+//! | `layers.{l}.attn.router.u` (R(l+1)R, D)     | zeros (lime-dynamic)                                   |
+//!
+//! No residual-projection rescaling is applied (plain N(0, 0.02) everywhere, as in the spec).
+//!
+//! ## Optimizer groups ([`param_group`])
+//! - [`ParamGroup::Router`]: `*.router.w` and `*.router.u` — lr × [`ROUTER_LR_MULT`], no weight decay.
+//! - [`ParamGroup::Decay`]: projection matrices and the untied `lm_head.weight`.
+//! - [`ParamGroup::NoDecay`]: norms and `embed_tokens.weight`. **Tied embeddings:** the shared
+//!   matrix exists once, under the name `embed_tokens.weight`, and follows the embedding rule
+//!   (not decayed), even though it also serves as the LM head.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::llama::Model;
+
+/// Standard deviation of the normal init of linear layers and embeddings.
+pub const INIT_STD: f64 = 0.02;
+/// Learning-rate multiplier of the router group (paper: 1e-2 vs base 1e-3).
+pub const ROUTER_LR_MULT: f64 = 10.0;
+
+/// What a parameter is, decided from its name alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    Embedding,
+    Norm,
+    Linear,
+    Router,
+    RouterDynamic,
+}
+
+/// Classifies a parameter name of the checkpoint tree (see [`crate::llama`]).
+pub fn param_kind(name: &str) -> Option<ParamKind> {
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    if name.contains(".router.") {
+        match leaf {
+            "w" => Some(ParamKind::Router),
+            "u" => Some(ParamKind::RouterDynamic),
+            _ => None,
+        }
+    } else if name == "embed_tokens.weight" {
+        Some(ParamKind::Embedding)
+    } else if name == "norm.weight" || name.ends_with("_norm.weight") {
+        Some(ParamKind::Norm)
+    } else if leaf == "weight" {
+        Some(ParamKind::Linear)
+    } else {
+        None
+    }
+}
+
+/// Optimizer parameter group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ParamGroup {
+    /// LIMe router weights (W_l and U_l): lr × [`ROUTER_LR_MULT`], no weight decay.
+    Router,
+    /// Matrices (projections, untied LM head): weight decay.
+    Decay,
+    /// Norm gains and the (possibly tied) embedding: no weight decay.
+    NoDecay,
+}
+
+/// The optimizer group of a parameter, by name (see module docs). Unknown names are `Decay`.
+pub fn param_group(name: &str) -> ParamGroup {
+    match param_kind(name) {
+        Some(ParamKind::Router | ParamKind::RouterDynamic) => ParamGroup::Router,
+        Some(ParamKind::Norm | ParamKind::Embedding) => ParamGroup::NoDecay,
+        Some(ParamKind::Linear) | None => ParamGroup::Decay,
+    }
+}
+
+/// All Vars of `varmap` split by group, each list sorted by name.
+pub fn param_groups(varmap: &VarMap) -> BTreeMap<ParamGroup, Vec<(String, Var)>> {
+    let mut out: BTreeMap<ParamGroup, Vec<(String, Var)>> = BTreeMap::new();
+    for (name, var) in sorted_vars(varmap) {
+        out.entry(param_group(&name)).or_default().push((name, var));
+    }
+    out
+}
+
+/// (name, Var) pairs sorted by name (never rely on `VarMap`'s HashMap order).
+pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn rng_for(seed: u64, name: &str) -> ChaCha8Rng {
+    let mut h = Sha256::new();
+    h.update(b"lime-bench/init/v1");
+    h.update(seed.to_le_bytes());
+    h.update(name.as_bytes());
+    ChaCha8Rng::from_seed(h.finalize().into())
+}
+
+fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = 1.0 - rng.gen::<f64>(); // (0, 1]
+        let u2 = rng.gen::<f64>();
+        let rad = (-2.0 * u1.ln()).sqrt();
+        let a = 2.0 * std::f64::consts::PI * u2;
+        out.push(std * rad * a.cos());
+        out.push(std * rad * a.sin());
+    }
+    out.truncate(n);
+    out
+}
+
+/// The initial value of parameter `name` with `shape` for `seed`, as an f64 tensor on the host.
+pub fn init_tensor(name: &str, shape: &Shape, seed: u64) -> Result<Tensor> {
+    let Some(kind) = param_kind(name) else {
+        bail!("no init rule for parameter `{name}`")
+    };
+    let n = shape.elem_count();
+    let mut rng = rng_for(seed, name);
+    let vals = match kind {
+        ParamKind::Embedding | ParamKind::Linear => normal(&mut rng, n, INIT_STD),
+        ParamKind::Norm => vec![1.0; n],
+        ParamKind::RouterDynamic => vec![0.0; n],
+        ParamKind::Router => {
+            let (r, s) = shape.dims2()?;
+            if s % r != 0 || s < r {
+                bail!("router `{name}` has shape ({r}, {s}), expected (R, (l+1)·R)");
+            }
+            let b = (3.0 / s as f64).sqrt();
+            let mut w: Vec<f64> = (0..n).map(|_| rng.gen_range(-b..b)).collect();
+            // Current layer = the last R source rows: identity block.
+            for i in 0..r {
+                for j in 0..r {
+                    w[i * s + (s - r) + j] = if i == j { 1.0 } else { 0.0 };
+                }
+            }
+            w
+        }
+    };
+    Tensor::from_vec(vals, shape.clone(), &Device::Cpu)
+}
+
+/// A `VarBuilder` backend that creates missing parameters with [`init_tensor`] and stores them as
+/// Vars in a `VarMap`; existing Vars are returned as they are (shape-checked).
+struct SeededBackend {
+    varmap: VarMap,
+    seed: u64,
+}
+
+impl SimpleBackend for SeededBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let mut data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(var) = data.get(name) {
+            if var.shape() != &s {
+                bail!("shape mismatch on {name}: {:?} <> {:?}", var.shape(), s);
+            }
+            return Ok(var.as_tensor().clone());
+        }
+        let t = init_tensor(name, &s, self.seed)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        data.insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        match data.get(name) {
+            Some(var) => Ok(var.as_tensor().clone()),
+            None => bail!("cannot find tensor {name} (its shape is needed to initialise it)"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        data.contains_key(name)
+    }
+}
+
+/// A `VarBuilder` that creates every missing parameter deterministically from `seed` (by name)
+/// and registers it as a trainable Var in `varmap`.
+pub fn seeded_var_builder(
+    varmap: &VarMap,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
+    let backend = SeededBackend {
+        varmap: varmap.clone(),
+        seed,
+    };
+    VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+}
+
+/// Builds a model whose parameters are fresh Vars initialised from `seed` (see module docs).
+pub fn init_varmap(
+    cfg: &Config,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<(VarMap, Model)> {
+    let varmap = VarMap::new();
+    let model = Model::new(cfg, seeded_var_builder(&varmap, seed, dtype, device))?;
+    Ok((varmap, model))
+}
+
+/// Total number of elements over all Vars.
+pub fn count_params(varmap: &VarMap) -> usize {
+    sorted_vars(varmap)
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum()
+}
+
+/// A copy of every Var, keyed by its checkpoint name (write it with `candle_core::safetensors::save`).
+pub fn state_dict(varmap: &VarMap) -> Result<HashMap<String, Tensor>> {
+    sorted_vars(varmap)
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.as_tensor().copy()?)))
+        .collect()
+}
+
+/// Sets every Var from `tensors` (converted to the Var's dtype and device). Errors if a Var is
+/// missing, a shape differs, or `tensors` holds names the model does not have.
+pub fn load_state_dict(varmap: &VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let vars = sorted_vars(varmap);
+    for (name, var) in &vars {
+        let Some(t) = tensors.get(name) else {
+            bail!("tensor `{name}` missing from weights")
+        };
+        if t.shape() != var.shape() {
+            bail!(
+                "shape mismatch on {name}: file {:?}, model {:?}",
+                t.shape(),
+                var.shape()
+            );
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    if tensors.len() != vars.len() {
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| vars.iter().all(|(n, _)| n != *k))
+            .collect();
+        extra.sort();
+        bail!("weights contain tensors the model does not have: {extra:?}");
+    }
+    Ok(())
+}
+
+/// Writes all Vars to a safetensors file at a path chosen by the caller.
+pub fn save_weights<P: AsRef<std::path::Path>>(varmap: &VarMap, path: P) -> Result<()> {
+    candle_core::safetensors::save(&state_dict(varmap)?, path)
+}
+
+/// Reads a safetensors file written by [`save_weights`] into the existing Vars (strict).
+pub fn load_weights<P: AsRef<std::path::Path>>(varmap: &VarMap, path: P) -> Result<()> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    load_state_dict(varmap, &tensors)
+}

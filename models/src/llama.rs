@@ -1,0 +1,532 @@
+//! The shared LLaMA-style decoder (pre-norm, RoPE, SwiGLU, optional GQA), read top to bottom.
+//!
+//! ```text
+//! ids (B,T) ─ embed_tokens ─► x (B,T,D)
+//! for each layer l:   x += Attn_l(attn_norm(x))     (causal, RoPE on q and k)
+//!                     x += MLP_l(mlp_norm(x))        (SwiGLU: w_down(silu(w_gate x) * w_up x))
+//! logits = lm_head(norm(x))                          (lm_head = embed_tokens when tied)
+//! ```
+//!
+//! The LIMe variants (`lime`, `lime-dynamic`) differ from this file only inside
+//! [`Attention::forward`], in the block marked `LIMe routed path`: the per-kv-head keys and values
+//! (pre-RoPE) are routed through [`crate::lime::LimeRouter`] before RoPE is applied. Everything
+//! else is shared.
+//!
+//! Checkpoint tree (the names of the `VarBuilder` paths, used verbatim in safetensors files):
+//!
+//! | name                               | shape            | notes                         |
+//! |------------------------------------|------------------|-------------------------------|
+//! | `embed_tokens.weight`              | (V, D)           |                               |
+//! | `layers.{l}.attn_norm.weight`      | (D,)             |                               |
+//! | `layers.{l}.attn.q_proj.weight`    | (H·d_h, D)       |                               |
+//! | `layers.{l}.attn.k_proj.weight`    | (R·d_h, D)       |                               |
+//! | `layers.{l}.attn.v_proj.weight`    | (R·d_h, D)       |                               |
+//! | `layers.{l}.attn.o_proj.weight`    | (D, H·d_h)       |                               |
+//! | `layers.{l}.attn.router.w`         | (R, (l+1)·R)     | lime, lime-dynamic; l ≥ 1     |
+//! | `layers.{l}.attn.router.u`         | (R·(l+1)·R, D)   | lime-dynamic only; l ≥ 1      |
+//! | `layers.{l}.mlp_norm.weight`       | (D,)             |                               |
+//! | `layers.{l}.mlp.w_gate.weight`     | (F, D)           |                               |
+//! | `layers.{l}.mlp.w_up.weight`       | (F, D)           |                               |
+//! | `layers.{l}.mlp.w_down.weight`     | (D, F)           |                               |
+//! | `norm.weight`                      | (D,)             | final norm                    |
+//! | `lm_head.weight`                   | (V, D)           | only when `tie_embeddings` is false |
+//!
+//! Notation: B batch, T tokens, D `d_model`, H `n_heads`, R `n_kv_heads`, d_h = D/H, F `d_ff`,
+//! V `vocab_size`, g = H/R query heads per kv head.
+//!
+//! Only primitive candle ops are used (see `shared/notes/candle.md` §1): the fused candle-nn
+//! `rms_norm`, `softmax_last_dim` and `rope*` kernels have no backward on CPU.
+
+use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use crate::config::{Config, Variant};
+use crate::lime::{LimeBuffer, LimeRouter};
+
+/// Checks the shape constraints that the model code relies on.
+pub fn validate_config(cfg: &Config) -> Result<()> {
+    if cfg.n_heads == 0 || cfg.n_kv_heads == 0 || cfg.n_layers == 0 || cfg.vocab_size == 0 {
+        bail!("config: n_heads, n_kv_heads, n_layers and vocab_size must be positive");
+    }
+    if cfg.d_model % cfg.n_heads != 0 {
+        bail!(
+            "config: d_model {} not divisible by n_heads {}",
+            cfg.d_model,
+            cfg.n_heads
+        );
+    }
+    if cfg.n_heads % cfg.n_kv_heads != 0 {
+        bail!(
+            "config: n_heads {} not divisible by n_kv_heads {}",
+            cfg.n_heads,
+            cfg.n_kv_heads
+        );
+    }
+    if cfg.head_dim() % 2 != 0 {
+        bail!("config: head_dim {} must be even for RoPE", cfg.head_dim());
+    }
+    Ok(())
+}
+
+fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
+}
+
+/// RMSNorm from primitive ops: `x / sqrt(mean(x²) + eps) * weight` over the last dim.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
+        let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?; // (..., D)
+        x.broadcast_mul(&self.weight)
+    }
+}
+
+/// Rotary position embedding, "rotate half" convention (pairs (i, i + d_h/2)),
+/// frequencies θ^(−2i/d_h). Tables are built on the host in f64 for the requested positions.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    inv_freq: Vec<f64>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f64, dtype: DType, device: &Device) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+            .collect();
+        Self {
+            inv_freq,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// cos and sin tables for absolute positions `start..start + t`, each (t, d_h/2).
+    pub fn tables(&self, start: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in start..start + t {
+            for f in &self.inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let mk = |v: Vec<f64>| -> Result<Tensor> {
+            Tensor::from_vec(v, (t, half), &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)
+        };
+        Ok((mk(cos)?, mk(sin)?))
+    }
+
+    /// x: (B, n, T, d_h) with cos/sin (T, d_h/2) → (B, n, T, d_h).
+    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?; // (B,n,T,d_h/2)
+        let x2 = x.narrow(D::Minus1, half, half)?; // (B,n,T,d_h/2)
+        let cos = cos.unsqueeze(0)?.unsqueeze(0)?; // (1,1,T,d_h/2)
+        let sin = sin.unsqueeze(0)?.unsqueeze(0)?; // (1,1,T,d_h/2)
+        let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[r1, r2], D::Minus1) // (B,n,T,d_h)
+    }
+}
+
+/// Additive causal mask (t_new, t_total): 0 where key j ≤ query position `start + i`, −inf after.
+fn causal_mask(start: usize, t_new: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let t_total = start + t_new;
+    let m: Vec<f64> = (0..t_new)
+        .flat_map(|i| {
+            (0..t_total).map(move |j| {
+                if j <= start + i {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(m, (t_new, t_total), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)
+}
+
+/// SwiGLU MLP: `w_down(silu(w_gate x) * w_up x)`, no biases.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+impl Mlp {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            w_gate: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("w_gate"))?,
+            w_up: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("w_up"))?,
+            w_down: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("w_down"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.w_gate.forward(x)?.silu()?; // (B,T,F)
+        let up = self.w_up.forward(x)?; // (B,T,F)
+        self.w_down.forward(&(gate * up)?) // (B,T,D)
+    }
+}
+
+/// Per-layer decoding state: post-routing, post-RoPE keys and values, each (B, R, T_past, d_h).
+type LayerCache = Option<(Tensor, Tensor)>;
+
+/// Causal multi-head attention with RoPE and grouped-query attention.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    /// `Some` for the LIMe variants (every layer, layer 0 only appends to the buffer).
+    router: Option<LimeRouter>,
+}
+
+impl Attention {
+    pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
+        let (d, h, r, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
+        let router = match cfg.variant {
+            Variant::Llama => None,
+            Variant::Lime | Variant::LimeDynamic => {
+                Some(LimeRouter::new(cfg, layer, vb.pp("router"))?)
+            }
+        };
+        Ok(Self {
+            q_proj: linear_no_bias(d, h * dh, vb.pp("q_proj"))?,
+            k_proj: linear_no_bias(d, r * dh, vb.pp("k_proj"))?,
+            v_proj: linear_no_bias(d, r * dh, vb.pp("v_proj"))?,
+            o_proj: linear_no_bias(h * dh, d, vb.pp("o_proj"))?,
+            n_heads: h,
+            n_kv_heads: r,
+            head_dim: dh,
+            router,
+        })
+    }
+
+    /// The LIMe router of this layer, if any.
+    pub fn router(&self) -> Option<&LimeRouter> {
+        self.router.as_ref()
+    }
+
+    /// `x`: block input (B,T,D) (read only by lime-dynamic's router); `h`: normalised input
+    /// (B,T,D). `rope`: cos/sin for the T new positions. `mask`: (T, T_total).
+    /// Returns the attention output (B,T,D) and the values used, (B,R,T_total,d_h).
+    fn forward(
+        &self,
+        x: &Tensor,
+        h: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        buf: &mut LimeBuffer,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = h.dims3()?;
+        let (nh, r, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let g = nh / r;
+        let q = self
+            .q_proj
+            .forward(h)?
+            .reshape((b, t, nh, dh))?
+            .transpose(1, 2)?; // (B,H,T,d_h)
+        let k = self.k_proj.forward(h)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
+        let v = self.v_proj.forward(h)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
+
+        // ---------------- LIMe routed path (the only difference to llama) ----------------
+        let (k, v) = match &self.router {
+            None => (k.transpose(1, 2)?, v.transpose(1, 2)?), // (B,R,T,d_h)
+            // K_l = W_l · K_buf, V_l = W_l · V_buf over every earlier (layer, kv-head), pre-RoPE.
+            Some(router) => router.route(&k, &v, x, buf)?, // (B,R,T,d_h)
+        };
+        // -----------------------------------------------------------------------------------
+
+        let (cos, sin) = rope;
+        let q = Rope::apply(&q, cos, sin)?; // (B,H,T,d_h), contiguous
+        let k = Rope::apply(&k, cos, sin)?; // (B,R,T,d_h), contiguous
+        let v = v.contiguous()?; // (B,R,T,d_h)
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    None => (k, v),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                }; // (B,R,T_total,d_h)
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let tk = k.dim(2)?;
+
+        // Grouped-query attention without copying K/V: query head n = r·g + j uses kv head r.
+        let q = q.reshape((b, r, g * t, dh))?; // (B,R,g·T,d_h)
+        let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?; // (B,R,g·T,T_total)
+        let scores = scores.reshape((b, nh, t, tk))?.broadcast_add(mask)?; // (B,H,T,T_total)
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?; // (B,H,T,T_total)
+        let y = probs.reshape((b, r, g * t, tk))?.matmul(&v)?; // (B,R,g·T,d_h)
+        let y = y.reshape((b, nh, t, dh))?.transpose(1, 2)?; // (B,T,H,d_h)
+        let y = y.reshape((b, t, nh * dh))?; // (B,T,H·d_h)
+        Ok((self.o_proj.forward(&y)?, v))
+    }
+}
+
+/// Pre-norm decoder block: `x += Attn(RMSNorm(x)); x += MLP(RMSNorm(x))`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attn_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("attn_norm"))?,
+            attn: Attention::new(cfg, layer, vb.pp("attn"))?,
+            mlp_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("mlp_norm"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    pub fn attn(&self) -> &Attention {
+        &self.attn
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        buf: &mut LimeBuffer,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        let h = self.attn_norm.forward(x)?; // (B,T,D)
+        let (a, v) = self.attn.forward(x, &h, rope, mask, buf, cache)?;
+        let x = (x + a)?; // (B,T,D)
+        let x = (&x + self.mlp.forward(&self.mlp_norm.forward(&x)?)?)?; // (B,T,D)
+        Ok((x, v))
+    }
+}
+
+/// Incremental-decoding cache: per layer the post-RoPE keys and values of all past positions.
+///
+/// For the LIMe variants this is also all that is needed: routing mixes only entries of the
+/// *same* position (the buffer rows are (layer, kv-head) pairs of one token), so the routed keys
+/// and values of a past token never change, and a new token's routing reads only the pre-RoPE K/V
+/// that all layers compute for that new token in the same forward pass.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            layers: vec![None; cfg.n_layers],
+            len: 0,
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+}
+
+/// Per-layer activations recorded by [`Model::forward_trace`] (for entropy / probe diagnostics).
+#[derive(Clone, Debug)]
+pub struct Trace {
+    /// Residual stream: `hidden[0]` is the embedding output, `hidden[l+1]` the output of block l;
+    /// each (B,T,D).
+    pub hidden: Vec<Tensor>,
+    /// Values used by the attention of each layer (after LIMe routing), each (B,R,T,d_h).
+    pub values: Vec<Tensor>,
+}
+
+/// The decoder. Variant-specific parts live in the attention layers (see module docs).
+#[derive(Clone, Debug)]
+pub struct Model {
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: Config,
+    dtype: DType,
+    device: Device,
+}
+
+impl Model {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        validate_config(cfg)?;
+        let embed_w = vb
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.d_model), "weight")?;
+        let embed_tokens = Embedding::new(embed_w.clone(), cfg.d_model);
+        let layers = (0..cfg.n_layers)
+            .map(|l| Block::new(cfg, l, vb.pp("layers").pp(l)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("norm"))?;
+        let lm_head = if cfg.tie_embeddings {
+            Linear::new(embed_w, None)
+        } else {
+            linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        let rope = Rope::new(cfg.head_dim(), cfg.rope_theta, vb.dtype(), vb.device());
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cfg: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn layers(&self) -> &[Block] {
+        &self.layers
+    }
+
+    /// ids (B,T) u32 → logits (B,T,V).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, None, None)
+    }
+
+    /// Like [`Model::forward`] and also returns per-layer hidden states and values.
+    pub fn forward_trace(&self, ids: &Tensor) -> Result<(Tensor, Trace)> {
+        let mut trace = Trace {
+            hidden: Vec::new(),
+            values: Vec::new(),
+        };
+        let logits = self.run(ids, None, Some(&mut trace))?;
+        Ok((logits, trace))
+    }
+
+    /// Incremental decoding: ids (B,t_new) at positions `cache.len()..`, logits (B,t_new,V).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if cache.layers.len() != self.layers.len() {
+            bail!(
+                "KvCache has {} layers, model has {}",
+                cache.layers.len(),
+                self.layers.len()
+            );
+        }
+        let t_new = ids.dim(1)?;
+        let logits = self.run(ids, Some(cache), None)?;
+        cache.len += t_new;
+        Ok(logits)
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let rope = self.rope.tables(start, t)?; // (T,d_h/2) each
+        let mask = causal_mask(start, t, self.dtype, &self.device)?; // (T,T_total)
+        let mut x = self.embed_tokens.forward(ids)?; // (B,T,D)
+        let mut buf = LimeBuffer::default();
+        if let Some(tr) = trace.as_deref_mut() {
+            tr.hidden.push(x.clone());
+        }
+        for (l, block) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let (y, v) = block.forward(&x, &rope, &mask, &mut buf, slot)?;
+            x = y;
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.hidden.push(x.clone());
+                tr.values.push(v);
+            }
+        }
+        self.lm_head.forward(&self.norm.forward(&x)?) // (B,T,V)
+    }
+
+    /// The static LIMe router matrices W_l, l = 1..L−1, each (R, (l+1)·R); empty for llama.
+    pub fn router_weights(&self) -> Vec<Tensor> {
+        self.layers
+            .iter()
+            .filter_map(|b| b.attn.router().and_then(|r| r.weight().cloned()))
+            .collect()
+    }
+
+    /// Heatmap rows for the paper's Figure 5: for every layer l, the mean |W_l| over each source
+    /// layer j ≤ l (a block of R×R entries), normalised so that the row sums to 1. Row 0 is `[1]`
+    /// (layer 0 only sees itself). Static part only for lime-dynamic; empty for llama.
+    pub fn router_heatmap(&self) -> Result<Vec<Vec<f64>>> {
+        let r = self.cfg.n_kv_heads;
+        let mut rows = Vec::new();
+        for block in &self.layers {
+            let Some(router) = block.attn.router() else {
+                continue;
+            };
+            let Some(w) = router.weight() else {
+                rows.push(vec![1.0]);
+                continue;
+            };
+            let w = w.abs()?.to_dtype(DType::F64)?; // (R,(l+1)R)
+            let n_src = w.dim(1)? / r;
+            let mut row = Vec::with_capacity(n_src);
+            for j in 0..n_src {
+                row.push(w.narrow(1, j * r, r)?.mean_all()?.to_scalar::<f64>()?);
+            }
+            let s: f64 = row.iter().sum();
+            if s > 0.0 {
+                row.iter_mut().for_each(|x| *x /= s);
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}
