@@ -124,7 +124,7 @@ pub struct RunSpec {
     pub seed: u64,
     pub optim: OptimSpec,
     pub batch_size: usize,
-    /// Padded input length of every batch (the task's max_len - 1).
+    /// Padded input length of every batch (the task's max_len).
     pub seq_len: usize,
     pub match_mode: MatchMode,
     pub budget_flops: f64,
@@ -210,7 +210,7 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
         let mut all_sets = preset.task_sets.clone();
         all_sets.extend(sets.iter().cloned());
         let task = tasks::build(task_name, Some(&level), &all_sets)?;
-        let seq_len = task.max_len().saturating_sub(1);
+        let seq_len = task.max_len();
         if seq_len == 0 {
             bail!("task {task_name} produces sequences too short to train on");
         }
@@ -259,6 +259,8 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
                     None => llama_steps,
                 },
             };
+            // With --match steps the budget is what these steps cost this model.
+            let budget = if a.match_mode == MatchMode::Steps { steps as f64 * fps } else { budget };
             let eval_every = (steps / preset.evals_per_run.max(1)).max(1);
             for &lr in &lrs {
                 for seed in 0..a.seeds {
