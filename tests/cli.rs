@@ -1,1 +1,320 @@
-//! (to be written)
+//! The `harness` binary end to end: export contract, determinism across thread counts, bad input,
+//! a tiny training run, resume, skip, leaderboard and sweep sharding.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn harness() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
+    c.env_remove("RAYON_NUM_THREADS");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    harness().args(args).output().expect("harness runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failing command: non-zero exit, exactly one line on stderr starting with `error`, no panic.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr: {e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "expected one line, got: {e:?}");
+    assert!(e.starts_with("error"), "{e:?}");
+    assert!(!e.contains("panicked"), "{e:?}");
+    assert!(e.contains(needle), "expected {needle:?} in {e:?}");
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+const SMALL_MQAR: [&str; 6] = ["--set", "vocab_size=64", "--set", "seq_len=32", "--set", "num_kv_pairs=4"];
+
+fn gen_to(dir: &Path, name: &str, threads: &str) -> PathBuf {
+    let out = dir.join(name);
+    let mut args = vec!["gen", "--task", "mqar", "--split", "test", "--n", "300", "--out", out.to_str().unwrap()];
+    args.extend(SMALL_MQAR);
+    let o = harness().env("RAYON_NUM_THREADS", threads).args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+#[test]
+fn gen_writes_the_jsonl_contract_and_a_matching_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gen_to(dir.path(), "d.jsonl", "2");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 300);
+    for (i, l) in lines.iter().enumerate() {
+        let v: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
+        let keys: Vec<&str> = v.keys().map(|k| k.as_str()).collect();
+        for k in ["task", "split", "index", "prompt", "answer", "tokens", "prompt_len", "targets", "meta"] {
+            assert!(keys.contains(&k), "line {i} lacks {k}");
+        }
+        assert!(l.starts_with(r#"{"task":"mqar","split":"test","index":"#), "field order: {l}");
+        assert_eq!(v["index"], i as u64);
+        let tokens = v["tokens"].as_array().unwrap();
+        assert!(!v["targets"].as_array().unwrap().is_empty());
+        for t in v["targets"].as_array().unwrap() {
+            // MQAR (Zoology): the value is a label at the query key, not the next input token.
+            let (p, tok) = (t[0].as_u64().unwrap() as usize, t[1].as_u64().unwrap());
+            assert!(p < tokens.len() && tok < 64, "{t}");
+        }
+        assert_eq!(v["meta"]["vocab_size"], 64);
+        assert_eq!(v["meta"]["num_kv_pairs"], 4);
+    }
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("d.manifest.json")).unwrap()).unwrap();
+    use sha2::Digest;
+    assert_eq!(m["sha256"].as_str().unwrap(), harness::io::hex(&sha2::Sha256::digest(text.as_bytes())));
+    assert_eq!(m["n"], 300);
+    assert_eq!(m["config"]["num_kv_pairs"], 4);
+    assert_eq!(files_in(dir.path()), ["d.jsonl", "d.manifest.json"], "no temporaries left");
+}
+
+#[test]
+fn gen_bytes_do_not_depend_on_thread_count_or_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::fs::read(gen_to(dir.path(), "a.jsonl", "1")).unwrap();
+    let b = std::fs::read(gen_to(dir.path(), "b.jsonl", "2")).unwrap();
+    let c = std::fs::read(gen_to(dir.path(), "c.jsonl", "7")).unwrap();
+    assert!(a == b && b == c, "exports differ across thread counts");
+    let ma = std::fs::read_to_string(dir.path().join("a.manifest.json")).unwrap();
+    let mc = std::fs::read_to_string(dir.path().join("c.manifest.json")).unwrap();
+    assert_eq!(ma.replace("a.jsonl", "x"), mc.replace("c.jsonl", "x"));
+}
+
+#[test]
+fn bad_gen_input_is_one_line_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.jsonl");
+    let o = out.to_str().unwrap();
+    assert_one_line_error(&run(&["gen", "--task", "nope", "--out", o]), "unknown task `nope`");
+    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--set", "bogus=1"]), "unknown config key `bogus`");
+    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--set", "num_kv_pairs=0"]), "num_kv_pairs");
+    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--level", "nope"]), "unknown level");
+    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--split", "dev"]), "unknown split");
+    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", "/nonexistent-dir/x.jsonl"]), "does not exist");
+    assert_one_line_error(&run(&["gen", "--task", "mqar", "--bogus-flag"]), "--bogus-flag");
+    assert!(files_in(dir.path()).is_empty(), "{:?}", files_in(dir.path()));
+    // An existing file is not clobbered by a failing export.
+    std::fs::write(&out, "keep me").unwrap();
+    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--set", "power_a=-1"]), "power_a");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    assert_eq!(files_in(dir.path()), ["x.jsonl"]);
+}
+
+/// Flags of a tiny, fast training run (a few seconds on 2 cores).
+fn tiny_run(out: &Path) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--task", "mqar", "--quiet", "--out", out.to_str().unwrap(), "--set", "vocab_size=32", "--set", "seq_len=16", "--set", "num_kv_pairs=2",
+        "--model-set", "d_model=16", "--model-set", "n_layers=2", "--model-set", "n_heads=2", "--model-set", "d_ff=32", "--batch-size", "8", "--match",
+        "steps", "--steps", "12", "--n-val", "16", "--n-test", "16", "--lr", "0.003",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push("--models".into());
+    v.push("llama,lime".into());
+    v
+}
+
+fn result_files(out: &Path) -> Vec<(String, Value)> {
+    let mut v: Vec<(String, Value)> = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let mut r: Value = serde_json::from_str(&std::fs::read_to_string(p.join("result.json")).unwrap()).unwrap();
+            r["wall_clock_s"] = Value::Null;
+            (p.file_name().unwrap().to_string_lossy().into_owned(), r)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            Some((v["step"].as_u64()?, v.get("loss")?.as_f64()?))
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_run_trains_resumes_identically_and_skips_when_done() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    // Uninterrupted.
+    let o = harness().args(tiny_run(a.path())).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(table.contains("| mqar") && table.contains("llama") && table.contains("lime"), "{table}");
+    // Killed after 5 steps, then resumed.
+    let mut killed = tiny_run(b.path());
+    killed.extend(["--stop-after".to_string(), "5".to_string()]);
+    let o = harness().args(&killed).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs: Vec<PathBuf> = std::fs::read_dir(b.path().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(runs.iter().any(|r| r.join("ckpt").join("state.json").is_file()), "a checkpoint must exist after the kill");
+    assert!(runs.iter().all(|r| !r.join("result.json").exists()));
+    let o = harness().args(tiny_run(b.path())).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (ra, rb) = (result_files(a.path()), result_files(b.path()));
+    assert_eq!(ra.len(), 2);
+    assert_eq!(ra, rb, "resumed results differ from uninterrupted ones");
+    for (id, _) in &ra {
+        assert_eq!(losses(&a.path().join("runs").join(id)), losses(&b.path().join("runs").join(id)), "loss curves differ for {id}");
+    }
+    // Finished runs are skipped, results untouched.
+    let before = std::fs::read(a.path().join("runs").join(&ra[0].0).join("result.json")).unwrap();
+    let mut again = tiny_run(a.path());
+    again.retain(|s| s != "--quiet");
+    let o = harness().args(&again).output().unwrap();
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("skipped"), "{}", stderr(&o));
+    assert_eq!(before, std::fs::read(a.path().join("runs").join(&ra[0].0).join("result.json")).unwrap());
+    for f in ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "mqar-loss-vs-flops.svg"] {
+        assert!(a.path().join(f).is_file(), "missing {f}");
+    }
+    // Snapshot: rounded loss curves and results (wall-clock and device redacted).
+    let mut snap = String::new();
+    for (id, r) in &ra {
+        let curve: Vec<String> = losses(&a.path().join("runs").join(id)).iter().map(|(s, l)| format!("{s}:{l:.2}")).collect();
+        snap += &format!("{} {}: loss {}\n", r["model"].as_str().unwrap(), id, curve.join(" "));
+        let mut r = r.clone();
+        r["device"] = Value::String("[device]".into());
+        for k in ["final_loss", "val_acc", "test_acc", "test_token_acc"] {
+            if let Some(x) = r[k].as_f64() {
+                r[k] = Value::String(format!("{x:.2}"));
+            }
+        }
+        snap += &serde_json::to_string_pretty(&r).unwrap();
+        snap += "\n";
+    }
+    crate::golden().bind(|| insta::assert_snapshot!("tiny_run", snap));
+}
+
+#[test]
+fn main_job_rejects_bad_input_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    assert_one_line_error(&run(&["--task", "nope", "--out", out]), "unknown task `nope`");
+    assert_one_line_error(&run(&["--task", "mqar", "--models", "gpt5", "--out", out]), "unknown model `gpt5`");
+    assert_one_line_error(&run(&["--task", "mqar", "--budget-flops", "10", "--out", out]), "smaller than one training step");
+    assert_one_line_error(&run(&["--task", "mqar", "--model-set", "d_model=33", "--out", out]), "not divisible");
+    assert_one_line_error(&run(&["--task", "mqar", "--model-set", "widht=3", "--out", out]), "unknown model key `widht`");
+    assert_one_line_error(&run(&["--task", "mqar", "--lr", "7", "--out", out]), "--lr");
+    assert_one_line_error(&run(&["--task", "mqar", "--device", "tpu", "--out", out]), "unknown device");
+    assert_one_line_error(&run(&["--task", "mqar", "--frobnicate"]), "--frobnicate");
+    assert_one_line_error(&run(&["sweep", "/nonexistent/plan.toml"]), "cannot read plan");
+    let plan = dir.path().join("bad.toml");
+    std::fs::write(&plan, "tasks = [\"mqar\"]\nmodles = [\"lime\"]\n").unwrap();
+    assert_one_line_error(&run(&["sweep", plan.to_str().unwrap()]), "modles");
+    assert_one_line_error(&run(&["leaderboard", "--results", "/nonexistent"]), "no runs");
+    assert!(!dir.path().join("runs").exists(), "nothing may be written on bad input");
+}
+
+#[test]
+fn sweep_shards_partition_the_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, "tasks = [\"mqar\"]\nlevels = [\"kv4\", \"kv8\"]\nmodels = [\"llama\", \"lime\"]\nseeds = 3\n").unwrap();
+    let p = plan.to_str().unwrap();
+    let list = |args: &[&str]| -> Vec<String> {
+        let o = run(args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect()
+    };
+    let all = list(&["sweep", p, "--dry-run"]);
+    assert_eq!(all.len(), 12);
+    let mut union = Vec::new();
+    for i in 0..3 {
+        let s = format!("{i}/3");
+        let part = list(&["sweep", p, "--dry-run", "--shard", &s]);
+        assert_eq!(part.len(), 4);
+        union.extend(part);
+    }
+    union.sort();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(union, sorted);
+    assert_one_line_error(&run(&["sweep", p, "--shard", "3/3"]), "--shard");
+}
+
+fn record(task: &str, level: &str, model: &str, seed: u64, lr: f64, val: f64, test: f64, status: &str) -> harness::train::RunResult {
+    harness::train::RunResult {
+        id: format!("{task}-{level}-{model}-s{seed}-lr{lr}"),
+        status: status.into(),
+        task: task.into(),
+        level: level.into(),
+        model: model.into(),
+        seed,
+        lr,
+        params: if model == "lime" { 100_040 } else { 100_000 },
+        budget_flops: 1e13,
+        flops_spent: 9.9e12,
+        steps: 1000,
+        tokens_seen: 1_000_000,
+        wall_clock_s: 60.0,
+        device: "cpu".into(),
+        metric: tasks::Metric::TeacherForced,
+        chance: 0.01,
+        final_loss: Some(0.5),
+        best_step: Some(900),
+        val_acc: (status == "ok").then_some(val),
+        test_acc: (status == "ok").then_some(test),
+        test_token_acc: (status == "ok").then_some(test),
+    }
+}
+
+#[test]
+fn leaderboard_renders_fixed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut recs = Vec::new();
+    for (s, (vl, tl, vm, tm)) in [(0.90, 0.88, 0.97, 0.96), (0.80, 0.79, 0.99, 0.98), (0.85, 0.86, 0.95, 0.97)].iter().enumerate() {
+        recs.push(record("mqar", "kv4", "llama", s as u64, 1e-3, *vl, *tl, "ok"));
+        recs.push(record("mqar", "kv4", "lime", s as u64, 1e-3, *vm, *tm, "ok"));
+        // A worse learning rate that must not be selected.
+        recs.push(record("mqar", "kv4", "lime", s as u64, 1e-2, 0.5, 0.99, "ok"));
+    }
+    recs.push(record("mqar", "kv8", "llama", 0, 1e-3, 0.0, 0.0, "diverged"));
+    for r in &recs {
+        let d = dir.path().join("runs").join(&r.id);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("result.json"), serde_json::to_string(r).unwrap()).unwrap();
+    }
+    let md = run(&["leaderboard", "--results", dir.path().to_str().unwrap()]);
+    assert!(md.status.success(), "{}", stderr(&md));
+    let csv = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--format", "csv"]);
+    let json = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--format", "json"]);
+    let rows: Vec<Value> = serde_json::from_slice(&json.stdout).unwrap();
+    // lime at lr 1e-3: test mean 0.97, sd 0.01, t(2) = 4.303 → ±0.0248.
+    let lime = rows.iter().find(|r| r["model"] == "lime").unwrap();
+    assert_eq!(lime["lr"], 1e-3);
+    assert!((lime["test_mean"].as_f64().unwrap() - 0.97).abs() < 1e-9);
+    assert!((lime["test_ci95"].as_f64().unwrap() - 4.303 * 0.01 / 3f64.sqrt()).abs() < 1e-6);
+    let snap = format!("{}\n{}", String::from_utf8_lossy(&md.stdout), String::from_utf8_lossy(&csv.stdout));
+    crate::golden().bind(|| insta::assert_snapshot!("leaderboard_fixed_records", snap));
+}
+
+#[test]
+fn flops_cli_reproduces_table_8() {
+    let o = run(&["flops", "--preset", "paper-1b", "--models", "llama,lime"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+    for needle in ["1,176,735,744", "1,076,072,448", "1,176,873,984", "1,076,081,088", "2.9679T", "2.7615T", "3.0041T", "2.7638T"] {
+        assert!(t.contains(needle), "missing {needle} in\n{t}");
+    }
+    crate::golden().bind(|| insta::assert_snapshot!("cli_flops_paper_1b", t));
+}

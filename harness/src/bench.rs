@@ -1,0 +1,168 @@
+//! `harness bench gen|train|decode`: throughput measurements (median of repeats after warm-up).
+//! Figures go to BENCHMARKS.md with the machine they were measured on; nothing here is a test.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub what: BenchWhat,
+    /// Repeats (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Models for `train`/`decode` (comma-separated) [default: llama,lime].
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Configs for `train` (comma-separated): tiny, mqar, medium [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub configs: Vec<String>,
+    /// Examples per repeat for `gen`.
+    #[arg(long, default_value_t = 20_000)]
+    pub n: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchWhat {
+    Gen,
+    Train,
+    Decode,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn md(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    use tabled::{builder::Builder, settings::Style};
+    let mut b = Builder::default();
+    b.push_record(header.iter().map(|s| s.to_string()));
+    for r in rows {
+        b.push_record(r);
+    }
+    let mut t = b.build();
+    t.with(Style::markdown());
+    format!("{t}\n")
+}
+
+fn bench_gen(a: &BenchArgs) -> Result<String> {
+    let mut cases: Vec<(String, Box<dyn tasks::Task>)> = Vec::new();
+    let mqar_sets: Vec<(String, String)> =
+        [("vocab_size", "8192"), ("seq_len", "256"), ("num_kv_pairs", "16")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    cases.push(("mqar (vocab 8192, T=256, 16 kv)".into(), tasks::build("mqar", None, &mqar_sets)?));
+    for info in tasks::registry() {
+        if let Ok(t) = tasks::build(info.name, None, &[]) {
+            cases.push((format!("{} (default: {})", info.name, info.default_level), t));
+        }
+    }
+    let mut rows = Vec::new();
+    for (name, task) in &cases {
+        let _ = tasks::generate_range(task.as_ref(), tasks::Split::Train, 0, a.n.min(1000)); // warm-up
+        let times: Vec<f64> = (0..a.repeats.max(1))
+            .map(|r| {
+                let t0 = Instant::now();
+                let v = tasks::generate_range(task.as_ref(), tasks::Split::Train, r as u64 * a.n, a.n);
+                std::hint::black_box(&v);
+                t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        let s = median(times);
+        rows.push(vec![name.clone(), format!("{:.0}", a.n as f64 / s), format!("{:.2}", s * 1e6 / a.n as f64)]);
+    }
+    Ok(md(&["task", "examples/s (train split)", "µs/example"], rows)
+        + &format!("threads: {}; {} examples per repeat, median of {}\n", rayon::current_num_threads(), a.n, a.repeats))
+}
+
+/// Named training-benchmark shapes: (layers, d, heads, vocab, T, batch).
+fn train_config(name: &str) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    Ok(match name {
+        "tiny" => (4, 32, 4, 64, 64, 64),
+        "mqar" => (4, 128, 4, 8192, 256, 32),
+        "medium" => (8, 256, 8, 512, 256, 16),
+        other => bail!("unknown bench config `{other}` (known: tiny, mqar, medium)"),
+    })
+}
+
+fn model_cfg(variant: models::Variant, l: usize, d: usize, h: usize, v: usize) -> models::Config {
+    models::Config { variant, vocab_size: v, d_model: d, n_layers: l, n_heads: h, n_kv_heads: h, d_ff: 4 * d, tie_embeddings: false, rope_theta: 1e4, norm_eps: 1e-5 }
+}
+
+fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
+    let configs = if a.configs.is_empty() { vec!["tiny".to_string(), "mqar".into(), "medium".into()] } else { a.configs.clone() };
+    let model_names = if a.models.is_empty() { vec!["llama".to_string(), "lime".into()] } else { a.models.clone() };
+    let mut rows = Vec::new();
+    for c in &configs {
+        let (l, d, h, v, t, b) = train_config(c)?;
+        for m in &model_names {
+            let cfg = model_cfg(crate::spec::parse_variant(m)?, l, d, h, v);
+            let (varmap, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
+            let optim = crate::presets::preset("mqar")?.optim;
+            let mut opt = crate::optim::AdamW::new(&varmap, &optim)?;
+            let ids: Vec<u32> = (0..b * t).map(|i| (i * 7919 % v) as u32).collect();
+            let input = Tensor::from_vec(ids.clone(), (b, t), dev)?;
+            let targets = Tensor::from_vec(ids.iter().map(|x| (x + 1) % v as u32).collect::<Vec<_>>(), b * t, dev)?;
+            let mut step = || -> Result<f64> {
+                let t0 = Instant::now();
+                let logits = model.forward(&input)?.reshape((b * t, v))?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+                let grads = loss.backward()?;
+                let norm = opt.grad_norm(&grads)?;
+                opt.step(&grads, 1e-3, if norm > 1.0 { 1.0 / norm } else { 1.0 })?;
+                dev.synchronize()?;
+                Ok(t0.elapsed().as_secs_f64())
+            };
+            step()?; // warm-up
+            let times = (0..a.repeats.max(1)).map(|_| step()).collect::<Result<Vec<_>>>()?;
+            let s = median(times);
+            let flops = crate::spec::flops_per_step(&cfg, t, b);
+            rows.push(vec![c.clone(), m.clone(), format!("{:.1}", s * 1e3), format!("{:.0}", (b * t) as f64 / s), format!("{:.1}", flops / s / 1e9)]);
+        }
+    }
+    Ok(md(&["config", "model", "ms/step", "tokens/s", "GFLOP/s (model FLOPs)"], rows)
+        + &format!("device: {}; median of {} steps after 1 warm-up\n", crate::train::device_name(dev), a.repeats))
+}
+
+fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
+    let model_names = if a.models.is_empty() { vec!["llama".to_string(), "lime".into()] } else { a.models.clone() };
+    let (l, d, h, v, t) = (4, 128, 4, 512, 256);
+    let mut rows = Vec::new();
+    for m in &model_names {
+        let cfg = model_cfg(crate::spec::parse_variant(m)?, l, d, h, v);
+        let (_vm, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
+        let prompt: Vec<u32> = (0..8u32).collect();
+        let new = t - prompt.len();
+        let t0 = Instant::now();
+        let g = crate::train::greedy(&model, &prompt, None, new, dev)?;
+        let cached = g.len() as f64 / t0.elapsed().as_secs_f64();
+        // No cache: re-run the full forward over the growing sequence.
+        let t0 = Instant::now();
+        let mut seq = prompt.clone();
+        for _ in 0..new {
+            let x = Tensor::from_vec(seq.clone(), (1, seq.len()), dev)?;
+            let logits = model.forward(&x)?;
+            let next = logits.get(0)?.get(seq.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
+            seq.push(next);
+        }
+        let full = new as f64 / t0.elapsed().as_secs_f64();
+        rows.push(vec![m.clone(), format!("{cached:.0}"), format!("{full:.0}"), format!("{:.1}x", cached / full)]);
+    }
+    Ok(md(&["model", "tokens/s (KV cache)", "tokens/s (no cache)", "speed-up"], rows)
+        + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt; device {}\n", t - 8, crate::train::device_name(dev)))
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let dev = crate::train::device(&a.device)?;
+    let out = match a.what {
+        BenchWhat::Gen => bench_gen(a)?,
+        BenchWhat::Train => bench_train(a, &dev)?,
+        BenchWhat::Decode => bench_decode(a, &dev)?,
+    };
+    print!("{out}");
+    Ok(())
+}

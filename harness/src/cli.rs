@@ -1,0 +1,173 @@
+//! Command-line definitions (clap derive) and dispatch.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "harness", version, about = "lime-bench: train LIMe and its rivals under matched FLOP budgets on synthetic reasoning tasks")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: crate::spec::RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Export a task split as JSONL plus a manifest (sha256, exact config).
+    Gen(GenArgs),
+    /// List every task with its knobs, defaults, levels and chance level.
+    Tasks,
+    /// Parameter and forward-FLOP table per model (`--preset paper-1b` reproduces the paper's Table 8).
+    Flops(crate::flops_cmd::FlopsArgs),
+    /// Tables (Markdown, CSV, JSON) and plots from saved runs.
+    Leaderboard(crate::leaderboard::LeaderboardArgs),
+    /// Run a grid of cells from a TOML plan (tasks x levels x models x seeds x lrs), optionally one shard of it.
+    Sweep(crate::sweep::SweepArgs),
+    /// Throughput benchmarks: `gen` (examples/s per task), `train` (tokens/s), `decode`.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenArgs {
+    /// Task name (see `harness tasks`).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Split: train, val or test.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Number of examples.
+    #[arg(long, default_value_t = 1000)]
+    pub n: u64,
+    /// Index of the first example.
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    /// Output JSONL file; the manifest goes to `<stem>.manifest.json` beside it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override a config knob (repeatable): `--set num_kv_pairs=8`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Named difficulty level (default: the task's default level).
+    #[arg(long)]
+    pub level: Option<String>,
+    /// List the tasks instead of generating.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Parse `key=value` strings.
+pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
+    sets.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => bail!("--set expects KEY=VALUE, got `{s}`"),
+        })
+        .collect()
+}
+
+/// Parse the process arguments. Help and version print normally; any other clap error is reduced
+/// to its first line (exit code 2).
+pub fn parse() -> Result<Cli, i32> {
+    parse_from(std::env::args_os())
+}
+
+pub fn parse_from<I, T>(args: I) -> Result<Cli, i32>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::error::ErrorKind;
+    match Cli::try_parse_from(args) {
+        Ok(c) => Ok(c),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+            let _ = e.print();
+            Err(0)
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("{} (see --help)", first.trim());
+            Err(2)
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => crate::train::main_job(&cli.run),
+        Some(Command::Gen(a)) => gen(&a),
+        Some(Command::Tasks) => {
+            print!("{}", tasks_table());
+            Ok(())
+        }
+        Some(Command::Flops(a)) => crate::flops_cmd::run(&a),
+        Some(Command::Leaderboard(a)) => crate::leaderboard::run(&a),
+        Some(Command::Sweep(a)) => crate::sweep::run(&a),
+        Some(Command::Bench(a)) => crate::bench::run(&a),
+    }
+}
+
+fn gen(a: &GenArgs) -> Result<()> {
+    if a.list {
+        print!("{}", tasks_table());
+        return Ok(());
+    }
+    let Some(name) = a.task.as_deref() else { bail!("gen needs --task NAME (or --list)") };
+    let Some(out) = a.out.as_deref() else { bail!("gen needs --out FILE.jsonl") };
+    let split: tasks::Split = a.split.parse().map_err(anyhow::Error::msg)?;
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let sets = parse_sets(&a.sets)?;
+    let task = tasks::build(name, a.level.as_deref(), &sets)?;
+    let level = a.level.clone().unwrap_or_else(|| default_level(name));
+    let m = crate::gen::export(task.as_ref(), &level, split, a.start, a.n, out).with_context(|| format!("gen {name}"))?;
+    eprintln!("wrote {} examples to {} (sha256 {}, {} redraws)", m.n, out.display(), m.sha256, m.redraws);
+    Ok(())
+}
+
+pub fn default_level(task: &str) -> String {
+    tasks::registry().into_iter().find(|i| i.name == task).map(|i| i.default_level.to_string()).unwrap_or_default()
+}
+
+/// Every task with its knobs, defaults, levels and chance level (Markdown).
+pub fn tasks_table() -> String {
+    use tabled::{settings::Style, Table, Tabled};
+    #[derive(Tabled)]
+    struct Row {
+        task: String,
+        about: String,
+        metric: String,
+        chance: String,
+        levels: String,
+        knobs: String,
+    }
+    let rows: Vec<Row> = tasks::registry()
+        .into_iter()
+        .map(|i| {
+            let built = tasks::build(i.name, None, &[]);
+            let (metric, chance) = match &built {
+                Ok(t) => (format!("{:?}", t.metric()), format!("{:.4}", t.chance())),
+                Err(e) => ("-".into(), format!("({e})")),
+            };
+            let levels = i
+                .levels
+                .iter()
+                .map(|(n, _)| if *n == i.default_level { format!("{n}*") } else { n.to_string() })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let knobs = i
+                .defaults
+                .as_object()
+                .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            Row { task: i.name.into(), about: i.about.into(), metric, chance, levels, knobs }
+        })
+        .collect();
+    let mut t = Table::new(rows);
+    t.with(Style::markdown());
+    format!("{t}\n(* = default level; knobs are set with --set key=value)\n")
+}

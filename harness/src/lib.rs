@@ -1,0 +1,26 @@
+//! # harness — the lime-bench command line
+//!
+//! Raw CLI arguments ([`cli`]) are resolved into validated [`spec::RunSpec`]s — one per
+//! (task, level, model, seed, lr) cell, with the step count derived from the FLOP budget there —
+//! before anything runs. [`train`] executes one spec into a run directory keyed by the hash of that
+//! spec (config.json first, metrics.jsonl while training, checkpoints, an atomic result.json last),
+//! so a finished run is skipped and a killed one resumes bit-for-bit. [`leaderboard`] only reads run
+//! directories, which is also how sweep shards merge. This crate is the only one that does I/O.
+
+pub mod cli;
+pub mod gen;
+pub mod io;
+
+/// An error chain on one line (`outer: inner: root`), for the binary's stderr.
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+pub mod bench;
+pub mod flops_cmd;
+pub mod leaderboard;
+pub mod optim;
+pub mod plots;
+pub mod presets;
+pub mod spec;
+pub mod sweep;
+pub mod train;

@@ -1,0 +1,118 @@
+//! AdamW with parameter groups and saveable state, keyed by parameter *name*.
+//!
+//! candle-nn's `AdamW` has one learning rate and weight decay for all parameters and no way to
+//! save its moments, so an exact resume is impossible with it. This one keeps `m`, `v` per name,
+//! iterates names in sorted order (never HashMap order) and applies per-group settings:
+//! router weights get `lr * router_lr_mult` and no decay; matrices get decoupled weight decay;
+//! norms and embeddings get neither (see `models::param_group`).
+
+use crate::spec::OptimSpec;
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::VarMap;
+use std::collections::{BTreeMap, HashMap};
+
+pub struct AdamW {
+    /// (name, var, group) in sorted name order.
+    params: Vec<(String, Var, models::ParamGroup)>,
+    m: BTreeMap<String, Tensor>,
+    v: BTreeMap<String, Tensor>,
+    pub step: u64,
+    cfg: OptimSpec,
+}
+
+impl AdamW {
+    pub fn new(varmap: &VarMap, cfg: &OptimSpec) -> Result<Self> {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut params: Vec<(String, Var, models::ParamGroup)> =
+            data.iter().map(|(n, v)| (n.clone(), v.clone(), models::param_group(n))).collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut m = BTreeMap::new();
+        let mut v = BTreeMap::new();
+        for (n, var, _) in &params {
+            m.insert(n.clone(), var.as_tensor().zeros_like()?);
+            v.insert(n.clone(), var.as_tensor().zeros_like()?);
+        }
+        Ok(Self { params, m, v, step: 0, cfg: cfg.clone() })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|(n, _, _)| n.as_str())
+    }
+
+    /// Check that every parameter received a gradient; returns the global L2 norm (f64, summed in
+    /// name order so it is deterministic).
+    pub fn grad_norm(&self, grads: &candle_core::backprop::GradStore) -> anyhow::Result<f64> {
+        let mut sq = 0f64;
+        for (name, var, _) in &self.params {
+            let g = grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
+            sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        }
+        Ok(sq.sqrt())
+    }
+
+    /// One AdamW step at learning rate `lr` with gradients scaled by `grad_scale` (clipping).
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64, grad_scale: f64) -> anyhow::Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        for (name, var, group) in &self.params {
+            let g = grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
+            let g = (g * grad_scale)?;
+            let (plr, wd) = match group {
+                models::ParamGroup::Router => (lr * self.cfg.router_lr_mult, 0.0),
+                models::ParamGroup::Decay => (lr, self.cfg.weight_decay),
+                models::ParamGroup::NoDecay => (lr, 0.0),
+            };
+            let m = ((&self.m[name] * b1)? + (&g * (1.0 - b1))?)?;
+            let v = ((&self.v[name] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.cfg.eps)?)?;
+            let theta = var.as_tensor();
+            let decayed = if wd > 0.0 { (theta * (1.0 - plr * wd))? } else { theta.clone() };
+            var.set(&(decayed - (update * plr)?)?)?;
+            self.m.insert(name.clone(), m);
+            self.v.insert(name.clone(), v);
+        }
+        Ok(())
+    }
+
+    /// Moments as a name → tensor map (`m.<name>`, `v.<name>`) for safetensors.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (n, t) in &self.m {
+            out.insert(format!("m.{n}"), t.clone());
+        }
+        for (n, t) in &self.v {
+            out.insert(format!("v.{n}"), t.clone());
+        }
+        out
+    }
+
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: u64) -> anyhow::Result<()> {
+        for (n, _, _) in &self.params {
+            for (prefix, map) in [("m", &mut self.m), ("v", &mut self.v)] {
+                let key = format!("{prefix}.{n}");
+                let t = state.get(&key).ok_or_else(|| anyhow::anyhow!("optimizer state lacks {key}"))?;
+                let dev = map[n].device().clone();
+                map.insert(n.clone(), t.to_device(&dev)?);
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Learning rate at `step` (0-based) of `total`: linear warm-up, then cosine or linear decay to 0.
+pub fn lr_at(cfg: &OptimSpec, base_lr: f64, step: u64, total: u64) -> f64 {
+    let warm = ((cfg.warmup_frac * total as f64).ceil() as u64).min(total);
+    if step < warm {
+        return base_lr * (step + 1) as f64 / warm as f64;
+    }
+    let span = (total - warm).max(1) as f64;
+    let p = ((step - warm) as f64 / span).clamp(0.0, 1.0);
+    match cfg.schedule {
+        crate::spec::Schedule::Cosine => base_lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+        crate::spec::Schedule::Linear => base_lr * (1.0 - p),
+    }
+}

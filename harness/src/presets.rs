@@ -1,0 +1,94 @@
+//! The embedded default experiment of each task: what `harness --task NAME` runs with no other flag.
+//! Every field can be overridden from the command line; the numbers the README quotes were measured
+//! with these presets.
+
+use crate::spec::{OptimSpec, Schedule};
+use anyhow::Result;
+
+#[derive(Clone, Debug)]
+pub struct Preset {
+    pub level: String,
+    /// Task knob overrides applied after the level.
+    pub task_sets: Vec<(String, String)>,
+    pub models: Vec<String>,
+    /// Model shape (`variant` and `vocab_size` are filled in per run).
+    pub model: models::Config,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub optim: OptimSpec,
+    pub budget_flops: f64,
+    pub train_pool: u64,
+    pub n_val: u64,
+    pub n_test: u64,
+    /// Validation evaluations (and checkpoints) per run.
+    pub evals_per_run: u64,
+}
+
+fn shape(d_model: usize, n_layers: usize, n_heads: usize) -> models::Config {
+    models::Config {
+        variant: models::Variant::Llama,
+        vocab_size: 0,
+        d_model,
+        n_layers,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_ff: 4 * d_model,
+        tie_embeddings: false,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+    }
+}
+
+fn optim() -> OptimSpec {
+    OptimSpec {
+        lr: 1e-3,
+        router_lr_mult: 10.0,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        grad_clip: 1.0,
+        schedule: Schedule::Cosine,
+        warmup_frac: 0.05,
+    }
+}
+
+fn sets(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+pub fn preset(task: &str) -> Result<Preset> {
+    let base = |level: &str, model: models::Config| Preset {
+        level: level.into(),
+        task_sets: vec![],
+        models: vec!["llama".into(), "lime".into()],
+        model,
+        batch_size: 64,
+        lr: 1e-3,
+        optim: optim(),
+        budget_flops: 1e13,
+        train_pool: 0,
+        n_val: 512,
+        n_test: 1024,
+        evals_per_run: 10,
+    };
+    Ok(match task {
+        // Zoology-style MQAR at a setting attention learns (T=64, 4 kv pairs, small vocab so the LM
+        // head does not dominate), 2 layers, d=64, 2 heads.
+        "mqar" => Preset {
+            task_sets: sets(&[("vocab_size", "256"), ("seq_len", "64")]),
+            batch_size: 128,
+            budget_flops: 2.0e13,
+            ..base("kv4", shape(64, 2, 2))
+        },
+        // The LIMe paper's arithmetic models: 4 layers, 4 heads, d=32, linear decay.
+        "arith" => Preset {
+            optim: OptimSpec { schedule: Schedule::Linear, ..optim() },
+            budget_flops: 1.0e13,
+            ..base("ops4", shape(32, 4, 4))
+        },
+        "prosqa" => Preset { budget_flops: 1.0e13, ..base("mixed", shape(64, 4, 4)) },
+        "hopk" => Preset { budget_flops: 1.0e13, ..base("k2", shape(64, 4, 4)) },
+        other => anyhow::bail!("unknown task `{other}` (known tasks: {})", tasks::task_names().join(", ")),
+    })
+}

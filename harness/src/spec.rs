@@ -1,0 +1,293 @@
+//! From raw CLI flags to validated run specs.
+//!
+//! [`RunArgs`] is what the user typed; [`resolve`] turns it, with each task's embedded
+//! [`crate::presets::Preset`], into one [`RunSpec`] per (task, model, lr, seed) cell. Everything a
+//! run needs is decided here — including the step count derived from the FLOP budget — so that a
+//! bad flag fails before any training starts, and so that the spec's hash identifies the run.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// Flags of the main job (`harness --task mqar ...`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Task(s), comma-separated (see `harness tasks`). Each has an embedded default experiment.
+    #[arg(long, value_delimiter = ',')]
+    pub task: Vec<String>,
+    /// Models, comma-separated [default: llama,lime].
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Difficulty level of the task [default: the preset's level].
+    #[arg(long)]
+    pub level: Option<String>,
+    /// Override a task knob (repeatable), e.g. `--set num_kv_pairs=8`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Override a model-shape key (repeatable): d_model, n_layers, n_heads, n_kv_heads, d_ff,
+    /// tie_embeddings, rope_theta, norm_eps.
+    #[arg(long = "model-set", value_name = "KEY=VALUE")]
+    pub model_sets: Vec<String>,
+    /// Training FLOP budget per run (3 x forward, 2 FLOPs per multiply-add) [default: preset].
+    #[arg(long)]
+    pub budget_flops: Option<f64>,
+    /// Match models on the FLOP budget or on the step count.
+    #[arg(long = "match", value_enum, default_value_t = MatchMode::Flops)]
+    pub match_mode: MatchMode,
+    /// Steps per run with `--match steps` [default: the budget's step count for llama].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Number of seeds (0..N) per cell.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// Base learning rate(s), comma-separated; the best on val is reported [default: preset].
+    #[arg(long, value_delimiter = ',')]
+    pub lr: Vec<f64>,
+    /// Sequences per batch [default: preset].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Train on a fixed pool of N train examples (0 = fresh examples every step) [default: preset].
+    #[arg(long)]
+    pub train_pool: Option<u64>,
+    /// Validation / test set sizes [default: preset].
+    #[arg(long)]
+    pub n_val: Option<u64>,
+    #[arg(long)]
+    pub n_test: Option<u64>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Folder for runs and the leaderboard.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Recompute runs whose result already exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Testing aid: stop (as if killed) after this many steps of each run, leaving its checkpoint.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchMode {
+    /// Every model trains floor(budget / training FLOPs per step) steps.
+    #[default]
+    Flops,
+    /// Every model trains the same number of steps.
+    Steps,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+}
+
+/// Optimiser settings (AdamW, decoupled weight decay).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSpec {
+    pub lr: f64,
+    /// Router weights get `lr * router_lr_mult` and no weight decay.
+    pub router_lr_mult: f64,
+    /// Applied to matrices only (not norms, embeddings, routers).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    pub schedule: Schedule,
+    /// Fraction of the steps spent in linear warm-up.
+    pub warmup_frac: f64,
+}
+
+/// Everything that determines a run's result. Its hash is the run id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Crate version and generator version: a code change that alters results must bump one.
+    pub code_version: String,
+    pub task: String,
+    pub level: String,
+    pub task_config: Value,
+    pub model: String,
+    pub model_config: models::Config,
+    pub seed: u64,
+    pub optim: OptimSpec,
+    pub batch_size: usize,
+    /// Padded input length of every batch (the task's max_len).
+    pub seq_len: usize,
+    pub match_mode: MatchMode,
+    pub budget_flops: f64,
+    pub flops_per_step: f64,
+    pub steps: u64,
+    /// 0 = fresh train examples every step; otherwise indices drawn from a pool of this size.
+    pub train_pool: u64,
+    pub n_val: u64,
+    pub n_test: u64,
+    pub eval_every: u64,
+    pub ckpt_every: u64,
+}
+
+impl RunSpec {
+    pub fn id(&self) -> String {
+        let json = serde_json::to_string(self).expect("specs serialize");
+        let h = Sha256::digest(json.as_bytes());
+        format!("{}-{}-{}-s{}-{}", self.task, self.level, self.model, self.seed, &crate::io::hex(&h)[..12])
+    }
+}
+
+pub fn code_version() -> String {
+    format!("harness-{}+gen{}", env!("CARGO_PKG_VERSION"), tasks::GENERATOR_VERSION)
+}
+
+/// Apply `key=value` overrides to a serializable struct through JSON, so unknown keys and bad
+/// types are caught by serde (`deny_unknown_fields`).
+pub fn apply_sets<T: Serialize + serde::de::DeserializeOwned>(base: &T, sets: &[(String, String)], what: &str) -> Result<T> {
+    let mut v = serde_json::to_value(base)?;
+    let obj = v.as_object_mut().expect("structs serialize to objects");
+    for (k, val) in sets {
+        if !obj.contains_key(k) {
+            bail!("unknown {what} key `{k}` (known: {})", obj.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+        let parsed = serde_json::from_str::<Value>(val).unwrap_or_else(|_| Value::String(val.clone()));
+        obj.insert(k.clone(), parsed);
+    }
+    serde_json::from_value(v).with_context(|| format!("invalid {what} setting"))
+}
+
+pub fn parse_variant(name: &str) -> Result<models::Variant> {
+    models::Variant::from_name(name).with_context(|| {
+        format!("unknown model `{name}` (known: {})", models::Variant::ALL.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "))
+    })
+}
+
+fn validate_model(c: &models::Config) -> Result<()> {
+    let ok = c.d_model > 0 && c.n_layers > 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.d_ff > 0;
+    if !ok {
+        bail!("model dimensions must be positive");
+    }
+    if c.d_model % c.n_heads != 0 {
+        bail!("d_model {} is not divisible by n_heads {}", c.d_model, c.n_heads);
+    }
+    if c.n_heads % c.n_kv_heads != 0 {
+        bail!("n_heads {} is not divisible by n_kv_heads {}", c.n_heads, c.n_kv_heads);
+    }
+    if c.head_dim() % 2 != 0 {
+        bail!("head dimension {} must be even for RoPE", c.head_dim());
+    }
+    Ok(())
+}
+
+/// Training FLOPs of one optimiser step: 3 x causal forward FLOPs x batch.
+pub fn flops_per_step(cfg: &models::Config, seq_len: usize, batch: usize) -> f64 {
+    3.0 * models::accounting::forward_flops(cfg, seq_len, models::accounting::FlopMode::Causal) as f64 * batch as f64
+}
+
+/// Resolve the main job's flags into run specs (all cells, in a stable order).
+pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
+    if a.task.is_empty() {
+        bail!("no task given: use --task NAME (known: {})", tasks::task_names().join(", "));
+    }
+    if a.seeds == 0 || a.seeds > 1000 {
+        bail!("--seeds must be between 1 and 1000");
+    }
+    let sets = crate::cli::parse_sets(&a.sets)?;
+    let model_sets = crate::cli::parse_sets(&a.model_sets)?;
+    let mut specs = Vec::new();
+    for task_name in &a.task {
+        let preset = crate::presets::preset(task_name)?;
+        let level = a.level.clone().unwrap_or_else(|| preset.level.clone());
+        let mut all_sets = preset.task_sets.clone();
+        all_sets.extend(sets.iter().cloned());
+        let task = tasks::build(task_name, Some(&level), &all_sets)?;
+        let seq_len = task.max_len();
+        if seq_len == 0 {
+            bail!("task {task_name} produces sequences too short to train on");
+        }
+        let batch_size = a.batch_size.unwrap_or(preset.batch_size);
+        if batch_size == 0 || batch_size > 1 << 16 {
+            bail!("--batch-size must be between 1 and 65536");
+        }
+        let lrs = if a.lr.is_empty() { vec![preset.lr] } else { a.lr.clone() };
+        for &lr in &lrs {
+            if !(lr > 0.0 && lr < 1.0) {
+                bail!("--lr {lr} is out of range (0, 1)");
+            }
+        }
+        let budget = a.budget_flops.unwrap_or(preset.budget_flops);
+        if !(budget.is_finite() && budget > 0.0) {
+            bail!("--budget-flops must be a positive number");
+        }
+        let model_names: Vec<String> = if a.models.is_empty() { preset.models.clone() } else { a.models.clone() };
+        let n_val = a.n_val.unwrap_or(preset.n_val);
+        let n_test = a.n_test.unwrap_or(preset.n_test);
+        if n_val == 0 || n_test == 0 {
+            bail!("--n-val and --n-test must be at least 1");
+        }
+        // Baseline step count, for --match steps without --steps.
+        let mut base_shape = preset.model.clone();
+        base_shape.vocab_size = task.vocab_size();
+        let base_shape = apply_sets(&base_shape, &model_sets, "model")?;
+        validate_model(&base_shape)?;
+        let llama_steps = (budget / flops_per_step(&models::Config { variant: models::Variant::Llama, ..base_shape.clone() }, seq_len, batch_size)).floor() as u64;
+        for model_name in &model_names {
+            let variant = parse_variant(model_name)?;
+            let cfg = models::Config { variant, ..base_shape.clone() };
+            let fps = flops_per_step(&cfg, seq_len, batch_size);
+            let steps = match a.match_mode {
+                MatchMode::Flops => {
+                    let s = (budget / fps).floor() as u64;
+                    if s == 0 {
+                        bail!("budget {budget:.3e} FLOPs is smaller than one training step of {model_name} on {task_name} ({fps:.3e} FLOPs)");
+                    }
+                    s
+                }
+                MatchMode::Steps => match a.steps {
+                    Some(0) => bail!("--steps must be at least 1"),
+                    Some(s) => s,
+                    None if llama_steps == 0 => bail!("budget {budget:.3e} FLOPs is smaller than one training step of llama on {task_name}"),
+                    None => llama_steps,
+                },
+            };
+            // With --match steps the budget is what these steps cost this model.
+            let budget = if a.match_mode == MatchMode::Steps { steps as f64 * fps } else { budget };
+            let eval_every = (steps / preset.evals_per_run.max(1)).max(1);
+            for &lr in &lrs {
+                for seed in 0..a.seeds {
+                    specs.push(RunSpec {
+                        code_version: code_version(),
+                        task: task_name.clone(),
+                        level: level.clone(),
+                        task_config: task.config(),
+                        model: model_name.clone(),
+                        model_config: cfg.clone(),
+                        seed,
+                        optim: OptimSpec { lr, ..preset.optim.clone() },
+                        batch_size,
+                        seq_len,
+                        match_mode: a.match_mode,
+                        budget_flops: budget,
+                        flops_per_step: fps,
+                        steps,
+                        train_pool: a.train_pool.unwrap_or(preset.train_pool),
+                        n_val,
+                        n_test,
+                        eval_every,
+                        ckpt_every: eval_every,
+                    });
+                }
+            }
+        }
+    }
+    Ok(specs)
+}

@@ -1,0 +1,487 @@
+//! Training and evaluation of one run spec, with run directories, checkpoints and resume.
+//!
+//! Run directory `<out>/runs/<id>/`: `config.json` (the [`RunSpec`], written before step 0),
+//! `metrics.jsonl` (one line per logged step and per evaluation), `ckpt/` (weights, optimizer
+//! moments and trainer state; replaced atomically), `result.json` (written atomically at the end).
+//! Every batch is a pure function of (spec, step), so a resumed run ends bit-for-bit where an
+//! uninterrupted one would.
+
+use crate::io::{read_json, write_atomic, write_json};
+use crate::optim::{lr_at, AdamW};
+use crate::spec::RunSpec;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tasks::{Example, Split, Task};
+
+/// What a finished run records (`result.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunResult {
+    pub id: String,
+    /// `ok` or `diverged` (NaN/inf loss; no accuracy is reported then).
+    pub status: String,
+    pub task: String,
+    pub level: String,
+    pub model: String,
+    pub seed: u64,
+    pub lr: f64,
+    pub params: u64,
+    pub budget_flops: f64,
+    pub flops_spent: f64,
+    pub steps: u64,
+    pub tokens_seen: u64,
+    pub wall_clock_s: f64,
+    pub device: String,
+    pub metric: tasks::Metric,
+    pub chance: f64,
+    pub final_loss: Option<f64>,
+    /// Step whose weights were selected on val (early stopping).
+    pub best_step: Option<u64>,
+    pub val_acc: Option<f64>,
+    /// The reported number: teacher-forced accuracy at supervised positions (recall tasks) or the
+    /// verifier's accuracy on greedy generations (answer tasks).
+    pub test_acc: Option<f64>,
+    /// Teacher-forced token accuracy on test (all tasks).
+    pub test_token_acc: Option<f64>,
+}
+
+/// Trainer state saved with each checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainState {
+    step: u64,
+    best_val: Option<f64>,
+    best_step: Option<u64>,
+    elapsed_s: f64,
+    last_loss: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MetricLine {
+    step: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flops: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    val_acc: Option<f64>,
+}
+
+/// Parse `--device`.
+pub fn device(spec: &str) -> Result<Device> {
+    let cuda = |i: usize| -> Result<Device> {
+        if !cfg!(feature = "cuda") {
+            bail!("--device {spec}: this binary was built without CUDA (build with --features cuda)");
+        }
+        Device::new_cuda(i).with_context(|| format!("--device {spec}: no usable CUDA device {i}"))
+    };
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() { cuda(0)? } else { Device::Cpu }),
+        "cuda" => cuda(0),
+        s if s.starts_with("cuda:") => cuda(s[5..].parse().with_context(|| format!("bad device `{s}`"))?),
+        s => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or auto)"),
+    }
+}
+
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A batch: padded inputs and the supervised positions.
+pub struct Batch {
+    /// (B, T) u32 token ids.
+    pub input: Tensor,
+    /// (N,) u32 flat indices b*T + p of supervised positions.
+    pub rows: Tensor,
+    /// (N,) u32 expected tokens.
+    pub targets: Tensor,
+    /// Number of supervised positions per example (to score whole sequences).
+    pub per_example: Vec<usize>,
+}
+
+pub fn make_batch(task: &dyn Task, examples: &[Example], seq_len: usize, device: &Device) -> Result<Batch> {
+    let b = examples.len();
+    let mut input = vec![task.pad_id(); b * seq_len];
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut per_example = Vec::with_capacity(b);
+    for (i, ex) in examples.iter().enumerate() {
+        let n = ex.tokens.len().min(seq_len);
+        input[i * seq_len..i * seq_len + n].copy_from_slice(&ex.tokens[..n]);
+        let mut k = 0;
+        for &(p, t) in &ex.targets {
+            if (p as usize) < seq_len {
+                rows.push((i * seq_len + p as usize) as u32);
+                targets.push(t);
+                k += 1;
+            }
+        }
+        per_example.push(k);
+    }
+    if rows.is_empty() {
+        bail!("batch has no supervised positions");
+    }
+    let n = rows.len();
+    Ok(Batch {
+        input: Tensor::from_vec(input, (b, seq_len), device)?,
+        rows: Tensor::from_vec(rows, n, device)?,
+        targets: Tensor::from_vec(targets, n, device)?,
+        per_example,
+    })
+}
+
+/// Logits at the supervised positions, (N, V).
+pub fn supervised_logits(model: &models::Model, batch: &Batch) -> Result<Tensor> {
+    let logits = model.forward(&batch.input)?; // (B, T, V)
+    let (b, t, v) = logits.dims3()?;
+    Ok(logits.reshape((b * t, v))?.index_select(&batch.rows, 0)?) // (N, V)
+}
+
+/// Indices of the train examples of `step` (fresh stream or draws from a fixed pool).
+fn train_indices(spec: &RunSpec, step: u64) -> Vec<u64> {
+    let b = spec.batch_size as u64;
+    if spec.train_pool == 0 {
+        // Each seed reads its own stretch of the (unbounded) train split.
+        let base = spec.seed << 40;
+        (0..b).map(|j| base + step * b + j).collect()
+    } else {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
+        (0..b).map(|_| rng.gen_range(0..spec.train_pool)).collect()
+    }
+}
+
+fn train_batch(task: &dyn Task, digest: &[u8; 32], spec: &RunSpec, step: u64) -> Vec<Example> {
+    use rayon::prelude::*;
+    train_indices(spec, step).into_par_iter().map(|i| tasks::generate_with(task, digest, Split::Train, i)).collect()
+}
+
+/// Teacher-forced accuracy: (token accuracy over supervised positions, fraction of examples with
+/// every supervised position right).
+pub fn teacher_forced(model: &models::Model, task: &dyn Task, examples: &[Example], seq_len: usize, device: &Device, bs: usize) -> Result<(f64, f64)> {
+    let (mut right, mut total, mut seq_right) = (0usize, 0usize, 0usize);
+    for chunk in examples.chunks(bs.max(1)) {
+        let batch = make_batch(task, chunk, seq_len, device)?;
+        let pred = supervised_logits(model, &batch)?.argmax(D::Minus1)?;
+        let ok: Vec<u8> = pred.eq(&batch.targets)?.to_vec1()?;
+        right += ok.iter().map(|&x| x as usize).sum::<usize>();
+        total += ok.len();
+        let mut off = 0;
+        for &k in &batch.per_example {
+            if ok[off..off + k].iter().all(|&x| x == 1) {
+                seq_right += 1;
+            }
+            off += k;
+        }
+    }
+    Ok((right as f64 / total.max(1) as f64, seq_right as f64 / examples.len().max(1) as f64))
+}
+
+/// Greedy decoding with the KV cache from `prompt` until EOS or `max_new` tokens.
+pub fn greedy(model: &models::Model, prompt: &[u32], eos: Option<u32>, max_new: usize, device: &Device) -> Result<Vec<u32>> {
+    let mut cache = models::KvCache::new(model.config());
+    let mut out = Vec::new();
+    let mut input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), device)?;
+    for _ in 0..max_new {
+        let logits = model.forward_cached(&input, &mut cache)?; // (1, t, V)
+        let t = logits.dim(1)?;
+        let next = logits.i((0, t - 1))?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+        out.push(next);
+        if Some(next) == eos {
+            break;
+        }
+        input = Tensor::from_vec(vec![next], (1, 1), device)?;
+    }
+    Ok(out)
+}
+
+/// Verifier accuracy of greedy generations.
+pub fn generation_accuracy(model: &models::Model, task: &dyn Task, examples: &[Example], device: &Device) -> Result<f64> {
+    let mut right = 0usize;
+    for ex in examples {
+        let max_new = task.max_new_tokens().min(task.max_len().saturating_sub(ex.prompt_len).max(1));
+        let gen = greedy(model, ex.prompt(), task.eos_id(), max_new, device)?;
+        if task.score(ex, &gen) {
+            right += 1;
+        }
+    }
+    Ok(right as f64 / examples.len().max(1) as f64)
+}
+
+/// The validation score used for model selection (cheap: teacher-forced).
+fn val_score(task: &dyn Task, tf: (f64, f64)) -> f64 {
+    match task.metric() {
+        tasks::Metric::TeacherForced => tf.0,
+        tasks::Metric::Generate => tf.1,
+    }
+}
+
+fn weights_of(varmap: &candle_nn::VarMap) -> Result<HashMap<String, Tensor>> {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+}
+
+fn set_weights(varmap: &candle_nn::VarMap, w: &HashMap<String, Tensor>) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (k, v) in data.iter() {
+        let t = w.get(k).with_context(|| format!("checkpoint lacks {k}"))?;
+        v.set(&t.to_device(v.device())?)?;
+    }
+    Ok(())
+}
+
+fn save_tensors(path: &Path, map: &HashMap<String, Tensor>) -> Result<()> {
+    let cpu: HashMap<String, Tensor> = map.iter().map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), None).context("serialize safetensors")?;
+    write_atomic(path, &bytes)
+}
+
+fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Write a checkpoint: into `ckpt-new/`, then swap it in for `ckpt/`.
+fn save_checkpoint(dir: &Path, varmap: &candle_nn::VarMap, opt: &AdamW, best: &Option<HashMap<String, Tensor>>, st: &TrainState) -> Result<()> {
+    let new = dir.join("ckpt-new");
+    let _ = std::fs::remove_dir_all(&new);
+    std::fs::create_dir_all(&new).with_context(|| format!("cannot create {}", new.display()))?;
+    save_tensors(&new.join("weights.safetensors"), &weights_of(varmap)?)?;
+    save_tensors(&new.join("optim.safetensors"), &opt.state())?;
+    if let Some(b) = best {
+        save_tensors(&new.join("best.safetensors"), b)?;
+    }
+    write_json(&new.join("state.json"), st)?; // last: marks the folder complete
+    let cur = dir.join("ckpt");
+    let _ = std::fs::remove_dir_all(&cur);
+    std::fs::rename(&new, &cur).with_context(|| format!("cannot move checkpoint into {}", cur.display()))?;
+    Ok(())
+}
+
+fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
+    ["ckpt", "ckpt-new"].iter().map(|n| dir.join(n)).find(|p| p.join("state.json").is_file())
+}
+
+/// Keep only metric lines up to `step` (after resuming from a checkpoint at `step`).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricLine>(l).map(|m| m.step <= step).unwrap_or(false))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+fn append_metric(path: &Path, m: &MetricLine) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Outcome of [`run_one`].
+pub enum Outcome {
+    Done(RunResult),
+    Skipped(RunResult),
+    /// Stopped early by `--stop-after` (testing aid).
+    Interrupted,
+}
+
+/// Train and evaluate one spec in `<out>/runs/<id>/`.
+pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, quiet: bool, force: bool, stop_after: Option<u64>) -> Result<Outcome> {
+    let id = spec.id();
+    let dir = out.join("runs").join(&id);
+    let result_path = dir.join("result.json");
+    if result_path.is_file() && !force {
+        return Ok(Outcome::Skipped(read_json(&result_path)?));
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if force {
+        let _ = std::fs::remove_dir_all(dir.join("ckpt"));
+        let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+    }
+    write_json(&dir.join("config.json"), spec)?;
+
+    let task = task_from_spec(spec)?;
+    let task = task.as_ref();
+    let digest = tasks::config_digest(task);
+    let val = tasks::generate_range(task, Split::Val, 0, spec.n_val);
+    let (varmap, model) = models::init_varmap(&spec.model_config, spec.seed, DType::F32, dev)?;
+    let params = models::accounting::num_params(&spec.model_config);
+    let mut opt = AdamW::new(&varmap, &spec.optim)?;
+    let metrics_path = dir.join("metrics.jsonl");
+
+    let mut st = TrainState { step: 0, best_val: None, best_step: None, elapsed_s: 0.0, last_loss: None };
+    let mut best: Option<HashMap<String, Tensor>> = None;
+    if let Some(ck) = find_checkpoint(&dir) {
+        st = read_json(&ck.join("state.json"))?;
+        set_weights(&varmap, &load_tensors(&ck.join("weights.safetensors"), dev)?)?;
+        opt.load_state(&load_tensors(&ck.join("optim.safetensors"), dev)?, st.step)?;
+        if ck.join("best.safetensors").is_file() {
+            best = Some(load_tensors(&ck.join("best.safetensors"), dev)?);
+        }
+        truncate_metrics(&metrics_path, st.step)?;
+    } else {
+        let _ = std::fs::remove_file(&metrics_path);
+    }
+
+    let pb = progress(spec, quiet, st.step);
+    let t0 = Instant::now() - std::time::Duration::from_secs_f64(st.elapsed_s);
+    let log_every = (spec.steps / 50).max(1);
+    let mut diverged = false;
+    let mut window = Instant::now();
+    let mut window_tokens = 0u64;
+    while st.step < spec.steps {
+        if stop_after.is_some_and(|s| st.step >= s) {
+            pb.abandon();
+            return Ok(Outcome::Interrupted);
+        }
+        let step = st.step;
+        let batch = make_batch(task, &train_batch(task, &digest, spec, step), spec.seq_len, dev)?;
+        let logits = supervised_logits(&model, &batch)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_v.is_finite() {
+            diverged = true;
+            append_metric(&metrics_path, &MetricLine { step, flops: None, loss: Some(f64::NAN), lr: None, tokens_per_s: None, val_acc: None }).ok();
+            break;
+        }
+        let grads = loss.backward()?;
+        let norm = opt.grad_norm(&grads)?; // also asserts every weight got a gradient
+        let scale = if norm > spec.optim.grad_clip { spec.optim.grad_clip / (norm + 1e-6) } else { 1.0 };
+        let lr = lr_at(&spec.optim, spec.optim.lr, step, spec.steps);
+        opt.step(&grads, lr, scale)?;
+        st.step += 1;
+        st.last_loss = Some(loss_v);
+        window_tokens += (spec.batch_size * spec.seq_len) as u64;
+        pb.set_position(st.step);
+        if st.step % log_every == 0 || st.step == spec.steps {
+            let tps = window_tokens as f64 / window.elapsed().as_secs_f64().max(1e-9);
+            pb.set_message(format!("loss {loss_v:.4}"));
+            append_metric(&metrics_path, &MetricLine { step: st.step, flops: Some(st.step as f64 * spec.flops_per_step), loss: Some(loss_v), lr: Some(lr), tokens_per_s: Some(tps), val_acc: None })?;
+            window = Instant::now();
+            window_tokens = 0;
+        }
+        if st.step % spec.eval_every == 0 || st.step == spec.steps {
+            let score = val_score(task, teacher_forced(&model, task, &val, spec.seq_len, dev, spec.batch_size)?);
+            append_metric(&metrics_path, &MetricLine { step: st.step, flops: None, loss: None, lr: None, tokens_per_s: None, val_acc: Some(score) })?;
+            if st.best_val.is_none_or(|b| score > b) {
+                st.best_val = Some(score);
+                st.best_step = Some(st.step);
+                best = Some(weights_of(&varmap)?);
+            }
+            st.elapsed_s = t0.elapsed().as_secs_f64();
+            if st.step % spec.ckpt_every == 0 && st.step < spec.steps {
+                save_checkpoint(&dir, &varmap, &opt, &best, &st)?;
+            }
+        }
+    }
+    pb.finish_and_clear();
+
+    let tokens_seen = st.step * (spec.batch_size * spec.seq_len) as u64;
+    let mut result = RunResult {
+        id,
+        status: if diverged { "diverged".into() } else { "ok".into() },
+        task: spec.task.clone(),
+        level: spec.level.clone(),
+        model: spec.model.clone(),
+        seed: spec.seed,
+        lr: spec.optim.lr,
+        params,
+        budget_flops: spec.budget_flops,
+        flops_spent: st.step as f64 * spec.flops_per_step,
+        steps: st.step,
+        tokens_seen,
+        wall_clock_s: 0.0,
+        device: device_name(dev),
+        metric: task.metric(),
+        chance: task.chance(),
+        final_loss: st.last_loss,
+        best_step: None,
+        val_acc: None,
+        test_acc: None,
+        test_token_acc: None,
+    };
+    if !diverged {
+        if let Some(b) = &best {
+            set_weights(&varmap, b)?;
+        }
+        let test = tasks::generate_range(task, Split::Test, 0, spec.n_test);
+        let tf = teacher_forced(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
+        result.test_token_acc = Some(tf.0);
+        result.test_acc = Some(match task.metric() {
+            tasks::Metric::TeacherForced => tf.0,
+            tasks::Metric::Generate => generation_accuracy(&model, task, &test, dev)?,
+        });
+        result.best_step = st.best_step;
+        result.val_acc = st.best_val;
+        if let Some(b) = &best {
+            save_tensors(&dir.join("best.safetensors"), b)?;
+        }
+    }
+    result.wall_clock_s = t0.elapsed().as_secs_f64();
+    write_json(&result_path, &result)?;
+    let _ = std::fs::remove_dir_all(dir.join("ckpt"));
+    Ok(Outcome::Done(result))
+}
+
+/// Rebuild the task from the exact config stored in the spec.
+pub fn task_from_spec(spec: &RunSpec) -> Result<Box<dyn Task>, tasks::TaskError> {
+    let sets: Vec<(String, String)> =
+        spec.task_config.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()).unwrap_or_default();
+    tasks::build(&spec.task, Some(&spec.level), &sets)
+}
+
+fn progress(spec: &RunSpec, quiet: bool, pos: u64) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(Some(spec.steps), indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("{} {} s{}", spec.task, spec.model, spec.seed));
+    pb.set_position(pos);
+    pb
+}
+
+/// The main job: resolve, run every cell (skipping finished ones), print the leaderboard.
+pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
+    let specs = crate::spec::resolve(a)?;
+    let dev = device(&a.device)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    for spec in &specs {
+        match run_one(spec, &a.out, &dev, a.quiet, a.force, a.stop_after)? {
+            Outcome::Done(r) if !a.quiet => eprintln!("{}: {} test acc {} in {:.0}s", r.id, r.status, fmt_opt(r.test_acc), r.wall_clock_s),
+            Outcome::Skipped(r) if !a.quiet => eprintln!("{}: already done, skipped", r.id),
+            Outcome::Interrupted => {
+                eprintln!("{}: stopped after {} steps (--stop-after)", spec.id(), a.stop_after.unwrap_or(0));
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    let tasks: Vec<String> = a.task.clone();
+    let table = crate::leaderboard::render_dir(&a.out, Some(&tasks), crate::leaderboard::Format::Md)?;
+    crate::leaderboard::write_all(&a.out)?;
+    println!("{table}");
+    Ok(())
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+}
