@@ -107,24 +107,38 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
             let ids: Vec<u32> = (0..b * t).map(|i| (i * 7919 % v) as u32).collect();
             let input = Tensor::from_vec(ids.clone(), (b, t), dev)?;
             let targets = Tensor::from_vec(ids.iter().map(|x| (x + 1) % v as u32).collect::<Vec<_>>(), b * t, dev)?;
-            let mut step = || -> Result<f64> {
+            // (total, forward, backward, optimizer) seconds of one step.
+            let mut step = || -> Result<[f64; 4]> {
                 let t0 = Instant::now();
                 let logits = model.forward(&input)?.reshape((b * t, v))?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+                dev.synchronize()?;
+                let t1 = Instant::now();
                 let grads = loss.backward()?;
+                dev.synchronize()?;
+                let t2 = Instant::now();
                 let norm = opt.grad_norm(&grads)?;
                 opt.step(&grads, 1e-3, if norm > 1.0 { 1.0 / norm } else { 1.0 })?;
                 dev.synchronize()?;
-                Ok(t0.elapsed().as_secs_f64())
+                let t3 = Instant::now();
+                Ok([(t3 - t0).as_secs_f64(), (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()])
             };
             step()?; // warm-up
             let times = (0..a.repeats.max(1)).map(|_| step()).collect::<Result<Vec<_>>>()?;
-            let s = median(times);
+            let med = |k: usize| median(times.iter().map(|x| x[k]).collect());
+            let s = med(0);
             let flops = crate::spec::flops_per_step(&cfg, t, b);
-            rows.push(vec![c.clone(), m.clone(), format!("{:.1}", s * 1e3), format!("{:.0}", (b * t) as f64 / s), format!("{:.1}", flops / s / 1e9)]);
+            rows.push(vec![
+                c.clone(),
+                m.clone(),
+                format!("{:.1}", s * 1e3),
+                format!("{:.0} / {:.0} / {:.0}", med(1) * 1e3, med(2) * 1e3, med(3) * 1e3),
+                format!("{:.0}", (b * t) as f64 / s),
+                format!("{:.1}", flops / s / 1e9),
+            ]);
         }
     }
-    Ok(md(&["config", "model", "ms/step", "tokens/s", "GFLOP/s (model FLOPs)"], rows)
+    Ok(md(&["config", "model", "ms/step", "fwd / bwd / optim ms", "tokens/s", "GFLOP/s (model FLOPs)"], rows)
         + &format!("device: {}; median of {} steps after 1 warm-up\n", crate::train::device_name(dev), a.repeats))
 }
 
