@@ -266,11 +266,19 @@ pub fn canonical_json(v: &Value) -> String {
 /// The split a canonical token sequence belongs to: xxh3 of the little-endian token bytes,
 /// bucket `h % 32`: 0 → test, 1 → val, otherwise train (≈ 3% / 3% / 94% of the example space).
 pub fn split_of(tokens: &[u32]) -> Split {
-    let mut bytes = Vec::with_capacity(tokens.len() * 4);
-    for t in tokens {
-        bytes.extend_from_slice(&t.to_le_bytes());
-    }
-    match xxhash_rust::xxh3::xxh3_64(&bytes) % 32 {
+    // Hash the little-endian bytes without allocating: a u32 slice *is* those bytes on
+    // little-endian targets; elsewhere copy into a stack-sized chunked hasher.
+    #[cfg(target_endian = "little")]
+    let h = xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice::<u32, u8>(tokens));
+    #[cfg(not(target_endian = "little"))]
+    let h = {
+        let mut st = xxhash_rust::xxh3::Xxh3Default::new();
+        for t in tokens {
+            st.update(&t.to_le_bytes());
+        }
+        st.digest()
+    };
+    match h % 32 {
         0 => Split::Test,
         1 => Split::Val,
         _ => Split::Train,
