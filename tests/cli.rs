@@ -22,26 +22,57 @@ fn stderr(o: &Output) -> String {
 /// A failing command: non-zero exit, exactly one line on stderr starting with `error`, no panic.
 fn assert_one_line_error(o: &Output, needle: &str) {
     let e = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "expected one line, got: {e:?}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {e}"
+    );
+    assert_eq!(
+        e.trim_end().lines().count(),
+        1,
+        "expected one line, got: {e:?}"
+    );
     assert!(e.starts_with("error"), "{e:?}");
     assert!(!e.contains("panicked"), "{e:?}");
     assert!(e.contains(needle), "expected {needle:?} in {e:?}");
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
 
-const SMALL_MQAR: [&str; 6] = ["--set", "vocab_size=64", "--set", "seq_len=32", "--set", "num_kv_pairs=4"];
+const SMALL_MQAR: [&str; 6] = [
+    "--set",
+    "vocab_size=64",
+    "--set",
+    "seq_len=32",
+    "--set",
+    "num_kv_pairs=4",
+];
 
 fn gen_to(dir: &Path, name: &str, threads: &str) -> PathBuf {
     let out = dir.join(name);
-    let mut args = vec!["gen", "--task", "mqar", "--split", "test", "--n", "300", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "gen",
+        "--task",
+        "mqar",
+        "--split",
+        "test",
+        "--n",
+        "300",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend(SMALL_MQAR);
-    let o = harness().env("RAYON_NUM_THREADS", threads).args(&args).output().unwrap();
+    let o = harness()
+        .env("RAYON_NUM_THREADS", threads)
+        .args(&args)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     out
 }
@@ -56,10 +87,23 @@ fn gen_writes_the_jsonl_contract_and_a_matching_manifest() {
     for (i, l) in lines.iter().enumerate() {
         let v: serde_json::Map<String, Value> = serde_json::from_str(l).unwrap();
         let keys: Vec<&str> = v.keys().map(|k| k.as_str()).collect();
-        for k in ["task", "split", "index", "prompt", "answer", "tokens", "prompt_len", "targets", "meta"] {
+        for k in [
+            "task",
+            "split",
+            "index",
+            "prompt",
+            "answer",
+            "tokens",
+            "prompt_len",
+            "targets",
+            "meta",
+        ] {
             assert!(keys.contains(&k), "line {i} lacks {k}");
         }
-        assert!(l.starts_with(r#"{"task":"mqar","split":"test","index":"#), "field order: {l}");
+        assert!(
+            l.starts_with(r#"{"task":"mqar","split":"test","index":"#),
+            "field order: {l}"
+        );
         assert_eq!(v["index"], i as u64);
         let tokens = v["tokens"].as_array().unwrap();
         assert!(!v["targets"].as_array().unwrap().is_empty());
@@ -71,12 +115,21 @@ fn gen_writes_the_jsonl_contract_and_a_matching_manifest() {
         assert_eq!(v["meta"]["vocab_size"], 64);
         assert_eq!(v["meta"]["num_kv_pairs"], 4);
     }
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("d.manifest.json")).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("d.manifest.json")).unwrap())
+            .unwrap();
     use sha2::Digest;
-    assert_eq!(m["sha256"].as_str().unwrap(), harness::io::hex(&sha2::Sha256::digest(text.as_bytes())));
+    assert_eq!(
+        m["sha256"].as_str().unwrap(),
+        harness::io::hex(&sha2::Sha256::digest(text.as_bytes()))
+    );
     assert_eq!(m["n"], 300);
     assert_eq!(m["config"]["num_kv_pairs"], 4);
-    assert_eq!(files_in(dir.path()), ["d.jsonl", "d.manifest.json"], "no temporaries left");
+    assert_eq!(
+        files_in(dir.path()),
+        ["d.jsonl", "d.manifest.json"],
+        "no temporaries left"
+    );
 }
 
 #[test]
@@ -96,17 +149,53 @@ fn bad_gen_input_is_one_line_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.jsonl");
     let o = out.to_str().unwrap();
-    assert_one_line_error(&run(&["gen", "--task", "nope", "--out", o]), "unknown task `nope`");
-    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--set", "bogus=1"]), "unknown config key `bogus`");
-    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--set", "num_kv_pairs=0"]), "num_kv_pairs");
-    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--level", "nope"]), "unknown level");
-    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--split", "dev"]), "unknown split");
-    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", "/nonexistent-dir/x.jsonl"]), "does not exist");
-    assert_one_line_error(&run(&["gen", "--task", "mqar", "--bogus-flag"]), "--bogus-flag");
-    assert!(files_in(dir.path()).is_empty(), "{:?}", files_in(dir.path()));
+    assert_one_line_error(
+        &run(&["gen", "--task", "nope", "--out", o]),
+        "unknown task `nope`",
+    );
+    assert_one_line_error(
+        &run(&["gen", "--task", "mqar", "--out", o, "--set", "bogus=1"]),
+        "unknown config key `bogus`",
+    );
+    assert_one_line_error(
+        &run(&[
+            "gen",
+            "--task",
+            "mqar",
+            "--out",
+            o,
+            "--set",
+            "num_kv_pairs=0",
+        ]),
+        "num_kv_pairs",
+    );
+    assert_one_line_error(
+        &run(&["gen", "--task", "mqar", "--out", o, "--level", "nope"]),
+        "unknown level",
+    );
+    assert_one_line_error(
+        &run(&["gen", "--task", "mqar", "--out", o, "--split", "dev"]),
+        "unknown split",
+    );
+    assert_one_line_error(
+        &run(&["gen", "--task", "mqar", "--out", "/nonexistent-dir/x.jsonl"]),
+        "does not exist",
+    );
+    assert_one_line_error(
+        &run(&["gen", "--task", "mqar", "--bogus-flag"]),
+        "--bogus-flag",
+    );
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
     // An existing file is not clobbered by a failing export.
     std::fs::write(&out, "keep me").unwrap();
-    assert_one_line_error(&run(&["gen", "--task", "mqar", "--out", o, "--set", "power_a=-1"]), "power_a");
+    assert_one_line_error(
+        &run(&["gen", "--task", "mqar", "--out", o, "--set", "power_a=-1"]),
+        "power_a",
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
     assert_eq!(files_in(dir.path()), ["x.jsonl"]);
 }
@@ -114,9 +203,37 @@ fn bad_gen_input_is_one_line_and_leaves_nothing_behind() {
 /// Flags of a tiny, fast training run (a few seconds on 2 cores).
 fn tiny_run(out: &Path) -> Vec<String> {
     let mut v: Vec<String> = [
-        "--task", "mqar", "--quiet", "--out", out.to_str().unwrap(), "--set", "vocab_size=32", "--set", "seq_len=16", "--set", "num_kv_pairs=2",
-        "--model-set", "d_model=16", "--model-set", "n_layers=2", "--model-set", "n_heads=2", "--model-set", "d_ff=32", "--batch-size", "8", "--match",
-        "steps", "--steps", "12", "--n-val", "16", "--n-test", "16", "--lr", "0.003",
+        "--task",
+        "mqar",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "vocab_size=32",
+        "--set",
+        "seq_len=16",
+        "--set",
+        "num_kv_pairs=2",
+        "--model-set",
+        "d_model=16",
+        "--model-set",
+        "n_layers=2",
+        "--model-set",
+        "n_heads=2",
+        "--model-set",
+        "d_ff=32",
+        "--batch-size",
+        "8",
+        "--match",
+        "steps",
+        "--steps",
+        "12",
+        "--n-val",
+        "16",
+        "--n-test",
+        "16",
+        "--lr",
+        "0.003",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -131,7 +248,9 @@ fn result_files(out: &Path) -> Vec<(String, Value)> {
         .unwrap()
         .map(|e| {
             let p = e.unwrap().path();
-            let mut r: Value = serde_json::from_str(&std::fs::read_to_string(p.join("result.json")).unwrap()).unwrap();
+            let mut r: Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("result.json")).unwrap())
+                    .unwrap();
             r["wall_clock_s"] = Value::Null;
             (p.file_name().unwrap().to_string_lossy().into_owned(), r)
         })
@@ -159,14 +278,24 @@ fn tiny_run_trains_resumes_identically_and_skips_when_done() {
     let o = harness().args(tiny_run(a.path())).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(table.contains("| mqar") && table.contains("llama") && table.contains("lime"), "{table}");
+    assert!(
+        table.contains("| mqar") && table.contains("llama") && table.contains("lime"),
+        "{table}"
+    );
     // Killed after 5 steps, then resumed.
     let mut killed = tiny_run(b.path());
     killed.extend(["--stop-after".to_string(), "5".to_string()]);
     let o = harness().args(&killed).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let runs: Vec<PathBuf> = std::fs::read_dir(b.path().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert!(runs.iter().any(|r| r.join("ckpt").join("state.json").is_file()), "a checkpoint must exist after the kill");
+    let runs: Vec<PathBuf> = std::fs::read_dir(b.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.join("ckpt").join("state.json").is_file()),
+        "a checkpoint must exist after the kill"
+    );
     assert!(runs.iter().all(|r| !r.join("result.json").exists()));
     let o = harness().args(tiny_run(b.path())).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -174,7 +303,11 @@ fn tiny_run_trains_resumes_identically_and_skips_when_done() {
     assert_eq!(ra.len(), 2);
     assert_eq!(ra, rb, "resumed results differ from uninterrupted ones");
     for (id, _) in &ra {
-        assert_eq!(losses(&a.path().join("runs").join(id)), losses(&b.path().join("runs").join(id)), "loss curves differ for {id}");
+        assert_eq!(
+            losses(&a.path().join("runs").join(id)),
+            losses(&b.path().join("runs").join(id)),
+            "loss curves differ for {id}"
+        );
     }
     // Finished runs are skipped, results untouched.
     let before = std::fs::read(a.path().join("runs").join(&ra[0].0).join("result.json")).unwrap();
@@ -183,15 +316,31 @@ fn tiny_run_trains_resumes_identically_and_skips_when_done() {
     let o = harness().args(&again).output().unwrap();
     assert!(o.status.success());
     assert!(stderr(&o).contains("skipped"), "{}", stderr(&o));
-    assert_eq!(before, std::fs::read(a.path().join("runs").join(&ra[0].0).join("result.json")).unwrap());
-    for f in ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "mqar-loss-vs-flops.svg"] {
+    assert_eq!(
+        before,
+        std::fs::read(a.path().join("runs").join(&ra[0].0).join("result.json")).unwrap()
+    );
+    for f in [
+        "leaderboard.md",
+        "leaderboard.csv",
+        "leaderboard.json",
+        "mqar-loss-vs-flops.svg",
+    ] {
         assert!(a.path().join(f).is_file(), "missing {f}");
     }
     // Snapshot: rounded loss curves and results (wall-clock and device redacted).
     let mut snap = String::new();
     for (id, r) in &ra {
-        let curve: Vec<String> = losses(&a.path().join("runs").join(id)).iter().map(|(s, l)| format!("{s}:{l:.2}")).collect();
-        snap += &format!("{} {}: loss {}\n", r["model"].as_str().unwrap(), id, curve.join(" "));
+        let curve: Vec<String> = losses(&a.path().join("runs").join(id))
+            .iter()
+            .map(|(s, l)| format!("{s}:{l:.2}"))
+            .collect();
+        snap += &format!(
+            "{} {}: loss {}\n",
+            r["model"].as_str().unwrap(),
+            id,
+            curve.join(" ")
+        );
         let mut r = r.clone();
         r["device"] = Value::String("[device]".into());
         for k in ["final_loss", "val_acc", "test_acc", "test_token_acc"] {
@@ -209,20 +358,47 @@ fn tiny_run_trains_resumes_identically_and_skips_when_done() {
 fn main_job_rejects_bad_input_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    assert_one_line_error(&run(&["--task", "nope", "--out", out]), "unknown task `nope`");
-    assert_one_line_error(&run(&["--task", "mqar", "--models", "gpt5", "--out", out]), "unknown model `gpt5`");
-    assert_one_line_error(&run(&["--task", "mqar", "--budget-flops", "10", "--out", out]), "smaller than one training step");
-    assert_one_line_error(&run(&["--task", "mqar", "--model-set", "d_model=33", "--out", out]), "not divisible");
-    assert_one_line_error(&run(&["--task", "mqar", "--model-set", "widht=3", "--out", out]), "unknown model key `widht`");
+    assert_one_line_error(
+        &run(&["--task", "nope", "--out", out]),
+        "unknown task `nope`",
+    );
+    assert_one_line_error(
+        &run(&["--task", "mqar", "--models", "gpt5", "--out", out]),
+        "unknown model `gpt5`",
+    );
+    assert_one_line_error(
+        &run(&["--task", "mqar", "--budget-flops", "10", "--out", out]),
+        "smaller than one training step",
+    );
+    assert_one_line_error(
+        &run(&["--task", "mqar", "--model-set", "d_model=33", "--out", out]),
+        "not divisible",
+    );
+    assert_one_line_error(
+        &run(&["--task", "mqar", "--model-set", "widht=3", "--out", out]),
+        "unknown model key `widht`",
+    );
     assert_one_line_error(&run(&["--task", "mqar", "--lr", "7", "--out", out]), "--lr");
-    assert_one_line_error(&run(&["--task", "mqar", "--device", "tpu", "--out", out]), "unknown device");
+    assert_one_line_error(
+        &run(&["--task", "mqar", "--device", "tpu", "--out", out]),
+        "unknown device",
+    );
     assert_one_line_error(&run(&["--task", "mqar", "--frobnicate"]), "--frobnicate");
-    assert_one_line_error(&run(&["sweep", "/nonexistent/plan.toml"]), "cannot read plan");
+    assert_one_line_error(
+        &run(&["sweep", "/nonexistent/plan.toml"]),
+        "cannot read plan",
+    );
     let plan = dir.path().join("bad.toml");
     std::fs::write(&plan, "tasks = [\"mqar\"]\nmodles = [\"lime\"]\n").unwrap();
     assert_one_line_error(&run(&["sweep", plan.to_str().unwrap()]), "modles");
-    assert_one_line_error(&run(&["leaderboard", "--results", "/nonexistent"]), "no runs");
-    assert!(!dir.path().join("runs").exists(), "nothing may be written on bad input");
+    assert_one_line_error(
+        &run(&["leaderboard", "--results", "/nonexistent"]),
+        "no runs",
+    );
+    assert!(
+        !dir.path().join("runs").exists(),
+        "nothing may be written on bad input"
+    );
 }
 
 #[test]
@@ -234,7 +410,10 @@ fn sweep_shards_partition_the_cells() {
     let list = |args: &[&str]| -> Vec<String> {
         let o = run(args);
         assert!(o.status.success(), "{}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect()
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
     };
     let all = list(&["sweep", p, "--dry-run"]);
     assert_eq!(all.len(), 12);
@@ -252,7 +431,16 @@ fn sweep_shards_partition_the_cells() {
     assert_one_line_error(&run(&["sweep", p, "--shard", "3/3"]), "--shard");
 }
 
-fn record(task: &str, level: &str, model: &str, seed: u64, lr: f64, val: f64, test: f64, status: &str) -> harness::train::RunResult {
+fn record(
+    task: &str,
+    level: &str,
+    model: &str,
+    seed: u64,
+    lr: f64,
+    val: f64,
+    test: f64,
+    status: &str,
+) -> harness::train::RunResult {
     harness::train::RunResult {
         id: format!("{task}-{level}-{model}-s{seed}-lr{lr}"),
         status: status.into(),
@@ -282,13 +470,28 @@ fn record(task: &str, level: &str, model: &str, seed: u64, lr: f64, val: f64, te
 fn leaderboard_renders_fixed_records() {
     let dir = tempfile::tempdir().unwrap();
     let mut recs = Vec::new();
-    for (s, (vl, tl, vm, tm)) in [(0.90, 0.88, 0.97, 0.96), (0.80, 0.79, 0.99, 0.98), (0.85, 0.86, 0.95, 0.97)].iter().enumerate() {
-        recs.push(record("mqar", "kv4", "llama", s as u64, 1e-3, *vl, *tl, "ok"));
-        recs.push(record("mqar", "kv4", "lime", s as u64, 1e-3, *vm, *tm, "ok"));
+    for (s, (vl, tl, vm, tm)) in [
+        (0.90, 0.88, 0.97, 0.96),
+        (0.80, 0.79, 0.99, 0.98),
+        (0.85, 0.86, 0.95, 0.97),
+    ]
+    .iter()
+    .enumerate()
+    {
+        recs.push(record(
+            "mqar", "kv4", "llama", s as u64, 1e-3, *vl, *tl, "ok",
+        ));
+        recs.push(record(
+            "mqar", "kv4", "lime", s as u64, 1e-3, *vm, *tm, "ok",
+        ));
         // A worse learning rate that must not be selected.
-        recs.push(record("mqar", "kv4", "lime", s as u64, 1e-2, 0.5, 0.99, "ok"));
+        recs.push(record(
+            "mqar", "kv4", "lime", s as u64, 1e-2, 0.5, 0.99, "ok",
+        ));
     }
-    recs.push(record("mqar", "kv8", "llama", 0, 1e-3, 0.0, 0.0, "diverged"));
+    recs.push(record(
+        "mqar", "kv8", "llama", 0, 1e-3, 0.0, 0.0, "diverged",
+    ));
     for r in &recs {
         let d = dir.path().join("runs").join(&r.id);
         std::fs::create_dir_all(&d).unwrap();
@@ -296,15 +499,31 @@ fn leaderboard_renders_fixed_records() {
     }
     let md = run(&["leaderboard", "--results", dir.path().to_str().unwrap()]);
     assert!(md.status.success(), "{}", stderr(&md));
-    let csv = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--format", "csv"]);
-    let json = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--format", "json"]);
+    let csv = run(&[
+        "leaderboard",
+        "--results",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    let json = run(&[
+        "leaderboard",
+        "--results",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     let rows: Vec<Value> = serde_json::from_slice(&json.stdout).unwrap();
     // lime at lr 1e-3: test mean 0.97, sd 0.01, t(2) = 4.303 → ±0.0248.
     let lime = rows.iter().find(|r| r["model"] == "lime").unwrap();
     assert_eq!(lime["lr"], 1e-3);
     assert!((lime["test_mean"].as_f64().unwrap() - 0.97).abs() < 1e-9);
     assert!((lime["test_ci95"].as_f64().unwrap() - 4.303 * 0.01 / 3f64.sqrt()).abs() < 1e-6);
-    let snap = format!("{}\n{}", String::from_utf8_lossy(&md.stdout), String::from_utf8_lossy(&csv.stdout));
+    let snap = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&md.stdout),
+        String::from_utf8_lossy(&csv.stdout)
+    );
     crate::golden().bind(|| insta::assert_snapshot!("leaderboard_fixed_records", snap));
 }
 
@@ -313,7 +532,16 @@ fn flops_cli_reproduces_table_8() {
     let o = run(&["flops", "--preset", "paper-1b", "--models", "llama,lime"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let t = String::from_utf8_lossy(&o.stdout).into_owned();
-    for needle in ["1,176,735,744", "1,076,072,448", "1,176,873,984", "1,076,081,088", "2.9679T", "2.7615T", "3.0041T", "2.7638T"] {
+    for needle in [
+        "1,176,735,744",
+        "1,076,072,448",
+        "1,176,873,984",
+        "1,076,081,088",
+        "2.9679T",
+        "2.7615T",
+        "3.0041T",
+        "2.7638T",
+    ] {
         assert!(t.contains(needle), "missing {needle} in\n{t}");
     }
     crate::golden().bind(|| insta::assert_snapshot!("cli_flops_paper_1b", t));

@@ -53,12 +53,24 @@ fn md(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 fn bench_gen(a: &BenchArgs) -> Result<String> {
     let mut cases: Vec<(String, Box<dyn tasks::Task>)> = Vec::new();
-    let mqar_sets: Vec<(String, String)> =
-        [("vocab_size", "8192"), ("seq_len", "256"), ("num_kv_pairs", "16")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    cases.push(("mqar (vocab 8192, T=256, 16 kv)".into(), tasks::build("mqar", None, &mqar_sets)?));
+    let mqar_sets: Vec<(String, String)> = [
+        ("vocab_size", "8192"),
+        ("seq_len", "256"),
+        ("num_kv_pairs", "16"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    cases.push((
+        "mqar (vocab 8192, T=256, 16 kv)".into(),
+        tasks::build("mqar", None, &mqar_sets)?,
+    ));
     for info in tasks::registry() {
         if let Ok(t) = tasks::build(info.name, None, &[]) {
-            cases.push((format!("{} (default: {})", info.name, info.default_level), t));
+            cases.push((
+                format!("{} (default: {})", info.name, info.default_level),
+                t,
+            ));
         }
     }
     let mut rows = Vec::new();
@@ -67,16 +79,28 @@ fn bench_gen(a: &BenchArgs) -> Result<String> {
         let times: Vec<f64> = (0..a.repeats.max(1))
             .map(|r| {
                 let t0 = Instant::now();
-                let v = tasks::generate_range(task.as_ref(), tasks::Split::Train, r as u64 * a.n, a.n);
+                let v =
+                    tasks::generate_range(task.as_ref(), tasks::Split::Train, r as u64 * a.n, a.n);
                 std::hint::black_box(&v);
                 t0.elapsed().as_secs_f64()
             })
             .collect();
         let s = median(times);
-        rows.push(vec![name.clone(), format!("{:.0}", a.n as f64 / s), format!("{:.2}", s * 1e6 / a.n as f64)]);
+        rows.push(vec![
+            name.clone(),
+            format!("{:.0}", a.n as f64 / s),
+            format!("{:.2}", s * 1e6 / a.n as f64),
+        ]);
     }
-    Ok(md(&["task", "examples/s (train split)", "µs/example"], rows)
-        + &format!("threads: {}; {} examples per repeat, median of {}\n", rayon::current_num_threads(), a.n, a.repeats))
+    Ok(
+        md(&["task", "examples/s (train split)", "µs/example"], rows)
+            + &format!(
+                "threads: {}; {} examples per repeat, median of {}\n",
+                rayon::current_num_threads(),
+                a.n,
+                a.repeats
+            ),
+    )
 }
 
 /// Named training-benchmark shapes: (layers, d, heads, vocab, T, batch).
@@ -90,12 +114,31 @@ fn train_config(name: &str) -> Result<(usize, usize, usize, usize, usize, usize)
 }
 
 fn model_cfg(variant: models::Variant, l: usize, d: usize, h: usize, v: usize) -> models::Config {
-    models::Config { variant, vocab_size: v, d_model: d, n_layers: l, n_heads: h, n_kv_heads: h, d_ff: 4 * d, tie_embeddings: false, rope_theta: 1e4, norm_eps: 1e-5 }
+    models::Config {
+        variant,
+        vocab_size: v,
+        d_model: d,
+        n_layers: l,
+        n_heads: h,
+        n_kv_heads: h,
+        d_ff: 4 * d,
+        tie_embeddings: false,
+        rope_theta: 1e4,
+        norm_eps: 1e-5,
+    }
 }
 
 fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
-    let configs = if a.configs.is_empty() { vec!["tiny".to_string(), "mqar".into(), "medium".into()] } else { a.configs.clone() };
-    let model_names = if a.models.is_empty() { vec!["llama".to_string(), "lime".into()] } else { a.models.clone() };
+    let configs = if a.configs.is_empty() {
+        vec!["tiny".to_string(), "mqar".into(), "medium".into()]
+    } else {
+        a.configs.clone()
+    };
+    let model_names = if a.models.is_empty() {
+        vec!["llama".to_string(), "lime".into()]
+    } else {
+        a.models.clone()
+    };
     let mut rows = Vec::new();
     for c in &configs {
         let (l, d, h, v, t, b) = train_config(c)?;
@@ -106,7 +149,11 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
             let mut opt = crate::optim::AdamW::new(&varmap, &optim)?;
             let ids: Vec<u32> = (0..b * t).map(|i| (i * 7919 % v) as u32).collect();
             let input = Tensor::from_vec(ids.clone(), (b, t), dev)?;
-            let targets = Tensor::from_vec(ids.iter().map(|x| (x + 1) % v as u32).collect::<Vec<_>>(), b * t, dev)?;
+            let targets = Tensor::from_vec(
+                ids.iter().map(|x| (x + 1) % v as u32).collect::<Vec<_>>(),
+                b * t,
+                dev,
+            )?;
             // (total, forward, backward, optimizer) seconds of one step.
             let mut step = || -> Result<[f64; 4]> {
                 let t0 = Instant::now();
@@ -121,10 +168,17 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
                 opt.step(&grads, 1e-3, if norm > 1.0 { 1.0 / norm } else { 1.0 })?;
                 dev.synchronize()?;
                 let t3 = Instant::now();
-                Ok([(t3 - t0).as_secs_f64(), (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()])
+                Ok([
+                    (t3 - t0).as_secs_f64(),
+                    (t1 - t0).as_secs_f64(),
+                    (t2 - t1).as_secs_f64(),
+                    (t3 - t2).as_secs_f64(),
+                ])
             };
             step()?; // warm-up
-            let times = (0..a.repeats.max(1)).map(|_| step()).collect::<Result<Vec<_>>>()?;
+            let times = (0..a.repeats.max(1))
+                .map(|_| step())
+                .collect::<Result<Vec<_>>>()?;
             let med = |k: usize| median(times.iter().map(|x| x[k]).collect());
             let s = med(0);
             let flops = crate::spec::flops_per_step(&cfg, t, b);
@@ -132,18 +186,40 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
                 c.clone(),
                 m.clone(),
                 format!("{:.1}", s * 1e3),
-                format!("{:.0} / {:.0} / {:.0}", med(1) * 1e3, med(2) * 1e3, med(3) * 1e3),
+                format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    med(1) * 1e3,
+                    med(2) * 1e3,
+                    med(3) * 1e3
+                ),
                 format!("{:.0}", (b * t) as f64 / s),
                 format!("{:.1}", flops / s / 1e9),
             ]);
         }
     }
-    Ok(md(&["config", "model", "ms/step", "fwd / bwd / optim ms", "tokens/s", "GFLOP/s (model FLOPs)"], rows)
-        + &format!("device: {}; median of {} steps after 1 warm-up\n", crate::train::device_name(dev), a.repeats))
+    Ok(md(
+        &[
+            "config",
+            "model",
+            "ms/step",
+            "fwd / bwd / optim ms",
+            "tokens/s",
+            "GFLOP/s (model FLOPs)",
+        ],
+        rows,
+    ) + &format!(
+        "device: {}; median of {} steps after 1 warm-up\n",
+        crate::train::device_name(dev),
+        a.repeats
+    ))
 }
 
 fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
-    let model_names = if a.models.is_empty() { vec!["llama".to_string(), "lime".into()] } else { a.models.clone() };
+    let model_names = if a.models.is_empty() {
+        vec!["llama".to_string(), "lime".into()]
+    } else {
+        a.models.clone()
+    };
     let (l, d, h, v, t) = (4, 128, 4, 512, 256);
     let mut rows = Vec::new();
     for m in &model_names {
@@ -160,11 +236,20 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
         for _ in 0..new {
             let x = Tensor::from_vec(seq.clone(), (1, seq.len()), dev)?;
             let logits = model.forward(&x)?;
-            let next = logits.get(0)?.get(seq.len() - 1)?.argmax(0)?.to_scalar::<u32>()?;
+            let next = logits
+                .get(0)?
+                .get(seq.len() - 1)?
+                .argmax(0)?
+                .to_scalar::<u32>()?;
             seq.push(next);
         }
         let full = new as f64 / t0.elapsed().as_secs_f64();
-        rows.push(vec![m.clone(), format!("{cached:.0}"), format!("{full:.0}"), format!("{:.1}x", cached / full)]);
+        rows.push(vec![
+            m.clone(),
+            format!("{cached:.0}"),
+            format!("{full:.0}"),
+            format!("{:.1}x", cached / full),
+        ]);
     }
     Ok(md(&["model", "tokens/s (KV cache)", "tokens/s (no cache)", "speed-up"], rows)
         + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt; device {}\n", t - 8, crate::train::device_name(dev)))

@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "harness", version, about = "lime-bench: train LIMe and its rivals under matched FLOP budgets on synthetic reasoning tasks")]
+#[command(
+    name = "harness",
+    version,
+    about = "lime-bench: train LIMe and its rivals under matched FLOP budgets on synthetic reasoning tasks"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -62,7 +66,9 @@ pub struct GenArgs {
 pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
     sets.iter()
         .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
             _ => bail!("--set expects KEY=VALUE, got `{s}`"),
         })
         .collect()
@@ -82,13 +88,23 @@ where
     use clap::error::ErrorKind;
     match Cli::try_parse_from(args) {
         Ok(c) => Ok(c),
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             let _ = e.print();
             Err(0)
         }
         Err(e) => {
             let text = e.render().to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
             eprintln!("{} (see --help)", first.trim());
             Err(2)
         }
@@ -115,8 +131,12 @@ fn gen(a: &GenArgs) -> Result<()> {
         print!("{}", tasks_table());
         return Ok(());
     }
-    let Some(name) = a.task.as_deref() else { bail!("gen needs --task NAME (or --list)") };
-    let Some(out) = a.out.as_deref() else { bail!("gen needs --out FILE.jsonl") };
+    let Some(name) = a.task.as_deref() else {
+        bail!("gen needs --task NAME (or --list)")
+    };
+    let Some(out) = a.out.as_deref() else {
+        bail!("gen needs --out FILE.jsonl")
+    };
     let split: tasks::Split = a.split.parse().map_err(anyhow::Error::msg)?;
     if a.n == 0 {
         bail!("--n must be at least 1");
@@ -124,13 +144,24 @@ fn gen(a: &GenArgs) -> Result<()> {
     let sets = parse_sets(&a.sets)?;
     let task = tasks::build(name, a.level.as_deref(), &sets)?;
     let level = a.level.clone().unwrap_or_else(|| default_level(name));
-    let m = crate::gen::export(task.as_ref(), &level, split, a.start, a.n, out).with_context(|| format!("gen {name}"))?;
-    eprintln!("wrote {} examples to {} (sha256 {}, {} redraws)", m.n, out.display(), m.sha256, m.redraws);
+    let m = crate::gen::export(task.as_ref(), &level, split, a.start, a.n, out)
+        .with_context(|| format!("gen {name}"))?;
+    eprintln!(
+        "wrote {} examples to {} (sha256 {}, {} redraws)",
+        m.n,
+        out.display(),
+        m.sha256,
+        m.redraws
+    );
     Ok(())
 }
 
 pub fn default_level(task: &str) -> String {
-    tasks::registry().into_iter().find(|i| i.name == task).map(|i| i.default_level.to_string()).unwrap_or_default()
+    tasks::registry()
+        .into_iter()
+        .find(|i| i.name == task)
+        .map(|i| i.default_level.to_string())
+        .unwrap_or_default()
 }
 
 /// Every task with its knobs, defaults, levels and chance level (Markdown).
@@ -156,15 +187,33 @@ pub fn tasks_table() -> String {
             let levels = i
                 .levels
                 .iter()
-                .map(|(n, _)| if *n == i.default_level { format!("{n}*") } else { n.to_string() })
+                .map(|(n, _)| {
+                    if *n == i.default_level {
+                        format!("{n}*")
+                    } else {
+                        n.to_string()
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" ");
             let knobs = i
                 .defaults
                 .as_object()
-                .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
                 .unwrap_or_default();
-            Row { task: i.name.into(), about: i.about.into(), metric, chance, levels, knobs }
+            Row {
+                task: i.name.into(),
+                about: i.about.into(),
+                metric,
+                chance,
+                levels,
+                knobs,
+            }
         })
         .collect();
     let mut t = Table::new(rows);

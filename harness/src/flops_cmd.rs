@@ -44,7 +44,16 @@ fn with_commas(x: u64) -> String {
 pub fn render(rows: &[accounting::Row]) -> String {
     use tabled::{builder::Builder, settings::Style};
     let mut b = Builder::default();
-    b.push_record(["model", "attention", "params", "params vs llama", "forward FLOPs", "FLOPs vs llama", "convention", "T"]);
+    b.push_record([
+        "model",
+        "attention",
+        "params",
+        "params vs llama",
+        "forward FLOPs",
+        "FLOPs vs llama",
+        "convention",
+        "T",
+    ]);
     for r in rows {
         b.push_record([
             r.model.clone(),
@@ -66,7 +75,10 @@ fn variants(names: &[String]) -> Result<Vec<models::Variant>> {
     if names.is_empty() {
         return Ok(models::Variant::ALL.to_vec());
     }
-    names.iter().map(|n| crate::spec::parse_variant(n)).collect()
+    names
+        .iter()
+        .map(|n| crate::spec::parse_variant(n))
+        .collect()
 }
 
 /// The table `harness flops` prints for these arguments.
@@ -74,7 +86,9 @@ pub fn table(a: &FlopsArgs) -> Result<String> {
     let vs = variants(&a.models)?;
     let mode = match a.mode.as_deref() {
         None => None,
-        Some(m) => Some(FlopMode::from_name(m).ok_or_else(|| anyhow::anyhow!("unknown FLOP mode `{m}` (expected causal, full or fvcore)"))?),
+        Some(m) => Some(FlopMode::from_name(m).ok_or_else(|| {
+            anyhow::anyhow!("unknown FLOP mode `{m}` (expected causal, full or fvcore)")
+        })?),
     };
     match a.preset.as_deref() {
         Some("paper-1b") => {
@@ -84,8 +98,13 @@ pub fn table(a: &FlopsArgs) -> Result<String> {
             let t = a.seq_len.unwrap_or(2048);
             let mut out = String::new();
             for gqa in [false, true] {
-                let cfgs: Vec<models::Config> = vs.iter().map(|&v| accounting::paper_1b(v, gqa)).collect();
-                out += &render(&accounting::table(&cfgs, t, mode.unwrap_or(FlopMode::Fvcore)));
+                let cfgs: Vec<models::Config> =
+                    vs.iter().map(|&v| accounting::paper_1b(v, gqa)).collect();
+                out += &render(&accounting::table(
+                    &cfgs,
+                    t,
+                    mode.unwrap_or(FlopMode::Fvcore),
+                ));
                 out.push('\n');
             }
             Ok(out)
@@ -104,13 +123,24 @@ pub fn table(a: &FlopsArgs) -> Result<String> {
                 rope_theta: 10_000.0,
                 norm_eps: 1e-5,
             };
-            let base = crate::spec::apply_sets(&base, &crate::cli::parse_sets(&a.model_sets)?, "model")?;
+            let base =
+                crate::spec::apply_sets(&base, &crate::cli::parse_sets(&a.model_sets)?, "model")?;
             let t = a.seq_len.unwrap_or(256);
             if t == 0 {
                 bail!("--seq-len must be at least 1");
             }
-            let cfgs: Vec<models::Config> = vs.iter().map(|&v| models::Config { variant: v, ..base.clone() }).collect();
-            Ok(render(&accounting::table(&cfgs, t, mode.unwrap_or(FlopMode::Causal))))
+            let cfgs: Vec<models::Config> = vs
+                .iter()
+                .map(|&v| models::Config {
+                    variant: v,
+                    ..base.clone()
+                })
+                .collect();
+            Ok(render(&accounting::table(
+                &cfgs,
+                t,
+                mode.unwrap_or(FlopMode::Causal),
+            )))
         }
     }
 }

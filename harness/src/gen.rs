@@ -71,12 +71,22 @@ pub fn example_line(task: &dyn Task, ex: &tasks::Example) -> String {
 
 /// Path of the manifest that belongs to data file `out`: `F.jsonl` → `F.manifest.json`.
 pub fn manifest_path(out: &Path) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     out.with_file_name(format!("{stem}.manifest.json"))
 }
 
 /// Generate examples `start..start+n` of `split` and write `out` and its manifest.
-pub fn export(task: &dyn Task, level: &str, split: Split, start: u64, n: u64, out: &Path) -> Result<Manifest> {
+pub fn export(
+    task: &dyn Task,
+    level: &str,
+    split: Split,
+    start: u64,
+    n: u64,
+    out: &Path,
+) -> Result<Manifest> {
     const CHUNK: u64 = 1 << 14;
     let digest = tasks::config_digest(task);
     let mut data = AtomicFile::create(out)?;
@@ -97,7 +107,8 @@ pub fn export(task: &dyn Task, level: &str, split: Split, start: u64, n: u64, ou
         let w = data.writer();
         for (s, r) in &lines {
             sha.update(s.as_bytes());
-            w.write_all(s.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+            w.write_all(s.as_bytes())
+                .with_context(|| format!("cannot write {}", out.display()))?;
             redraws += *r as u64;
         }
         i += m;
@@ -108,7 +119,10 @@ pub fn export(task: &dyn Task, level: &str, split: Split, start: u64, n: u64, ou
         split,
         n,
         start,
-        file: out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        file: out
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         sha256: hex(&sha.finalize()),
         generator_version: tasks::GENERATOR_VERSION,
         config: task.config(),
@@ -123,7 +137,10 @@ pub fn export(task: &dyn Task, level: &str, split: Split, start: u64, n: u64, ou
     let mut mfile = AtomicFile::create(&mpath)?;
     let mut text = serde_json::to_string_pretty(&manifest)?;
     text.push('\n');
-    mfile.writer().write_all(text.as_bytes()).with_context(|| format!("cannot write {}", mpath.display()))?;
+    mfile
+        .writer()
+        .write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", mpath.display()))?;
     // Data first, then the manifest that vouches for it.
     data.commit()?;
     mfile.commit()?;

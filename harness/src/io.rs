@@ -24,13 +24,20 @@ impl AtomicFile {
     pub fn create(dest: &Path) -> Result<Self> {
         let dir = parent_dir(dest);
         if !dir.is_dir() {
-            anyhow::bail!("cannot write {}: folder {} does not exist", dest.display(), dir.display());
+            anyhow::bail!(
+                "cannot write {}: folder {} does not exist",
+                dest.display(),
+                dir.display()
+            );
         }
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempfile_in(&dir)
             .with_context(|| format!("cannot write {}", dest.display()))?;
-        Ok(Self { tmp, dest: dest.to_path_buf() })
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
     }
 
     pub fn writer(&mut self) -> &mut std::fs::File {
@@ -40,8 +47,14 @@ impl AtomicFile {
     /// fsync and rename over the destination.
     pub fn commit(mut self) -> Result<()> {
         let dest = self.dest.clone();
-        self.tmp.as_file_mut().flush().and_then(|_| self.tmp.as_file().sync_all()).with_context(|| format!("cannot write {}", dest.display()))?;
-        self.tmp.persist(&dest).map_err(|e| anyhow::anyhow!("cannot write {}: {}", dest.display(), e.error))?;
+        self.tmp
+            .as_file_mut()
+            .flush()
+            .and_then(|_| self.tmp.as_file().sync_all())
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        self.tmp
+            .persist(&dest)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {}", dest.display(), e.error))?;
         Ok(())
     }
 }
@@ -49,7 +62,9 @@ impl AtomicFile {
 /// Write `bytes` to `dest` atomically.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(dest)?;
-    f.writer().write_all(bytes).with_context(|| format!("cannot write {}", dest.display()))?;
+    f.writer()
+        .write_all(bytes)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
     f.commit()
 }
 
@@ -61,7 +76,8 @@ pub fn write_json<T: serde::Serialize>(dest: &Path, v: &T) -> Result<()> {
 }
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))
 }
 

@@ -50,8 +50,9 @@ pub struct Row {
 /// Two-sided 95% Student t quantile t_{0.975, df}.
 pub fn t975(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110,
-        2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
     ];
     match df {
         0 => f64::NAN,
@@ -60,7 +61,8 @@ pub fn t975(df: usize) -> f64 {
         d => {
             let z = 1.959964f64;
             let n = d as f64;
-            z + (z.powi(3) + z) / (4.0 * n) + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
+            z + (z.powi(3) + z) / (4.0 * n)
+                + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
         }
     }
 }
@@ -83,7 +85,11 @@ pub fn mean_ci(xs: &[f64]) -> (Option<f64>, Option<f64>) {
 pub fn load_results(dir: &Path) -> Result<Vec<RunResult>> {
     let runs = dir.join("runs");
     if !runs.is_dir() {
-        anyhow::bail!("no runs in {} (expected {}/runs/<id>/result.json)", dir.display(), dir.display());
+        anyhow::bail!(
+            "no runs in {} (expected {}/runs/<id>/result.json)",
+            dir.display(),
+            dir.display()
+        );
     }
     let mut out = Vec::new();
     for e in std::fs::read_dir(&runs).with_context(|| format!("cannot read {}", runs.display()))? {
@@ -99,17 +105,30 @@ pub fn load_results(dir: &Path) -> Result<Vec<RunResult>> {
 /// Aggregate: per (task, level, model) pick the lr with the best mean val accuracy, then report
 /// its test mean ± CI over seeds.
 pub fn rows(results: &[RunResult]) -> Vec<Row> {
-    let mut cells: BTreeMap<(String, String, String), BTreeMap<String, Vec<&RunResult>>> = BTreeMap::new();
+    let mut cells: BTreeMap<(String, String, String), BTreeMap<String, Vec<&RunResult>>> =
+        BTreeMap::new();
     for r in results {
-        cells.entry((r.task.clone(), r.level.clone(), r.model.clone())).or_default().entry(format!("{:e}", r.lr)).or_default().push(r);
+        cells
+            .entry((r.task.clone(), r.level.clone(), r.model.clone()))
+            .or_default()
+            .entry(format!("{:e}", r.lr))
+            .or_default()
+            .push(r);
     }
     let mut out = Vec::new();
     for ((task, level, model), by_lr) in cells {
         let score = |rs: &Vec<&RunResult>| {
             let v: Vec<f64> = rs.iter().filter_map(|r| r.val_acc).collect();
-            if v.is_empty() { f64::NEG_INFINITY } else { v.iter().sum::<f64>() / v.len() as f64 }
+            if v.is_empty() {
+                f64::NEG_INFINITY
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
         };
-        let best = by_lr.values().max_by(|a, b| score(a).total_cmp(&score(b))).expect("non-empty cell");
+        let best = by_lr
+            .values()
+            .max_by(|a, b| score(a).total_cmp(&score(b)))
+            .expect("non-empty cell");
         let ok: Vec<&RunResult> = best.iter().copied().filter(|r| r.status == "ok").collect();
         let test: Vec<f64> = ok.iter().filter_map(|r| r.test_acc).collect();
         let val: Vec<f64> = ok.iter().filter_map(|r| r.val_acc).collect();
@@ -135,7 +154,8 @@ pub fn rows(results: &[RunResult]) -> Vec<Row> {
 }
 
 fn pct(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.1}", 100.0 * v)).unwrap_or_else(|| "-".into())
+    x.map(|v| format!("{:.1}", 100.0 * v))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Render rows; `wall_clock` false replaces timings with "-" (for snapshots).
@@ -148,8 +168,23 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                 let o = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
                 s += &format!(
                     "{},{},{},{},{:.6e},{:e},{},{},{},{},{},{:.6},{}\n",
-                    r.task, r.level, r.model, r.params, r.flops, r.lr, r.seeds, r.diverged, o(r.test_mean), o(r.test_ci95), o(r.val_mean), r.chance,
-                    if wall_clock { format!("{:.1}", r.wall_clock_s) } else { String::new() }
+                    r.task,
+                    r.level,
+                    r.model,
+                    r.params,
+                    r.flops,
+                    r.lr,
+                    r.seeds,
+                    r.diverged,
+                    o(r.test_mean),
+                    o(r.test_ci95),
+                    o(r.val_mean),
+                    r.chance,
+                    if wall_clock {
+                        format!("{:.1}", r.wall_clock_s)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             s
@@ -157,14 +192,30 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
         Format::Md => {
             use tabled::{builder::Builder, settings::Style};
             let mut b = Builder::default();
-            b.push_record(["task", "level", "model", "params", "FLOPs", "lr", "seeds", "test acc % (95% CI)", "val acc %", "chance %", "wall-clock"]);
+            b.push_record([
+                "task",
+                "level",
+                "model",
+                "params",
+                "FLOPs",
+                "lr",
+                "seeds",
+                "test acc % (95% CI)",
+                "val acc %",
+                "chance %",
+                "wall-clock",
+            ]);
             for r in rows {
                 let test = match (r.test_mean, r.test_ci95) {
                     (Some(m), Some(c)) => format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * c),
                     (Some(m), None) => format!("{:.1}", 100.0 * m),
                     _ => "diverged".into(),
                 };
-                let test = if r.diverged > 0 && r.test_mean.is_some() { format!("{test} ({} diverged)", r.diverged) } else { test };
+                let test = if r.diverged > 0 && r.test_mean.is_some() {
+                    format!("{test} ({} diverged)", r.diverged)
+                } else {
+                    test
+                };
                 b.push_record([
                     r.task.clone(),
                     r.level.clone(),
@@ -176,7 +227,11 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                     test,
                     pct(r.val_mean),
                     format!("{:.1}", 100.0 * r.chance),
-                    if wall_clock { format!("{:.0} s", r.wall_clock_s) } else { "-".into() },
+                    if wall_clock {
+                        format!("{:.0} s", r.wall_clock_s)
+                    } else {
+                        "-".into()
+                    },
                 ]);
             }
             let mut t = b.build();
@@ -198,7 +253,11 @@ pub fn render_dir(dir: &Path, tasks: Option<&[String]>, format: Format) -> Resul
 pub fn write_all(dir: &Path) -> Result<()> {
     let results = load_results(dir)?;
     let rs = rows(&results);
-    for (f, name) in [(Format::Md, "leaderboard.md"), (Format::Csv, "leaderboard.csv"), (Format::Json, "leaderboard.json")] {
+    for (f, name) in [
+        (Format::Md, "leaderboard.md"),
+        (Format::Csv, "leaderboard.csv"),
+        (Format::Json, "leaderboard.json"),
+    ] {
         crate::io::write_atomic(&dir.join(name), render(&rs, f, true)?.as_bytes())?;
     }
     crate::plots::write_plots(dir, &results, &rs)

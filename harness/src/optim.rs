@@ -23,8 +23,10 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(varmap: &VarMap, cfg: &OptimSpec) -> Result<Self> {
         let data = varmap.data().lock().expect("varmap lock");
-        let mut params: Vec<(String, Var, models::ParamGroup)> =
-            data.iter().map(|(n, v)| (n.clone(), v.clone(), models::param_group(n))).collect();
+        let mut params: Vec<(String, Var, models::ParamGroup)> = data
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone(), models::param_group(n)))
+            .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let mut m = BTreeMap::new();
         let mut v = BTreeMap::new();
@@ -32,7 +34,13 @@ impl AdamW {
             m.insert(n.clone(), var.as_tensor().zeros_like()?);
             v.insert(n.clone(), var.as_tensor().zeros_like()?);
         }
-        Ok(Self { params, m, v, step: 0, cfg: cfg.clone() })
+        Ok(Self {
+            params,
+            m,
+            v,
+            step: 0,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -44,21 +52,34 @@ impl AdamW {
     pub fn grad_norm(&self, grads: &candle_core::backprop::GradStore) -> anyhow::Result<f64> {
         let mut sq = 0f64;
         for (name, var, _) in &self.params {
-            let g = grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
-            sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            let g = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
+            sq += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
         Ok(sq.sqrt())
     }
 
     /// One AdamW step at learning rate `lr` with gradients scaled by `grad_scale` (clipping).
-    pub fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64, grad_scale: f64) -> anyhow::Result<()> {
+    pub fn step(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        grad_scale: f64,
+    ) -> anyhow::Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
         for (name, var, group) in &self.params {
-            let g = grads.get(var.as_tensor()).ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
+            let g = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
             let g = (g * grad_scale)?;
             let (plr, wd) = match group {
                 models::ParamGroup::Router => (lr * self.cfg.router_lr_mult, 0.0),
@@ -69,7 +90,11 @@ impl AdamW {
             let v = ((&self.v[name] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.cfg.eps)?)?;
             let theta = var.as_tensor();
-            let decayed = if wd > 0.0 { (theta * (1.0 - plr * wd))? } else { theta.clone() };
+            let decayed = if wd > 0.0 {
+                (theta * (1.0 - plr * wd))?
+            } else {
+                theta.clone()
+            };
             var.set(&(decayed - (update * plr)?)?)?;
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
@@ -93,7 +118,9 @@ impl AdamW {
         for (n, _, _) in &self.params {
             for (prefix, map) in [("m", &mut self.m), ("v", &mut self.v)] {
                 let key = format!("{prefix}.{n}");
-                let t = state.get(&key).ok_or_else(|| anyhow::anyhow!("optimizer state lacks {key}"))?;
+                let t = state
+                    .get(&key)
+                    .ok_or_else(|| anyhow::anyhow!("optimizer state lacks {key}"))?;
                 let dev = map[n].device().clone();
                 map.insert(n.clone(), t.to_device(&dev)?);
             }

@@ -24,7 +24,9 @@ fn palette(i: usize) -> RGBColor {
 
 /// (flops, loss) points of a run's metrics.jsonl.
 fn loss_curve(run_dir: &Path) -> Vec<(f64, f64)> {
-    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else { return vec![] };
+    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else {
+        return vec![];
+    };
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| Some((v.get("flops")?.as_f64()?, v.get("loss")?.as_f64()?)))
@@ -40,17 +42,33 @@ pub fn write_plots(dir: &Path, results: &[RunResult], rows: &[Row]) -> Result<()
     for (task, runs) in by_task {
         let curves: Vec<(String, Vec<(f64, f64)>)> = runs
             .iter()
-            .map(|r| (format!("{} {} s{} lr{:e}", r.model, r.level, r.seed, r.lr), loss_curve(&dir.join("runs").join(&r.id))))
+            .map(|r| {
+                (
+                    format!("{} {} s{} lr{:e}", r.model, r.level, r.seed, r.lr),
+                    loss_curve(&dir.join("runs").join(&r.id)),
+                )
+            })
             .filter(|(_, c)| c.len() >= 2)
             .collect();
         if !curves.is_empty() {
             let path = dir.join(format!("{task}-loss-vs-flops.svg"));
-            line_plot(&path, &format!("{task}: training loss vs FLOPs"), "training FLOPs", "loss", &curves, true)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            line_plot(
+                &path,
+                &format!("{task}: training loss vs FLOPs"),
+                "training FLOPs",
+                "loss",
+                &curves,
+                true,
+            )
+            .with_context(|| format!("cannot write {}", path.display()))?;
         }
         let mut models: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
         let levels: Vec<&str> = {
-            let mut l: Vec<&str> = rows.iter().filter(|r| r.task == task).map(|r| r.level.as_str()).collect();
+            let mut l: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.task == task)
+                .map(|r| r.level.as_str())
+                .collect();
             l.sort();
             l.dedup();
             l
@@ -61,19 +79,41 @@ pub fn write_plots(dir: &Path, results: &[RunResult], rows: &[Row]) -> Result<()
             }
         }
         if !models.is_empty() {
-            let curves: Vec<(String, Vec<(f64, f64)>)> = models.into_iter().map(|(m, p)| (m.to_string(), p)).collect();
+            let curves: Vec<(String, Vec<(f64, f64)>)> = models
+                .into_iter()
+                .map(|(m, p)| (m.to_string(), p))
+                .collect();
             let path = dir.join(format!("{task}-accuracy-vs-level.svg"));
             let xl = format!("level ({})", levels.join(", "));
-            line_plot(&path, &format!("{task}: test accuracy by level"), &xl, "test accuracy", &curves, false)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            line_plot(
+                &path,
+                &format!("{task}: test accuracy by level"),
+                &xl,
+                "test accuracy",
+                &curves,
+                false,
+            )
+            .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     Ok(())
 }
 
-fn line_plot(path: &Path, title: &str, xl: &str, yl: &str, curves: &[(String, Vec<(f64, f64)>)], log_x: bool) -> Result<()> {
+fn line_plot(
+    path: &Path,
+    title: &str,
+    xl: &str,
+    yl: &str,
+    curves: &[(String, Vec<(f64, f64)>)],
+    log_x: bool,
+) -> Result<()> {
     let pts = curves.iter().flat_map(|(_, c)| c.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
     for &(x, y) in pts {
         x0 = x0.min(x);
         x1 = x1.max(x);
@@ -91,7 +131,10 @@ fn line_plot(path: &Path, title: &str, xl: &str, yl: &str, curves: &[(String, Ve
         let root = SVGBackend::with_string(&mut buf, (800, 500)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut b = ChartBuilder::on(&root);
-        b.caption(title, ("sans-serif", 20)).margin(10).x_label_area_size(40).y_label_area_size(60);
+        b.caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60);
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut chart = $chart;
@@ -101,9 +144,15 @@ fn line_plot(path: &Path, title: &str, xl: &str, yl: &str, curves: &[(String, Ve
                     chart
                         .draw_series(LineSeries::new(c.iter().copied(), col.stroke_width(2)))?
                         .label(name.clone())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
+                        });
                 }
-                chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()?;
             }};
         }
         if log_x {

@@ -54,7 +54,10 @@ fn optim() -> OptimSpec {
 }
 
 fn sets(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 pub fn preset(task: &str) -> Result<Preset> {
@@ -83,12 +86,24 @@ pub fn preset(task: &str) -> Result<Preset> {
         },
         // The LIMe paper's arithmetic models: 4 layers, 4 heads, d=32, linear decay.
         "arith" => Preset {
-            optim: OptimSpec { schedule: Schedule::Linear, ..optim() },
+            optim: OptimSpec {
+                schedule: Schedule::Linear,
+                ..optim()
+            },
             budget_flops: 1.0e13,
             ..base("ops4", shape(32, 4, 4))
         },
-        "prosqa" => Preset { budget_flops: 1.0e13, ..base("mixed", shape(64, 4, 4)) },
-        "hopk" => Preset { budget_flops: 1.0e13, ..base("k2", shape(64, 4, 4)) },
-        other => anyhow::bail!("unknown task `{other}` (known tasks: {})", tasks::task_names().join(", ")),
+        "prosqa" => Preset {
+            budget_flops: 1.0e13,
+            ..base("mixed", shape(64, 4, 4))
+        },
+        "hopk" => Preset {
+            budget_flops: 1.0e13,
+            ..base("k2", shape(64, 4, 4))
+        },
+        other => anyhow::bail!(
+            "unknown task `{other}` (known tasks: {})",
+            tasks::task_names().join(", ")
+        ),
     })
 }

@@ -21,9 +21,10 @@ pub struct RunArgs {
     /// Models, comma-separated [default: llama,lime].
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Difficulty level of the task [default: the preset's level].
-    #[arg(long)]
-    pub level: Option<String>,
+    /// Difficulty level(s) of the task, comma-separated: one run per level, so the leaderboard
+    /// and the accuracy-vs-level plot break results down by level [default: the preset's level].
+    #[arg(long, value_delimiter = ',')]
+    pub level: Vec<String>,
     /// Override a task knob (repeatable), e.g. `--set num_kv_pairs=8`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
@@ -142,24 +143,43 @@ impl RunSpec {
     pub fn id(&self) -> String {
         let json = serde_json::to_string(self).expect("specs serialize");
         let h = Sha256::digest(json.as_bytes());
-        format!("{}-{}-{}-s{}-{}", self.task, self.level, self.model, self.seed, &crate::io::hex(&h)[..12])
+        format!(
+            "{}-{}-{}-s{}-{}",
+            self.task,
+            self.level,
+            self.model,
+            self.seed,
+            &crate::io::hex(&h)[..12]
+        )
     }
 }
 
 pub fn code_version() -> String {
-    format!("harness-{}+gen{}", env!("CARGO_PKG_VERSION"), tasks::GENERATOR_VERSION)
+    format!(
+        "harness-{}+gen{}",
+        env!("CARGO_PKG_VERSION"),
+        tasks::GENERATOR_VERSION
+    )
 }
 
 /// Apply `key=value` overrides to a serializable struct through JSON, so unknown keys and bad
 /// types are caught by serde (`deny_unknown_fields`).
-pub fn apply_sets<T: Serialize + serde::de::DeserializeOwned>(base: &T, sets: &[(String, String)], what: &str) -> Result<T> {
+pub fn apply_sets<T: Serialize + serde::de::DeserializeOwned>(
+    base: &T,
+    sets: &[(String, String)],
+    what: &str,
+) -> Result<T> {
     let mut v = serde_json::to_value(base)?;
     let obj = v.as_object_mut().expect("structs serialize to objects");
     for (k, val) in sets {
         if !obj.contains_key(k) {
-            bail!("unknown {what} key `{k}` (known: {})", obj.keys().cloned().collect::<Vec<_>>().join(", "));
+            bail!(
+                "unknown {what} key `{k}` (known: {})",
+                obj.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
-        let parsed = serde_json::from_str::<Value>(val).unwrap_or_else(|_| Value::String(val.clone()));
+        let parsed =
+            serde_json::from_str::<Value>(val).unwrap_or_else(|_| Value::String(val.clone()));
         obj.insert(k.clone(), parsed);
     }
     serde_json::from_value(v).with_context(|| format!("invalid {what} setting"))
@@ -167,7 +187,14 @@ pub fn apply_sets<T: Serialize + serde::de::DeserializeOwned>(base: &T, sets: &[
 
 pub fn parse_variant(name: &str) -> Result<models::Variant> {
     models::Variant::from_name(name).with_context(|| {
-        format!("unknown model `{name}` (known: {})", models::Variant::ALL.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "))
+        format!(
+            "unknown model `{name}` (known: {})",
+            models::Variant::ALL
+                .iter()
+                .map(|v| v.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     })
 }
 
@@ -177,10 +204,18 @@ fn validate_model(c: &models::Config) -> Result<()> {
         bail!("model dimensions must be positive");
     }
     if c.d_model % c.n_heads != 0 {
-        bail!("d_model {} is not divisible by n_heads {}", c.d_model, c.n_heads);
+        bail!(
+            "d_model {} is not divisible by n_heads {}",
+            c.d_model,
+            c.n_heads
+        );
     }
     if c.n_heads % c.n_kv_heads != 0 {
-        bail!("n_heads {} is not divisible by n_kv_heads {}", c.n_heads, c.n_kv_heads);
+        bail!(
+            "n_heads {} is not divisible by n_kv_heads {}",
+            c.n_heads,
+            c.n_kv_heads
+        );
     }
     if c.head_dim() % 2 != 0 {
         bail!("head dimension {} must be even for RoPE", c.head_dim());
@@ -190,13 +225,18 @@ fn validate_model(c: &models::Config) -> Result<()> {
 
 /// Training FLOPs of one optimiser step: 3 x causal forward FLOPs x batch.
 pub fn flops_per_step(cfg: &models::Config, seq_len: usize, batch: usize) -> f64 {
-    3.0 * models::accounting::forward_flops(cfg, seq_len, models::accounting::FlopMode::Causal) as f64 * batch as f64
+    3.0 * models::accounting::forward_flops(cfg, seq_len, models::accounting::FlopMode::Causal)
+        as f64
+        * batch as f64
 }
 
 /// Resolve the main job's flags into run specs (all cells, in a stable order).
 pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
     if a.task.is_empty() {
-        bail!("no task given: use --task NAME (known: {})", tasks::task_names().join(", "));
+        bail!(
+            "no task given: use --task NAME (known: {})",
+            tasks::task_names().join(", ")
+        );
     }
     if a.seeds == 0 || a.seeds > 1000 {
         bail!("--seeds must be between 1 and 1000");
@@ -206,7 +246,37 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
     let mut specs = Vec::new();
     for task_name in &a.task {
         let preset = crate::presets::preset(task_name)?;
-        let level = a.level.clone().unwrap_or_else(|| preset.level.clone());
+        let levels = if a.level.is_empty() {
+            vec![preset.level.clone()]
+        } else {
+            a.level.clone()
+        };
+        for level in levels {
+            specs.extend(resolve_cell(
+                a,
+                task_name,
+                &level,
+                &preset,
+                &sets,
+                &model_sets,
+            )?);
+        }
+    }
+    Ok(specs)
+}
+
+/// The runs of one (task, level): every model x lr x seed.
+fn resolve_cell(
+    a: &RunArgs,
+    task_name: &str,
+    level: &str,
+    preset: &crate::presets::Preset,
+    sets: &[(String, String)],
+    model_sets: &[(String, String)],
+) -> Result<Vec<RunSpec>> {
+    let mut specs = Vec::new();
+    {
+        let level = level.to_string();
         let mut all_sets = preset.task_sets.clone();
         all_sets.extend(sets.iter().cloned());
         let task = tasks::build(task_name, Some(&level), &all_sets)?;
@@ -218,7 +288,11 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
         if batch_size == 0 || batch_size > 1 << 16 {
             bail!("--batch-size must be between 1 and 65536");
         }
-        let lrs = if a.lr.is_empty() { vec![preset.lr] } else { a.lr.clone() };
+        let lrs = if a.lr.is_empty() {
+            vec![preset.lr]
+        } else {
+            a.lr.clone()
+        };
         for &lr in &lrs {
             if !(lr > 0.0 && lr < 1.0) {
                 bail!("--lr {lr} is out of range (0, 1)");
@@ -228,7 +302,11 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
         if !(budget.is_finite() && budget > 0.0) {
             bail!("--budget-flops must be a positive number");
         }
-        let model_names: Vec<String> = if a.models.is_empty() { preset.models.clone() } else { a.models.clone() };
+        let model_names: Vec<String> = if a.models.is_empty() {
+            preset.models.clone()
+        } else {
+            a.models.clone()
+        };
         let n_val = a.n_val.unwrap_or(preset.n_val);
         let n_test = a.n_test.unwrap_or(preset.n_test);
         if n_val == 0 || n_test == 0 {
@@ -237,12 +315,24 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
         // Baseline step count, for --match steps without --steps.
         let mut base_shape = preset.model.clone();
         base_shape.vocab_size = task.vocab_size();
-        let base_shape = apply_sets(&base_shape, &model_sets, "model")?;
+        let base_shape = apply_sets(&base_shape, model_sets, "model")?;
         validate_model(&base_shape)?;
-        let llama_steps = (budget / flops_per_step(&models::Config { variant: models::Variant::Llama, ..base_shape.clone() }, seq_len, batch_size)).floor() as u64;
+        let llama_steps = (budget
+            / flops_per_step(
+                &models::Config {
+                    variant: models::Variant::Llama,
+                    ..base_shape.clone()
+                },
+                seq_len,
+                batch_size,
+            ))
+        .floor() as u64;
         for model_name in &model_names {
             let variant = parse_variant(model_name)?;
-            let cfg = models::Config { variant, ..base_shape.clone() };
+            let cfg = models::Config {
+                variant,
+                ..base_shape.clone()
+            };
             let fps = flops_per_step(&cfg, seq_len, batch_size);
             let steps = match a.match_mode {
                 MatchMode::Flops => {
@@ -260,19 +350,26 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
                 },
             };
             // With --match steps the budget is what these steps cost this model.
-            let budget = if a.match_mode == MatchMode::Steps { steps as f64 * fps } else { budget };
+            let budget = if a.match_mode == MatchMode::Steps {
+                steps as f64 * fps
+            } else {
+                budget
+            };
             let eval_every = (steps / preset.evals_per_run.max(1)).max(1);
             for &lr in &lrs {
                 for seed in 0..a.seeds {
                     specs.push(RunSpec {
                         code_version: code_version(),
-                        task: task_name.clone(),
+                        task: task_name.to_string(),
                         level: level.clone(),
                         task_config: task.config(),
                         model: model_name.clone(),
                         model_config: cfg.clone(),
                         seed,
-                        optim: OptimSpec { lr, ..preset.optim.clone() },
+                        optim: OptimSpec {
+                            lr,
+                            ..preset.optim.clone()
+                        },
                         batch_size,
                         seq_len,
                         match_mode: a.match_mode,

@@ -61,8 +61,13 @@ fn default_device() -> String {
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let (i, n) = s.split_once('/').with_context(|| format!("--shard expects i/n, got `{s}`"))?;
-    let (i, n): (usize, usize) = (i.trim().parse().context("--shard index")?, n.trim().parse().context("--shard count")?);
+    let (i, n) = s
+        .split_once('/')
+        .with_context(|| format!("--shard expects i/n, got `{s}`"))?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().context("--shard index")?,
+        n.trim().parse().context("--shard count")?,
+    );
     if n == 0 || i >= n {
         bail!("--shard {s}: need 0 <= i < n");
     }
@@ -83,7 +88,11 @@ pub fn cells(plan: &Plan) -> Result<Vec<crate::spec::RunSpec>> {
     if plan.tasks.is_empty() {
         bail!("the plan lists no tasks");
     }
-    let levels: Vec<Option<String>> = if plan.levels.is_empty() { vec![None] } else { plan.levels.iter().cloned().map(Some).collect() };
+    let levels: Vec<Vec<String>> = if plan.levels.is_empty() {
+        vec![vec![]]
+    } else {
+        plan.levels.iter().map(|l| vec![l.clone()]).collect()
+    };
     let mut out = Vec::new();
     for task in &plan.tasks {
         for level in &levels {
@@ -104,18 +113,38 @@ pub fn cells(plan: &Plan) -> Result<Vec<crate::spec::RunSpec>> {
                 out: plan.out.clone(),
                 ..Default::default()
             };
-            out.extend(crate::spec::resolve(&args).with_context(|| format!("cell {task}{}", level.as_ref().map(|l| format!(" level {l}")).unwrap_or_default()))?);
+            out.extend(crate::spec::resolve(&args).with_context(|| {
+                format!(
+                    "cell {task}{}",
+                    level
+                        .first()
+                        .map(|l| format!(" level {l}"))
+                        .unwrap_or_default()
+                )
+            })?);
         }
     }
     Ok(out)
 }
 
 pub fn run(a: &SweepArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.plan).with_context(|| format!("cannot read plan {}", a.plan.display()))?;
-    let plan: Plan = toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid plan {}: {}", a.plan.display(), e.message()))?;
-    let (i, n) = a.shard.as_deref().map(parse_shard).transpose()?.unwrap_or((0, 1));
+    let text = std::fs::read_to_string(&a.plan)
+        .with_context(|| format!("cannot read plan {}", a.plan.display()))?;
+    let plan: Plan = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid plan {}: {}", a.plan.display(), e.message()))?;
+    let (i, n) = a
+        .shard
+        .as_deref()
+        .map(parse_shard)
+        .transpose()?
+        .unwrap_or((0, 1));
     let all = cells(&plan)?;
-    let mine: Vec<_> = all.iter().enumerate().filter(|(k, _)| k % n == i).map(|(_, s)| s).collect();
+    let mine: Vec<_> = all
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| k % n == i)
+        .map(|(_, s)| s)
+        .collect();
     if a.dry_run {
         for s in &mine {
             println!("{}", s.id());
@@ -123,8 +152,13 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     let dev = crate::train::device(&plan.device)?;
-    std::fs::create_dir_all(&plan.out).with_context(|| format!("cannot create {}", plan.out.display()))?;
-    eprintln!("sweep: {} of {} cells in shard {i}/{n}", mine.len(), all.len());
+    std::fs::create_dir_all(&plan.out)
+        .with_context(|| format!("cannot create {}", plan.out.display()))?;
+    eprintln!(
+        "sweep: {} of {} cells in shard {i}/{n}",
+        mine.len(),
+        all.len()
+    );
     for s in mine {
         crate::train::run_one(s, &plan.out, &dev, a.quiet, false, None)?;
     }

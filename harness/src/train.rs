@@ -80,15 +80,27 @@ struct MetricLine {
 pub fn device(spec: &str) -> Result<Device> {
     let cuda = |i: usize| -> Result<Device> {
         if !cfg!(feature = "cuda") {
-            bail!("--device {spec}: this binary was built without CUDA (build with --features cuda)");
+            bail!(
+                "--device {spec}: this binary was built without CUDA (build with --features cuda)"
+            );
         }
         Device::new_cuda(i).with_context(|| format!("--device {spec}: no usable CUDA device {i}"))
     };
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() { cuda(0)? } else { Device::Cpu }),
+        "auto" => Ok(
+            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                cuda(0)?
+            } else {
+                Device::Cpu
+            },
+        ),
         "cuda" => cuda(0),
-        s if s.starts_with("cuda:") => cuda(s[5..].parse().with_context(|| format!("bad device `{s}`"))?),
+        s if s.starts_with("cuda:") => cuda(
+            s[5..]
+                .parse()
+                .with_context(|| format!("bad device `{s}`"))?,
+        ),
         s => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or auto)"),
     }
 }
@@ -112,7 +124,12 @@ pub struct Batch {
     pub per_example: Vec<usize>,
 }
 
-pub fn make_batch(task: &dyn Task, examples: &[Example], seq_len: usize, device: &Device) -> Result<Batch> {
+pub fn make_batch(
+    task: &dyn Task,
+    examples: &[Example],
+    seq_len: usize,
+    device: &Device,
+) -> Result<Batch> {
     let b = examples.len();
     let mut input = vec![task.pad_id(); b * seq_len];
     let mut rows = Vec::new();
@@ -158,19 +175,31 @@ fn train_indices(spec: &RunSpec, step: u64) -> Vec<u64> {
         let base = spec.seed << 40;
         (0..b).map(|j| base + step * b + j).collect()
     } else {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step,
+        );
         (0..b).map(|_| rng.gen_range(0..spec.train_pool)).collect()
     }
 }
 
 fn train_batch(task: &dyn Task, digest: &[u8; 32], spec: &RunSpec, step: u64) -> Vec<Example> {
     use rayon::prelude::*;
-    train_indices(spec, step).into_par_iter().map(|i| tasks::generate_with(task, digest, Split::Train, i)).collect()
+    train_indices(spec, step)
+        .into_par_iter()
+        .map(|i| tasks::generate_with(task, digest, Split::Train, i))
+        .collect()
 }
 
 /// Teacher-forced accuracy: (token accuracy over supervised positions, fraction of examples with
 /// every supervised position right).
-pub fn teacher_forced(model: &models::Model, task: &dyn Task, examples: &[Example], seq_len: usize, device: &Device, bs: usize) -> Result<(f64, f64)> {
+pub fn teacher_forced(
+    model: &models::Model,
+    task: &dyn Task,
+    examples: &[Example],
+    seq_len: usize,
+    device: &Device,
+    bs: usize,
+) -> Result<(f64, f64)> {
     let (mut right, mut total, mut seq_right) = (0usize, 0usize, 0usize);
     for chunk in examples.chunks(bs.max(1)) {
         let batch = make_batch(task, chunk, seq_len, device)?;
@@ -186,18 +215,30 @@ pub fn teacher_forced(model: &models::Model, task: &dyn Task, examples: &[Exampl
             off += k;
         }
     }
-    Ok((right as f64 / total.max(1) as f64, seq_right as f64 / examples.len().max(1) as f64))
+    Ok((
+        right as f64 / total.max(1) as f64,
+        seq_right as f64 / examples.len().max(1) as f64,
+    ))
 }
 
 /// Greedy decoding with the KV cache from `prompt` until EOS or `max_new` tokens.
-pub fn greedy(model: &models::Model, prompt: &[u32], eos: Option<u32>, max_new: usize, device: &Device) -> Result<Vec<u32>> {
+pub fn greedy(
+    model: &models::Model,
+    prompt: &[u32],
+    eos: Option<u32>,
+    max_new: usize,
+    device: &Device,
+) -> Result<Vec<u32>> {
     let mut cache = models::KvCache::new(model.config());
     let mut out = Vec::new();
     let mut input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), device)?;
     for _ in 0..max_new {
         let logits = model.forward_cached(&input, &mut cache)?; // (1, t, V)
         let t = logits.dim(1)?;
-        let next = logits.i((0, t - 1))?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+        let next = logits
+            .i((0, t - 1))?
+            .argmax(D::Minus1)?
+            .to_scalar::<u32>()?;
         out.push(next);
         if Some(next) == eos {
             break;
@@ -208,10 +249,17 @@ pub fn greedy(model: &models::Model, prompt: &[u32], eos: Option<u32>, max_new: 
 }
 
 /// Verifier accuracy of greedy generations.
-pub fn generation_accuracy(model: &models::Model, task: &dyn Task, examples: &[Example], device: &Device) -> Result<f64> {
+pub fn generation_accuracy(
+    model: &models::Model,
+    task: &dyn Task,
+    examples: &[Example],
+    device: &Device,
+) -> Result<f64> {
     let mut right = 0usize;
     for ex in examples {
-        let max_new = task.max_new_tokens().min(task.max_len().saturating_sub(ex.prompt_len).max(1));
+        let max_new = task
+            .max_new_tokens()
+            .min(task.max_len().saturating_sub(ex.prompt_len).max(1));
         let gen = greedy(model, ex.prompt(), task.eos_id(), max_new, device)?;
         if task.score(ex, &gen) {
             right += 1;
@@ -230,7 +278,9 @@ fn val_score(task: &dyn Task, tf: (f64, f64)) -> f64 {
 
 fn weights_of(varmap: &candle_nn::VarMap) -> Result<HashMap<String, Tensor>> {
     let data = varmap.data().lock().expect("varmap lock");
-    data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect()
+    data.iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect()
 }
 
 fn set_weights(varmap: &candle_nn::VarMap, w: &HashMap<String, Tensor>) -> Result<()> {
@@ -243,17 +293,28 @@ fn set_weights(varmap: &candle_nn::VarMap, w: &HashMap<String, Tensor>) -> Resul
 }
 
 fn save_tensors(path: &Path, map: &HashMap<String, Tensor>) -> Result<()> {
-    let cpu: HashMap<String, Tensor> = map.iter().map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), None).context("serialize safetensors")?;
+    let cpu: HashMap<String, Tensor> = map
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), None)
+        .context("serialize safetensors")?;
     write_atomic(path, &bytes)
 }
 
 fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device).with_context(|| format!("cannot read {}", path.display()))
+    candle_core::safetensors::load(path, device)
+        .with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Write a checkpoint: into `ckpt-new/`, then swap it in for `ckpt/`.
-fn save_checkpoint(dir: &Path, varmap: &candle_nn::VarMap, opt: &AdamW, best: &Option<HashMap<String, Tensor>>, st: &TrainState) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    varmap: &candle_nn::VarMap,
+    opt: &AdamW,
+    best: &Option<HashMap<String, Tensor>>,
+    st: &TrainState,
+) -> Result<()> {
     let new = dir.join("ckpt-new");
     let _ = std::fs::remove_dir_all(&new);
     std::fs::create_dir_all(&new).with_context(|| format!("cannot create {}", new.display()))?;
@@ -265,20 +326,30 @@ fn save_checkpoint(dir: &Path, varmap: &candle_nn::VarMap, opt: &AdamW, best: &O
     write_json(&new.join("state.json"), st)?; // last: marks the folder complete
     let cur = dir.join("ckpt");
     let _ = std::fs::remove_dir_all(&cur);
-    std::fs::rename(&new, &cur).with_context(|| format!("cannot move checkpoint into {}", cur.display()))?;
+    std::fs::rename(&new, &cur)
+        .with_context(|| format!("cannot move checkpoint into {}", cur.display()))?;
     Ok(())
 }
 
 fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
-    ["ckpt", "ckpt-new"].iter().map(|n| dir.join(n)).find(|p| p.join("state.json").is_file())
+    ["ckpt", "ckpt-new"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.join("state.json").is_file())
 }
 
 /// Keep only metric lines up to `step` (after resuming from a checkpoint at `step`).
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<MetricLine>(l).map(|m| m.step <= step).unwrap_or(false))
+        .filter(|l| {
+            serde_json::from_str::<MetricLine>(l)
+                .map(|m| m.step <= step)
+                .unwrap_or(false)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     write_atomic(path, kept.as_bytes())
@@ -286,8 +357,13 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 
 fn append_metric(path: &Path, m: &MetricLine) -> Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(m)?).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(m)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -300,7 +376,14 @@ pub enum Outcome {
 }
 
 /// Train and evaluate one spec in `<out>/runs/<id>/`.
-pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, quiet: bool, force: bool, stop_after: Option<u64>) -> Result<Outcome> {
+pub fn run_one(
+    spec: &RunSpec,
+    out: &Path,
+    dev: &Device,
+    quiet: bool,
+    force: bool,
+    stop_after: Option<u64>,
+) -> Result<Outcome> {
     let id = spec.id();
     let dir = out.join("runs").join(&id);
     let result_path = dir.join("result.json");
@@ -323,11 +406,20 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, quiet: bool, force: boo
     let mut opt = AdamW::new(&varmap, &spec.optim)?;
     let metrics_path = dir.join("metrics.jsonl");
 
-    let mut st = TrainState { step: 0, best_val: None, best_step: None, elapsed_s: 0.0, last_loss: None };
+    let mut st = TrainState {
+        step: 0,
+        best_val: None,
+        best_step: None,
+        elapsed_s: 0.0,
+        last_loss: None,
+    };
     let mut best: Option<HashMap<String, Tensor>> = None;
     if let Some(ck) = find_checkpoint(&dir) {
         st = read_json(&ck.join("state.json"))?;
-        set_weights(&varmap, &load_tensors(&ck.join("weights.safetensors"), dev)?)?;
+        set_weights(
+            &varmap,
+            &load_tensors(&ck.join("weights.safetensors"), dev)?,
+        )?;
         opt.load_state(&load_tensors(&ck.join("optim.safetensors"), dev)?, st.step)?;
         if ck.join("best.safetensors").is_file() {
             best = Some(load_tensors(&ck.join("best.safetensors"), dev)?);
@@ -349,18 +441,38 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, quiet: bool, force: boo
             return Ok(Outcome::Interrupted);
         }
         let step = st.step;
-        let batch = make_batch(task, &train_batch(task, &digest, spec, step), spec.seq_len, dev)?;
+        let batch = make_batch(
+            task,
+            &train_batch(task, &digest, spec, step),
+            spec.seq_len,
+            dev,
+        )?;
         let logits = supervised_logits(&model, &batch)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             diverged = true;
-            append_metric(&metrics_path, &MetricLine { step, flops: None, loss: Some(f64::NAN), lr: None, tokens_per_s: None, val_acc: None }).ok();
+            append_metric(
+                &metrics_path,
+                &MetricLine {
+                    step,
+                    flops: None,
+                    loss: Some(f64::NAN),
+                    lr: None,
+                    tokens_per_s: None,
+                    val_acc: None,
+                },
+            )
+            .ok();
             break;
         }
         let grads = loss.backward()?;
         let norm = opt.grad_norm(&grads)?; // also asserts every weight got a gradient
-        let scale = if norm > spec.optim.grad_clip { spec.optim.grad_clip / (norm + 1e-6) } else { 1.0 };
+        let scale = if norm > spec.optim.grad_clip {
+            spec.optim.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
         let lr = lr_at(&spec.optim, spec.optim.lr, step, spec.steps);
         opt.step(&grads, lr, scale)?;
         st.step += 1;
@@ -370,13 +482,36 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, quiet: bool, force: boo
         if st.step % log_every == 0 || st.step == spec.steps {
             let tps = window_tokens as f64 / window.elapsed().as_secs_f64().max(1e-9);
             pb.set_message(format!("loss {loss_v:.4}"));
-            append_metric(&metrics_path, &MetricLine { step: st.step, flops: Some(st.step as f64 * spec.flops_per_step), loss: Some(loss_v), lr: Some(lr), tokens_per_s: Some(tps), val_acc: None })?;
+            append_metric(
+                &metrics_path,
+                &MetricLine {
+                    step: st.step,
+                    flops: Some(st.step as f64 * spec.flops_per_step),
+                    loss: Some(loss_v),
+                    lr: Some(lr),
+                    tokens_per_s: Some(tps),
+                    val_acc: None,
+                },
+            )?;
             window = Instant::now();
             window_tokens = 0;
         }
         if st.step % spec.eval_every == 0 || st.step == spec.steps {
-            let score = val_score(task, teacher_forced(&model, task, &val, spec.seq_len, dev, spec.batch_size)?);
-            append_metric(&metrics_path, &MetricLine { step: st.step, flops: None, loss: None, lr: None, tokens_per_s: None, val_acc: Some(score) })?;
+            let score = val_score(
+                task,
+                teacher_forced(&model, task, &val, spec.seq_len, dev, spec.batch_size)?,
+            );
+            append_metric(
+                &metrics_path,
+                &MetricLine {
+                    step: st.step,
+                    flops: None,
+                    loss: None,
+                    lr: None,
+                    tokens_per_s: None,
+                    val_acc: Some(score),
+                },
+            )?;
             if st.best_val.is_none_or(|b| score > b) {
                 st.best_val = Some(score);
                 st.best_step = Some(st.step);
@@ -393,7 +528,11 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, quiet: bool, force: boo
     let tokens_seen = st.step * (spec.batch_size * spec.seq_len) as u64;
     let mut result = RunResult {
         id,
-        status: if diverged { "diverged".into() } else { "ok".into() },
+        status: if diverged {
+            "diverged".into()
+        } else {
+            "ok".into()
+        },
         task: spec.task.clone(),
         level: spec.level.clone(),
         model: spec.model.clone(),
@@ -439,8 +578,11 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, quiet: bool, force: boo
 
 /// Rebuild the task from the exact config stored in the spec.
 pub fn task_from_spec(spec: &RunSpec) -> Result<Box<dyn Task>, tasks::TaskError> {
-    let sets: Vec<(String, String)> =
-        spec.task_config.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()).unwrap_or_default();
+    let sets: Vec<(String, String)> = spec
+        .task_config
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+        .unwrap_or_default();
     tasks::build(&spec.task, Some(&spec.level), &sets)
 }
 
@@ -448,11 +590,16 @@ fn progress(spec: &RunSpec, quiet: bool, pos: u64) -> indicatif::ProgressBar {
     if quiet {
         return indicatif::ProgressBar::hidden();
     }
-    let pb = indicatif::ProgressBar::with_draw_target(Some(spec.steps), indicatif::ProgressDrawTarget::stderr());
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(spec.steps),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} ({eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>28} [{bar:30}] {pos}/{len} {msg} ({eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(format!("{} {} s{}", spec.task, spec.model, spec.seed));
     pb.set_position(pos);
@@ -463,20 +610,32 @@ fn progress(spec: &RunSpec, quiet: bool, pos: u64) -> indicatif::ProgressBar {
 pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
     let specs = crate::spec::resolve(a)?;
     let dev = device(&a.device)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     for spec in &specs {
         match run_one(spec, &a.out, &dev, a.quiet, a.force, a.stop_after)? {
-            Outcome::Done(r) if !a.quiet => eprintln!("{}: {} test acc {} in {:.0}s", r.id, r.status, fmt_opt(r.test_acc), r.wall_clock_s),
+            Outcome::Done(r) if !a.quiet => eprintln!(
+                "{}: {} test acc {} in {:.0}s",
+                r.id,
+                r.status,
+                fmt_opt(r.test_acc),
+                r.wall_clock_s
+            ),
             Outcome::Skipped(r) if !a.quiet => eprintln!("{}: already done, skipped", r.id),
             Outcome::Interrupted => {
-                eprintln!("{}: stopped after {} steps (--stop-after)", spec.id(), a.stop_after.unwrap_or(0));
+                eprintln!(
+                    "{}: stopped after {} steps (--stop-after)",
+                    spec.id(),
+                    a.stop_after.unwrap_or(0)
+                );
                 return Ok(());
             }
             _ => {}
         }
     }
     let tasks: Vec<String> = a.task.clone();
-    let table = crate::leaderboard::render_dir(&a.out, Some(&tasks), crate::leaderboard::Format::Md)?;
+    let table =
+        crate::leaderboard::render_dir(&a.out, Some(&tasks), crate::leaderboard::Format::Md)?;
     crate::leaderboard::write_all(&a.out)?;
     println!("{table}");
     Ok(())
