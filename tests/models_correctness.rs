@@ -94,9 +94,8 @@ fn loss(model: &Model, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
     )?)
 }
 
-/// Independent parameter count (same closed form as the paper's Table 8 accounting).
-/// TODO(accounting): once `models::accounting` is exported from lib.rs, also compare against
-/// `models::accounting::num_params` (see `num_params_matches_built_tensors`).
+/// Independent parameter count, written here from the spec (a second opinion next to
+/// `models::accounting::num_params`).
 fn formula_num_params(c: &Config) -> usize {
     let (v, d, f, l, r) = (c.vocab_size, c.d_model, c.d_ff, c.n_layers, c.n_kv_heads);
     let kv = r * c.head_dim();
@@ -203,6 +202,179 @@ fn lime_dynamic_at_init_equals_lime() -> Result<()> {
         ensure!(randomize(&dyn_vm, ".router.u", 0.1, 3)? == 2);
         let d = max_abs_diff(&dynamic.forward(&ids)?, &reference)?;
         ensure!(d > 1e-4, "non-zero U_l should change the logits (diff {d})");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. An independent scalar reference (plain Rust loops, no candle) for all variants
+// ---------------------------------------------------------------------------------------------
+
+/// y = W x with W row-major (rows, cols).
+fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
+    w.chunks(x.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn rmsnorm_ref(x: &[f64], g: Option<&[f64]>, eps: f64) -> Vec<f64> {
+    let rms = (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| v / rms * g.map_or(1.0, |g| g[i]))
+        .collect()
+}
+
+/// RoPE, rotate-half pairs (i, i + d_h/2), angle p·θ^(−2i/d_h).
+fn rope_ref(u: &[f64], p: usize, theta: f64) -> Vec<f64> {
+    let half = u.len() / 2;
+    let mut out = u.to_vec();
+    for i in 0..half {
+        let a = p as f64 * theta.powf(-2.0 * i as f64 / u.len() as f64);
+        out[i] = u[i] * a.cos() - u[i + half] * a.sin();
+        out[i + half] = u[i + half] * a.cos() + u[i] * a.sin();
+    }
+    out
+}
+
+/// Logits [t][vocab] of one sequence, computed token by token from the spec's equations.
+fn reference_forward(c: &Config, w: &HashMap<String, Vec<f64>>, ids: &[u32]) -> Vec<Vec<f64>> {
+    let (d, nh, r, dh) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim());
+    let g = nh / r;
+    let p = |name: String| -> &Vec<f64> { &w[&name] };
+    let mut x: Vec<Vec<f64>> = ids
+        .iter()
+        .map(|&id| p("embed_tokens.weight".into())[id as usize * d..][..d].to_vec())
+        .collect();
+    // Pre-RoPE K and V of every layer: [layer][t][kv head] → d_h vector.
+    let mut kbuf: Vec<Vec<Vec<Vec<f64>>>> = Vec::new();
+    let mut vbuf: Vec<Vec<Vec<Vec<f64>>>> = Vec::new();
+    for l in 0..c.n_layers {
+        let pre = format!("layers.{l}.");
+        let h: Vec<Vec<f64>> = x
+            .iter()
+            .map(|xt| rmsnorm_ref(xt, Some(p(pre.clone() + "attn_norm.weight")), c.norm_eps))
+            .collect();
+        let heads = |m: Vec<f64>| -> Vec<Vec<f64>> { m.chunks(dh).map(|c| c.to_vec()).collect() };
+        let q: Vec<Vec<Vec<f64>>> = h
+            .iter()
+            .map(|ht| heads(matvec(p(pre.clone() + "attn.q_proj.weight"), ht)))
+            .collect();
+        kbuf.push(
+            h.iter()
+                .map(|ht| heads(matvec(p(pre.clone() + "attn.k_proj.weight"), ht)))
+                .collect(),
+        );
+        vbuf.push(
+            h.iter()
+                .map(|ht| heads(matvec(p(pre.clone() + "attn.v_proj.weight"), ht)))
+                .collect(),
+        );
+        // K_l[t][r] = Σ_{j ≤ l, r'} W_l(x_t)[r, j·R + r'] · K_j[t][r'] (same for V).
+        let (mut k, mut v) = (kbuf[l].clone(), vbuf[l].clone());
+        if c.variant != Variant::Llama && l > 0 {
+            let s = (l + 1) * r;
+            for t in 0..ids.len() {
+                let mut wt = p(pre.clone() + "attn.router.w").clone(); // (R, S) row-major
+                if c.variant == Variant::LimeDynamic {
+                    let n = rmsnorm_ref(&x[t], None, c.norm_eps);
+                    let dw = matvec(p(pre.clone() + "attn.router.u"), &n); // R·S
+                    wt.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
+                }
+                for rr in 0..r {
+                    let (mut ks, mut vs) = (vec![0.0; dh], vec![0.0; dh]);
+                    for src in 0..s {
+                        let (j, r2) = (src / r, src % r);
+                        let coef = wt[rr * s + src];
+                        for e in 0..dh {
+                            ks[e] += coef * kbuf[j][t][r2][e];
+                            vs[e] += coef * vbuf[j][t][r2][e];
+                        }
+                    }
+                    k[t][rr] = ks;
+                    v[t][rr] = vs;
+                }
+            }
+        }
+        let mut x_new = x.clone();
+        for t in 0..ids.len() {
+            let mut y = Vec::with_capacity(nh * dh);
+            for n in 0..nh {
+                let kv = n / g; // GQA: query head n reads kv head n / g
+                let qn = rope_ref(&q[t][n], t, c.rope_theta);
+                let scores: Vec<f64> = (0..=t)
+                    .map(|j| {
+                        let kj = rope_ref(&k[j][kv], j, c.rope_theta);
+                        qn.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for dd in 0..dh {
+                    y.push((0..=t).map(|j| e[j] / z * v[j][kv][dd]).sum());
+                }
+            }
+            let o = matvec(p(pre.clone() + "attn.o_proj.weight"), &y);
+            x_new[t].iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let h2 = rmsnorm_ref(
+                &x_new[t],
+                Some(p(pre.clone() + "mlp_norm.weight")),
+                c.norm_eps,
+            );
+            let gate = matvec(p(pre.clone() + "mlp.w_gate.weight"), &h2);
+            let up = matvec(p(pre.clone() + "mlp.w_up.weight"), &h2);
+            let act: Vec<f64> = gate
+                .iter()
+                .zip(&up)
+                .map(|(a, b)| a / (1.0 + (-a).exp()) * b)
+                .collect();
+            let down = matvec(p(pre.clone() + "mlp.w_down.weight"), &act);
+            x_new[t].iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        x = x_new;
+    }
+    let head = if c.tie_embeddings {
+        "embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    x.iter()
+        .map(|xt| {
+            matvec(
+                p(head.into()),
+                &rmsnorm_ref(xt, Some(p("norm.weight".into())), c.norm_eps),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn all_variants_match_a_scalar_reference() -> Result<()> {
+    for c in sweep() {
+        let (vm, model) = init_varmap(&c, 17, DType::F64, &Device::Cpu)?;
+        randomize(&vm, ".router.u", 0.1, 2)?;
+        // Larger norm gains than ones so that a swapped / missing gain would show.
+        randomize(&vm, "norm.weight", 1.0, 3)?;
+        let w: HashMap<String, Vec<f64>> = state_dict(&vm)?
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f64>()?)))
+            .collect::<Result<_>>()?;
+        let (b, t) = (2, 7);
+        let ids = random_ids(b, t, c.vocab_size, 19)?;
+        let logits: Vec<Vec<Vec<f64>>> = model.forward(&ids)?.to_vec3()?;
+        let ids: Vec<Vec<u32>> = ids.to_vec2()?;
+        for bi in 0..b {
+            let reference = reference_forward(&c, &w, &ids[bi]);
+            for ti in 0..t {
+                for (a, e) in logits[bi][ti].iter().zip(&reference[ti]) {
+                    ensure!(
+                        (a - e).abs() <= 1e-10,
+                        "{c:?}: b{bi} t{ti}: model {a} vs reference {e}"
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -522,6 +694,10 @@ fn tiny_models_overfit_one_batch_and_every_var_gets_a_gradient() -> Result<()> {
             first.get_or_insert(lv);
             last = lv;
             if lv < 0.1 * first.unwrap() {
+                eprintln!(
+                    "{variant:?}: loss {} → {lv} after {step} steps",
+                    first.unwrap()
+                );
                 break;
             }
         }
