@@ -4,6 +4,7 @@
 
 mod cli;
 mod models_correctness;
+mod models_fused;
 mod models_accounting;
 mod tasks_common;
 mod tasks_prosqa;

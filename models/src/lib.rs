@@ -13,6 +13,7 @@
 //! and read a path chosen by the caller; prefer [`state_dict`]/[`load_state_dict`].
 pub mod accounting;
 pub mod config;
+pub mod fused;
 pub mod init;
 pub mod lime;
 pub mod llama;

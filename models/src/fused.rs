@@ -1,0 +1,526 @@
+//! Fused CPU kernels (f32) with hand-written backward passes.
+//!
+//! candle composes attention, RMSNorm, RoPE and cross-entropy from many small ops, each of which
+//! allocates a fresh buffer and walks memory once; for the small models of this suite that is
+//! where a training step spends its time (see BENCHMARKS.md). The kernels below do each of them in
+//! one pass per row (rayon over rows/heads, `gemm` for the matrix products) and implement `bwd`, so
+//! gradients flow exactly as through the composed ops — which they are tested against.
+//!
+//! They are used only for contiguous f32 tensors on the CPU ([`usable`]); every other case (f64
+//! gradient checks, CUDA) takes the composed path, which stays the reference.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+/// Whether the fused kernels apply to `t` (f32 on the CPU). Set `LIME_BENCH_NO_FUSED=1` to force
+/// the composed reference path everywhere (for A/B measurements).
+pub fn usable(t: &Tensor) -> bool {
+    t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && !disabled()
+}
+
+fn disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        std::env::var("LIME_BENCH_NO_FUSED").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
+}
+
+/// The contiguous f32 data of a storage/layout pair.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let all = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("fused op: input must be contiguous"),
+    }
+}
+
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// C (m×n) = alpha·C + beta·A·B with explicit row/column strides (all single-threaded: callers
+/// parallelise over heads).
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    acc: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    beta: f32,
+) {
+    debug_assert!(c.len() >= m * n);
+    // SAFETY: the slices cover every index the strides reach (checked by the callers' shapes).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Causal attention (grouped-query): y_h = softmax(scale · q_h k_rᵀ + causal) v_r, r = h / (H/R).
+// ------------------------------------------------------------------------------------------------
+
+struct CausalAttention {
+    scale: f32,
+}
+
+/// Shapes of a (B,H,Tq,d) / (B,R,Tk,d) problem.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    r: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn new(q: &Shape, k: &Shape) -> Result<Self> {
+        let (b, h, tq, d) = q.dims4()?;
+        let (b2, r, tk, d2) = k.dims4()?;
+        if b != b2 || d != d2 || r == 0 || h % r != 0 || tk < tq {
+            candle_core::bail!("causal_attention: bad shapes q {q:?} k {k:?}");
+        }
+        Ok(Self { b, h, r, tq, tk, d })
+    }
+    fn g(&self) -> usize {
+        self.h / self.r
+    }
+}
+
+/// Row-normalised causal probabilities P (tq×tk) of one head into `p`; query i sees keys
+/// j ≤ i + (tk − tq).
+fn probs(dm: Dims, scale: f32, q: &[f32], k: &[f32], p: &mut [f32]) {
+    let (tq, tk, d) = (dm.tq, dm.tk, dm.d);
+    mm(tq, tk, d, p, false, q, d, 1, k, 1, d, 1.0); // p = q kᵀ
+    let off = tk - tq;
+    for i in 0..tq {
+        let row = &mut p[i * tk..(i + 1) * tk];
+        let n = i + off + 1;
+        let mut m = f32::NEG_INFINITY;
+        for x in &mut row[..n] {
+            *x *= scale;
+            m = m.max(*x);
+        }
+        let mut sum = 0f32;
+        for x in &mut row[..n] {
+            *x = (*x - m).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in &mut row[..n] {
+            *x *= inv;
+        }
+        row[n..].fill(0.0);
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "fused-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::new(l1.shape(), l2.shape())?;
+        if l3.shape() != l2.shape() {
+            candle_core::bail!("causal_attention: k and v shapes differ");
+        }
+        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (g, tq, tk, d) = (dm.g(), dm.tq, dm.tk, dm.d);
+        let mut y = vec![0f32; dm.b * dm.h * tq * d];
+        // One task per (batch, kv head): its g query heads are contiguous in q and y.
+        y.par_chunks_mut(g * tq * d).enumerate().for_each_init(
+            || vec![0f32; tq * tk],
+            |p, (br, yg)| {
+                let kv = br * tk * d;
+                for j in 0..g {
+                    let qo = (br * g + j) * tq * d;
+                    probs(dm, self.scale, &q[qo..qo + tq * d], &k[kv..kv + tk * d], p);
+                    mm(
+                        tq,
+                        d,
+                        tk,
+                        &mut yg[j * tq * d..(j + 1) * tq * d],
+                        false,
+                        p,
+                        tk,
+                        1,
+                        &v[kv..kv + tk * d],
+                        d,
+                        1,
+                        1.0,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dm = Dims::new(q.shape(), k.shape())?;
+        let (hq, hk, hv, hy, hg) = (host(q)?, host(k)?, host(v)?, host(y)?, host(gy)?);
+        let (g, tq, tk, d) = (dm.g(), dm.tq, dm.tk, dm.d);
+        let mut dq = vec![0f32; hq.len()];
+        let mut dk = vec![0f32; hk.len()];
+        let mut dv = vec![0f32; hv.len()];
+        let scale = self.scale;
+        dq.par_chunks_mut(g * tq * d)
+            .zip(dk.par_chunks_mut(tk * d).zip(dv.par_chunks_mut(tk * d)))
+            .enumerate()
+            .for_each_init(
+                || (vec![0f32; tq * tk], vec![0f32; tq * tk]),
+                |(p, dp), (br, (dqg, (dkr, dvr)))| {
+                    let kv = br * tk * d;
+                    let (kr, vr) = (&hk[kv..kv + tk * d], &hv[kv..kv + tk * d]);
+                    for j in 0..g {
+                        let qo = (br * g + j) * tq * d;
+                        let (qh, yh, gh) = (
+                            &hq[qo..qo + tq * d],
+                            &hy[qo..qo + tq * d],
+                            &hg[qo..qo + tq * d],
+                        );
+                        probs(dm, scale, qh, kr, p);
+                        // dV += Pᵀ dY
+                        mm(tk, d, tq, dvr, true, p, 1, tk, gh, d, 1, 1.0);
+                        // dP = dY Vᵀ
+                        mm(tq, tk, d, dp, false, gh, d, 1, vr, 1, d, 1.0);
+                        // dS = P ∘ (dP − rowsum(dY ∘ Y)), times the score scale.
+                        for i in 0..tq {
+                            let di: f32 = gh[i * d..(i + 1) * d]
+                                .iter()
+                                .zip(&yh[i * d..(i + 1) * d])
+                                .map(|(a, b)| a * b)
+                                .sum();
+                            for (x, pp) in dp[i * tk..(i + 1) * tk]
+                                .iter_mut()
+                                .zip(&p[i * tk..(i + 1) * tk])
+                            {
+                                *x = pp * (*x - di) * scale;
+                            }
+                        }
+                        // dQ = dS K ; dK += dSᵀ Q
+                        mm(
+                            tq,
+                            d,
+                            tk,
+                            &mut dqg[j * tq * d..(j + 1) * tq * d],
+                            false,
+                            dp,
+                            tk,
+                            1,
+                            kr,
+                            d,
+                            1,
+                            1.0,
+                        );
+                        mm(tk, d, tq, dkr, true, dp, 1, tk, qh, d, 1, 1.0);
+                    }
+                },
+            );
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// Fused causal attention. q: (B,H,Tq,d), k/v: (B,R,Tk,d), Tk ≥ Tq (the last Tq of Tk positions
+/// are the queries). Returns (B,H,Tq,d). Inputs must satisfy [`usable`] and be contiguous.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        CausalAttention {
+            scale: scale as f32,
+        },
+    )
+}
+
+// ------------------------------------------------------------------------------------------------
+// RMSNorm: y = x / sqrt(mean(x²) + eps) · w over the last dim.
+// ------------------------------------------------------------------------------------------------
+
+struct RmsNormOp {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = w.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d * 64)
+            .zip(x.par_chunks(d * 64))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
+                    let r = 1.0 / (ms + self.eps).sqrt();
+                    for ((o, a), b) in yr.iter_mut().zip(xr).zip(w) {
+                        *o = a * r * b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (hx, hw, hg) = (host(x)?, host(w)?, host(gy)?);
+        let d = hw.len();
+        let mut dx = vec![0f32; hx.len()];
+        // dx = r·(w∘g) − x·r³·mean((w∘g)∘x);  dw = Σ_rows g∘x·r (partial sums per chunk).
+        let dws: Vec<Vec<f32>> = dx
+            .par_chunks_mut(d * 64)
+            .zip(hx.par_chunks(d * 64).zip(hg.par_chunks(d * 64)))
+            .map(|(dc, (xc, gc))| {
+                let mut dw = vec![0f32; d];
+                for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                    let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
+                    let r = 1.0 / (ms + self.eps).sqrt();
+                    let dot = xr
+                        .iter()
+                        .zip(gr)
+                        .zip(&hw)
+                        .map(|((a, g), w)| a * g * w)
+                        .sum::<f32>()
+                        / d as f32;
+                    for i in 0..d {
+                        dr[i] = r * hw[i] * gr[i] - xr[i] * r * r * r * dot;
+                        dw[i] += gr[i] * xr[i] * r;
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; d];
+        for part in &dws {
+            for (a, b) in dw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
+}
+
+/// Fused RMSNorm over the last dim; `w` has that dim's size.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNormOp { eps: eps as f32 })
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoPE ("rotate half"): (x1, x2) → (x1·cos − x2·sin, x2·cos + x1·sin) per position.
+// ------------------------------------------------------------------------------------------------
+
+struct RopeOp {
+    /// (T, d/2) tables.
+    cos: std::sync::Arc<Vec<f32>>,
+    sin: std::sync::Arc<Vec<f32>>,
+    /// Rotate by −θ (the backward of a rotation is its inverse).
+    inverse: bool,
+}
+
+fn rope_rows(
+    x: &[f32],
+    y: &mut [f32],
+    t: usize,
+    d: usize,
+    cos: &[f32],
+    sin: &[f32],
+    inverse: bool,
+) {
+    let half = d / 2;
+    let sgn = if inverse { -1.0 } else { 1.0 };
+    for (row, (xr, yr)) in x.chunks(d).zip(y.chunks_mut(d)).enumerate() {
+        let p = row % t;
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for i in 0..half {
+            let (a, b) = (xr[i], xr[i + half]);
+            yr[i] = a * c[i] - sgn * b * s[i];
+            yr[i + half] = b * c[i] + sgn * a * s[i];
+        }
+    }
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let dims = l.shape().dims();
+        let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        if self.cos.len() != t * d / 2 {
+            candle_core::bail!(
+                "rope: table size {} does not match T={t}, d={d}",
+                self.cos.len()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .for_each(|(yc, xc)| rope_rows(xc, yc, t, d, &self.cos, &self.sin, self.inverse));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, gy: &Tensor) -> Result<Option<Tensor>> {
+        let inv = RopeOp {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            inverse: !self.inverse,
+        };
+        Ok(Some(gy.contiguous()?.apply_op1(inv)?))
+    }
+}
+
+/// Fused RoPE of x (..., T, d) with cos/sin tables (T, d/2) (f32).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let op = RopeOp {
+        cos: std::sync::Arc::new(host(cos)?),
+        sin: std::sync::Arc::new(host(sin)?),
+        inverse: false,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Cross-entropy: mean over rows of logsumexp(z) − z[target].
+// ------------------------------------------------------------------------------------------------
+
+struct CrossEntropyOp {
+    targets: std::sync::Arc<Vec<u32>>,
+}
+
+impl CustomOp1 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let z = slice(s, l)?;
+        let (n, v) = l.shape().dims2()?;
+        if self.targets.len() != n {
+            candle_core::bail!("cross_entropy: {} targets for {n} rows", self.targets.len());
+        }
+        if let Some(t) = self.targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("cross_entropy: target {t} out of range for {v} classes");
+        }
+        let total: f64 = z
+            .par_chunks(v)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let s: f32 = row.iter().map(|x| (x - m).exp()).sum();
+                (m + s.ln() - row[t as usize]) as f64
+            })
+            .sum();
+        Ok((
+            CpuStorage::F32(vec![(total / n as f64) as f32]),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, z: &Tensor, _loss: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let (n, v) = z.dims2()?;
+        let hz = host(z)?;
+        let scale = g.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
+        let mut dz = vec![0f32; hz.len()];
+        dz.par_chunks_mut(v)
+            .zip(hz.par_chunks(v))
+            .zip(self.targets.par_iter())
+            .for_each(|((dr, row), &t)| {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut s = 0f32;
+                for (o, x) in dr.iter_mut().zip(row) {
+                    *o = (x - m).exp();
+                    s += *o;
+                }
+                let inv = scale / s;
+                for o in dr.iter_mut() {
+                    *o *= inv;
+                }
+                dr[t as usize] -= scale;
+            });
+        Ok(Some(Tensor::from_vec(dz, (n, v), z.device())?))
+    }
+}
+
+/// Mean cross-entropy of logits (N, V) against targets (N,) u32 — fused on f32 CPU, otherwise
+/// `candle_nn::loss::cross_entropy`.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !usable(logits) {
+        return candle_nn::loss::cross_entropy(logits, targets);
+    }
+    let t = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    logits.contiguous()?.apply_op1(CrossEntropyOp {
+        targets: std::sync::Arc::new(t),
+    })
+}

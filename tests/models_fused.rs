@@ -1,0 +1,124 @@
+//! The fused f32 CPU kernels (`models::fused`) against the composed candle ops they replace:
+//! same forward values and same gradients, within f32 tolerance.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, SeedableRng};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Composed reference: causal softmax attention with GQA, query i at absolute position i + Tk − Tq.
+fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+    let (b, h, tq, d) = q.dims4().unwrap();
+    let (_, r, tk, _) = k.dims4().unwrap();
+    let g = h / r;
+    let k = k.unsqueeze(2).unwrap().expand((b, r, g, tk, d)).unwrap().reshape((b, h, tk, d)).unwrap();
+    let v = v.unsqueeze(2).unwrap().expand((b, r, g, tk, d)).unwrap().reshape((b, h, tk, d)).unwrap();
+    let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+    let mask: Vec<f32> = (0..tq).flat_map(|i| (0..tk).map(move |j| if j <= i + tk - tq { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let mask = Tensor::from_vec(mask, (tq, tk), &Device::Cpu).unwrap();
+    let p = candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+    p.matmul(&v).unwrap()
+}
+
+/// Forward and input gradients of `f` under a fixed random upstream gradient.
+fn fwd_grads(f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], seed: u64) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(&t.copy().unwrap()).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    let w = randn(y.dims(), seed);
+    let loss = (&y * &w).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let gs = vars.iter().map(|v| grads.get(v.as_tensor()).expect("gradient reaches every input").clone()).collect();
+    (y, gs)
+}
+
+fn assert_same(name: &str, fused: &dyn Fn(&[Tensor]) -> Tensor, reference: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], tol: f32) {
+    let (yf, gf) = fwd_grads(fused, inputs, 99);
+    let (yr, gr) = fwd_grads(reference, inputs, 99);
+    let d = max_diff(&yf, &yr);
+    assert!(d < tol, "{name}: forward differs by {d}");
+    for (i, (a, b)) in gf.iter().zip(&gr).enumerate() {
+        let d = max_diff(a, b);
+        assert!(d < tol, "{name}: gradient of input {i} differs by {d}");
+    }
+}
+
+#[test]
+fn fused_attention_matches_composed_mha_gqa_and_offset() {
+    for (b, h, r, tq, tk, d) in [(2, 4, 4, 7, 7, 8), (2, 4, 2, 9, 9, 4), (1, 6, 2, 3, 11, 8), (3, 2, 1, 1, 5, 16)] {
+        let q = randn(&[b, h, tq, d], 1);
+        let k = randn(&[b, r, tk, d], 2);
+        let v = randn(&[b, r, tk, d], 3);
+        let scale = 1.0 / (d as f64).sqrt();
+        assert_same(
+            &format!("attention b{b} h{h} r{r} tq{tq} tk{tk}"),
+            &|x| models::fused::causal_attention(&x[0], &x[1], &x[2], scale).unwrap(),
+            &|x| attention_ref(&x[0], &x[1], &x[2], scale),
+            &[q, k, v],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn fused_rms_norm_matches_composed() {
+    let x = randn(&[3, 5, 16], 4);
+    let w = (randn(&[16], 5) + 1.5).unwrap();
+    assert_same(
+        "rms_norm",
+        &|t| models::fused::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+        &|t| {
+            let ms = t[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            t[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&t[1]).unwrap()
+        },
+        &[x, w],
+        1e-5,
+    );
+}
+
+#[test]
+fn fused_rope_matches_composed() {
+    let (t, d) = (6, 8);
+    let x = randn(&[2, 3, t, d], 6);
+    let ang: Vec<f32> = (0..t).flat_map(|p| (0..d / 2).map(move |i| p as f32 * 10000f32.powf(-2.0 * i as f32 / d as f32))).collect();
+    let cos = Tensor::from_vec(ang.iter().map(|a| a.cos()).collect::<Vec<_>>(), (t, d / 2), &Device::Cpu).unwrap();
+    let sin = Tensor::from_vec(ang.iter().map(|a| a.sin()).collect::<Vec<_>>(), (t, d / 2), &Device::Cpu).unwrap();
+    assert_same(
+        "rope",
+        &|x| models::fused::rope(&x[0], &cos, &sin).unwrap(),
+        &|x| {
+            let (x1, x2) = (x[0].narrow(D::Minus1, 0, d / 2).unwrap(), x[0].narrow(D::Minus1, d / 2, d / 2).unwrap());
+            let r1 = (x1.broadcast_mul(&cos).unwrap() - x2.broadcast_mul(&sin).unwrap()).unwrap();
+            let r2 = (x2.broadcast_mul(&cos).unwrap() + x1.broadcast_mul(&sin).unwrap()).unwrap();
+            Tensor::cat(&[r1, r2], D::Minus1).unwrap()
+        },
+        &[x],
+        1e-5,
+    );
+}
+
+#[test]
+fn fused_cross_entropy_matches_candle() {
+    let z = (randn(&[10, 7], 7) * 3.0).unwrap();
+    let t = Tensor::from_vec((0..10u32).map(|i| (i * 3) % 7).collect::<Vec<_>>(), 10, &Device::Cpu).unwrap();
+    assert_same(
+        "cross_entropy",
+        &|x| models::fused::cross_entropy(&x[0], &t).unwrap(),
+        &|x| candle_nn::loss::cross_entropy(&x[0], &t).unwrap(),
+        &[z],
+        1e-5,
+    );
+    // Out-of-range targets are an error, not a silent read.
+    let bad = Tensor::from_vec(vec![9u32; 10], 10, &Device::Cpu).unwrap();
+    assert!(models::fused::cross_entropy(&randn(&[10, 7], 8), &bad).is_err());
+    assert_eq!(models::fused::cross_entropy(&randn(&[10, 7], 8).to_dtype(DType::F64).unwrap(), &t).unwrap().dtype(), DType::F64);
+}
