@@ -291,3 +291,70 @@ pub fn load_weights<P: AsRef<std::path::Path>>(varmap: &VarMap, path: P) -> Resu
     let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
     load_state_dict(varmap, &tensors)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_groups_by_name() {
+        assert_eq!(
+            param_kind("layers.3.attn.router.w"),
+            Some(ParamKind::Router)
+        );
+        assert_eq!(
+            param_kind("layers.3.attn.router.u"),
+            Some(ParamKind::RouterDynamic)
+        );
+        assert_eq!(
+            param_kind("layers.0.attn_norm.weight"),
+            Some(ParamKind::Norm)
+        );
+        assert_eq!(param_kind("norm.weight"), Some(ParamKind::Norm));
+        assert_eq!(
+            param_kind("embed_tokens.weight"),
+            Some(ParamKind::Embedding)
+        );
+        assert_eq!(param_kind("lm_head.weight"), Some(ParamKind::Linear));
+        assert_eq!(param_kind("layers.0.attn.router.bias"), None);
+        assert_eq!(param_group("layers.1.mlp.w_down.weight"), ParamGroup::Decay);
+        assert_eq!(param_group("embed_tokens.weight"), ParamGroup::NoDecay);
+        assert!(init_tensor("layers.0.attn.router.bias", &Shape::from((2, 2)), 0).is_err());
+    }
+
+    #[test]
+    fn router_init_block_structure() -> Result<()> {
+        // l = 2, R = 3: (3, 9), identity in columns 6..9, the rest in (−b, b), b = sqrt(3/9).
+        let w: Vec<Vec<f64>> =
+            init_tensor("layers.2.attn.router.w", &Shape::from((3, 9)), 5)?.to_vec2()?;
+        let b = (3.0f64 / 9.0).sqrt();
+        for (i, row) in w.iter().enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                if j >= 6 {
+                    assert_eq!(x, if j - 6 == i { 1.0 } else { 0.0 });
+                } else {
+                    assert!(x.abs() < b);
+                }
+            }
+        }
+        // Not a (R, (l+1)R) shape.
+        assert!(init_tensor("layers.2.attn.router.w", &Shape::from((3, 8)), 5).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn normal_init_statistics() -> Result<()> {
+        let v: Vec<f64> = init_tensor("x.weight", &Shape::from(40_000), 1)?.to_vec1()?;
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+        assert!(mean.abs() < 3.0 * INIT_STD / n.sqrt() * 2.0, "mean {mean}");
+        assert!((std / INIT_STD - 1.0).abs() < 0.02, "std {std}");
+        // Same (seed, name) ⇒ same values; another name ⇒ different values.
+        let again: Vec<f64> = init_tensor("x.weight", &Shape::from(40_000), 1)?.to_vec1()?;
+        assert_eq!(v, again);
+        let other: Vec<f64> = init_tensor("y.weight", &Shape::from(40_000), 1)?.to_vec1()?;
+        assert_ne!(v, other);
+        Ok(())
+    }
+}

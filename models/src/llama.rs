@@ -44,6 +44,7 @@ use crate::config::{Config, Variant};
 use crate::lime::{LimeBuffer, LimeRouter};
 
 /// Checks the shape constraints that the model code relies on.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; MSRV is 1.80
 pub fn validate_config(cfg: &Config) -> Result<()> {
     if cfg.n_heads == 0 || cfg.n_kv_heads == 0 || cfg.n_layers == 0 || cfg.vocab_size == 0 {
         bail!("config: n_heads, n_kv_heads, n_layers and vocab_size must be positive");
