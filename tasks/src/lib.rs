@@ -24,8 +24,11 @@ use sha2::{Digest, Sha256};
 
 pub mod arith;
 pub mod hopk;
+pub mod listops;
+pub mod mad;
 pub mod mqar;
 pub mod prosqa;
+pub mod vartrack;
 
 /// Bump when any generator's output for an existing config changes.
 pub const GENERATOR_VERSION: u32 = 1;
@@ -177,7 +180,19 @@ pub struct TaskInfo {
 
 /// Every registered task.
 pub fn registry() -> Vec<TaskInfo> {
-    vec![mqar::info(), arith::info(), prosqa::info(), hopk::info()]
+    vec![
+        mqar::info(),
+        arith::info(),
+        prosqa::info(),
+        hopk::info(),
+        vartrack::info(),
+        listops::info(),
+        mad::recall_info(),
+        mad::fuzzy_recall_info(),
+        mad::noisy_recall_info(),
+        mad::selective_copy_info(),
+        mad::memorize_info(),
+    ]
 }
 
 pub fn task_names() -> Vec<&'static str> {
@@ -198,6 +213,13 @@ pub fn build(name: &str, level: Option<&str>, sets: &[(String, String)]) -> Resu
         "arith" => arith::Arith::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
         "prosqa" => prosqa::Prosqa::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
         "hopk" => hopk::Hopk::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "vartrack" => vartrack::Vartrack::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "listops" => listops::Listops::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "recall" => mad::Recall::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "noisy-recall" => mad::Recall::noisy_from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "fuzzy-recall" => mad::FuzzyRecall::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "selective-copy" => mad::SelectiveCopy::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "memorize" => mad::Memorize::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
         _ => unreachable!("registry and build disagree on {name}"),
     }
 }
