@@ -1,1 +1,303 @@
-//! (to be written)
+//! Parameter and FLOP accounting (`models::accounting`): the LIMe paper's Table 8, invariants of the
+//! 2-per-MAC budget convention, an independent shape-by-shape recount, and a golden table.
+
+use models::accounting::{
+    flop_breakdown, forward_flops, num_params, paper_1b, table, train_flops_per_step, FlopMode,
+    Row, BUDGET_MODE,
+};
+use models::{Config, Variant};
+
+const T_PAPER: usize = 2048;
+
+fn tera(x: u64) -> String {
+    format!("{:.4}", x as f64 / 1e12)
+}
+
+fn tiny(
+    variant: Variant,
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    tied: bool,
+) -> Config {
+    Config {
+        variant,
+        vocab_size: 37,
+        d_model: 8 * n_heads,
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        d_ff: 20,
+        tie_embeddings: tied,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+    }
+}
+
+/// A spread of small shapes: tied/untied, MHA/GQA/MQA, 1–4 layers, every variant.
+fn tiny_zoo() -> Vec<Config> {
+    let mut out = Vec::new();
+    for v in Variant::ALL {
+        for &(l, h, r, tied) in &[
+            (1, 4, 4, true),
+            (2, 4, 2, false),
+            (3, 4, 1, true),
+            (4, 2, 2, false),
+            (3, 6, 3, false),
+        ] {
+            out.push(tiny(v, l, h, r, tied));
+        }
+    }
+    out
+}
+
+#[test]
+fn table8_params_exact() {
+    assert_eq!(num_params(&paper_1b(Variant::Llama, false)), 1_176_735_744);
+    assert_eq!(num_params(&paper_1b(Variant::Llama, true)), 1_076_072_448);
+    assert_eq!(
+        num_params(&paper_1b(Variant::Lime, false)) - num_params(&paper_1b(Variant::Llama, false)),
+        138_240
+    );
+    assert_eq!(
+        num_params(&paper_1b(Variant::Lime, true)) - num_params(&paper_1b(Variant::Llama, true)),
+        8_640
+    );
+    // The paper prints parameters in billions to 5 decimals.
+    let b = |v, g| format!("{:.5}", num_params(&paper_1b(v, g)) as f64 / 1e9);
+    assert_eq!(b(Variant::Lime, false), "1.17687");
+    assert_eq!(b(Variant::Lime, true), "1.07608");
+}
+
+#[test]
+fn table8_fvcore_flops_to_printed_digits() {
+    let f = |v, gqa| forward_flops(&paper_1b(v, gqa), T_PAPER, FlopMode::Fvcore);
+    assert_eq!(tera(f(Variant::Llama, false)), "2.9679");
+    assert_eq!(tera(f(Variant::Llama, true)), "2.7615");
+    assert_eq!(tera(f(Variant::Lime, false)), "3.0041");
+    assert_eq!(tera(f(Variant::Lime, true)), "2.7638");
+
+    // Overheads as printed (+1.22% full, +0.08% GQA), through the table helper.
+    for (gqa, want) in [(false, "+1.22"), (true, "+0.08")] {
+        let rows = table(&[paper_1b(Variant::Lime, gqa)], T_PAPER, FlopMode::Fvcore);
+        assert_eq!(format!("{:+.2}", rows[0].flops_overhead_pct), want);
+    }
+}
+
+#[test]
+fn lime_flop_overhead_is_the_router_exactly() {
+    let mut cfgs: Vec<Config> = tiny_zoo()
+        .into_iter()
+        .filter(|c| c.variant == Variant::Lime)
+        .collect();
+    cfgs.push(paper_1b(Variant::Lime, false));
+    cfgs.push(paper_1b(Variant::Lime, true));
+    for cfg in cfgs {
+        let base = Config {
+            variant: Variant::Llama,
+            ..cfg.clone()
+        };
+        let (l, r, dh) = (
+            cfg.n_layers as u64,
+            cfg.n_kv_heads as u64,
+            cfg.head_dim() as u64,
+        );
+        for t in [1usize, 27, 2048] {
+            let want = 2 * t as u64 * 2 * dh * r * r * (l * (l + 1) / 2 - 1);
+            for mode in [FlopMode::Causal, FlopMode::Full] {
+                assert_eq!(
+                    forward_flops(&cfg, t, mode) - forward_flops(&base, t, mode),
+                    want,
+                    "{cfg:?} T={t} {mode:?}"
+                );
+            }
+            // fvcore: 1 per MAC, nothing else differs.
+            assert_eq!(
+                forward_flops(&cfg, t, FlopMode::Fvcore)
+                    - forward_flops(&base, t, FlopMode::Fvcore),
+                want / 2
+            );
+        }
+    }
+}
+
+#[test]
+fn causal_is_below_full_by_the_upper_triangle() {
+    for cfg in tiny_zoo().into_iter().chain([
+        paper_1b(Variant::Llama, true),
+        paper_1b(Variant::Lime, false),
+    ]) {
+        for t in [2usize, 27, 512] {
+            let c = forward_flops(&cfg, t, FlopMode::Causal);
+            let f = forward_flops(&cfg, t, FlopMode::Full);
+            assert!(c < f, "{cfg:?} T={t}");
+            // QKᵀ and PV, 2 per MAC, over the T(T−1)/2 strictly-upper pairs.
+            let (l, h, dh, t) = (
+                cfg.n_layers as u64,
+                cfg.n_heads as u64,
+                cfg.head_dim() as u64,
+                t as u64,
+            );
+            assert_eq!(f - c, l * 2 * 2 * h * dh * (t * (t - 1) / 2));
+        }
+        // One token: no pair is masked.
+        assert_eq!(
+            forward_flops(&cfg, 1, FlopMode::Causal),
+            forward_flops(&cfg, 1, FlopMode::Full)
+        );
+    }
+}
+
+#[test]
+fn train_flops_are_three_forwards_linear_in_batch() {
+    for cfg in tiny_zoo()
+        .into_iter()
+        .chain([paper_1b(Variant::Lime, true)])
+    {
+        let one = train_flops_per_step(&cfg, 27, 1);
+        assert_eq!(one, 3 * forward_flops(&cfg, 27, BUDGET_MODE));
+        assert_eq!(BUDGET_MODE, FlopMode::Causal);
+        for b in [2usize, 7, 64] {
+            assert_eq!(train_flops_per_step(&cfg, 27, b), one * b as u64);
+        }
+        assert_eq!(train_flops_per_step(&cfg, 27, 0), 0);
+    }
+}
+
+/// Independent recount: the tensor shapes the spec describes, listed one by one.
+fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
+    let (v, d, f, r) = (cfg.vocab_size, cfg.d_model, cfg.d_ff, cfg.n_kv_heads);
+    let kv = r * cfg.head_dim();
+    let mut s = vec![(v, d)];
+    if !cfg.tie_embeddings {
+        s.push((v, d));
+    }
+    for l in 0..cfg.n_layers {
+        s.extend([
+            (d, d),
+            (kv, d),
+            (kv, d),
+            (d, d),
+            (f, d),
+            (f, d),
+            (d, f),
+            (1, d),
+            (1, d),
+        ]);
+        if l >= 1 {
+            match cfg.variant {
+                Variant::Llama => {}
+                Variant::Lime => s.push((r, (l + 1) * r)),
+                Variant::LimeDynamic => {
+                    s.push((r, (l + 1) * r));
+                    s.push((r * (l + 1) * r, d));
+                    if models::accounting::LIME_DYNAMIC_NORM_HAS_WEIGHT {
+                        s.push((1, d));
+                    }
+                }
+            }
+        }
+    }
+    s.push((1, d));
+    s
+}
+
+/// Independent recount of causal 2-per-MAC forward FLOPs, token by token.
+fn naive_causal_flops(cfg: &Config, t: usize) -> u64 {
+    let (v, d, f, h, r, dh) = (
+        cfg.vocab_size,
+        cfg.d_model,
+        cfg.d_ff,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim(),
+    );
+    let mut macs = 0usize;
+    for l in 0..cfg.n_layers {
+        for pos in 0..t {
+            macs += d * d + 2 * d * r * dh + d * d; // q, k, v, o
+            macs += 3 * d * f; // gate, up, down
+            macs += (pos + 1) * h * dh * 2; // scores and mixing over keys 0..=pos
+            if l >= 1 && cfg.variant != Variant::Llama {
+                macs += r * (l + 1) * r * 2 * dh; // route keys and values
+                if cfg.variant == Variant::LimeDynamic {
+                    macs += d * r * (l + 1) * r; // U_l · RMSNorm(x_t)
+                    macs += r * (l + 1) * r * 2 * dh; // per-token ΔW_l(x_t) · buffer
+                }
+            }
+        }
+    }
+    macs += t * d * v; // LM head
+    2 * macs as u64
+}
+
+#[test]
+fn recounts_agree_for_small_shapes() {
+    for cfg in tiny_zoo() {
+        let want: usize = spec_shapes(&cfg).iter().map(|(a, b)| a * b).sum();
+        assert_eq!(num_params(&cfg), want as u64, "{cfg:?}");
+        for t in [1usize, 5, 27] {
+            assert_eq!(
+                forward_flops(&cfg, t, FlopMode::Causal),
+                naive_causal_flops(&cfg, t),
+                "{cfg:?} T={t}"
+            );
+        }
+        let b = flop_breakdown(&cfg, 27, FlopMode::Causal);
+        assert_eq!(b.elementwise, 0);
+        assert_eq!(
+            b.router == 0,
+            cfg.variant == Variant::Llama || cfg.n_layers == 1
+        );
+    }
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| model | attention | params | params vs llama | forward FLOPs (T) | FLOPs vs llama |\n\
+         |---|---|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {:+.2}% | {} | {:+.2}% |\n",
+            r.model,
+            r.attention,
+            r.params,
+            r.params_overhead_pct,
+            tera(r.forward_flops),
+            r.flops_overhead_pct
+        );
+    }
+    s
+}
+
+#[test]
+fn golden_paper_1b_table() {
+    let cfgs: Vec<Config> = [true, false]
+        .into_iter()
+        .flat_map(|gqa| Variant::ALL.map(|v| paper_1b(v, gqa)))
+        .collect();
+    let mut text = String::new();
+    for mode in FlopMode::ALL {
+        text += &format!(
+            "## paper 1B, one {T_PAPER}-token sequence, forward, mode `{}`\n\n",
+            mode.name()
+        );
+        text += &render(&table(&cfgs, T_PAPER, mode));
+        text += "\n";
+    }
+    // Rows serialize (the harness writes them as JSON).
+    let json = serde_json::to_string(&table(&cfgs[..1], T_PAPER, FlopMode::Fvcore)).unwrap();
+    assert!(json.contains("\"mode\":\"fvcore\""), "{json}");
+    crate::golden().bind(|| insta::assert_snapshot!("flops_paper_1b", text));
+}
+
+#[test]
+fn num_params_matches_the_built_model() {
+    use candle_core::{DType, Device};
+    for cfg in tiny_zoo() {
+        let (varmap, _model) = models::init_varmap(&cfg, 7, DType::F32, &Device::Cpu).unwrap();
+        let built: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(num_params(&cfg), built as u64, "{cfg:?}");
+    }
+}
