@@ -8,6 +8,7 @@ mod models_fused;
 mod models_accounting;
 mod tasks_common;
 mod tasks_prosqa;
+mod tasks_probes;
 
 /// insta settings that put named snapshots in `<repo>/golden/`.
 pub fn golden() -> insta::Settings {

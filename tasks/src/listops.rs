@@ -258,7 +258,13 @@ impl Task for Listops {
         (DIG0 + 10) as usize
     }
     fn max_len(&self) -> usize {
-        self.cfg.max_tokens as usize + 3
+        // Tree tokens are bounded by max_tokens and by the full tree (every operator at every
+        // level with max_args arguments): S(0) = 1, S(d) = 2 + max_args·S(d−1).
+        let mut full: u64 = 1;
+        for _ in 0..self.cfg.max_depth {
+            full = (2 + self.cfg.max_args as u64 * full).min(u64::from(u32::MAX));
+        }
+        full.min(self.cfg.max_tokens as u64) as usize + 3
     }
     fn eos_id(&self) -> Option<u32> {
         Some(EOS)
@@ -338,6 +344,7 @@ impl Task for Listops {
 mod tests {
     use super::*;
     use crate::{build, generate, Split};
+    use rand::SeedableRng;
 
     fn sets(v: &[(&str, &str)]) -> Vec<(String, String)> {
         v.iter()
@@ -531,11 +538,60 @@ mod tests {
     }
 
     #[test]
+    fn levels_accept_often_enough() {
+        // Rejection sampling must stay cheap at every level: measure the acceptance rate and the
+        // tree sizes on a fixed stream.
+        for (lvl, min_rate) in [
+            ("depth2", 0.05),
+            ("depth4", 0.01),
+            ("depth6", 0.002),
+            ("mixed", 0.5),
+        ] {
+            let cfg = crate::resolve_config(&info(), Some(lvl), &[]).unwrap();
+            let t = Listops::from_json(cfg).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let mut buf = Vec::new();
+            let (mut ok, mut len) = (0usize, 0usize);
+            let n = 20_000;
+            for _ in 0..n {
+                if t.draw(&mut rng, &mut buf).is_some() {
+                    ok += 1;
+                    len += buf.len();
+                }
+            }
+            let rate = ok as f64 / n as f64;
+            println!(
+                "{lvl}: acceptance {rate:.4}, mean tree tokens {:.1}",
+                len as f64 / ok.max(1) as f64
+            );
+            assert!(rate >= min_rate, "{lvl}: acceptance {rate}");
+        }
+    }
+
+    #[test]
     fn config_roundtrip_and_rendering() {
         let t = build(NAME, None, &[]).unwrap();
         let t2 = Listops::from_json(t.config()).unwrap();
         assert_eq!(t2.config(), t.config());
         assert_eq!(t.vocab_size(), 18);
+        // depth2: at most [OP (5 × [OP d d d d d ]) ] = 37 tree tokens; deeper levels: max_tokens.
+        let lvl = |l: &str| build(NAME, Some(l), &[]).unwrap().max_len();
+        assert_eq!(lvl("depth2"), 37 + 3);
+        assert_eq!(lvl("depth4"), 128 + 3);
+        assert_eq!(lvl("depth6"), 256 + 3);
+        let full = build(
+            NAME,
+            Some("depth2"),
+            &sets(&[("op_prob", "1"), ("max_args", "2")]),
+        )
+        .unwrap();
+        assert_eq!(full.max_len(), 2 + 2 * (2 + 2) + 3);
+        for i in 0..50 {
+            assert_eq!(
+                generate(full.as_ref(), Split::Train, i).tokens.len(),
+                full.max_len()
+            );
+        }
         assert_eq!(
             t.render(&[
                 MAX,
