@@ -12,7 +12,16 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Composed reference: causal softmax attention with GQA, query i at absolute position i + Tk − Tq.
@@ -20,28 +29,71 @@ fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
     let (b, h, tq, d) = q.dims4().unwrap();
     let (_, r, tk, _) = k.dims4().unwrap();
     let g = h / r;
-    let k = k.unsqueeze(2).unwrap().expand((b, r, g, tk, d)).unwrap().reshape((b, h, tk, d)).unwrap();
-    let v = v.unsqueeze(2).unwrap().expand((b, r, g, tk, d)).unwrap().reshape((b, h, tk, d)).unwrap();
+    let k = k
+        .unsqueeze(2)
+        .unwrap()
+        .expand((b, r, g, tk, d))
+        .unwrap()
+        .reshape((b, h, tk, d))
+        .unwrap();
+    let v = v
+        .unsqueeze(2)
+        .unwrap()
+        .expand((b, r, g, tk, d))
+        .unwrap()
+        .reshape((b, h, tk, d))
+        .unwrap();
     let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-    let mask: Vec<f32> = (0..tq).flat_map(|i| (0..tk).map(move |j| if j <= i + tk - tq { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let mask: Vec<f32> = (0..tq)
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j <= i + tk - tq {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
     let mask = Tensor::from_vec(mask, (tq, tk), &Device::Cpu).unwrap();
     let p = candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
     p.matmul(&v).unwrap()
 }
 
 /// Forward and input gradients of `f` under a fixed random upstream gradient.
-fn fwd_grads(f: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], seed: u64) -> (Tensor, Vec<Tensor>) {
-    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(&t.copy().unwrap()).unwrap()).collect();
+fn fwd_grads(
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    seed: u64,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.copy().unwrap()).unwrap())
+        .collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = f(&ts);
     let w = randn(y.dims(), seed);
     let loss = (&y * &w).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
-    let gs = vars.iter().map(|v| grads.get(v.as_tensor()).expect("gradient reaches every input").clone()).collect();
+    let gs = vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .expect("gradient reaches every input")
+                .clone()
+        })
+        .collect();
     (y, gs)
 }
 
-fn assert_same(name: &str, fused: &dyn Fn(&[Tensor]) -> Tensor, reference: &dyn Fn(&[Tensor]) -> Tensor, inputs: &[Tensor], tol: f32) {
+fn assert_same(
+    name: &str,
+    fused: &dyn Fn(&[Tensor]) -> Tensor,
+    reference: &dyn Fn(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    tol: f32,
+) {
     let (yf, gf) = fwd_grads(fused, inputs, 99);
     let (yr, gr) = fwd_grads(reference, inputs, 99);
     let d = max_diff(&yf, &yr);
@@ -54,7 +106,12 @@ fn assert_same(name: &str, fused: &dyn Fn(&[Tensor]) -> Tensor, reference: &dyn 
 
 #[test]
 fn fused_attention_matches_composed_mha_gqa_and_offset() {
-    for (b, h, r, tq, tk, d) in [(2, 4, 4, 7, 7, 8), (2, 4, 2, 9, 9, 4), (1, 6, 2, 3, 11, 8), (3, 2, 1, 1, 5, 16)] {
+    for (b, h, r, tq, tk, d) in [
+        (2, 4, 4, 7, 7, 8),
+        (2, 4, 2, 9, 9, 4),
+        (1, 6, 2, 3, 11, 8),
+        (3, 2, 1, 1, 5, 16),
+    ] {
         let q = randn(&[b, h, tq, d], 1);
         let k = randn(&[b, r, tk, d], 2);
         let v = randn(&[b, r, tk, d], 3);
@@ -78,7 +135,10 @@ fn fused_rms_norm_matches_composed() {
         &|t| models::fused::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
         &|t| {
             let ms = t[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-            t[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&t[1]).unwrap()
+            t[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(&t[1])
+                .unwrap()
         },
         &[x, w],
         1e-5,
@@ -89,14 +149,29 @@ fn fused_rms_norm_matches_composed() {
 fn fused_rope_matches_composed() {
     let (t, d) = (6, 8);
     let x = randn(&[2, 3, t, d], 6);
-    let ang: Vec<f32> = (0..t).flat_map(|p| (0..d / 2).map(move |i| p as f32 * 10000f32.powf(-2.0 * i as f32 / d as f32))).collect();
-    let cos = Tensor::from_vec(ang.iter().map(|a| a.cos()).collect::<Vec<_>>(), (t, d / 2), &Device::Cpu).unwrap();
-    let sin = Tensor::from_vec(ang.iter().map(|a| a.sin()).collect::<Vec<_>>(), (t, d / 2), &Device::Cpu).unwrap();
+    let ang: Vec<f32> = (0..t)
+        .flat_map(|p| (0..d / 2).map(move |i| p as f32 * 10000f32.powf(-2.0 * i as f32 / d as f32)))
+        .collect();
+    let cos = Tensor::from_vec(
+        ang.iter().map(|a| a.cos()).collect::<Vec<_>>(),
+        (t, d / 2),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let sin = Tensor::from_vec(
+        ang.iter().map(|a| a.sin()).collect::<Vec<_>>(),
+        (t, d / 2),
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_same(
         "rope",
         &|x| models::fused::rope(&x[0], &cos, &sin).unwrap(),
         &|x| {
-            let (x1, x2) = (x[0].narrow(D::Minus1, 0, d / 2).unwrap(), x[0].narrow(D::Minus1, d / 2, d / 2).unwrap());
+            let (x1, x2) = (
+                x[0].narrow(D::Minus1, 0, d / 2).unwrap(),
+                x[0].narrow(D::Minus1, d / 2, d / 2).unwrap(),
+            );
             let r1 = (x1.broadcast_mul(&cos).unwrap() - x2.broadcast_mul(&sin).unwrap()).unwrap();
             let r2 = (x2.broadcast_mul(&cos).unwrap() + x1.broadcast_mul(&sin).unwrap()).unwrap();
             Tensor::cat(&[r1, r2], D::Minus1).unwrap()
@@ -109,7 +184,12 @@ fn fused_rope_matches_composed() {
 #[test]
 fn fused_cross_entropy_matches_candle() {
     let z = (randn(&[10, 7], 7) * 3.0).unwrap();
-    let t = Tensor::from_vec((0..10u32).map(|i| (i * 3) % 7).collect::<Vec<_>>(), 10, &Device::Cpu).unwrap();
+    let t = Tensor::from_vec(
+        (0..10u32).map(|i| (i * 3) % 7).collect::<Vec<_>>(),
+        10,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_same(
         "cross_entropy",
         &|x| models::fused::cross_entropy(&x[0], &t).unwrap(),
@@ -120,5 +200,86 @@ fn fused_cross_entropy_matches_candle() {
     // Out-of-range targets are an error, not a silent read.
     let bad = Tensor::from_vec(vec![9u32; 10], 10, &Device::Cpu).unwrap();
     assert!(models::fused::cross_entropy(&randn(&[10, 7], 8), &bad).is_err());
-    assert_eq!(models::fused::cross_entropy(&randn(&[10, 7], 8).to_dtype(DType::F64).unwrap(), &t).unwrap().dtype(), DType::F64);
+    assert_eq!(
+        models::fused::cross_entropy(&randn(&[10, 7], 8).to_dtype(DType::F64).unwrap(), &t)
+            .unwrap()
+            .dtype(),
+        DType::F64
+    );
+}
+
+/// The whole model on the fused f32 path against the composed f64 path (same seeded weights):
+/// logits and every parameter's gradient agree to f32 precision, for every variant and GQA.
+#[test]
+fn fused_f32_model_matches_composed_f64_model() {
+    for variant in models::Variant::ALL {
+        for kv in [4, 2] {
+            let cfg = models::Config {
+                variant,
+                vocab_size: 23,
+                d_model: 32,
+                n_layers: 3,
+                n_heads: 4,
+                n_kv_heads: kv,
+                d_ff: 48,
+                tie_embeddings: false,
+                rope_theta: 10_000.0,
+                norm_eps: 1e-5,
+            };
+            let ids = Tensor::from_vec(
+                (0..2 * 9u32).map(|i| (i * 7 + 3) % 23).collect::<Vec<_>>(),
+                (2, 9),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let targets = Tensor::from_vec(
+                (0..18u32).map(|i| (i * 5 + 1) % 23).collect::<Vec<_>>(),
+                18,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let run = |dtype: DType| {
+                let (vm, model) = models::init_varmap(&cfg, 3, dtype, &Device::Cpu).unwrap();
+                let logits = model.forward(&ids).unwrap().reshape((18, 23)).unwrap();
+                let loss = models::fused::cross_entropy(&logits, &targets).unwrap();
+                let grads = loss.backward().unwrap();
+                let mut g: Vec<(String, Tensor)> = models::sorted_vars(&vm)
+                    .into_iter()
+                    .map(|(n, v)| {
+                        (
+                            n,
+                            grads
+                                .get(v.as_tensor())
+                                .expect("every weight gets a gradient")
+                                .to_dtype(DType::F32)
+                                .unwrap(),
+                        )
+                    })
+                    .collect();
+                g.sort_by(|a, b| a.0.cmp(&b.0));
+                (logits.to_dtype(DType::F32).unwrap(), g)
+            };
+            let (l32, g32) = run(DType::F32);
+            let (l64, g64) = run(DType::F64);
+            let d = max_diff(&l32, &l64);
+            assert!(d < 1e-4, "{variant:?} kv{kv}: logits differ by {d}");
+            for ((n, a), (_, b)) in g32.iter().zip(&g64) {
+                let scale = b
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    .max(1e-3);
+                let d = max_diff(a, b) / scale;
+                assert!(
+                    d < 1e-3,
+                    "{variant:?} kv{kv}: gradient of {n} differs by {d} (relative)"
+                );
+            }
+        }
+    }
 }

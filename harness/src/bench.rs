@@ -158,7 +158,7 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
             let mut step = || -> Result<[f64; 4]> {
                 let t0 = Instant::now();
                 let logits = model.forward(&input)?.reshape((b * t, v))?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+                let loss = models::fused::cross_entropy(&logits, &targets)?;
                 dev.synchronize()?;
                 let t1 = Instant::now();
                 let grads = loss.backward()?;

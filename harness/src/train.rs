@@ -162,9 +162,11 @@ pub fn make_batch(
 
 /// Logits at the supervised positions, (N, V).
 pub fn supervised_logits(model: &models::Model, batch: &Batch) -> Result<Tensor> {
-    let logits = model.forward(&batch.input)?; // (B, T, V)
-    let (b, t, v) = logits.dims3()?;
-    Ok(logits.reshape((b * t, v))?.index_select(&batch.rows, 0)?) // (N, V)
+    // The LM head runs on the supervised rows only (MQAR supervises a few positions of 64+).
+    let hidden = model.forward_hidden(&batch.input)?; // (B, T, D)
+    let (b, t, d) = hidden.dims3()?;
+    let rows = hidden.reshape((b * t, d))?.index_select(&batch.rows, 0)?; // (N, D)
+    Ok(model.lm_head(&rows)?) // (N, V)
 }
 
 /// Indices of the train examples of `step` (fresh stream or draws from a fixed pool).
@@ -448,7 +450,7 @@ pub fn run_one(
             dev,
         )?;
         let logits = supervised_logits(&model, &batch)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let loss = models::fused::cross_entropy(&logits, &batch.targets)?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             diverged = true;

@@ -89,6 +89,9 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::fused::usable(x) {
+            return crate::fused::rms_norm(x, &self.weight, self.eps); // one pass, same maths
+        }
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
         let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?; // (..., D)
         x.broadcast_mul(&self.weight)
@@ -138,6 +141,9 @@ impl Rope {
 
     /// x: (B, n, T, d_h) with cos/sin (T, d_h/2) → (B, n, T, d_h).
     pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if crate::fused::usable(x) {
+            return crate::fused::rope(x, cos, sin); // one pass, same maths
+        }
         let half = x.dim(D::Minus1)? / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?; // (B,n,T,d_h/2)
         let x2 = x.narrow(D::Minus1, half, half)?; // (B,n,T,d_h/2)
@@ -283,6 +289,12 @@ impl Attention {
         };
         let tk = k.dim(2)?;
 
+        if crate::fused::usable(&q) {
+            // Same maths in one kernel per (batch, kv head): no T×T mask or score copies.
+            let y = crate::fused::causal_attention(&q, &k, &v, 1.0 / (dh as f64).sqrt())?; // (B,H,T,d_h)
+            let y = y.transpose(1, 2)?.reshape((b, t, nh * dh))?; // (B,T,H·d_h)
+            return Ok((self.o_proj.forward(&y)?, v));
+        }
         // Grouped-query attention without copying K/V: query head n = r·g + j uses kv head r.
         let q = q.reshape((b, r, g * t, dh))?; // (B,R,g·T,d_h)
         let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?; // (B,R,g·T,T_total)
@@ -439,7 +451,18 @@ impl Model {
 
     /// ids (B,T) u32 → logits (B,T,V).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.lm_head(&self.run(ids, None, None)?)
+    }
+
+    /// ids (B,T) u32 → final hidden states (B,T,D), after the last RMSNorm and before the LM
+    /// head. With [`Model::lm_head`] this lets a trainer project only the supervised rows.
+    pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {
         self.run(ids, None, None)
+    }
+
+    /// The LM head: hidden (..., D) → logits (..., V).
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
     }
 
     /// Like [`Model::forward`] and also returns per-layer hidden states and values.
@@ -448,7 +471,7 @@ impl Model {
             hidden: Vec::new(),
             values: Vec::new(),
         };
-        let logits = self.run(ids, None, Some(&mut trace))?;
+        let logits = self.lm_head(&self.run(ids, None, Some(&mut trace))?)?;
         Ok((logits, trace))
     }
 
@@ -462,11 +485,12 @@ impl Model {
             );
         }
         let t_new = ids.dim(1)?;
-        let logits = self.run(ids, Some(cache), None)?;
+        let logits = self.lm_head(&self.run(ids, Some(cache), None)?)?;
         cache.len += t_new;
         Ok(logits)
     }
 
+    /// The decoder up to the final RMSNorm: (B,T) ids → (B,T,D).
     fn run(
         &self,
         ids: &Tensor,
@@ -491,7 +515,7 @@ impl Model {
                 tr.values.push(v);
             }
         }
-        self.lm_head.forward(&self.norm.forward(&x)?) // (B,T,V)
+        self.norm.forward(&x) // (B,T,D)
     }
 
     /// The static LIMe router matrices W_l, l = 1..L−1, each (R, (l+1)·R); empty for llama.
