@@ -172,7 +172,7 @@ impl Listops {
             )
         })?;
         // The smallest tree of depth d is a spine of d binary operators: 3d + 1 tokens.
-        check(NAME, 3 * c.min_depth + 1 <= c.max_tokens, || {
+        check(NAME, 3 * c.min_depth < c.max_tokens, || {
             format!(
                 "max_tokens = {} is below {} tokens, the smallest tree of depth min_depth = {}",
                 c.max_tokens,

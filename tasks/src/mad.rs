@@ -44,6 +44,8 @@ use std::collections::{BTreeMap, HashMap};
 /// Padding id (never occurs in an example).
 pub const PAD: u32 = 0;
 
+type Ids = std::ops::Range<u32>;
+
 /// Macro accuracy (MAD's torchmetrics default): the mean, over the classes that occur as a
 /// target, of that class's accuracy. `pairs` are `(target, prediction)`. Empty input gives 0.
 /// Micro accuracy (the harness's teacher-forced metric) is instead the fraction of all pairs that
@@ -262,13 +264,7 @@ impl Recall {
     }
 
     /// Key / value / noise id ranges in MAD ids: (keys, values, noise).
-    fn ranges(
-        &self,
-    ) -> (
-        std::ops::Range<u32>,
-        std::ops::Range<u32>,
-        std::ops::Range<u32>,
-    ) {
+    fn ranges(&self) -> (Ids, Ids, Ids) {
         let c = self.vocab - self.noise_vocab;
         (0..c / 2, c / 2..c, c..self.vocab)
     }

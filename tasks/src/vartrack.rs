@@ -235,7 +235,7 @@ impl Task for Vartrack {
             .collect();
         // Uniform interleaving: shuffle the multiset of statement labels.
         let mut labels: Vec<usize> = (0..chains)
-            .flat_map(|k| std::iter::repeat(k).take(links))
+            .flat_map(|k| (0..links).map(move |_| k))
             .chain((0..c.distractors as usize).map(|j| chains + j))
             .collect();
         for i in (1..labels.len()).rev() {
