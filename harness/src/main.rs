@@ -6,7 +6,17 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (index 15 in both mimalloc v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // Never hand freed pages back to the OS: a training step frees and reallocates the same
+    // buffers every time, and re-faulting them cost 20-25% of a small model's step (measured,
+    // BENCHMARKS.md). MIMALLOC_PURGE_DELAY in the environment still wins.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide allocator option; called before any other thread starts.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
     let code = match harness::cli::parse() {
         Ok(cli) => match harness::cli::run(cli) {
             Ok(()) => 0,
