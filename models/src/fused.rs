@@ -524,3 +524,107 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         targets: std::sync::Arc::new(t),
     })
 }
+
+// ------------------------------------------------------------------------------------------------
+// Depth mixing: out (R, N) = W (R, S) · X (S, N) with R, S tiny (a LIMe router) and N huge.
+// A GEMM with 2-4 output rows is far from its efficient shape; this is a memory-bound loop.
+// ------------------------------------------------------------------------------------------------
+
+struct MixOp;
+
+const MIX_CHUNK: usize = 1 << 14;
+
+impl CustomOp2 for MixOp {
+    fn name(&self) -> &'static str {
+        "fused-depth-mix"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (r, s) = l1.shape().dims2()?;
+        let (s2n, n) = l2.shape().dims2()?;
+        if s != s2n {
+            candle_core::bail!("depth mix: W is {r}x{s} but X has {s2n} rows");
+        }
+        let (w, x) = (slice(s1, l1)?, slice(s2, l2)?);
+        let mut out = vec![0f32; r * n];
+        // Parallel over column chunks; each chunk writes its columns of every output row.
+        let chunks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(MIX_CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let (lo, hi) = (c * MIX_CHUNK, ((c + 1) * MIX_CHUNK).min(n));
+                let mut o = vec![0f32; r * (hi - lo)];
+                for ri in 0..r {
+                    let orow = &mut o[ri * (hi - lo)..(ri + 1) * (hi - lo)];
+                    for si in 0..s {
+                        let a = w[ri * s + si];
+                        if a != 0.0 {
+                            for (y, xv) in orow.iter_mut().zip(&x[si * n + lo..si * n + hi]) {
+                                *y += a * xv;
+                            }
+                        }
+                    }
+                }
+                (lo, o)
+            })
+            .collect();
+        for (lo, o) in chunks {
+            let m = o.len() / r;
+            for ri in 0..r {
+                out[ri * n + lo..ri * n + lo + m].copy_from_slice(&o[ri * m..(ri + 1) * m]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((r, n))))
+    }
+
+    fn bwd(&self, w: &Tensor, x: &Tensor, _out: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (r, s) = w.dims2()?;
+        let n = x.dim(1)?;
+        let (hw, hx, hg) = (host(w)?, host(x)?, host(g)?);
+        // dX[s,:] = Σ_r W[r,s] G[r,:]; dW[r,s] = Σ_n G[r,n] X[s,n] (partials per chunk, f64 sums).
+        let parts: Vec<(usize, Vec<f32>, Vec<f64>)> = (0..n.div_ceil(MIX_CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let (lo, hi) = (c * MIX_CHUNK, ((c + 1) * MIX_CHUNK).min(n));
+                let m = hi - lo;
+                let mut dx = vec![0f32; s * m];
+                let mut dw = vec![0f64; r * s];
+                for si in 0..s {
+                    let xs = &hx[si * n + lo..si * n + hi];
+                    let dxs = &mut dx[si * m..(si + 1) * m];
+                    for ri in 0..r {
+                        let gr = &hg[ri * n + lo..ri * n + hi];
+                        let a = hw[ri * s + si];
+                        let mut dot = 0f32;
+                        for ((d, gv), xv) in dxs.iter_mut().zip(gr).zip(xs) {
+                            *d += a * gv;
+                            dot += gv * xv;
+                        }
+                        dw[ri * s + si] += dot as f64;
+                    }
+                }
+                (lo, dx, dw)
+            })
+            .collect();
+        let mut dx = vec![0f32; s * n];
+        let mut dw = vec![0f64; r * s];
+        for (lo, px, pw) in parts {
+            let m = px.len() / s;
+            for si in 0..s {
+                dx[si * n + lo..si * n + lo + m].copy_from_slice(&px[si * m..(si + 1) * m]);
+            }
+            for (a, b) in dw.iter_mut().zip(&pw) {
+                *a += b;
+            }
+        }
+        let dw: Vec<f32> = dw.into_iter().map(|v| v as f32).collect();
+        Ok((Some(Tensor::from_vec(dw, (r, s), w.device())?), Some(Tensor::from_vec(dx, (s, n), x.device())?)))
+    }
+}
+
+/// out (R, N) = w (R, S) · x (S, N): fused on f32 CPU, `matmul` otherwise.
+pub fn depth_mix(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if !usable(x) || !usable(w) {
+        return w.matmul(x);
+    }
+    w.contiguous()?.apply_op2(&x.contiguous()?, MixOp)
+}
