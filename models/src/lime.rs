@@ -131,7 +131,7 @@ impl LimeRouter {
             Some(w) => {
                 // One GEMM over the buffer: (R,S) @ (S, B·T·2d_h).
                 let flat = all.reshape((s, b * t * 2 * dh))?; // (S, B·T·2d_h)
-                let routed = w.matmul(&flat)?.reshape((r, b, t, 2 * dh))?; // (R,B,T,2d_h)
+                let routed = crate::fused::depth_mix(w, &flat)?.reshape((r, b, t, 2 * dh))?; // (R,B,T,2d_h)
                 match &self.u {
                     None => routed,
                     Some(u) => {
