@@ -289,5 +289,11 @@ fn fused_depth_mix_matches_matmul() {
     // N spans several parallel chunks and a ragged last one.
     let w = randn(&[3, 5], 11);
     let x = randn(&[5, 40_000], 12);
-    assert_same("depth_mix", &|t| models::fused::depth_mix(&t[0], &t[1]).unwrap(), &|t| t[0].matmul(&t[1]).unwrap(), &[w, x], 1e-3);
+    assert_same(
+        "depth_mix",
+        &|t| models::fused::depth_mix(&t[0], &t[1]).unwrap(),
+        &|t| t[0].matmul(&t[1]).unwrap(),
+        &[w, x],
+        1e-3,
+    );
 }
