@@ -546,3 +546,39 @@ fn flops_cli_reproduces_table_8() {
     }
     crate::golden().bind(|| insta::assert_snapshot!("cli_flops_paper_1b", t));
 }
+
+/// Every registered task has an embedded default experiment, and trains end to end through the
+/// main job (3 steps of a tiny llama and lime, generation-scored tasks included).
+#[test]
+fn every_task_has_a_default_and_trains_through_the_main_job() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in tasks::task_names() {
+        let defaults = harness::spec::RunArgs { task: vec![name.to_string()], seeds: 1, ..Default::default() };
+        let specs = harness::spec::resolve(&defaults).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(specs.len() >= 2 && specs.iter().all(|s| s.steps >= 1), "{name}");
+        let tiny = harness::spec::RunArgs {
+            task: vec![name.to_string()],
+            seeds: 1,
+            model_sets: ["d_model=16", "n_layers=2", "n_heads=2", "d_ff=32"].iter().map(|s| s.to_string()).collect(),
+            match_mode: harness::spec::MatchMode::Steps,
+            steps: Some(3),
+            batch_size: Some(4),
+            n_val: Some(4),
+            n_test: Some(4),
+            out: dir.path().to_path_buf(),
+            quiet: true,
+            ..Default::default()
+        };
+        for spec in harness::spec::resolve(&tiny).unwrap() {
+            match harness::train::run_one(&spec, dir.path(), &candle_core::Device::Cpu, true, false, None) {
+                Ok(harness::train::Outcome::Done(r)) => {
+                    assert_eq!(r.status, "ok", "{name} {}", r.model);
+                    assert!(r.test_acc.is_some_and(|a| (0.0..=1.0).contains(&a)), "{name}");
+                    assert!(r.final_loss.is_some_and(f64::is_finite), "{name}");
+                }
+                Ok(_) => panic!("{name}: unexpected outcome"),
+                Err(e) => panic!("{name} {}: {e:#}", spec.model),
+            }
+        }
+    }
+}

@@ -198,6 +198,21 @@ pub fn parse_variant(name: &str) -> Result<models::Variant> {
     })
 }
 
+/// Apply `--model-set` keys to a preset shape. Derived keys follow the keys they derive from
+/// unless given explicitly: an MHA preset stays MHA when only `n_heads` changes, and a preset
+/// with `d_ff = 4 d_model` keeps that ratio when only `d_model` changes.
+pub fn shape_with_sets(base: &models::Config, sets: &[(String, String)]) -> Result<models::Config> {
+    let mut c = apply_sets(base, sets, "model")?;
+    let given = |k: &str| sets.iter().any(|(key, _)| key == k);
+    if given("n_heads") && !given("n_kv_heads") && base.n_kv_heads == base.n_heads {
+        c.n_kv_heads = c.n_heads;
+    }
+    if given("d_model") && !given("d_ff") && base.d_ff == 4 * base.d_model {
+        c.d_ff = 4 * c.d_model;
+    }
+    Ok(c)
+}
+
 fn validate_model(c: &models::Config) -> Result<()> {
     let ok = c.d_model > 0 && c.n_layers > 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.d_ff > 0;
     if !ok {
@@ -315,7 +330,7 @@ fn resolve_cell(
         // Baseline step count, for --match steps without --steps.
         let mut base_shape = preset.model.clone();
         base_shape.vocab_size = task.vocab_size();
-        let base_shape = apply_sets(&base_shape, model_sets, "model")?;
+        let base_shape = shape_with_sets(&base_shape, model_sets)?;
         validate_model(&base_shape)?;
         let llama_steps = (budget
             / flops_per_step(
