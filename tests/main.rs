@@ -6,6 +6,7 @@ mod cli;
 mod models_correctness;
 mod models_fused;
 mod models_accounting;
+mod models_rivals;
 mod tasks_common;
 mod tasks_prosqa;
 mod tasks_probes;

@@ -84,6 +84,24 @@ fn table8_fvcore_flops_to_printed_digits() {
     }
 }
 
+/// The HC row of Table 8 (dynamic Hyper-Connections, n = 4): +328,512 parameters and the fvcore
+/// FLOPs to the printed digits, full and GQA.
+#[test]
+fn table8_hyper_connections_row() {
+    for gqa in [false, true] {
+        let extra =
+            num_params(&paper_1b(Variant::Hyper, gqa)) - num_params(&paper_1b(Variant::Llama, gqa));
+        assert_eq!(extra, 328_512, "gqa {gqa}");
+    }
+    let f = |gqa| forward_flops(&paper_1b(Variant::Hyper, gqa), T_PAPER, FlopMode::Fvcore);
+    assert_eq!(tera(f(false)), "2.9764");
+    assert_eq!(tera(f(true)), "2.7701");
+    for (gqa, want) in [(false, "+0.29"), (true, "+0.31")] {
+        let rows = table(&[paper_1b(Variant::Hyper, gqa)], T_PAPER, FlopMode::Fvcore);
+        assert_eq!(format!("{:+.2}", rows[0].flops_overhead_pct), want);
+    }
+}
+
 #[test]
 fn lime_flop_overhead_is_the_router_exactly() {
     let mut cfgs: Vec<Config> = tiny_zoo()
@@ -186,8 +204,7 @@ fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
         ]);
         if l >= 1 {
             match cfg.variant {
-                Variant::Llama => {}
-                Variant::Lime => s.push((r, (l + 1) * r)),
+                Variant::Lime | Variant::LimeRandomInit => s.push((r, (l + 1) * r)),
                 Variant::LimeDynamic => {
                     s.push((r, (l + 1) * r));
                     s.push((r * (l + 1) * r, d));
@@ -195,7 +212,26 @@ fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
                         s.push((1, d));
                     }
                 }
+                Variant::LimeLast2 | Variant::LimeFirst2 => s.push((r, (l.min(2) + 1) * r)),
+                Variant::LimeSameHead => s.push((r, l + 1)),
+                Variant::LimePerDim => s.push((r * (l + 1) * r, cfg.head_dim())),
+                _ => {}
             }
+        }
+        let n = models::hyper::STREAMS;
+        match cfg.variant {
+            Variant::DenseFormer => s.push((1, l + 2)),
+            Variant::Hyper | Variant::HyperStatic => {
+                // Gain-free block norms: drop this block's two (1, d) norm weights.
+                s.truncate(s.len() - 2);
+                for _connection in 0..2 {
+                    s.extend([(n, n + 1), (1, n)]);
+                    if cfg.variant == Variant::Hyper {
+                        s.extend([(d, n + 1), (1, d), (1, 1), (1, 1)]);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     s.push((1, d));
@@ -218,12 +254,30 @@ fn naive_causal_flops(cfg: &Config, t: usize) -> u64 {
             macs += d * d + 2 * d * r * dh + d * d; // q, k, v, o
             macs += 3 * d * f; // gate, up, down
             macs += (pos + 1) * h * dh * 2; // scores and mixing over keys 0..=pos
-            if l >= 1 && cfg.variant != Variant::Llama {
-                macs += r * (l + 1) * r * 2 * dh; // route keys and values
+            if l >= 1 && cfg.variant.is_lime() {
+                let sources = match cfg.variant {
+                    Variant::LimeLast2 | Variant::LimeFirst2 => (l.min(2) + 1) * r,
+                    Variant::LimeSameHead => l + 1, // one source per output head
+                    _ => (l + 1) * r,
+                };
+                macs += r * sources * 2 * dh; // R output heads: route keys and values
                 if cfg.variant == Variant::LimeDynamic {
                     macs += d * r * (l + 1) * r; // U_l · RMSNorm(x_t)
                     macs += r * (l + 1) * r * 2 * dh; // per-token ΔW_l(x_t) · buffer
                 }
+            }
+            let n = models::hyper::STREAMS;
+            match cfg.variant {
+                Variant::DenseFormer => macs += (l + 2) * d, // DWA over Y_0..Y_{l+1}
+                Variant::Hyper | Variant::HyperStatic => {
+                    for _connection in 0..2 {
+                        macs += (n + 1) * n * d + n * d; // width mix, B ⊗ T(h)
+                        if cfg.variant == Variant::Hyper {
+                            macs += n * d * (n + 1) + n * d; // H̄ W_α, H̄ W_β
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -245,9 +299,13 @@ fn recounts_agree_for_small_shapes() {
         }
         let b = flop_breakdown(&cfg, 27, FlopMode::Causal);
         assert_eq!(b.elementwise, 0);
+        assert_eq!(b.router == 0, !cfg.variant.is_lime() || cfg.n_layers == 1);
         assert_eq!(
-            b.router == 0,
-            cfg.variant == Variant::Llama || cfg.n_layers == 1
+            b.depth == 0,
+            !matches!(
+                cfg.variant,
+                Variant::DenseFormer | Variant::Hyper | Variant::HyperStatic
+            )
         );
     }
 }

@@ -18,15 +18,30 @@
 //! | `*_norm.weight`, `norm.weight` (D,)         | ones                                                   |
 //! | `layers.{l}.attn.router.w` (R, (l+1)R)      | U(−b, b), b = sqrt(3/((l+1)R)); then the last R×R block (current layer) = I |
 //! | `layers.{l}.attn.router.u` (R(l+1)R, D)     | zeros (lime-dynamic)                                   |
+//! | `layers.{l}.attn.router.w_rand` (R, S)      | U(−b, b), b = sqrt(3/S), no identity block (lime-random-init) |
+//! | `layers.{l}.attn.router.w_head` (R, l+1)    | U(−b, b), b = sqrt(3/(l+1)); last column = 1 (lime-same-head) |
+//! | `layers.{l}.attn.router.w_dim` (R, S, d_h)  | U(−b, b), b = sqrt(3/S); current-layer block = I for every channel (lime-per-dim) |
+//! | `layers.{l}.dwa.alpha` (l+2,)               | zeros, last entry 1 (denseformer: α_ii = 1)            |
+//! | `layers.{l}.hc_{attn,mlp}.static_alpha` (n, n+1) | column 0 = e_(l mod n) (A_m), columns 1.. = I (A_r) (hyper) |
+//! | `layers.{l}.hc_{attn,mlp}.static_beta` (n,) | ones (B)                                               |
+//! | `layers.{l}.hc_{attn,mlp}.dynamic_{alpha,beta}_fn` | zeros (hyper)                                   |
+//! | `layers.{l}.hc_{attn,mlp}.dynamic_{alpha,beta}_scale` (1,) | 0.01 (s_α, s_β)                         |
 //!
 //! No residual-projection rescaling is applied (plain N(0, 0.02) everywhere, as in the spec).
 //!
 //! ## Optimizer groups ([`param_group`])
-//! - [`ParamGroup::Router`]: `*.router.w` and `*.router.u` — lr × [`ROUTER_LR_MULT`], no weight decay.
-//! - [`ParamGroup::Decay`]: projection matrices and the untied `lm_head.weight`.
-//! - [`ParamGroup::NoDecay`]: norms and `embed_tokens.weight`. **Tied embeddings:** the shared
-//!   matrix exists once, under the name `embed_tokens.weight`, and follows the embedding rule
-//!   (not decayed), even though it also serves as the LM head.
+//! - [`ParamGroup::Router`]: every LIMe router parameter (`*.router.w`, `w_rand`, `w_head`,
+//!   `w_dim`, `u`) — lr × [`ROUTER_LR_MULT`], no weight decay (LIMe paper: decay on the router
+//!   hurts; the ablations are trained exactly like `lime` so that only the router differs).
+//! - [`ParamGroup::Decay`]: projection matrices, the untied `lm_head.weight`, and the dynamic
+//!   Hyper-Connection weights `dynamic_{alpha,beta}_{fn,scale}` (as in the LIMe authors' HC
+//!   baseline, `train_utils.py`: dynamic HC parameters are decayed, base lr).
+//! - [`ParamGroup::NoDecay`]: norms, `embed_tokens.weight`, the static Hyper-Connection weights
+//!   `static_{alpha,beta}` (authors' HC baseline: no decay, base lr) and the DenseFormer weights
+//!   `dwa.alpha` (base lr as in Pagliardini et al., who train α with the model; no decay, which
+//!   would pull α_ii = 1 toward 0 and so away from the identity path, as for the LIMe router).
+//!   **Tied embeddings:** the shared matrix exists once, under the name `embed_tokens.weight`,
+//!   and follows the embedding rule (not decayed), even though it also serves as the LM head.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -53,6 +68,22 @@ pub enum ParamKind {
     Linear,
     Router,
     RouterDynamic,
+    /// `router.w_rand`: lime-random-init.
+    RouterRandom,
+    /// `router.w_head`: lime-same-head.
+    RouterSameHead,
+    /// `router.w_dim`: lime-per-dim.
+    RouterPerDim,
+    /// `dwa.alpha`: DenseFormer.
+    DenseAlpha,
+    /// `hc_*.static_alpha` (n, n+1).
+    HyperStaticAlpha,
+    /// `hc_*.static_beta` (n,).
+    HyperStaticBeta,
+    /// `hc_*.dynamic_alpha_fn`, `hc_*.dynamic_beta_fn`.
+    HyperDynamic,
+    /// `hc_*.dynamic_alpha_scale`, `hc_*.dynamic_beta_scale`.
+    HyperScale,
 }
 
 /// Classifies a parameter name of the checkpoint tree (see [`crate::llama`]).
@@ -62,6 +93,19 @@ pub fn param_kind(name: &str) -> Option<ParamKind> {
         match leaf {
             "w" => Some(ParamKind::Router),
             "u" => Some(ParamKind::RouterDynamic),
+            "w_rand" => Some(ParamKind::RouterRandom),
+            "w_head" => Some(ParamKind::RouterSameHead),
+            "w_dim" => Some(ParamKind::RouterPerDim),
+            _ => None,
+        }
+    } else if name.ends_with(".dwa.alpha") {
+        Some(ParamKind::DenseAlpha)
+    } else if name.contains(".hc_attn.") || name.contains(".hc_mlp.") {
+        match leaf {
+            "static_alpha" => Some(ParamKind::HyperStaticAlpha),
+            "static_beta" => Some(ParamKind::HyperStaticBeta),
+            "dynamic_alpha_fn" | "dynamic_beta_fn" => Some(ParamKind::HyperDynamic),
+            "dynamic_alpha_scale" | "dynamic_beta_scale" => Some(ParamKind::HyperScale),
             _ => None,
         }
     } else if name == "embed_tokens.weight" {
@@ -78,20 +122,37 @@ pub fn param_kind(name: &str) -> Option<ParamKind> {
 /// Optimizer parameter group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ParamGroup {
-    /// LIMe router weights (W_l and U_l): lr × [`ROUTER_LR_MULT`], no weight decay.
+    /// LIMe router weights (W_l, U_l and the ablations' routers): lr × [`ROUTER_LR_MULT`], no
+    /// weight decay.
     Router,
-    /// Matrices (projections, untied LM head): weight decay.
+    /// Matrices (projections, untied LM head) and the dynamic Hyper-Connection weights: weight
+    /// decay.
     Decay,
-    /// Norm gains and the (possibly tied) embedding: no weight decay.
+    /// Norm gains, the (possibly tied) embedding, static Hyper-Connection weights and DenseFormer
+    /// α: no weight decay.
     NoDecay,
 }
 
 /// The optimizer group of a parameter, by name (see module docs). Unknown names are `Decay`.
 pub fn param_group(name: &str) -> ParamGroup {
     match param_kind(name) {
-        Some(ParamKind::Router | ParamKind::RouterDynamic) => ParamGroup::Router,
-        Some(ParamKind::Norm | ParamKind::Embedding) => ParamGroup::NoDecay,
-        Some(ParamKind::Linear) | None => ParamGroup::Decay,
+        Some(
+            ParamKind::Router
+            | ParamKind::RouterDynamic
+            | ParamKind::RouterRandom
+            | ParamKind::RouterSameHead
+            | ParamKind::RouterPerDim,
+        ) => ParamGroup::Router,
+        Some(
+            ParamKind::Norm
+            | ParamKind::Embedding
+            | ParamKind::DenseAlpha
+            | ParamKind::HyperStaticAlpha
+            | ParamKind::HyperStaticBeta,
+        ) => ParamGroup::NoDecay,
+        Some(ParamKind::Linear | ParamKind::HyperDynamic | ParamKind::HyperScale) | None => {
+            ParamGroup::Decay
+        }
     }
 }
 
@@ -134,6 +195,19 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
     out
 }
 
+/// The layer index l of a name `layers.{l}.…`.
+fn layer_of(name: &str) -> Result<usize> {
+    match name
+        .strip_prefix("layers.")
+        .and_then(|r| r.split('.').next())
+    {
+        Some(l) => l
+            .parse()
+            .map_err(|_| candle_core::Error::Msg(format!("no layer index in `{name}`"))),
+        None => bail!("no layer index in `{name}`"),
+    }
+}
+
 /// The initial value of parameter `name` with `shape` for `seed`, as an f64 tensor on the host.
 pub fn init_tensor(name: &str, shape: &Shape, seed: u64) -> Result<Tensor> {
     let Some(kind) = param_kind(name) else {
@@ -160,6 +234,55 @@ pub fn init_tensor(name: &str, shape: &Shape, seed: u64) -> Result<Tensor> {
             }
             w
         }
+        ParamKind::RouterRandom => {
+            let (_, s) = shape.dims2()?;
+            let b = (3.0 / s as f64).sqrt();
+            (0..n).map(|_| rng.gen_range(-b..b)).collect()
+        }
+        ParamKind::RouterSameHead => {
+            let (_, s) = shape.dims2()?; // (R, l+1)
+            let b = (3.0 / s as f64).sqrt();
+            let mut w: Vec<f64> = (0..n).map(|_| rng.gen_range(-b..b)).collect();
+            w.chunks_mut(s).for_each(|row| row[s - 1] = 1.0);
+            w
+        }
+        ParamKind::RouterPerDim => {
+            let (r, s, dh) = shape.dims3()?;
+            if s % r != 0 || s < r {
+                bail!("router `{name}` has shape ({r}, {s}, {dh}), expected (R, (l+1)·R, d_h)");
+            }
+            let b = (3.0 / s as f64).sqrt();
+            let mut w: Vec<f64> = (0..n).map(|_| rng.gen_range(-b..b)).collect();
+            for i in 0..r {
+                for j in 0..r {
+                    for c in 0..dh {
+                        w[(i * s + (s - r) + j) * dh + c] = if i == j { 1.0 } else { 0.0 };
+                    }
+                }
+            }
+            w
+        }
+        ParamKind::DenseAlpha => {
+            let mut w = vec![0.0; n];
+            w[n - 1] = 1.0;
+            w
+        }
+        ParamKind::HyperStaticAlpha => {
+            let (n_streams, cols) = shape.dims2()?;
+            if cols != n_streams + 1 {
+                bail!("`{name}` has shape ({n_streams}, {cols}), expected (n, n+1)");
+            }
+            let layer = layer_of(name)?;
+            let mut w = vec![0.0; n];
+            w[(layer % n_streams) * cols] = 1.0; // A_m = e_(l mod n)
+            for i in 0..n_streams {
+                w[i * cols + 1 + i] = 1.0; // A_r = I
+            }
+            w
+        }
+        ParamKind::HyperStaticBeta => vec![1.0; n],
+        ParamKind::HyperDynamic => vec![0.0; n],
+        ParamKind::HyperScale => vec![crate::hyper::SCALE_INIT; n],
     };
     Tensor::from_vec(vals, shape.clone(), &Device::Cpu)
 }

@@ -1,6 +1,7 @@
-//! models — candle implementations of the LLaMA-style baseline ([`llama`]) and LIMe ([`lime`]:
-//! `lime` and our `lime-dynamic` extension), with deterministic name-keyed initialisation
-//! ([`init`]).
+//! models — candle implementations of the LLaMA-style baseline ([`llama`]), LIMe ([`lime`]:
+//! `lime`, our `lime-dynamic` extension and the `lime-*` router ablations) and the rivals:
+//! DenseFormer ([`denseformer`]), Hyper-Connections ([`hyper`]) and ResFormer ([`resformer`]),
+//! with deterministic name-keyed initialisation ([`init`]). [`Variant::ALL`] lists every model.
 //!
 //! ```ignore
 //! let (varmap, model) = models::init_varmap(&cfg, seed, DType::F32, &Device::Cpu)?;
@@ -13,12 +14,15 @@
 //! and read a path chosen by the caller; prefer [`state_dict`]/[`load_state_dict`].
 pub mod accounting;
 pub mod config;
+pub mod denseformer;
 pub mod fused;
+pub mod hyper;
 pub mod init;
 pub mod lime;
 pub mod llama;
+pub mod resformer;
 
-pub use config::{Config, Variant};
+pub use config::{Config, LimeWindow, Variant};
 pub use init::{
     count_params, init_tensor, init_varmap, load_state_dict, load_weights, param_group,
     param_groups, param_kind, save_weights, seeded_var_builder, sorted_vars, state_dict,

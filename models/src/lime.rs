@@ -42,11 +42,29 @@
 //!
 //! Extra parameters: static R²·(L(L+1)/2 − 1); dynamic adds R²·D·(L(L+1)/2 − 1).
 //! Optimizer group [`crate::ParamGroup::Router`]: lr ×10, no weight decay.
+//!
+//! ## Router ablations (paper appendix D and reviewers' requests)
+//! Each replaces the (R, S) matrix W_l by a restricted or fixed one; the rest is unchanged.
+//!
+//! | variant            | parameter (l ≥ 1)                 | K_l = … (same for V)                               |
+//! |--------------------|-----------------------------------|----------------------------------------------------|
+//! | `lime-avg`         | none                              | (1/(l+1)) Σ_j K_j, per kv head (W = [I … I]/(l+1)) |
+//! | `lime-last-j`      | `router.w` (R, (m+1)·R), m=min(j,l) | W · [K_{l−m}; …; K_l]                            |
+//! | `lime-first-j`     | `router.w` (R, (m+1)·R), m=min(j,l) | W · [K_0; …; K_{m−1}; K_l]                       |
+//! | `lime-same-head`   | `router.w_head` (R, l+1)          | K_l[r] = Σ_j w[r, j] · K_j[r]                      |
+//! | `lime-per-dim`     | `router.w_dim` (R, S, d_h)        | K_l[r, c] = Σ_s w[r, s, c] · K_buf[s, c]           |
+//! | `lime-random-init` | `router.w_rand` (R, S)            | as `lime`; init U(−b, b) everywhere, no identity   |
+//!
+//! `lime-avg` averages over layers per kv head (not over all (l+1)·R rows, which would give every
+//! head the same vector). Init follows `lime`: U(−b, b) with b = sqrt(3 / fan-in) (fan-in = number
+//! of sources a weight mixes), current layer = identity (`w_head`: last column 1; `w_dim`: the
+//! identity block for every channel). So every ablation except `lime-avg` and `lime-random-init`
+//! reduces to llama with the current-layer identity and zeros elsewhere.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::config::{Config, Variant};
+use crate::config::{Config, LimeWindow, Variant};
 
 /// The pre-RoPE K|V of all layers processed so far in one forward pass, `(S, B, T, 2·d_h)`.
 #[derive(Clone, Debug, Default)]
@@ -61,24 +79,69 @@ impl LimeBuffer {
     }
 }
 
+/// How a layer l ≥ 1 mixes the buffer (see the module docs).
+#[derive(Clone, Debug)]
+enum Mix {
+    /// `lime`, `lime-dynamic`, `lime-random-init` (W trainable) and `lime-avg` (W constant):
+    /// W (R, S) over the whole buffer.
+    Full(Tensor),
+    /// `lime-last-j` / `lime-first-j`: W (R, k·R) over the source layers `sources` (k of them).
+    Window { w: Tensor, sources: Vec<usize> },
+    /// `lime-same-head`: w (R, l+1).
+    SameHead(Tensor),
+    /// `lime-per-dim`: w (R, S, d_h).
+    PerDim(Tensor),
+}
+
 /// The router of one layer.
 #[derive(Clone, Debug)]
 pub struct LimeRouter {
     layer: usize,
-    /// W_l (R, (l+1)·R); `None` for layer 0.
-    w: Option<Tensor>,
+    n_kv_heads: usize,
+    /// `None` for layer 0.
+    mix: Option<Mix>,
+    /// Whether the mixing weights are a Var (false for `lime-avg`).
+    trainable: bool,
     /// U_l as a linear map D → R·(l+1)·R; lime-dynamic, l ≥ 1.
     u: Option<Linear>,
     norm_eps: f64,
 }
 
+/// The source layers of a windowed router at layer l.
+fn window_sources(window: LimeWindow, layer: usize) -> Vec<usize> {
+    match window {
+        LimeWindow::Last(j) => (layer.saturating_sub(j)..=layer).collect(),
+        LimeWindow::First(j) => (0..j.min(layer)).chain([layer]).collect(),
+    }
+}
+
 impl LimeRouter {
     pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
         let (r, s) = (cfg.n_kv_heads, (layer + 1) * cfg.n_kv_heads);
-        let w = if layer == 0 {
+        let mut trainable = true;
+        let mix = if layer == 0 {
             None
         } else {
-            Some(vb.get((r, s), "w")?)
+            Some(match cfg.variant {
+                Variant::LimeAvg => {
+                    // W = [I … I] / (l+1): a constant, not a Var.
+                    trainable = false;
+                    let eye = Tensor::eye(r, DType::F64, &candle_core::Device::Cpu)?;
+                    let w = Tensor::cat(&vec![eye; layer + 1], 1)? / (layer + 1) as f64;
+                    Mix::Full(w?.to_dtype(vb.dtype())?.to_device(vb.device())?)
+                }
+                Variant::LimeRandomInit => Mix::Full(vb.get((r, s), "w_rand")?),
+                Variant::LimeSameHead => Mix::SameHead(vb.get((r, layer + 1), "w_head")?),
+                Variant::LimePerDim => Mix::PerDim(vb.get((r, s, cfg.head_dim()), "w_dim")?),
+                v => match v.lime_window() {
+                    Some(win) => {
+                        let sources = window_sources(win, layer);
+                        let w = vb.get((r, sources.len() * r), "w")?;
+                        Mix::Window { w, sources }
+                    }
+                    None => Mix::Full(vb.get((r, s), "w")?),
+                },
+            })
         };
         let u = match cfg.variant {
             Variant::LimeDynamic if layer > 0 => {
@@ -88,7 +151,9 @@ impl LimeRouter {
         };
         Ok(Self {
             layer,
-            w,
+            n_kv_heads: r,
+            mix,
+            trainable,
             u,
             norm_eps: cfg.norm_eps,
         })
@@ -98,9 +163,48 @@ impl LimeRouter {
         self.layer
     }
 
-    /// The static router W_l, (R, (l+1)·R); `None` for layer 0.
+    /// The trainable router parameter of this layer as stored (`w` (R, S) or (R, k·R),
+    /// `w_rand` (R, S), `w_head` (R, l+1) or `w_dim` (R, S, d_h)); `None` for layer 0 and
+    /// `lime-avg`.
     pub fn weight(&self) -> Option<&Tensor> {
-        self.w.as_ref()
+        if !self.trainable {
+            return None;
+        }
+        self.mix.as_ref().map(|m| match m {
+            Mix::Full(w) | Mix::Window { w, .. } | Mix::SameHead(w) | Mix::PerDim(w) => w,
+        })
+    }
+
+    /// The static mixing as a dense (R, (l+1)·R) matrix over the whole buffer, for diagnostics:
+    /// zeros outside a window, block-diagonal for `lime-same-head`, the mean over channels for
+    /// `lime-per-dim`, the constant for `lime-avg`. `None` for layer 0.
+    pub fn dense_weight(&self) -> Result<Option<Tensor>> {
+        let r = self.n_kv_heads;
+        let Some(mix) = &self.mix else {
+            return Ok(None);
+        };
+        let n_src = self.layer + 1;
+        Ok(Some(match mix {
+            Mix::Full(w) => w.clone(),
+            Mix::Window { w, sources } => {
+                let zeros = w.narrow(1, 0, r)?.zeros_like()?;
+                let blocks: Vec<Tensor> = (0..n_src)
+                    .map(|j| match sources.iter().position(|&s| s == j) {
+                        Some(k) => w.narrow(1, k * r, r),
+                        None => Ok(zeros.clone()),
+                    })
+                    .collect::<Result<_>>()?;
+                Tensor::cat(&blocks, 1)?
+            }
+            Mix::SameHead(w) => {
+                // (R, l+1, 1) * (R, 1, R) eye → (R, l+1, R) → (R, S).
+                let eye = Tensor::eye(r, w.dtype(), w.device())?.unsqueeze(1)?;
+                w.unsqueeze(2)?
+                    .broadcast_mul(&eye)?
+                    .reshape((r, n_src * r))?
+            }
+            Mix::PerDim(w) => w.mean(D::Minus1)?,
+        }))
     }
 
     /// The dynamic router U_l, (R·(l+1)·R, D); `None` unless lime-dynamic and l ≥ 1.
@@ -126,24 +230,49 @@ impl LimeRouter {
         };
         buf.kv = Some(all.clone());
         let s = all.dim(0)?;
-        let routed = match &self.w {
+        let n = b * t * 2 * dh;
+        let routed = match &self.mix {
             None => kv, // layer 0: unrouted, (R,B,T,2d_h)
-            Some(w) => {
-                // One GEMM over the buffer: (R,S) @ (S, B·T·2d_h).
-                let flat = all.reshape((s, b * t * 2 * dh))?; // (S, B·T·2d_h)
-                let routed = crate::fused::depth_mix(w, &flat)?.reshape((r, b, t, 2 * dh))?; // (R,B,T,2d_h)
-                match &self.u {
-                    None => routed,
-                    Some(u) => {
-                        // Parameter-free RMSNorm of x_t, then ΔW_l(x_t) = reshape(U_l · n_t).
-                        let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // (B,T,1)
-                        let n = x.broadcast_div(&(ms + self.norm_eps)?.sqrt()?)?; // (B,T,D)
-                        let dw = u.forward(&n)?.reshape((b, t, r, s))?; // (B,T,R,S)
-                        let per_tok = all.permute((1, 2, 0, 3))?.contiguous()?; // (B,T,S,2d_h)
-                        let dyn_part = dw.matmul(&per_tok)?; // (B,T,R,2d_h)
-                        (routed + dyn_part.permute((2, 0, 1, 3))?)? // (R,B,T,2d_h)
-                    }
-                }
+            // One GEMM over the buffer: (R,S) @ (S, B·T·2d_h).
+            Some(Mix::Full(w)) => w
+                .matmul(&all.reshape((s, n))?)?
+                .reshape((r, b, t, 2 * dh))?,
+            Some(Mix::Window { w, sources }) => {
+                let rows: Vec<Tensor> = sources
+                    .iter()
+                    .map(|&j| all.narrow(0, j * r, r))
+                    .collect::<Result<_>>()?;
+                let sub = Tensor::cat(&rows, 0)?.reshape((sources.len() * r, n))?; // (k·R, N)
+                w.matmul(&sub)?.reshape((r, b, t, 2 * dh))?
+            }
+            Some(Mix::SameHead(w)) => {
+                let per_head = all.reshape((s / r, r, n))?.transpose(0, 1)?.contiguous()?; // (R, l+1, N)
+                let w = w.unsqueeze(1)?; // (R, 1, l+1)
+                w.matmul(&per_head)?.reshape((r, b, t, 2 * dh))?
+            }
+            Some(Mix::PerDim(w)) => {
+                // Batched over the d_h channels: (d_h, R, S) @ (d_h, S, B·T·2).
+                let src = all
+                    .reshape((s, b * t * 2, dh))?
+                    .permute((2, 0, 1))?
+                    .contiguous()?; // (d_h, S, B·T·2)
+                let w = w.permute((2, 0, 1))?.contiguous()?; // (d_h, R, S)
+                w.matmul(&src)? // (d_h, R, B·T·2)
+                    .permute((1, 2, 0))?
+                    .contiguous()?
+                    .reshape((r, b, t, 2 * dh))?
+            }
+        };
+        let routed = match &self.u {
+            None => routed,
+            Some(u) => {
+                // Parameter-free RMSNorm of x_t, then ΔW_l(x_t) = reshape(U_l · n_t).
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // (B,T,1)
+                let nx = x.broadcast_div(&(ms + self.norm_eps)?.sqrt()?)?; // (B,T,D)
+                let dw = u.forward(&nx)?.reshape((b, t, r, s))?; // (B,T,R,S)
+                let per_tok = all.permute((1, 2, 0, 3))?.contiguous()?; // (B,T,S,2d_h)
+                let dyn_part = dw.matmul(&per_tok)?; // (B,T,R,2d_h)
+                (routed + dyn_part.permute((2, 0, 1, 3))?)? // (R,B,T,2d_h)
             }
         };
         let routed = routed.transpose(0, 1)?; // (B,R,T,2d_h)

@@ -7,27 +7,34 @@
 //! logits = lm_head(norm(x))                          (lm_head = embed_tokens when tied)
 //! ```
 //!
-//! The LIMe variants (`lime`, `lime-dynamic`) differ from this file only inside
-//! [`Attention::forward`], in the block marked `LIMe routed path`: the per-kv-head keys and values
-//! (pre-RoPE) are routed through [`crate::lime::LimeRouter`] before RoPE is applied. Everything
-//! else is shared.
+//! The LIMe variants (`lime`, `lime-dynamic` and the `lime-*` router ablations) differ from this
+//! file only inside [`Attention::forward`], in the block marked `LIMe routed path`: the
+//! per-kv-head keys and values (pre-RoPE) are routed through [`crate::lime::LimeRouter`] before
+//! RoPE is applied. `resformer` differs only in the block marked `ResFormer value residual` right
+//! after it ([`crate::resformer`]). The two residual-stream variants change only the loop in
+//! [`Model::run`] (marked `depth connection`): `denseformer` averages block outputs
+//! ([`crate::denseformer`]), `hyper`/`hyper-static` carry n streams around each sub-layer
+//! ([`crate::hyper`]; their block norms have no gain). Everything else is shared.
 //!
 //! Checkpoint tree (the names of the `VarBuilder` paths, used verbatim in safetensors files):
 //!
 //! | name                               | shape            | notes                         |
 //! |------------------------------------|------------------|-------------------------------|
 //! | `embed_tokens.weight`              | (V, D)           |                               |
-//! | `layers.{l}.attn_norm.weight`      | (D,)             |                               |
+//! | `layers.{l}.attn_norm.weight`      | (D,)             | not for hyper*                |
 //! | `layers.{l}.attn.q_proj.weight`    | (H·d_h, D)       |                               |
 //! | `layers.{l}.attn.k_proj.weight`    | (R·d_h, D)       |                               |
 //! | `layers.{l}.attn.v_proj.weight`    | (R·d_h, D)       |                               |
 //! | `layers.{l}.attn.o_proj.weight`    | (D, H·d_h)       |                               |
 //! | `layers.{l}.attn.router.w`         | (R, (l+1)·R)     | lime, lime-dynamic; l ≥ 1     |
 //! | `layers.{l}.attn.router.u`         | (R·(l+1)·R, D)   | lime-dynamic only; l ≥ 1      |
-//! | `layers.{l}.mlp_norm.weight`       | (D,)             |                               |
+//! | `layers.{l}.attn.router.*`         | see `lime.rs`    | router ablations; l ≥ 1       |
+//! | `layers.{l}.mlp_norm.weight`       | (D,)             | not for hyper*                |
 //! | `layers.{l}.mlp.w_gate.weight`     | (F, D)           |                               |
 //! | `layers.{l}.mlp.w_up.weight`       | (F, D)           |                               |
 //! | `layers.{l}.mlp.w_down.weight`     | (D, F)           |                               |
+//! | `layers.{l}.dwa.alpha`             | (l+2,)           | denseformer                   |
+//! | `layers.{l}.hc_{attn,mlp}.*`       | see `hyper.rs`   | hyper, hyper-static           |
 //! | `norm.weight`                      | (D,)             | final norm                    |
 //! | `lm_head.weight`                   | (V, D)           | only when `tie_embeddings` is false |
 //!
@@ -41,7 +48,10 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::config::{Config, Variant};
+use crate::denseformer::DepthWeightedAverage;
+use crate::hyper::HyperLayer;
 use crate::lime::{LimeBuffer, LimeRouter};
+use crate::resformer::{ValueResidual, RESFORMER_LAMBDA};
 
 /// Checks the shape constraints that the model code relies on.
 #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; MSRV is 1.80
@@ -84,6 +94,14 @@ impl RmsNorm {
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+
+    /// A gain-free RMSNorm (weight fixed to ones, not a parameter): the block norms of `hyper*`.
+    pub fn unit(dim: usize, eps: f64, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: Tensor::ones(dim, dtype, device)?,
             eps,
         })
     }
@@ -201,6 +219,15 @@ impl Mlp {
 /// Per-layer decoding state: post-routing, post-RoPE keys and values, each (B, R, T_past, d_h).
 type LayerCache = Option<(Tensor, Tensor)>;
 
+/// State shared by the layers of one forward pass (all of it per token of this pass).
+#[derive(Debug, Default)]
+pub struct PassState {
+    /// LIMe: the pre-RoPE K|V of the layers so far.
+    pub lime: LimeBuffer,
+    /// ResFormer: the values V_0 of layer 0, (B,R,T,d_h).
+    pub v0: Option<Tensor>,
+}
+
 /// Causal multi-head attention with RoPE and grouped-query attention.
 #[derive(Clone, Debug)]
 pub struct Attention {
@@ -213,16 +240,22 @@ pub struct Attention {
     head_dim: usize,
     /// `Some` for the LIMe variants (every layer, layer 0 only appends to the buffer).
     router: Option<LimeRouter>,
+    /// ResFormer's value residual (`Off` for every other variant).
+    value_residual: ValueResidual,
 }
 
 impl Attention {
     pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
         let (d, h, r, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
-        let router = match cfg.variant {
-            Variant::Llama => None,
-            Variant::Lime | Variant::LimeDynamic => {
-                Some(LimeRouter::new(cfg, layer, vb.pp("router"))?)
-            }
+        let router = if cfg.variant.is_lime() {
+            Some(LimeRouter::new(cfg, layer, vb.pp("router"))?)
+        } else {
+            None
+        };
+        let value_residual = match (cfg.variant, layer) {
+            (Variant::ResFormer, 0) => ValueResidual::Store,
+            (Variant::ResFormer, _) => ValueResidual::Mix(RESFORMER_LAMBDA),
+            _ => ValueResidual::Off,
         };
         Ok(Self {
             q_proj: linear_no_bias(d, h * dh, vb.pp("q_proj"))?,
@@ -233,6 +266,7 @@ impl Attention {
             n_kv_heads: r,
             head_dim: dh,
             router,
+            value_residual,
         })
     }
 
@@ -250,7 +284,7 @@ impl Attention {
         h: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
-        buf: &mut LimeBuffer,
+        pass: &mut PassState,
         cache: Option<&mut LayerCache>,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = h.dims3()?;
@@ -268,9 +302,12 @@ impl Attention {
         let (k, v) = match &self.router {
             None => (k.transpose(1, 2)?, v.transpose(1, 2)?), // (B,R,T,d_h)
             // K_l = W_l · K_buf, V_l = W_l · V_buf over every earlier (layer, kv-head), pre-RoPE.
-            Some(router) => router.route(&k, &v, x, buf)?, // (B,R,T,d_h)
+            Some(router) => router.route(&k, &v, x, &mut pass.lime)?, // (B,R,T,d_h)
         };
         // -----------------------------------------------------------------------------------
+        // ---------------- ResFormer value residual: V_l ← λV_0 + (1−λ)V_l, l ≥ 1 -------------
+        let v = self.value_residual.apply(v, &mut pass.v0)?; // (B,R,T,d_h)
+                                                             // -----------------------------------------------------------------------------------
 
         let (cos, sin) = rope;
         let q = Rope::apply(&q, cos, sin)?; // (B,H,T,d_h), contiguous
@@ -318,10 +355,18 @@ pub struct Block {
 
 impl Block {
     pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
+        let norm = |name: &str| {
+            if cfg.variant.is_hyper() {
+                RmsNorm::unit(cfg.d_model, cfg.norm_eps, vb.dtype(), vb.device())
+            // no gain
+            } else {
+                RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp(name))
+            }
+        };
         Ok(Self {
-            attn_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("attn_norm"))?,
+            attn_norm: norm("attn_norm")?,
             attn: Attention::new(cfg, layer, vb.pp("attn"))?,
-            mlp_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("mlp_norm"))?,
+            mlp_norm: norm("mlp_norm")?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -330,20 +375,48 @@ impl Block {
         &self.attn
     }
 
+    /// The attention sub-layer without its residual: (Attn(attn_norm(x)), values used).
+    pub(crate) fn attn_branch(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: &Tensor,
+        pass: &mut PassState,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<(Tensor, Tensor)> {
+        let h = self.attn_norm.forward(x)?; // (B,T,D)
+        self.attn.forward(x, &h, rope, mask, pass, cache)
+    }
+
+    /// The MLP sub-layer without its residual: MLP(mlp_norm(x)).
+    pub(crate) fn mlp_branch(&self, x: &Tensor) -> Result<Tensor> {
+        self.mlp.forward(&self.mlp_norm.forward(x)?)
+    }
+
     fn forward(
         &self,
         x: &Tensor,
         rope: &(Tensor, Tensor),
         mask: &Tensor,
-        buf: &mut LimeBuffer,
+        pass: &mut PassState,
         cache: Option<&mut LayerCache>,
     ) -> Result<(Tensor, Tensor)> {
-        let h = self.attn_norm.forward(x)?; // (B,T,D)
-        let (a, v) = self.attn.forward(x, &h, rope, mask, buf, cache)?;
+        let (a, v) = self.attn_branch(x, rope, mask, pass, cache)?;
         let x = (x + a)?; // (B,T,D)
-        let x = (&x + self.mlp.forward(&self.mlp_norm.forward(&x)?)?)?; // (B,T,D)
+        let x = (&x + self.mlp_branch(&x)?)?; // (B,T,D)
         Ok((x, v))
     }
+}
+
+/// How blocks are connected across depth (see the module docs).
+#[derive(Clone, Debug)]
+enum DepthConnection {
+    /// `x_{l+1} = Block_l(x_l)`: llama, LIMe, ResFormer.
+    Residual,
+    /// DenseFormer: a depth-weighted average after every block.
+    Dense(Vec<DepthWeightedAverage>),
+    /// Hyper-Connections: n streams, a connection around every sub-layer.
+    Hyper(Vec<HyperLayer>),
 }
 
 /// Incremental-decoding cache: per layer the post-RoPE keys and values of all past positions.
@@ -351,7 +424,9 @@ impl Block {
 /// For the LIMe variants this is also all that is needed: routing mixes only entries of the
 /// *same* position (the buffer rows are (layer, kv-head) pairs of one token), so the routed keys
 /// and values of a past token never change, and a new token's routing reads only the pre-RoPE K/V
-/// that all layers compute for that new token in the same forward pass.
+/// that all layers compute for that new token in the same forward pass. The same holds for every
+/// other variant: ResFormer's V_0, DenseFormer's block outputs and the Hyper-Connection streams
+/// are all per token, so every variant supports incremental decoding with this cache.
 #[derive(Clone, Debug)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
@@ -385,7 +460,8 @@ impl KvCache {
 #[derive(Clone, Debug)]
 pub struct Trace {
     /// Residual stream: `hidden[0]` is the embedding output, `hidden[l+1]` the output of block l;
-    /// each (B,T,D).
+    /// each (B,T,D). DenseFormer: the DWA output after block l (the next block's input).
+    /// Hyper-Connections: the sum of the n streams after block l.
     pub hidden: Vec<Tensor>,
     /// Values used by the attention of each layer (after LIMe routing), each (B,R,T,d_h).
     pub values: Vec<Tensor>,
@@ -398,6 +474,7 @@ pub struct Model {
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
+    depth: DepthConnection,
     rope: Rope,
     cfg: Config,
     dtype: DType,
@@ -415,6 +492,19 @@ impl Model {
             .map(|l| Block::new(cfg, l, vb.pp("layers").pp(l)))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("norm"))?;
+        let depth = match cfg.variant {
+            Variant::DenseFormer => DepthConnection::Dense(
+                (0..cfg.n_layers)
+                    .map(|l| DepthWeightedAverage::new(l, vb.pp("layers").pp(l).pp("dwa")))
+                    .collect::<Result<_>>()?,
+            ),
+            v if v.is_hyper() => DepthConnection::Hyper(
+                (0..cfg.n_layers)
+                    .map(|l| HyperLayer::new(cfg, vb.pp("layers").pp(l)))
+                    .collect::<Result<_>>()?,
+            ),
+            _ => DepthConnection::Residual,
+        };
         let lm_head = if cfg.tie_embeddings {
             Linear::new(embed_w, None)
         } else {
@@ -426,6 +516,7 @@ impl Model {
             layers,
             norm,
             lm_head,
+            depth,
             rope,
             cfg: cfg.clone(),
             dtype: vb.dtype(),
@@ -447,6 +538,25 @@ impl Model {
 
     pub fn layers(&self) -> &[Block] {
         &self.layers
+    }
+
+    /// Sets ResFormer's λ in V_l ← λV_0 + (1−λ)V_l (default [`RESFORMER_LAMBDA`]); λ = 0 is
+    /// llama. No effect on other variants. For the reduction test and ablations.
+    pub fn with_value_residual(mut self, lambda: f64) -> Self {
+        for block in &mut self.layers {
+            if let ValueResidual::Mix(_) = block.attn.value_residual {
+                block.attn.value_residual = ValueResidual::Mix(lambda);
+            }
+        }
+        self
+    }
+
+    /// DenseFormer's α per block (each (l+2,)); empty for other variants.
+    pub fn dwa_weights(&self) -> Vec<Tensor> {
+        match &self.depth {
+            DepthConnection::Dense(d) => d.iter().map(|a| a.alpha().clone()).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// ids (B,T) u32 → logits (B,T,V).
@@ -502,14 +612,45 @@ impl Model {
         let rope = self.rope.tables(start, t)?; // (T,d_h/2) each
         let mask = causal_mask(start, t, self.dtype, &self.device)?; // (T,T_total)
         let mut x = self.embed_tokens.forward(ids)?; // (B,T,D)
-        let mut buf = LimeBuffer::default();
+        let mut pass = PassState::default();
         if let Some(tr) = trace.as_deref_mut() {
             tr.hidden.push(x.clone());
         }
+        // Depth-connection state: DenseFormer's block outputs Y_0..Y_l, HC's streams (B,T,n,D).
+        let mut ys = vec![x.clone()];
+        let mut hs = match &self.depth {
+            DepthConnection::Hyper(_) => Some(crate::hyper::expand(&x)?),
+            _ => None,
+        };
         for (l, block) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let (y, v) = block.forward(&x, &rope, &mask, &mut buf, slot)?;
-            x = y;
+            let read_out = trace.is_some() || l + 1 == self.layers.len();
+            // ---------------- depth connection ----------------
+            let v = match (&self.depth, hs.as_mut()) {
+                (DepthConnection::Hyper(hc), Some(hs)) => {
+                    let (h, w) = hc[l].attn.width(hs)?; // h = A_mᵀH (B,T,D)
+                    let (a, v) = block.attn_branch(&h, &rope, &mask, &mut pass, slot)?;
+                    *hs = hc[l].attn.depth(&a, w)?; // (B,T,n,D)
+                    let (h, w) = hc[l].mlp.width(hs)?;
+                    *hs = hc[l].mlp.depth(&block.mlp_branch(&h)?, w)?;
+                    if read_out {
+                        x = crate::hyper::read_out(hs)?; // Σ_i h_i (B,T,D): trace and head
+                    }
+                    v
+                }
+                (DepthConnection::Dense(dwa), _) => {
+                    let (y, v) = block.forward(&x, &rope, &mask, &mut pass, slot)?;
+                    ys.push(y);
+                    x = dwa[l].forward(&ys)?; // Σ_j α_lj Y_j (B,T,D)
+                    v
+                }
+                _ => {
+                    let (y, v) = block.forward(&x, &rope, &mask, &mut pass, slot)?;
+                    x = y;
+                    v
+                }
+            };
+            // ---------------------------------------------------
             if let Some(tr) = trace.as_deref_mut() {
                 tr.hidden.push(x.clone());
                 tr.values.push(v);
@@ -518,11 +659,16 @@ impl Model {
         self.norm.forward(&x) // (B,T,D)
     }
 
-    /// The static LIMe router matrices W_l, l = 1..L−1, each (R, (l+1)·R); empty for llama.
+    /// The static LIMe router matrices W_l, l = 1..L−1, each (R, (l+1)·R) (the ablations'
+    /// routers as dense matrices, see [`LimeRouter::dense_weight`]); empty for non-LIMe variants.
     pub fn router_weights(&self) -> Vec<Tensor> {
         self.layers
             .iter()
-            .filter_map(|b| b.attn.router().and_then(|r| r.weight().cloned()))
+            .filter_map(|b| {
+                b.attn
+                    .router()
+                    .and_then(|r| r.dense_weight().ok().flatten())
+            })
             .collect()
     }
 
@@ -536,7 +682,7 @@ impl Model {
             let Some(router) = block.attn.router() else {
                 continue;
             };
-            let Some(w) = router.weight() else {
+            let Some(w) = router.dense_weight()? else {
                 rows.push(vec![1.0]);
                 continue;
             };

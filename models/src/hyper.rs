@@ -1,0 +1,191 @@
+//! Hyper-Connections (Zhu et al. 2024, arXiv 2409.19606): n = [`STREAMS`] residual streams
+//! H = (h_1 … h_n) instead of one, and per sub-layer (attention and MLP separately) a learned
+//! width connection (which mix of the streams the sub-layer reads) and depth connection (how its
+//! output and the old streams form the new streams).
+//!
+//! ```text
+//! H_0 = (x, …, x)                      embedding replicated into n streams       (B,T,n,D)
+//! per sub-layer T ∈ {Attn∘attn_norm, MLP∘mlp_norm} of block l:
+//!   H̄  = RMSNorm(H)                                       (per stream, no gain; dynamic only)
+//!   A  = [A_m | A_r] + s_α · tanh(H̄ · W_α)                (B,T,n,n+1)   (static part (n,n+1))
+//!   B  = B_s + s_β · tanh(H̄ · W_β)                        (B,T,n)       (static part (n,))
+//!   h  = A_mᵀ H                                           (B,T,D)  the sub-layer's input
+//!   H' = B ⊗ T(h) + A_rᵀ H                                (B,T,n,D)
+//! read-out: x_L = Σ_i h_i (sum of the streams) → final norm → LM head
+//! ```
+//!
+//! Init (paper): A_m = e_(l mod n) (l = block index, used for both sub-layers of the block, as in
+//! the LIMe authors' HC baseline `src/lm/hc.py`), A_r = I, B_s = 1, W_α = W_β = 0,
+//! s_α = s_β = [`SCALE_INIT`]. The read-out sums the streams, as in that baseline.
+//! `hyper-static` has no dynamic part (H̄, W, s). The block norms have **no gain** (the authors'
+//! baseline deletes the RMSNorm weights of the blocks), which is what makes the parameter count
+//! equal to the paper's Table 8 (+328,512 at 1B).
+//!
+//! **Deviation (documented):** the authors normalise with an affine-free LayerNorm (for H̄ and
+//! the block norms); we use an affine-free RMSNorm (eps = `norm_eps`), the skeleton's norm, so that
+//! the neutral setting below is exactly llama. Parameter counts are unaffected; the `fvcore` FLOP
+//! mode counts the authors' LayerNorm (see `accounting.rs`).
+//!
+//! **Neutral setting (exact reduction):** at init every stream holds the same vector, each
+//! sub-layer reads x (A_m = e_k) and writes x + T(x) to every stream (A_r = I, B = 1, tanh(0) = 0),
+//! so block by block the streams equal llama's residual stream (with unit norm gains) and the
+//! read-out is n·x_L. The final RMSNorm removes the factor n exactly when `norm_eps` = 0 (with
+//! eps > 0 the difference is eps/n² in the norm's denominator). So: HC at init with `norm_eps` = 0
+//! equals llama with unit norm gains — tested for n = 4, dynamic and static.
+//!
+//! | name (per block l, `hc_attn` and `hc_mlp`) | shape    |
+//! |--------------------------------------------|----------|
+//! | `layers.{l}.hc_attn.static_alpha`          | (n, n+1) |
+//! | `layers.{l}.hc_attn.static_beta`           | (n,)     |
+//! | `layers.{l}.hc_attn.dynamic_alpha_fn`      | (D, n+1) | hyper only
+//! | `layers.{l}.hc_attn.dynamic_alpha_scale`   | (1,)     | hyper only
+//! | `layers.{l}.hc_attn.dynamic_beta_fn`       | (D,)     | hyper only
+//! | `layers.{l}.hc_attn.dynamic_beta_scale`    | (1,)     | hyper only
+//!
+//! Per-token mixing only, so the KV cache needs nothing extra. Residual memory is ×n.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::{Config, Variant};
+
+/// Number of residual streams (the paper's expansion rate n).
+pub const STREAMS: usize = 4;
+/// Initial value of the dynamic scales s_α and s_β.
+pub const SCALE_INIT: f64 = 0.01;
+
+#[derive(Clone, Debug)]
+struct Dynamic {
+    /// W_α (D, n+1).
+    alpha_fn: Tensor,
+    /// s_α (1,).
+    alpha_scale: Tensor,
+    /// W_β (D, 1).
+    beta_fn: Tensor,
+    /// s_β (1,).
+    beta_scale: Tensor,
+}
+
+/// One hyper-connection (around one sub-layer).
+#[derive(Clone, Debug)]
+pub struct HyperConnection {
+    /// [A_m | A_r] (n, n+1).
+    static_alpha: Tensor,
+    /// B (n,).
+    static_beta: Tensor,
+    dynamic: Option<Dynamic>,
+    norm_eps: f64,
+}
+
+/// What the width connection hands to the depth connection.
+pub struct Width {
+    /// A_rᵀ H (B,T,n,D).
+    pub carried: Tensor,
+    /// B (B,T,n,1) or (1,1,n,1).
+    pub beta: Tensor,
+}
+
+impl HyperConnection {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let (n, d) = (STREAMS, cfg.d_model);
+        let dynamic = if cfg.variant == Variant::Hyper {
+            Some(Dynamic {
+                alpha_fn: vb.get((d, n + 1), "dynamic_alpha_fn")?,
+                alpha_scale: vb.get(1, "dynamic_alpha_scale")?,
+                beta_fn: vb.get(d, "dynamic_beta_fn")?.reshape((d, 1))?,
+                beta_scale: vb.get(1, "dynamic_beta_scale")?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            static_alpha: vb.get((n, n + 1), "static_alpha")?,
+            static_beta: vb.get(n, "static_beta")?,
+            dynamic,
+            norm_eps: cfg.norm_eps,
+        })
+    }
+
+    /// Width connection: streams H (B,T,n,D) → the sub-layer input h = A_mᵀH (B,T,D) and the
+    /// carried streams A_rᵀH with the depth weights B.
+    pub fn width(&self, hs: &Tensor) -> Result<(Tensor, Width)> {
+        let n = hs.dim(2)?;
+        let (alpha, beta) = match &self.dynamic {
+            None => (
+                self.static_alpha.unsqueeze(0)?.unsqueeze(0)?, // (1,1,n,n+1)
+                self.static_beta.reshape((1, 1, n, 1))?,       // (1,1,n,1)
+            ),
+            Some(dy) => {
+                let ms = hs.sqr()?.mean_keepdim(D::Minus1)?; // (B,T,n,1)
+                let hn = hs.broadcast_div(&(ms + self.norm_eps)?.sqrt()?)?; // H̄ (B,T,n,D)
+                let a = hn
+                    .broadcast_matmul(&dy.alpha_fn)? // (B,T,n,n+1)
+                    .tanh()?
+                    .broadcast_mul(&dy.alpha_scale)?
+                    .broadcast_add(&self.static_alpha)?;
+                let be = hn
+                    .broadcast_matmul(&dy.beta_fn)? // (B,T,n,1)
+                    .tanh()?
+                    .broadcast_mul(&dy.beta_scale)?
+                    .broadcast_add(&self.static_beta.reshape((n, 1))?)?;
+                (a, be)
+            }
+        };
+        // mix[.., i, :] = Σ_j A[.., j, i] · H[.., j, :] for i = 0..=n, as n broadcast products
+        // (A varies per token, so this is not one GEMM).
+        let mut mix: Option<Tensor> = None;
+        for j in 0..n {
+            let a_j = alpha.narrow(2, j, 1)?.transpose(2, 3)?; // (·,·,n+1,1)
+            let term = a_j.broadcast_mul(&hs.narrow(2, j, 1)?)?; // (B,T,n+1,D)
+            mix = Some(match mix {
+                None => term,
+                Some(m) => (m + term)?,
+            });
+        }
+        let mix = mix.expect("n ≥ 1");
+        let h = mix.narrow(2, 0, 1)?.squeeze(2)?; // A_mᵀH (B,T,D)
+        let carried = mix.narrow(2, 1, n)?; // A_rᵀH (B,T,n,D)
+        Ok((h, Width { carried, beta }))
+    }
+
+    /// Depth connection: H' = B ⊗ y + A_rᵀH, with the sub-layer output y (B,T,D).
+    pub fn depth(&self, y: &Tensor, w: Width) -> Result<Tensor> {
+        w.beta
+            .broadcast_mul(&y.unsqueeze(2)?)?
+            .broadcast_add(&w.carried) // (B,T,n,D)
+    }
+
+    /// The static weights [A_m | A_r] (n, n+1) and B (n,).
+    pub fn static_weights(&self) -> (&Tensor, &Tensor) {
+        (&self.static_alpha, &self.static_beta)
+    }
+}
+
+/// The two hyper-connections of one block.
+#[derive(Clone, Debug)]
+pub struct HyperLayer {
+    pub attn: HyperConnection,
+    pub mlp: HyperConnection,
+}
+
+impl HyperLayer {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attn: HyperConnection::new(cfg, vb.pp("hc_attn"))?,
+            mlp: HyperConnection::new(cfg, vb.pp("hc_mlp"))?,
+        })
+    }
+}
+
+/// Embedding (B,T,D) → n identical streams (B,T,n,D).
+pub fn expand(x: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, t, STREAMS, d))?
+        .contiguous()
+}
+
+/// Read-out: the sum of the streams (B,T,n,D) → (B,T,D).
+pub fn read_out(hs: &Tensor) -> Result<Tensor> {
+    hs.sum(2)
+}
