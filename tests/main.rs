@@ -3,13 +3,13 @@
 //! Snapshots live in `golden/` (see [`golden`]); under `CI=true` a missing snapshot fails.
 
 mod cli;
+mod models_accounting;
 mod models_correctness;
 mod models_fused;
-mod models_accounting;
 mod models_rivals;
 mod tasks_common;
-mod tasks_prosqa;
 mod tasks_probes;
+mod tasks_prosqa;
 
 /// insta settings that put named snapshots in `<repo>/golden/`.
 pub fn golden() -> insta::Settings {

@@ -539,7 +539,13 @@ impl CustomOp2 for MixOp {
         "fused-depth-mix"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (r, s) = l1.shape().dims2()?;
         let (s2n, n) = l2.shape().dims2()?;
         if s != s2n {
@@ -576,7 +582,13 @@ impl CustomOp2 for MixOp {
         Ok((CpuStorage::F32(out), Shape::from((r, n))))
     }
 
-    fn bwd(&self, w: &Tensor, x: &Tensor, _out: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        w: &Tensor,
+        x: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (r, s) = w.dims2()?;
         let n = x.dim(1)?;
         let (hw, hx, hg) = (host(w)?, host(x)?, host(g)?);
@@ -617,7 +629,10 @@ impl CustomOp2 for MixOp {
             }
         }
         let dw: Vec<f32> = dw.into_iter().map(|v| v as f32).collect();
-        Ok((Some(Tensor::from_vec(dw, (r, s), w.device())?), Some(Tensor::from_vec(dx, (s, n), x.device())?)))
+        Ok((
+            Some(Tensor::from_vec(dw, (r, s), w.device())?),
+            Some(Tensor::from_vec(dx, (s, n), x.device())?),
+        ))
     }
 }
 

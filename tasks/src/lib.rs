@@ -39,9 +39,17 @@ pub enum TaskError {
     #[error("unknown task `{0}` (known tasks: {1})")]
     UnknownTask(String, String),
     #[error("unknown level `{level}` for task `{task}` (known levels: {known})")]
-    UnknownLevel { task: String, level: String, known: String },
+    UnknownLevel {
+        task: String,
+        level: String,
+        known: String,
+    },
     #[error("unknown config key `{key}` for task `{task}` (known keys: {known})")]
-    UnknownKey { task: String, key: String, known: String },
+    UnknownKey {
+        task: String,
+        key: String,
+        known: String,
+    },
     #[error("invalid config for task `{task}`: {msg}")]
     Config { task: String, msg: String },
 }
@@ -151,7 +159,11 @@ pub trait Task: Send + Sync {
     fn token_str(&self, id: u32) -> String;
     /// Human-readable text of a token span (prompt or answer).
     fn render(&self, tokens: &[u32]) -> String {
-        tokens.iter().map(|&t| self.token_str(t)).collect::<Vec<_>>().join(" ")
+        tokens
+            .iter()
+            .map(|&t| self.token_str(t))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
     /// Draw one example from `rng`. Must use no other source of randomness.
     fn sample(&self, rng: &mut ChaCha8Rng) -> Sample;
@@ -202,7 +214,11 @@ pub fn task_names() -> Vec<&'static str> {
 /// Build a task from its name, an optional level (defaults to the task's default level) and
 /// `key=value` overrides applied after the level. Values parse as JSON when they can
 /// (`4`, `0.01`, `true`, `"x"`), otherwise as a bare string.
-pub fn build(name: &str, level: Option<&str>, sets: &[(String, String)]) -> Result<Box<dyn Task>, TaskError> {
+pub fn build(
+    name: &str,
+    level: Option<&str>,
+    sets: &[(String, String)],
+) -> Result<Box<dyn Task>, TaskError> {
     let info = registry()
         .into_iter()
         .find(|i| i.name == name)
@@ -218,22 +234,39 @@ pub fn build(name: &str, level: Option<&str>, sets: &[(String, String)]) -> Resu
         "recall" => mad::Recall::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
         "noisy-recall" => mad::Recall::noisy_from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
         "fuzzy-recall" => mad::FuzzyRecall::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
-        "selective-copy" => mad::SelectiveCopy::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "selective-copy" => {
+            mad::SelectiveCopy::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>)
+        }
         "memorize" => mad::Memorize::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
         _ => unreachable!("registry and build disagree on {name}"),
     }
 }
 
 /// Defaults ← level overrides ← `sets`, as a JSON object (not yet deserialized or validated).
-pub fn resolve_config(info: &TaskInfo, level: Option<&str>, sets: &[(String, String)]) -> Result<Value, TaskError> {
+pub fn resolve_config(
+    info: &TaskInfo,
+    level: Option<&str>,
+    sets: &[(String, String)],
+) -> Result<Value, TaskError> {
     let mut cfg = info.defaults.clone();
     let level = level.unwrap_or(info.default_level);
-    let (_, overrides) = info.levels.iter().find(|(n, _)| *n == level).ok_or_else(|| TaskError::UnknownLevel {
-        task: info.name.into(),
-        level: level.into(),
-        known: info.levels.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-    })?;
-    let obj = cfg.as_object_mut().expect("task defaults serialize to a JSON object");
+    let (_, overrides) = info
+        .levels
+        .iter()
+        .find(|(n, _)| *n == level)
+        .ok_or_else(|| TaskError::UnknownLevel {
+            task: info.name.into(),
+            level: level.into(),
+            known: info
+                .levels
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let obj = cfg
+        .as_object_mut()
+        .expect("task defaults serialize to a JSON object");
     let known = || obj_keys(&info.defaults);
     if let Some(o) = overrides.as_object() {
         for (k, v) in o {
@@ -242,7 +275,11 @@ pub fn resolve_config(info: &TaskInfo, level: Option<&str>, sets: &[(String, Str
     }
     for (k, v) in sets {
         if !obj.contains_key(k) {
-            return Err(TaskError::UnknownKey { task: info.name.into(), key: k.clone(), known: known() });
+            return Err(TaskError::UnknownKey {
+                task: info.name.into(),
+                key: k.clone(),
+                known: known(),
+            });
         }
         let parsed = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.clone()));
         obj.insert(k.clone(), parsed);
@@ -251,12 +288,17 @@ pub fn resolve_config(info: &TaskInfo, level: Option<&str>, sets: &[(String, Str
 }
 
 fn obj_keys(v: &Value) -> String {
-    v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    v.as_object()
+        .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
 }
 
 /// Deserialize a task config from JSON (serde errors become one-line [`TaskError::Config`]).
 pub fn parse_config<C: DeserializeOwned>(task: &str, cfg: Value) -> Result<C, TaskError> {
-    serde_json::from_value(cfg).map_err(|e| TaskError::Config { task: task.into(), msg: e.to_string() })
+    serde_json::from_value(cfg).map_err(|e| TaskError::Config {
+        task: task.into(),
+        msg: e.to_string(),
+    })
 }
 
 /// Range check helper for `validate` functions.
@@ -264,7 +306,10 @@ pub fn check(task: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<(), T
     if ok {
         Ok(())
     } else {
-        Err(TaskError::Config { task: task.into(), msg: msg() })
+        Err(TaskError::Config {
+            task: task.into(),
+            msg: msg(),
+        })
     }
 }
 
@@ -350,7 +395,10 @@ pub fn generate(task: &dyn Task, split: Split, index: u64) -> Example {
 /// result does not depend on the thread count.
 pub fn generate_range(task: &dyn Task, split: Split, start: u64, n: u64) -> Vec<Example> {
     let digest = config_digest(task);
-    (start..start + n).into_par_iter().map(|i| generate_with(task, &digest, split, i)).collect()
+    (start..start + n)
+        .into_par_iter()
+        .map(|i| generate_with(task, &digest, split, i))
+        .collect()
 }
 
 /// Serialize a config struct to the canonical JSON `Value` stored by a task.
