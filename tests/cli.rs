@@ -343,7 +343,13 @@ fn tiny_run_trains_resumes_identically_and_skips_when_done() {
         );
         let mut r = r.clone();
         r["device"] = Value::String("[device]".into());
-        for k in ["final_loss", "val_acc", "test_acc", "test_token_acc"] {
+        for k in [
+            "final_loss",
+            "val_acc",
+            "test_acc",
+            "test_token_acc",
+            "test_macro_acc",
+        ] {
             if let Some(x) = r[k].as_f64() {
                 r[k] = Value::String(format!("{x:.2}"));
             }
@@ -463,6 +469,7 @@ fn record(
         val_acc: (status == "ok").then_some(val),
         test_acc: (status == "ok").then_some(test),
         test_token_acc: (status == "ok").then_some(test),
+        test_macro_acc: (status == "ok").then_some(test - 0.05),
     }
 }
 
@@ -600,5 +607,72 @@ fn every_task_has_a_default_and_trains_through_the_main_job() {
                 Err(e) => panic!("{name} {}: {e:#}", spec.model),
             }
         }
+    }
+}
+
+/// Every model variant trains through the main job (3 steps, tiny shapes), with every weight
+/// receiving a gradient (the trainer checks that at every step) and a finite loss.
+#[test]
+fn every_model_trains_through_the_main_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = models::Variant::ALL
+        .iter()
+        .map(|v| v.name().to_string())
+        .collect();
+    let args = harness::spec::RunArgs {
+        task: vec!["mqar".into()],
+        models: names.clone(),
+        seeds: 1,
+        sets: ["vocab_size=32", "seq_len=16", "num_kv_pairs=2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        model_sets: ["d_model=16", "n_layers=3", "n_heads=2", "d_ff=32"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        match_mode: harness::spec::MatchMode::Steps,
+        steps: Some(3),
+        batch_size: Some(4),
+        n_val: Some(4),
+        n_test: Some(4),
+        out: dir.path().to_path_buf(),
+        quiet: true,
+        ..Default::default()
+    };
+    let specs = harness::spec::resolve(&args).unwrap();
+    assert_eq!(specs.len(), names.len());
+    for spec in &specs {
+        match harness::train::run_one(
+            spec,
+            dir.path(),
+            &candle_core::Device::Cpu,
+            true,
+            false,
+            None,
+        ) {
+            Ok(harness::train::Outcome::Done(r)) => {
+                assert_eq!(r.status, "ok", "{}", r.model);
+                assert!(r.final_loss.is_some_and(f64::is_finite), "{}", r.model);
+                assert_eq!(
+                    r.params,
+                    models::accounting::num_params(&spec.model_config),
+                    "{}",
+                    r.model
+                );
+            }
+            Ok(_) => panic!("{}: unexpected outcome", spec.model),
+            Err(e) => panic!("{}: {e:#}", spec.model),
+        }
+    }
+    // ... and each appears in the leaderboard.
+    let table =
+        harness::leaderboard::render_dir(dir.path(), None, harness::leaderboard::Format::Md)
+            .unwrap();
+    for n in &names {
+        assert!(
+            table.contains(&format!("| {n} ")),
+            "{n} missing from\n{table}"
+        );
     }
 }

@@ -43,6 +43,8 @@ pub struct Row {
     /// Half-width of the 95% Student-t interval (None with one seed).
     pub test_ci95: Option<f64>,
     pub val_mean: Option<f64>,
+    /// Mean teacher-forced macro accuracy on test (second figure; MAD's default).
+    pub test_macro_mean: Option<f64>,
     pub chance: f64,
     pub wall_clock_s: f64,
 }
@@ -132,6 +134,7 @@ pub fn rows(results: &[RunResult]) -> Vec<Row> {
         let ok: Vec<&RunResult> = best.iter().copied().filter(|r| r.status == "ok").collect();
         let test: Vec<f64> = ok.iter().filter_map(|r| r.test_acc).collect();
         let val: Vec<f64> = ok.iter().filter_map(|r| r.val_acc).collect();
+        let macro_: Vec<f64> = ok.iter().filter_map(|r| r.test_macro_acc).collect();
         let (test_mean, test_ci95) = mean_ci(&test);
         let r0 = best[0];
         out.push(Row {
@@ -146,6 +149,7 @@ pub fn rows(results: &[RunResult]) -> Vec<Row> {
             test_mean,
             test_ci95,
             val_mean: mean_ci(&val).0,
+            test_macro_mean: mean_ci(&macro_).0,
             chance: r0.chance,
             wall_clock_s: best.iter().map(|r| r.wall_clock_s).sum::<f64>() / best.len() as f64,
         });
@@ -163,11 +167,11 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(rows)? + "\n",
         Format::Csv => {
-            let mut s = String::from("task,level,model,params,flops,lr,seeds,diverged,test_mean,test_ci95,val_mean,chance,wall_clock_s\n");
+            let mut s = String::from("task,level,model,params,flops,lr,seeds,diverged,test_mean,test_ci95,val_mean,test_macro_mean,chance,wall_clock_s\n");
             for r in rows {
                 let o = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
                 s += &format!(
-                    "{},{},{},{},{:.6e},{:e},{},{},{},{},{},{:.6},{}\n",
+                    "{},{},{},{},{:.6e},{:e},{},{},{},{},{},{},{:.6},{}\n",
                     r.task,
                     r.level,
                     r.model,
@@ -179,6 +183,7 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                     o(r.test_mean),
                     o(r.test_ci95),
                     o(r.val_mean),
+                    o(r.test_macro_mean),
                     r.chance,
                     if wall_clock {
                         format!("{:.1}", r.wall_clock_s)
@@ -202,6 +207,7 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                 "seeds",
                 "test acc % (95% CI)",
                 "val acc %",
+                "test macro acc %",
                 "chance %",
                 "wall-clock",
             ]);
@@ -226,6 +232,7 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                     r.seeds.to_string(),
                     test,
                     pct(r.val_mean),
+                    pct(r.test_macro_mean),
                     format!("{:.1}", 100.0 * r.chance),
                     if wall_clock {
                         format!("{:.0} s", r.wall_clock_s)

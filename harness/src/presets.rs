@@ -81,7 +81,7 @@ pub fn preset(task: &str) -> Result<Preset> {
         "mqar" => Preset {
             task_sets: sets(&[("vocab_size", "256"), ("seq_len", "64")]),
             batch_size: 128,
-            budget_flops: 2.0e13,
+            budget_flops: 6.0e12,
             ..base("kv4", shape(64, 2, 2))
         },
         // The LIMe paper's arithmetic models: 4 layers, 4 heads, d=32, linear decay.

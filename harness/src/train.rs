@@ -48,6 +48,8 @@ pub struct RunResult {
     pub test_acc: Option<f64>,
     /// Teacher-forced token accuracy on test (all tasks).
     pub test_token_acc: Option<f64>,
+    /// Teacher-forced macro accuracy on test (mean per-class accuracy; MAD's default metric).
+    pub test_macro_acc: Option<f64>,
 }
 
 /// Trainer state saved with each checkpoint.
@@ -192,8 +194,19 @@ fn train_batch(task: &dyn Task, digest: &[u8; 32], spec: &RunSpec, step: u64) ->
         .collect()
 }
 
-/// Teacher-forced accuracy: (token accuracy over supervised positions, fraction of examples with
-/// every supervised position right).
+/// Teacher-forced scores over supervised positions.
+#[derive(Clone, Copy, Debug)]
+pub struct TfScores {
+    /// Micro accuracy: fraction of supervised positions predicted right.
+    pub token_acc: f64,
+    /// Fraction of examples with every supervised position right.
+    pub seq_acc: f64,
+    /// Macro accuracy: mean over target classes of each class's accuracy (MAD's torchmetrics
+    /// default), reported as a second figure.
+    pub macro_acc: f64,
+}
+
+/// Teacher-forced accuracy of `examples` (batched by `bs`).
 pub fn teacher_forced(
     model: &models::Model,
     task: &dyn Task,
@@ -201,11 +214,14 @@ pub fn teacher_forced(
     seq_len: usize,
     device: &Device,
     bs: usize,
-) -> Result<(f64, f64)> {
+) -> Result<TfScores> {
     let (mut right, mut total, mut seq_right) = (0usize, 0usize, 0usize);
+    let mut pairs: Vec<(u32, u32)> = Vec::new();
     for chunk in examples.chunks(bs.max(1)) {
         let batch = make_batch(task, chunk, seq_len, device)?;
         let pred = supervised_logits(model, &batch)?.argmax(D::Minus1)?;
+        let (pv, tv): (Vec<u32>, Vec<u32>) = (pred.to_vec1()?, batch.targets.to_vec1()?);
+        pairs.extend(tv.into_iter().zip(pv));
         let ok: Vec<u8> = pred.eq(&batch.targets)?.to_vec1()?;
         right += ok.iter().map(|&x| x as usize).sum::<usize>();
         total += ok.len();
@@ -217,10 +233,11 @@ pub fn teacher_forced(
             off += k;
         }
     }
-    Ok((
-        right as f64 / total.max(1) as f64,
-        seq_right as f64 / examples.len().max(1) as f64,
-    ))
+    Ok(TfScores {
+        token_acc: right as f64 / total.max(1) as f64,
+        seq_acc: seq_right as f64 / examples.len().max(1) as f64,
+        macro_acc: tasks::mad::macro_accuracy(&pairs),
+    })
 }
 
 /// Greedy decoding with the KV cache from `prompt` until EOS or `max_new` tokens.
@@ -271,10 +288,10 @@ pub fn generation_accuracy(
 }
 
 /// The validation score used for model selection (cheap: teacher-forced).
-fn val_score(task: &dyn Task, tf: (f64, f64)) -> f64 {
+fn val_score(task: &dyn Task, tf: TfScores) -> f64 {
     match task.metric() {
-        tasks::Metric::TeacherForced => tf.0,
-        tasks::Metric::Generate => tf.1,
+        tasks::Metric::TeacherForced => tf.token_acc,
+        tasks::Metric::Generate => tf.seq_acc,
     }
 }
 
@@ -554,6 +571,7 @@ pub fn run_one(
         val_acc: None,
         test_acc: None,
         test_token_acc: None,
+        test_macro_acc: None,
     };
     if !diverged {
         if let Some(b) = &best {
@@ -561,9 +579,10 @@ pub fn run_one(
         }
         let test = tasks::generate_range(task, Split::Test, 0, spec.n_test);
         let tf = teacher_forced(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
-        result.test_token_acc = Some(tf.0);
+        result.test_token_acc = Some(tf.token_acc);
+        result.test_macro_acc = Some(tf.macro_acc);
         result.test_acc = Some(match task.metric() {
-            tasks::Metric::TeacherForced => tf.0,
+            tasks::Metric::TeacherForced => tf.token_acc,
             tasks::Metric::Generate => generation_accuracy(&model, task, &test, dev)?,
         });
         result.best_step = st.best_step;

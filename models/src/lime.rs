@@ -234,16 +234,16 @@ impl LimeRouter {
         let routed = match &self.mix {
             None => kv, // layer 0: unrouted, (R,B,T,2d_h)
             // One GEMM over the buffer: (R,S) @ (S, B·T·2d_h).
-            Some(Mix::Full(w)) => w
-                .matmul(&all.reshape((s, n))?)?
-                .reshape((r, b, t, 2 * dh))?,
+            Some(Mix::Full(w)) => {
+                crate::fused::depth_mix(w, &all.reshape((s, n))?)?.reshape((r, b, t, 2 * dh))?
+            }
             Some(Mix::Window { w, sources }) => {
                 let rows: Vec<Tensor> = sources
                     .iter()
                     .map(|&j| all.narrow(0, j * r, r))
                     .collect::<Result<_>>()?;
                 let sub = Tensor::cat(&rows, 0)?.reshape((sources.len() * r, n))?; // (k·R, N)
-                w.matmul(&sub)?.reshape((r, b, t, 2 * dh))?
+                crate::fused::depth_mix(w, &sub)?.reshape((r, b, t, 2 * dh))?
             }
             Some(Mix::SameHead(w)) => {
                 let per_head = all.reshape((s / r, r, n))?.transpose(0, 1)?.contiguous()?; // (R, l+1, N)
