@@ -554,6 +554,36 @@ fn flops_cli_reproduces_table_8() {
     crate::golden().bind(|| insta::assert_snapshot!("cli_flops_paper_1b", t));
 }
 
+/// Main-job flags for 3 steps of a tiny model (d=16, 2 heads) on `task`.
+fn three_tiny_steps(
+    task: &str,
+    models: &[String],
+    sets: &[&str],
+    n_layers: usize,
+    out: &Path,
+) -> harness::spec::RunArgs {
+    harness::spec::RunArgs {
+        task: vec![task.to_string()],
+        models: models.to_vec(),
+        seeds: 1,
+        sets: sets.iter().map(|s| s.to_string()).collect(),
+        model_sets: vec![
+            "d_model=16".into(),
+            format!("n_layers={n_layers}"),
+            "n_heads=2".into(),
+            "d_ff=32".into(),
+        ],
+        match_mode: harness::spec::MatchMode::Steps,
+        steps: Some(3),
+        batch_size: Some(4),
+        n_val: Some(4),
+        n_test: Some(4),
+        out: out.to_path_buf(),
+        quiet: true,
+        ..Default::default()
+    }
+}
+
 /// Every registered task has an embedded default experiment, and trains end to end through the
 /// main job (3 steps of a tiny llama and lime, generation-scored tasks included).
 #[test]
@@ -570,22 +600,7 @@ fn every_task_has_a_default_and_trains_through_the_main_job() {
             specs.len() >= 2 && specs.iter().all(|s| s.steps >= 1),
             "{name}"
         );
-        let tiny = harness::spec::RunArgs {
-            task: vec![name.to_string()],
-            seeds: 1,
-            model_sets: ["d_model=16", "n_layers=2", "n_heads=2", "d_ff=32"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            match_mode: harness::spec::MatchMode::Steps,
-            steps: Some(3),
-            batch_size: Some(4),
-            n_val: Some(4),
-            n_test: Some(4),
-            out: dir.path().to_path_buf(),
-            quiet: true,
-            ..Default::default()
-        };
+        let tiny = three_tiny_steps(name, &[], &[], 2, dir.path());
         for spec in harness::spec::resolve(&tiny).unwrap() {
             match harness::train::run_one(
                 &spec,
@@ -619,27 +634,13 @@ fn every_model_trains_through_the_main_job() {
         .iter()
         .map(|v| v.name().to_string())
         .collect();
-    let args = harness::spec::RunArgs {
-        task: vec!["mqar".into()],
-        models: names.clone(),
-        seeds: 1,
-        sets: ["vocab_size=32", "seq_len=16", "num_kv_pairs=2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        model_sets: ["d_model=16", "n_layers=3", "n_heads=2", "d_ff=32"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        match_mode: harness::spec::MatchMode::Steps,
-        steps: Some(3),
-        batch_size: Some(4),
-        n_val: Some(4),
-        n_test: Some(4),
-        out: dir.path().to_path_buf(),
-        quiet: true,
-        ..Default::default()
-    };
+    let args = three_tiny_steps(
+        "mqar",
+        &names,
+        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
+        3,
+        dir.path(),
+    );
     let specs = harness::spec::resolve(&args).unwrap();
     assert_eq!(specs.len(), names.len());
     for spec in &specs {
@@ -675,4 +676,28 @@ fn every_model_trains_through_the_main_job() {
             "{n} missing from\n{table}"
         );
     }
+}
+
+/// The manifests (sha256 of the data, exact config, digest) of every task's default config, per
+/// split: any change to a generator, its defaults or the split partition shows up here.
+#[test]
+fn default_config_manifests_are_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut snap = String::new();
+    for name in tasks::task_names() {
+        let task = tasks::build(name, None, &[]).unwrap();
+        let level = harness::cli::default_level(name);
+        for split in tasks::Split::ALL {
+            let out = dir.path().join(format!("{name}-{split}.jsonl"));
+            let m = harness::gen::export(task.as_ref(), &level, split, 0, 64, &out).unwrap();
+            snap += &format!(
+                "{name} {level} {split}: sha256 {} redraws {} digest {}\n",
+                m.sha256, m.redraws, m.config_digest
+            );
+            if split == tasks::Split::Test {
+                snap += &format!("  config {}\n", serde_json::to_string(&m.config).unwrap());
+            }
+        }
+    }
+    crate::golden().bind(|| insta::assert_snapshot!("manifests_default_configs", snap));
 }

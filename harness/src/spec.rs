@@ -214,28 +214,11 @@ pub fn shape_with_sets(base: &models::Config, sets: &[(String, String)]) -> Resu
 }
 
 fn validate_model(c: &models::Config) -> Result<()> {
-    let ok = c.d_model > 0 && c.n_layers > 0 && c.n_heads > 0 && c.n_kv_heads > 0 && c.d_ff > 0;
-    if !ok {
+    if c.d_model == 0 || c.d_ff == 0 {
         bail!("model dimensions must be positive");
     }
-    if c.d_model % c.n_heads != 0 {
-        bail!(
-            "d_model {} is not divisible by n_heads {}",
-            c.d_model,
-            c.n_heads
-        );
-    }
-    if c.n_heads % c.n_kv_heads != 0 {
-        bail!(
-            "n_heads {} is not divisible by n_kv_heads {}",
-            c.n_heads,
-            c.n_kv_heads
-        );
-    }
-    if c.head_dim() % 2 != 0 {
-        bail!("head dimension {} must be even for RoPE", c.head_dim());
-    }
-    Ok(())
+    // The model's own shape checks (divisibility, even head dimension for RoPE).
+    models::validate_config(c).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Training FLOPs of one optimiser step: 3 x causal forward FLOPs x batch.
