@@ -343,6 +343,21 @@ fn tiny_run_trains_resumes_identically_and_skips_when_done() {
         );
         let mut r = r.clone();
         r["device"] = Value::String("[device]".into());
+        if let Some(rows) = r["router_heatmap"].as_array().cloned() {
+            let rounded: Vec<Value> = rows
+                .iter()
+                .map(|row| {
+                    Value::Array(
+                        row.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| Value::String(format!("{:.2}", x.as_f64().unwrap())))
+                            .collect(),
+                    )
+                })
+                .collect();
+            r["router_heatmap"] = Value::Array(rounded);
+        }
         for k in [
             "final_loss",
             "val_acc",
@@ -470,6 +485,7 @@ fn record(
         test_acc: (status == "ok").then_some(test),
         test_token_acc: (status == "ok").then_some(test),
         test_macro_acc: (status == "ok").then_some(test - 0.05),
+        router_heatmap: vec![],
     }
 }
 
@@ -666,6 +682,24 @@ fn every_model_trains_through_the_main_job() {
             Err(e) => panic!("{}: {e:#}", spec.model),
         }
     }
+    // LIMe runs carry their router heatmap (rows sum to 1), plotted next to the run.
+    let lime_id = specs.iter().find(|s| s.model == "lime").unwrap().id();
+    let lime: harness::train::RunResult = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("runs").join(&lime_id).join("result.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lime.router_heatmap.len(), 3);
+    for row in &lime.router_heatmap {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{row:?}");
+    }
+    harness::leaderboard::write_all(dir.path()).unwrap();
+    assert!(dir
+        .path()
+        .join("runs")
+        .join(&lime_id)
+        .join("router-heatmap.svg")
+        .is_file());
     // ... and each appears in the leaderboard.
     let table =
         harness::leaderboard::render_dir(dir.path(), None, harness::leaderboard::Format::Md)

@@ -35,6 +35,15 @@ fn loss_curve(run_dir: &Path) -> Vec<(f64, f64)> {
 }
 
 pub fn write_plots(dir: &Path, results: &[RunResult], rows: &[Row]) -> Result<()> {
+    for r in results.iter().filter(|r| r.router_heatmap.len() > 1) {
+        let path = dir.join("runs").join(&r.id).join("router-heatmap.svg");
+        heatmap(
+            &path,
+            &format!("{} {}: mean |W| per source layer", r.model, r.id),
+            &r.router_heatmap,
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let mut by_task: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
         by_task.entry(&r.task).or_default().push(r);
@@ -159,6 +168,40 @@ fn line_plot(
             draw!(b.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?);
         } else {
             draw!(b.build_cartesian_2d(x0 - 0.5..x1 + 0.5, y0.min(0.0)..y1.max(1.0))?);
+        }
+        root.present()?;
+    }
+    crate::io::write_atomic(path, buf.as_bytes())
+}
+
+/// Lower-triangular heatmap: row l = layer, column j = source layer, value in [0, 1].
+fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
+    let n = rows.len();
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (520, 520)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(40)
+            .build_cartesian_2d(0..n, 0..n)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("source layer")
+            .y_desc("layer")
+            .draw()?;
+        for (l, row) in rows.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let shade = (255.0 * (1.0 - v.clamp(0.0, 1.0))) as u8;
+                let color = RGBColor(shade, shade, 255);
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(j, l), (j + 1, l + 1)],
+                    color.filled(),
+                )))?;
+            }
         }
         root.present()?;
     }

@@ -50,6 +50,10 @@ pub struct RunResult {
     pub test_token_acc: Option<f64>,
     /// Teacher-forced macro accuracy on test (mean per-class accuracy; MAD's default metric).
     pub test_macro_acc: Option<f64>,
+    /// LIMe variants: mean |W_l| per (layer, source layer) of the selected weights, rows
+    /// normalised to 1 (the paper's Figure 5). Empty for models without a router.
+    #[serde(default)]
+    pub router_heatmap: Vec<Vec<f64>>,
 }
 
 /// Trainer state saved with each checkpoint.
@@ -572,6 +576,7 @@ pub fn run_one(
         test_acc: None,
         test_token_acc: None,
         test_macro_acc: None,
+        router_heatmap: Vec::new(),
     };
     if !diverged {
         if let Some(b) = &best {
@@ -586,6 +591,7 @@ pub fn run_one(
             tasks::Metric::Generate => generation_accuracy(&model, task, &test, dev)?,
         });
         result.best_step = st.best_step;
+        result.router_heatmap = model.router_heatmap()?;
         result.val_acc = st.best_val;
         if let Some(b) = &best {
             save_tensors(&dir.join("best.safetensors"), b)?;
