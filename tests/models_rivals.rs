@@ -2,7 +2,9 @@
 //! (`lime-avg`, `lime-last-2`, `lime-first-2`, `lime-same-head`, `lime-per-dim`,
 //! `lime-random-init`): exact reductions at each variant's documented neutral setting, causality,
 //! parameter counts, finite-difference gradients, KV-cache decoding, overfitting with a gradient
-//! for every Var, fused-f32 vs composed-f64 agreement, names, and a golden FLOP table.
+//! for every Var, fused-f32 vs composed-f64 agreement, names, a golden FLOP table, and scalar
+//! references (plain loops, from the papers' equations) for `denseformer`, `hyper` and
+//! `hyper-static` at random, non-neutral weights, with deliberate-bug checks (section 9).
 //!
 //! Neutral settings (see each module's docs):
 //! - router ablations with a trainable router: current-layer identity, zeros elsewhere → llama;
@@ -19,6 +21,8 @@ use models::{
     init_varmap, param_group, param_groups, sorted_vars, state_dict, Config, KvCache, Model,
     ParamGroup, Variant,
 };
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::models_correctness::{
     cfg, get_flat, loss, max_abs_diff, random_ids, randomize, set_flat, var,
@@ -678,4 +682,418 @@ fn golden_small_flop_table() {
         }
     }
     crate::golden().bind(|| insta::assert_snapshot!("flops_small_all_models", text));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Scalar references (plain Rust loops, no candle) at random, non-neutral weights
+// ---------------------------------------------------------------------------------------------
+//
+// Written from the papers' equations (as restated in the module docs of `denseformer.rs` and
+// `hyper.rs`), not from the candle code:
+//
+// DenseFormer (Pagliardini et al. 2024, Eq. of the DWA):
+//   Y_0 = embed;  Y_{i+1} = Block_i(X_i)  (llama block, residuals included);
+//   X_{i+1} = Σ_{j=0}^{i+1} α_{i,j} Y_j   (`layers.{i}.dwa.alpha`[j]);  logits = head(norm(X_L)).
+//
+// Hyper-Connections (Zhu et al. 2024, Eqs. 1–5 and 10–13; the authors' pseudocode / `hc.py`):
+//   H = (h_1 … h_n)ᵀ (n × D), H_0 = (x, …, x).  Per sub-layer 𝒯 (attention or MLP, each with a
+//   gain-free pre-norm), with A = [A_m | A_r] (n × (n+1)), row j = stream j:
+//     dynamic: H̄ = RMSNorm(H) per stream (gain-free; the module's documented deviation from
+//              the authors' affine-free LayerNorm), A += s_α · tanh(H̄ W_α), B += s_β · tanh(H̄ W_β)
+//     h_0 = A_mᵀ H = Σ_j A[j][0] · h_j
+//     H'  = Bᵀ 𝒯(h_0) + A_rᵀ H:  h'_i = B_i · 𝒯(h_0) + Σ_j A[j][1+i] · h_j
+//   read-out Σ_i h_i → final norm → head.
+
+type Seq = Vec<Vec<f64>>; // [t][D]
+
+/// Named f64 weights plus a record of which names the reference read (every Var must be read).
+struct RefWeights {
+    w: std::collections::HashMap<String, Vec<f64>>,
+    used: std::cell::RefCell<std::collections::BTreeSet<String>>,
+}
+
+impl RefWeights {
+    fn get(&self, name: &str) -> &[f64] {
+        self.used.borrow_mut().insert(name.to_string());
+        self.w
+            .get(name)
+            .unwrap_or_else(|| panic!("reference reads a missing weight {name}"))
+    }
+}
+
+/// Deliberate bugs in the references: each must make the comparison fail (mutation checks).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bug {
+    None,
+    /// DenseFormer: α_{i,j} read as α_{i,i+1−j} (α reversed over depth).
+    AlphaReversed,
+    /// HC: A_r transposed (h'_i = Σ_j A_r[i][j] h_j).
+    ArTransposed,
+    /// HC: the depth weights B of streams 0 and 1 swapped.
+    BetaStreamsSwapped,
+    /// HC: the sub-layer reads A_r's first column instead of A_m.
+    AmOffByOne,
+    /// HC dynamic: the tanh argument uses H instead of the normalised H̄.
+    NoDynamicNorm,
+}
+
+fn ref_matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
+    w.chunks(x.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn ref_rmsnorm(x: &[f64], g: Option<&[f64]>, eps: f64) -> Vec<f64> {
+    let rms = (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| v / rms * g.map_or(1.0, |g| g[i]))
+        .collect()
+}
+
+/// RoPE, rotate-half pairs (i, i + d_h/2), angle p·θ^(−2i/d_h).
+fn ref_rope(u: &[f64], p: usize, theta: f64) -> Vec<f64> {
+    let half = u.len() / 2;
+    let mut out = u.to_vec();
+    for i in 0..half {
+        let a = p as f64 * theta.powf(-2.0 * i as f64 / u.len() as f64);
+        out[i] = u[i] * a.cos() - u[i + half] * a.sin();
+        out[i + half] = u[i + half] * a.cos() + u[i] * a.sin();
+    }
+    out
+}
+
+fn ref_add(a: &Seq, b: &Seq) -> Seq {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).map(|(u, v)| u + v).collect())
+        .collect()
+}
+
+/// Attn_l(norm(x_t)) for every position t of one sequence (causal, RoPE, GQA), no residual.
+/// `gain`: the block norm has its learned gain (llama, denseformer) or none (hyper*).
+fn ref_attention(c: &Config, w: &RefWeights, l: usize, xs: &Seq, gain: bool) -> Seq {
+    let (nh, r, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
+    let group = nh / r;
+    let gw = gain.then(|| w.get(&format!("layers.{l}.attn_norm.weight")));
+    let h: Seq = xs.iter().map(|x| ref_rmsnorm(x, gw, c.norm_eps)).collect();
+    let heads = |name: &str| -> Vec<Seq> {
+        let m = w.get(&format!("layers.{l}.attn.{name}.weight"));
+        h.iter()
+            .map(|ht| ref_matvec(m, ht).chunks(dh).map(|c| c.to_vec()).collect())
+            .collect()
+    };
+    let (q, k, v) = (heads("q_proj"), heads("k_proj"), heads("v_proj")); // [t][head][d_h]
+    (0..xs.len())
+        .map(|t| {
+            let mut y = Vec::with_capacity(nh * dh);
+            for n in 0..nh {
+                let kv = n / group;
+                let qn = ref_rope(&q[t][n], t, c.rope_theta);
+                let scores: Vec<f64> = (0..=t)
+                    .map(|j| {
+                        let kj = ref_rope(&k[j][kv], j, c.rope_theta);
+                        qn.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for dd in 0..dh {
+                    y.push((0..=t).map(|j| e[j] / z * v[j][kv][dd]).sum());
+                }
+            }
+            ref_matvec(w.get(&format!("layers.{l}.attn.o_proj.weight")), &y)
+        })
+        .collect()
+}
+
+/// MLP_l(norm(x)) (SwiGLU), no residual.
+fn ref_mlp(c: &Config, w: &RefWeights, l: usize, x: &[f64], gain: bool) -> Vec<f64> {
+    let gw = gain.then(|| w.get(&format!("layers.{l}.mlp_norm.weight")));
+    let h = ref_rmsnorm(x, gw, c.norm_eps);
+    let gate = ref_matvec(w.get(&format!("layers.{l}.mlp.w_gate.weight")), &h);
+    let up = ref_matvec(w.get(&format!("layers.{l}.mlp.w_up.weight")), &h);
+    let act: Vec<f64> = gate
+        .iter()
+        .zip(&up)
+        .map(|(a, b)| a / (1.0 + (-a).exp()) * b)
+        .collect();
+    ref_matvec(w.get(&format!("layers.{l}.mlp.w_down.weight")), &act)
+}
+
+fn ref_embed(c: &Config, w: &RefWeights, ids: &[u32]) -> Seq {
+    let d = c.d_model;
+    let e = w.get("embed_tokens.weight");
+    ids.iter()
+        .map(|&id| e[id as usize * d..][..d].to_vec())
+        .collect()
+}
+
+fn ref_head(c: &Config, w: &RefWeights, x: &Seq) -> Seq {
+    let head = if c.tie_embeddings {
+        "embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    x.iter()
+        .map(|xt| {
+            let n = ref_rmsnorm(xt, Some(w.get("norm.weight")), c.norm_eps);
+            ref_matvec(w.get(head), &n)
+        })
+        .collect()
+}
+
+/// DenseFormer logits [t][vocab] of one sequence.
+fn ref_denseformer(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
+    let (d, tn) = (c.d_model, ids.len());
+    let mut x = ref_embed(c, w, ids); // X_0 = Y_0
+    let mut ys = vec![x.clone()];
+    for i in 0..c.n_layers {
+        // Y_{i+1} = Block_i(X_i): x += Attn(norm(x)); x += MLP(norm(x)).
+        let y = ref_add(&x, &ref_attention(c, w, i, &x, true));
+        let m: Seq = y.iter().map(|yt| ref_mlp(c, w, i, yt, true)).collect();
+        ys.push(ref_add(&y, &m));
+        // X_{i+1} = Σ_{j=0}^{i+1} α_{i,j} Y_j.
+        let alpha = w.get(&format!("layers.{i}.dwa.alpha"));
+        assert_eq!(alpha.len(), i + 2);
+        let a = |j: usize| match bug {
+            Bug::AlphaReversed => alpha[i + 1 - j],
+            _ => alpha[j],
+        };
+        x = (0..tn)
+            .map(|t| {
+                (0..d)
+                    .map(|e| (0..=i + 1).map(|j| a(j) * ys[j][t][e]).sum())
+                    .collect()
+            })
+            .collect();
+    }
+    ref_head(c, w, &x)
+}
+
+/// The paper's expansion rate n used by `hyper`/`hyper-static` (spec: n = 4).
+const HC_N: usize = 4;
+
+/// Hyper-Connections (`hyper` dynamic, `hyper-static`) logits [t][vocab] of one sequence.
+fn ref_hyper(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
+    let (n, d, tn) = (HC_N, c.d_model, ids.len());
+    let dynamic = c.variant == Variant::Hyper;
+    // hs[t][i]: stream i of token t; H_0 = (x, …, x).
+    let mut hs: Vec<Seq> = ref_embed(c, w, ids)
+        .into_iter()
+        .map(|x| vec![x; n])
+        .collect();
+    for l in 0..c.n_layers {
+        for sub in ["hc_attn", "hc_mlp"] {
+            let pre = format!("layers.{l}.{sub}.");
+            let sa = w.get(&format!("{pre}static_alpha")); // (n, n+1) row-major
+            let sb = w.get(&format!("{pre}static_beta")); // (n,)
+                                                          // Per token: A[j][k] (row j = source stream j; k = 0 is A_m, k = 1 + i is A_r[j][i])
+                                                          // and B[i].
+            let mut a_t: Vec<Seq> = Vec::with_capacity(tn);
+            let mut b_t: Seq = Vec::with_capacity(tn);
+            for h in &hs {
+                let mut a: Seq = (0..n)
+                    .map(|j| sa[j * (n + 1)..][..n + 1].to_vec())
+                    .collect();
+                let mut b = sb.to_vec();
+                if dynamic {
+                    let wa = w.get(&format!("{pre}dynamic_alpha_fn")); // (D, n+1)
+                    let s_a = w.get(&format!("{pre}dynamic_alpha_scale"))[0];
+                    let wb = w.get(&format!("{pre}dynamic_beta_fn")); // (D,)
+                    let s_b = w.get(&format!("{pre}dynamic_beta_scale"))[0];
+                    for j in 0..n {
+                        let hbar = match bug {
+                            Bug::NoDynamicNorm => h[j].clone(),
+                            _ => ref_rmsnorm(&h[j], None, c.norm_eps),
+                        };
+                        for (k, ajk) in a[j].iter_mut().enumerate() {
+                            let z: f64 = (0..d).map(|e| hbar[e] * wa[e * (n + 1) + k]).sum();
+                            *ajk += s_a * z.tanh();
+                        }
+                        let z: f64 = (0..d).map(|e| hbar[e] * wb[e]).sum();
+                        b[j] += s_b * z.tanh();
+                    }
+                }
+                if bug == Bug::BetaStreamsSwapped {
+                    b.swap(0, 1);
+                }
+                a_t.push(a);
+                b_t.push(b);
+            }
+            // h_0 = A_mᵀ H.
+            let m = if bug == Bug::AmOffByOne { 1 } else { 0 };
+            let h0: Seq = (0..tn)
+                .map(|t| {
+                    (0..d)
+                        .map(|e| (0..n).map(|j| a_t[t][j][m] * hs[t][j][e]).sum())
+                        .collect()
+                })
+                .collect();
+            // 𝒯(h_0): the sub-layer with its gain-free pre-norm, no residual.
+            let y: Seq = if sub == "hc_attn" {
+                ref_attention(c, w, l, &h0, false)
+            } else {
+                h0.iter().map(|x| ref_mlp(c, w, l, x, false)).collect()
+            };
+            // H' = Bᵀ 𝒯(h_0) + A_rᵀ H.
+            let ar = |t: usize, j: usize, i: usize| match bug {
+                Bug::ArTransposed => a_t[t][i][1 + j],
+                _ => a_t[t][j][1 + i],
+            };
+            hs = (0..tn)
+                .map(|t| {
+                    (0..n)
+                        .map(|i| {
+                            (0..d)
+                                .map(|e| {
+                                    b_t[t][i] * y[t][e]
+                                        + (0..n).map(|j| ar(t, j, i) * hs[t][j][e]).sum::<f64>()
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect();
+        }
+    }
+    // Read-out: the sum of the streams.
+    let x: Seq = hs
+        .iter()
+        .map(|h| (0..d).map(|e| (0..n).map(|i| h[i][e]).sum()).collect())
+        .collect();
+    ref_head(c, w, &x)
+}
+
+/// Sets every Var (in `sorted_vars` order, one seeded ChaCha stream) to random, non-neutral
+/// values and returns them by name. Uniform ranges by kind: norm gains 1 ± 0.5; DenseFormer α and
+/// the static HC matrices ±1 (far from one-hot / identity / ones); dynamic HC weights ±0.7 and
+/// scales ±1 (tanh well away from 0 and from saturation); other matrices ±1.5/√fan_in.
+fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut w = std::collections::HashMap::new();
+    for (name, v) in sorted_vars(vm) {
+        let dims = v.dims().to_vec();
+        let (centre, half) = if name.ends_with("norm.weight") {
+            (1.0, 0.5)
+        } else if name.ends_with("_scale") || name.ends_with(".dwa.alpha") {
+            (0.0, 1.0)
+        } else if name.contains(".static_") {
+            (0.0, 1.0)
+        } else if name.contains(".dynamic_") {
+            (0.0, 0.7)
+        } else if dims.len() == 2 {
+            (0.0, 1.5 / (dims[1] as f64).sqrt())
+        } else {
+            anyhow::bail!("no random range for {name} {dims:?}")
+        };
+        let vals: Vec<f64> = (0..v.elem_count())
+            .map(|_| centre + half * (2.0 * rng.gen::<f64>() - 1.0))
+            .collect();
+        v.set(&Tensor::from_vec(vals.clone(), dims, &Device::Cpu)?)?;
+        w.insert(name, vals);
+    }
+    Ok(RefWeights {
+        w,
+        used: Default::default(),
+    })
+}
+
+/// Tiny configs: (layers, heads, kv heads, tied); d = 8, vocab 11, F = 12.
+fn tiny(variant: Variant, l: usize, h: usize, r: usize, tie: bool) -> Config {
+    Config {
+        variant,
+        vocab_size: 11,
+        d_model: 8,
+        n_layers: l,
+        n_heads: h,
+        n_kv_heads: r,
+        d_ff: 12,
+        tie_embeddings: tie,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-3,
+    }
+}
+
+/// Max |model − reference| over a (B=2, T=5) batch, at random weights (seed), for `bug`.
+fn reference_gap(c: &Config, seed: u64, bug: Bug) -> Result<f64> {
+    let (vm, model) = init_varmap(c, seed, DType::F64, &Device::Cpu)?;
+    let w = randomize_every_var(&vm, seed ^ 0x5eed)?;
+    let ids = random_ids(2, 5, c.vocab_size, seed + 1)?;
+    let logits: Vec<Vec<Vec<f64>>> = model.forward(&ids)?.to_vec3()?;
+    let ids: Vec<Vec<u32>> = ids.to_vec2()?;
+    let mut gap = 0.0f64;
+    for (b, seq) in ids.iter().enumerate() {
+        let reference = match c.variant {
+            Variant::DenseFormer => ref_denseformer(c, &w, seq, bug),
+            Variant::Hyper | Variant::HyperStatic => ref_hyper(c, &w, seq, bug),
+            v => anyhow::bail!("no scalar reference for {v:?}"),
+        };
+        ensure!(reference.len() == seq.len());
+        for (m_t, r_t) in logits[b].iter().zip(&reference) {
+            ensure!(m_t.len() == r_t.len() && r_t.iter().all(|x| x.is_finite()));
+            for (a, e) in m_t.iter().zip(r_t) {
+                gap = gap.max((a - e).abs());
+            }
+        }
+    }
+    // The reference must have read every parameter of the model (nothing the model has is
+    // ignored by the equations above).
+    let unread: Vec<&String> =
+        w.w.keys()
+            .filter(|k| !w.used.borrow().contains(*k))
+            .collect();
+    ensure!(
+        unread.is_empty(),
+        "{:?}: reference ignores {unread:?}",
+        c.variant
+    );
+    Ok(gap)
+}
+
+fn reference_configs(v: Variant) -> Vec<Config> {
+    vec![
+        tiny(v, 3, 2, 2, false),
+        tiny(v, 2, 2, 1, true),
+        // 5 blocks: more blocks than streams, so A_m's init index l mod n wraps (irrelevant at
+        // random weights, but the stream bookkeeping runs for longer).
+        tiny(v, 5, 2, 1, false),
+    ]
+}
+
+#[test]
+fn denseformer_and_hyper_connections_match_scalar_references_at_random_weights() -> Result<()> {
+    assert_eq!(models::hyper::STREAMS, HC_N, "spec: n = 4 streams");
+    for v in [Variant::DenseFormer, Variant::Hyper, Variant::HyperStatic] {
+        for (k, c) in reference_configs(v).into_iter().enumerate() {
+            let gap = reference_gap(&c, 100 + k as u64, Bug::None)?;
+            ensure!(
+                gap <= 1e-9,
+                "{c:?}: model vs scalar reference differ by {gap}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The comparison above can fail: each deliberate bug in a reference is caught by a wide margin.
+#[test]
+fn scalar_references_catch_deliberate_bugs() -> Result<()> {
+    let cases = [
+        (Variant::DenseFormer, Bug::AlphaReversed),
+        (Variant::Hyper, Bug::ArTransposed),
+        (Variant::Hyper, Bug::BetaStreamsSwapped),
+        (Variant::Hyper, Bug::AmOffByOne),
+        (Variant::Hyper, Bug::NoDynamicNorm),
+        (Variant::HyperStatic, Bug::ArTransposed),
+        (Variant::HyperStatic, Bug::BetaStreamsSwapped),
+        (Variant::HyperStatic, Bug::AmOffByOne),
+    ];
+    for (v, bug) in cases {
+        let c = tiny(v, 3, 2, 2, false);
+        let gap = reference_gap(&c, 100, bug)?;
+        ensure!(gap > 1e-4, "{v:?} with {bug:?} went unnoticed (gap {gap})");
+    }
+    Ok(())
 }
