@@ -227,23 +227,37 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
         let (_vm, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
         let prompt: Vec<u32> = (0..8u32).collect();
         let new = t - prompt.len();
-        let t0 = Instant::now();
-        let g = crate::train::greedy(&model, &prompt, None, new, dev)?;
-        let cached = g.len() as f64 / t0.elapsed().as_secs_f64();
+        let cached_once = || -> Result<f64> {
+            let t0 = Instant::now();
+            let g = crate::train::greedy(&model, &prompt, None, new, dev)?;
+            Ok(g.len() as f64 / t0.elapsed().as_secs_f64())
+        };
         // No cache: re-run the full forward over the growing sequence.
-        let t0 = Instant::now();
-        let mut seq = prompt.clone();
-        for _ in 0..new {
-            let x = Tensor::from_vec(seq.clone(), (1, seq.len()), dev)?;
-            let logits = model.forward(&x)?;
-            let next = logits
-                .get(0)?
-                .get(seq.len() - 1)?
-                .argmax(0)?
-                .to_scalar::<u32>()?;
-            seq.push(next);
-        }
-        let full = new as f64 / t0.elapsed().as_secs_f64();
+        let full_once = || -> Result<f64> {
+            let t0 = Instant::now();
+            let mut seq = prompt.clone();
+            for _ in 0..new {
+                let x = Tensor::from_vec(seq.clone(), (1, seq.len()), dev)?;
+                let logits = model.forward(&x)?;
+                let next = logits
+                    .get(0)?
+                    .get(seq.len() - 1)?
+                    .argmax(0)?
+                    .to_scalar::<u32>()?;
+                seq.push(next);
+            }
+            Ok(new as f64 / t0.elapsed().as_secs_f64())
+        };
+        // Warm-up (first-touch allocations), then the median of the repeats.
+        cached_once()?;
+        full_once()?;
+        let reps = a.repeats.clamp(1, 5);
+        let cached = median(
+            (0..reps)
+                .map(|_| cached_once())
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let full = median((0..reps).map(|_| full_once()).collect::<Result<Vec<_>>>()?);
         rows.push(vec![
             m.clone(),
             format!("{cached:.0}"),
@@ -252,7 +266,7 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
         ]);
     }
     Ok(md(&["model", "tokens/s (KV cache)", "tokens/s (no cache)", "speed-up"], rows)
-        + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt; device {}\n", t - 8, crate::train::device_name(dev)))
+        + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt, median of {} after a warm-up; device {}\n", t - 8, a.repeats.clamp(1, 5), crate::train::device_name(dev)))
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
