@@ -297,16 +297,3 @@ fn fused_depth_mix_matches_matmul() {
         1e-3,
     );
 }
-
-#[test]
-fn fused_swiglu_matches_composed() {
-    let a = (randn(&[3, 5, 7000], 21) * 4.0).unwrap();
-    let b = randn(&[3, 5, 7000], 22);
-    assert_same(
-        "swiglu",
-        &|t| models::fused::swiglu(&t[0], &t[1]).unwrap(),
-        &|t| (t[0].silu().unwrap() * &t[1]).unwrap(),
-        &[a, b],
-        1e-5,
-    );
-}

@@ -210,10 +210,9 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.w_gate.forward(x)?; // (B,T,F)
+        let gate = self.w_gate.forward(x)?.silu()?; // (B,T,F)
         let up = self.w_up.forward(x)?; // (B,T,F)
-                                        // silu(gate) * up, one pass on f32 CPU (composed ops otherwise).
-        self.w_down.forward(&crate::fused::swiglu(&gate, &up)?) // (B,T,D)
+        self.w_down.forward(&(gate * up)?) // (B,T,D)
     }
 }
 
