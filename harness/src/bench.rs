@@ -128,7 +128,25 @@ fn model_cfg(variant: models::Variant, l: usize, d: usize, h: usize, v: usize) -
     }
 }
 
+/// The machine's practical f32 matmul rate on `dev`: best of 5 timed 1024³ matmuls (GFLOP/s).
+/// Training throughput is reported as a fraction of it.
+fn gemm_rate(dev: &Device) -> Result<f64> {
+    let n = 1024;
+    let x = Tensor::ones((n, n), DType::F32, dev)?;
+    let _ = x.matmul(&x)?; // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let y = x.matmul(&x)?;
+        dev.synchronize()?;
+        std::hint::black_box(&y);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
 fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
+    let peak = gemm_rate(dev)?;
     let configs = if a.configs.is_empty() {
         vec!["tiny".to_string(), "mqar".into(), "medium".into()]
     } else {
@@ -194,6 +212,7 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
                 ),
                 format!("{:.0}", (b * t) as f64 / s),
                 format!("{:.1}", flops / s / 1e9),
+                format!("{:.0}%", 100.0 * flops / s / 1e9 / peak),
             ]);
         }
     }
@@ -205,12 +224,14 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
             "fwd / bwd / optim ms",
             "tokens/s",
             "GFLOP/s (model FLOPs)",
+            "of GEMM rate",
         ],
         rows,
     ) + &format!(
-        "device: {}; median of {} steps after 1 warm-up\n",
+        "device: {}; median of {} steps after 1 warm-up; GEMM rate (best 1024^3 f32 matmul) {:.0} GFLOP/s\n",
         crate::train::device_name(dev),
-        a.repeats
+        a.repeats,
+        peak
     ))
 }
 
