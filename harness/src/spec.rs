@@ -171,16 +171,11 @@ pub fn apply_sets<T: Serialize + serde::de::DeserializeOwned>(
 ) -> Result<T> {
     let mut v = serde_json::to_value(base)?;
     let obj = v.as_object_mut().expect("structs serialize to objects");
-    for (k, val) in sets {
-        if !obj.contains_key(k) {
-            bail!(
-                "unknown {what} key `{k}` (known: {})",
-                obj.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-        }
-        let parsed =
-            serde_json::from_str::<Value>(val).unwrap_or_else(|_| Value::String(val.clone()));
-        obj.insert(k.clone(), parsed);
+    if let Err(k) = tasks::set_keys(obj, sets) {
+        bail!(
+            "unknown {what} key `{k}` (known: {})",
+            obj.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     serde_json::from_value(v).with_context(|| format!("invalid {what} setting"))
 }

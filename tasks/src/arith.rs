@@ -497,11 +497,7 @@ impl Task for Arith {
         let Some(value) = Self::value_of(ex) else {
             return false;
         };
-        let end = generated
-            .iter()
-            .position(|&t| t == EOS)
-            .unwrap_or(generated.len());
-        let gen = &generated[..end];
+        let gen = crate::until_eos(generated, EOS);
         let last = match gen.iter().rposition(|&t| t == EQ) {
             Some(i) => &gen[i + 1..],
             None => gen,

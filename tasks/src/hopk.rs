@@ -210,12 +210,7 @@ impl Task for Hopk {
         }
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        generated.len() == ex.targets.len()
-            && ex
-                .targets
-                .iter()
-                .zip(generated)
-                .all(|(&(_, want), &got)| want == got)
+        crate::targets_match(ex, generated)
     }
     fn chance(&self) -> f64 {
         1.0 / self.cfg.alphabet as f64

@@ -178,6 +178,25 @@ pub trait Task: Send + Sync {
     }
 }
 
+/// The generated span up to (not including) the first `eos`, for verifiers of answer tasks.
+pub fn until_eos(generated: &[u32], eos: u32) -> &[u32] {
+    match generated.iter().position(|&t| t == eos) {
+        Some(p) => &generated[..p],
+        None => generated,
+    }
+}
+
+/// Verifier of teacher-forced tasks: `generated` holds the model's prediction at each target
+/// position, in order; the example is right iff every one equals its target.
+pub fn targets_match(ex: &Example, generated: &[u32]) -> bool {
+    generated.len() == ex.targets.len()
+        && ex
+            .targets
+            .iter()
+            .zip(generated)
+            .all(|(&(_, want), &got)| want == got)
+}
+
 /// Static description of a registered task, for `harness tasks` / `gen --list`.
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskInfo {
@@ -273,18 +292,26 @@ pub fn resolve_config(
             obj.insert(k.clone(), v.clone());
         }
     }
+    set_keys(obj, sets).map_err(|key| TaskError::UnknownKey {
+        task: info.name.into(),
+        key,
+        known: known(),
+    })?;
+    Ok(cfg)
+}
+
+/// Apply `key=value` overrides to an existing JSON object. A value is parsed as JSON when it can
+/// be (`4`, `0.01`, `true`, `"x"`), otherwise taken as a bare string. Only existing keys may be
+/// set: the first unknown key is returned as the error (nothing after it is applied).
+pub fn set_keys(obj: &mut Map<String, Value>, sets: &[(String, String)]) -> Result<(), String> {
     for (k, v) in sets {
         if !obj.contains_key(k) {
-            return Err(TaskError::UnknownKey {
-                task: info.name.into(),
-                key: k.clone(),
-                known: known(),
-            });
+            return Err(k.clone());
         }
         let parsed = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.clone()));
         obj.insert(k.clone(), parsed);
     }
-    Ok(cfg)
+    Ok(())
 }
 
 fn obj_keys(v: &Value) -> String {

@@ -326,11 +326,7 @@ impl Task for Listops {
         let Some(v) = ex.meta.get("value").and_then(Value::as_u64) else {
             return false;
         };
-        let end = generated
-            .iter()
-            .position(|&t| t == EOS)
-            .unwrap_or(generated.len());
-        v < 10 && generated[..end] == [DIG0 + v as u32]
+        v < 10 && crate::until_eos(generated, EOS) == [DIG0 + v as u32]
     }
     fn chance(&self) -> f64 {
         0.1

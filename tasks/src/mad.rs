@@ -71,15 +71,6 @@ pub fn micro_accuracy(pairs: &[(u32, u32)]) -> f64 {
     pairs.iter().filter(|(t, p)| t == p).count() as f64 / pairs.len() as f64
 }
 
-fn score_targets(ex: &Example, generated: &[u32]) -> bool {
-    generated.len() == ex.targets.len()
-        && ex
-            .targets
-            .iter()
-            .zip(generated)
-            .all(|(&(_, want), &got)| want == got)
-}
-
 /// A uniform ordered tuple of `n` distinct ids from `lo..hi` (a uniform permutation of size `n`).
 fn motif(rng: &mut ChaCha8Rng, lo: u32, hi: u32, n: usize) -> Vec<u32> {
     let mut out = Vec::with_capacity(n);
@@ -353,7 +344,7 @@ impl Task for Recall {
         }
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        score_targets(ex, generated)
+        crate::targets_match(ex, generated)
     }
     fn chance(&self) -> f64 {
         1.0 / self.ranges().1.len() as f64
@@ -602,7 +593,7 @@ impl Task for FuzzyRecall {
         }
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        score_targets(ex, generated)
+        crate::targets_match(ex, generated)
     }
     fn chance(&self) -> f64 {
         let (_, mid, end) = self.ranges();
@@ -768,7 +759,7 @@ impl Task for SelectiveCopy {
         }
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        score_targets(ex, generated)
+        crate::targets_match(ex, generated)
     }
     fn chance(&self) -> f64 {
         1.0 / (self.cfg.vocab_size - 2) as f64
@@ -922,7 +913,7 @@ impl Task for Memorize {
         }
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        score_targets(ex, generated)
+        crate::targets_match(ex, generated)
     }
     fn chance(&self) -> f64 {
         let cc = self.cfg.vocab_size - 1;

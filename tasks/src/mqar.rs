@@ -310,12 +310,7 @@ impl Task for Mqar {
         }
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        generated.len() == ex.targets.len()
-            && ex
-                .targets
-                .iter()
-                .zip(generated)
-                .all(|(&(_, want), &got)| want == got)
+        crate::targets_match(ex, generated)
     }
     fn chance(&self) -> f64 {
         1.0 / (self.cfg.vocab_size - self.cfg.vocab_size / 2) as f64

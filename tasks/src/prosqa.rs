@@ -463,10 +463,10 @@ impl Prosqa {
         if !self.cfg.cot {
             return false;
         }
-        let gen = cut_at_eos(generated);
+        let gen = crate::until_eos(generated, EOS);
         let (edges, root) = self.parse_prompt(ex.prompt());
         let Some(root) = root else { return false };
-        let reference = cut_at_eos(ex.answer());
+        let reference = crate::until_eos(ex.answer(), EOS);
         let answer = reference[reference.len() - 2 + (self.final_len() == 1) as usize];
         let mut nodes = Vec::new();
         match self.cfg.rendering {
@@ -496,13 +496,6 @@ impl Prosqa {
             && nodes[0] == root
             && *nodes.last().unwrap() == answer
             && nodes.windows(2).all(|w| edges.contains(&(w[0], w[1])))
-    }
-}
-
-fn cut_at_eos(t: &[u32]) -> &[u32] {
-    match t.iter().position(|&x| x == EOS) {
-        Some(p) => &t[..p],
-        None => t,
     }
 }
 
@@ -753,8 +746,8 @@ impl Task for Prosqa {
     }
 
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        let gen = cut_at_eos(generated);
-        let reference = cut_at_eos(ex.answer());
+        let gen = crate::until_eos(generated, EOS);
+        let reference = crate::until_eos(ex.answer(), EOS);
         let k = self.final_len();
         reference.len() >= k
             && gen.len() >= k

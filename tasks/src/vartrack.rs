@@ -312,11 +312,7 @@ impl Task for Vartrack {
         let Some(v) = ex.meta.get("value").and_then(Value::as_u64) else {
             return false;
         };
-        let end = generated
-            .iter()
-            .position(|&t| t == EOS)
-            .unwrap_or(generated.len());
-        generated[..end] == [self.value_id(v as u32)]
+        crate::until_eos(generated, EOS) == [self.value_id(v as u32)]
     }
     fn chance(&self) -> f64 {
         1.0 / self.cfg.values as f64
