@@ -256,8 +256,8 @@ pub fn render_dir(dir: &Path, tasks: Option<&[String]>, format: Format) -> Resul
     render(&rows(&results), format, true)
 }
 
-/// Write leaderboard.{md,csv,json} and the SVG plots into `dir`.
-pub fn write_all(dir: &Path) -> Result<()> {
+/// Write leaderboard.{md,csv,json} and the SVG plots into `dir`; returns the rows written.
+pub fn write_all(dir: &Path) -> Result<Vec<Row>> {
     let results = load_results(dir)?;
     let rs = rows(&results);
     for (f, name) in [
@@ -267,7 +267,8 @@ pub fn write_all(dir: &Path) -> Result<()> {
     ] {
         crate::io::write_atomic(&dir.join(name), render(&rs, f, true)?.as_bytes())?;
     }
-    crate::plots::write_plots(dir, &results, &rs)
+    crate::plots::write_plots(dir, &results, &rs)?;
+    Ok(rs)
 }
 
 pub fn run(a: &LeaderboardArgs) -> Result<()> {

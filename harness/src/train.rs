@@ -660,11 +660,13 @@ pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
             _ => {}
         }
     }
-    let tasks: Vec<String> = a.task.clone();
-    let table =
-        crate::leaderboard::render_dir(&a.out, Some(&tasks), crate::leaderboard::Format::Md)?;
-    crate::leaderboard::write_all(&a.out)?;
-    println!("{table}");
+    // One pass over the run folders: write every table and plot, print this job's tasks.
+    let mut rows = crate::leaderboard::write_all(&a.out)?;
+    rows.retain(|r| a.task.contains(&r.task));
+    println!(
+        "{}",
+        crate::leaderboard::render(&rows, crate::leaderboard::Format::Md, true)?
+    );
     Ok(())
 }
 
