@@ -221,13 +221,13 @@ fn lime_dynamic_at_init_equals_lime() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 /// y = W x with W row-major (rows, cols).
-fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
+pub(crate) fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
     w.chunks(x.len())
         .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
         .collect()
 }
 
-fn rmsnorm_ref(x: &[f64], g: Option<&[f64]>, eps: f64) -> Vec<f64> {
+pub(crate) fn rmsnorm_ref(x: &[f64], g: Option<&[f64]>, eps: f64) -> Vec<f64> {
     let rms = (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
     x.iter()
         .enumerate()
@@ -236,7 +236,7 @@ fn rmsnorm_ref(x: &[f64], g: Option<&[f64]>, eps: f64) -> Vec<f64> {
 }
 
 /// RoPE, rotate-half pairs (i, i + d_h/2), angle p·θ^(−2i/d_h).
-fn rope_ref(u: &[f64], p: usize, theta: f64) -> Vec<f64> {
+pub(crate) fn rope_ref(u: &[f64], p: usize, theta: f64) -> Vec<f64> {
     let half = u.len() / 2;
     let mut out = u.to_vec();
     for i in 0..half {

@@ -737,31 +737,10 @@ enum Bug {
     NoDynamicNorm,
 }
 
-fn ref_matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
-    w.chunks(x.len())
-        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
-        .collect()
-}
-
-fn ref_rmsnorm(x: &[f64], g: Option<&[f64]>, eps: f64) -> Vec<f64> {
-    let rms = (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64 + eps).sqrt();
-    x.iter()
-        .enumerate()
-        .map(|(i, v)| v / rms * g.map_or(1.0, |g| g[i]))
-        .collect()
-}
-
-/// RoPE, rotate-half pairs (i, i + d_h/2), angle p·θ^(−2i/d_h).
-fn ref_rope(u: &[f64], p: usize, theta: f64) -> Vec<f64> {
-    let half = u.len() / 2;
-    let mut out = u.to_vec();
-    for i in 0..half {
-        let a = p as f64 * theta.powf(-2.0 * i as f64 / u.len() as f64);
-        out[i] = u[i] * a.cos() - u[i + half] * a.sin();
-        out[i + half] = u[i + half] * a.cos() + u[i] * a.sin();
-    }
-    out
-}
+// The scalar building blocks (matvec, RMSNorm, RoPE) are the llama reference's own.
+use crate::models_correctness::{
+    matvec as ref_matvec, rmsnorm_ref as ref_rmsnorm, rope_ref as ref_rope,
+};
 
 fn ref_add(a: &Seq, b: &Seq) -> Seq {
     a.iter()
