@@ -632,8 +632,8 @@ fn kv_cache_decoding_matches_full_forward() -> Result<()> {
             ensure!(d <= 1e-10, "{c:?}: token-by-token step {i} differs by {d}");
         }
 
-        // Prompt of 4, then chunks of 1 and 5.
-        let mut cache = KvCache::new(&c);
+        // Prompt of 4, then chunks of 1 and 5 (capacity 2: the buffers grow on the way).
+        let mut cache = KvCache::with_capacity(&c, 2);
         let mut pos = 0;
         for n in [4, 1, 5] {
             let out = model.forward_cached(&ids.narrow(1, pos, n)?, &mut cache)?;

@@ -127,6 +127,84 @@ fn fused_attention_matches_composed_mha_gqa_and_offset() {
 }
 
 #[test]
+fn fused_attention_reads_narrowed_kv_views_in_place() {
+    // The decoding cache hands the kernel K/V as narrows of a (B,R,capacity,d) buffer: the heads
+    // are then strided. The result must equal the same K/V made contiguous.
+    let (b, h, r, cap, tk, tq, d) = (2, 4, 2, 16, 11, 3, 8);
+    let q = randn(&[b, h, tq, d], 4);
+    let kbuf = randn(&[b, r, cap, d], 5);
+    let vbuf = randn(&[b, r, cap, d], 6);
+    let (k, v) = (
+        kbuf.narrow(2, 0, tk).unwrap(),
+        vbuf.narrow(2, 0, tk).unwrap(),
+    );
+    assert!(!k.is_contiguous());
+    let scale = 1.0 / (d as f64).sqrt();
+    let strided = models::fused::causal_attention(&q, &k, &v, scale).unwrap();
+    let dense = models::fused::causal_attention(
+        &q,
+        &k.contiguous().unwrap(),
+        &v.contiguous().unwrap(),
+        scale,
+    )
+    .unwrap();
+    assert_eq!(max_diff(&strided, &dense), 0.0);
+    let reference = attention_ref(
+        &q,
+        &k.contiguous().unwrap(),
+        &v.contiguous().unwrap(),
+        scale,
+    );
+    assert!(max_diff(&strided, &reference) < 1e-5);
+}
+
+#[test]
+fn fused_kv_cache_decoding_matches_full_forward_across_growth() {
+    // f32 on the CPU takes the fused kernels; capacity 3 forces the cache to grow twice.
+    for variant in models::Variant::ALL {
+        let cfg = models::Config {
+            variant,
+            vocab_size: 23,
+            d_model: 32,
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            d_ff: 48,
+            tie_embeddings: false,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+        };
+        let (_vm, model) = models::init_varmap(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
+        let ids = Tensor::from_vec(
+            (0..2 * 10u32).map(|i| (i * 7 + 3) % 23).collect::<Vec<_>>(),
+            (2, 10),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let full = model.forward(&ids).unwrap();
+        let mut cache = models::KvCache::with_capacity(&cfg, 3);
+        let mut pos = 0;
+        for n in [2, 1, 1, 4, 1, 1] {
+            let out = model
+                .forward_cached(&ids.narrow(1, pos, n).unwrap(), &mut cache)
+                .unwrap();
+            let d = max_diff(&out, &full.narrow(1, pos, n).unwrap());
+            assert!(
+                d < 1e-5,
+                "{variant:?}: step at {pos} (len {n}) differs by {d}"
+            );
+            pos += n;
+        }
+        // A cleared cache is reused from position 0 and gives the same logits again.
+        cache.clear();
+        let again = model
+            .forward_cached(&ids.narrow(1, 0, 5).unwrap(), &mut cache)
+            .unwrap();
+        assert!(max_diff(&again, &full.narrow(1, 0, 5).unwrap()) < 1e-5);
+    }
+}
+
+#[test]
 fn fused_rms_norm_matches_composed() {
     let x = randn(&[3, 5, 16], 4);
     let w = (randn(&[16], 5) + 1.5).unwrap();

@@ -252,7 +252,7 @@ pub fn greedy(
     max_new: usize,
     device: &Device,
 ) -> Result<Vec<u32>> {
-    let mut cache = models::KvCache::new(model.config());
+    let mut cache = models::KvCache::with_capacity(model.config(), prompt.len() + max_new);
     let mut out = Vec::new();
     let mut input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), device)?;
     for _ in 0..max_new {

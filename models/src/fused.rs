@@ -27,6 +27,27 @@ fn disabled() -> bool {
     })
 }
 
+/// Below this many output elements a kernel runs on the calling thread: handing a tiny job to the
+/// rayon pool (an injection, a wake-up and a latch wait) costs more than the job itself. That is
+/// the decoding case (batch 1, one new token), where it was ~35% of a token's time (perf).
+const PAR_MIN: usize = 1 << 14;
+
+/// `f(y_chunk, x_chunk)` over matching chunks of `y` and `x`, on the pool only for big jobs.
+fn zip_chunks<F>(y: &mut [f32], yc: usize, x: &[f32], xc: usize, f: F)
+where
+    F: Fn(&mut [f32], &[f32]) + Sync + Send,
+{
+    if y.len() < PAR_MIN {
+        y.chunks_mut(yc)
+            .zip(x.chunks(xc))
+            .for_each(|(a, b)| f(a, b));
+    } else {
+        y.par_chunks_mut(yc)
+            .zip(x.par_chunks(xc))
+            .for_each(|(a, b)| f(a, b));
+    }
+}
+
 /// The contiguous f32 data of a storage/layout pair.
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let all = s.as_slice::<f32>()?;
@@ -162,34 +183,43 @@ impl CustomOp3 for CausalAttention {
         if l3.shape() != l2.shape() {
             candle_core::bail!("causal_attention: k and v shapes differ");
         }
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let q = slice(s1, l1)?;
+        let ((k, ks), (v, vs)) = (head_slices(s2, l2)?, head_slices(s3, l3)?);
         let (g, tq, tk, d) = (dm.g(), dm.tq, dm.tk, dm.d);
         let mut y = vec![0f32; dm.b * dm.h * tq * d];
         // One task per (batch, kv head): its g query heads are contiguous in q and y.
-        y.par_chunks_mut(g * tq * d).enumerate().for_each_init(
-            || vec![0f32; tq * tk],
-            |p, (br, yg)| {
-                let kv = br * tk * d;
-                for j in 0..g {
-                    let qo = (br * g + j) * tq * d;
-                    probs(dm, self.scale, &q[qo..qo + tq * d], &k[kv..kv + tk * d], p);
-                    mm(
-                        tq,
-                        d,
-                        tk,
-                        &mut yg[j * tq * d..(j + 1) * tq * d],
-                        false,
-                        p,
-                        tk,
-                        1,
-                        &v[kv..kv + tk * d],
-                        d,
-                        1,
-                        1.0,
-                    );
-                }
-            },
-        );
+        let head = |p: &mut Vec<f32>, (br, yg): (usize, &mut [f32])| {
+            let (ko, vo) = (br * ks, br * vs);
+            for j in 0..g {
+                let qo = (br * g + j) * tq * d;
+                probs(dm, self.scale, &q[qo..qo + tq * d], &k[ko..ko + tk * d], p);
+                mm(
+                    tq,
+                    d,
+                    tk,
+                    &mut yg[j * tq * d..(j + 1) * tq * d],
+                    false,
+                    p,
+                    tk,
+                    1,
+                    &v[vo..vo + tk * d],
+                    d,
+                    1,
+                    1.0,
+                );
+            }
+        };
+        let scratch = || vec![0f32; tq * tk];
+        if y.len() * tk < PAR_MIN {
+            let mut p = scratch();
+            y.chunks_mut(g * tq * d)
+                .enumerate()
+                .for_each(|job| head(&mut p, job));
+        } else {
+            y.par_chunks_mut(g * tq * d)
+                .enumerate()
+                .for_each_init(scratch, head);
+        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -270,12 +300,47 @@ impl CustomOp3 for CausalAttention {
     }
 }
 
+/// K or V (B,R,Tk,d) as one slice from its first element and the offset between consecutive
+/// (batch, kv head) blocks: each block's Tk×d rows must be contiguous, the blocks evenly spaced
+/// (a contiguous tensor, or a narrow along Tk of one, such as a preallocated decoding cache).
+fn head_slices<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+    let (st, dims) = (l.stride(), l.dims());
+    if !heads_strided(dims, st) {
+        candle_core::bail!("fused op: k/v blocks must be row-contiguous and evenly spaced");
+    }
+    let all = s.as_slice::<f32>()?;
+    let start = l.start_offset();
+    let block = dims[2] * dims[3];
+    let n = dims[0] * dims[1];
+    let end = start + if n == 0 { 0 } else { (n - 1) * st[1] + block };
+    Ok((&all[start..end], st[1]))
+}
+
+/// Whether a (B,R,T,d) layout is readable by [`head_slices`] without a copy.
+fn heads_strided(dims: &[usize], st: &[usize]) -> bool {
+    dims.len() == 4
+        && (dims[3] <= 1 || st[3] == 1)
+        && (dims[2] <= 1 || st[2] == dims[3])
+        && st[1] >= dims[2] * dims[3]
+        && (dims[0] <= 1 || st[0] == dims[1] * st[1])
+}
+
+/// K/V as they are when [`head_slices`] can read them, else a contiguous copy.
+fn kv_operand(t: &Tensor) -> Result<Tensor> {
+    if heads_strided(t.dims(), t.stride()) {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
 /// Fused causal attention. q: (B,H,Tq,d), k/v: (B,R,Tk,d), Tk ≥ Tq (the last Tq of Tk positions
-/// are the queries). Returns (B,H,Tq,d). Inputs must satisfy [`usable`] and be contiguous.
+/// are the queries). Returns (B,H,Tq,d). Inputs must satisfy [`usable`]; k and v may be narrowed
+/// views of a larger (B,R,capacity,d) buffer (the decoding cache) and are then read in place.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     q.contiguous()?.apply_op3(
-        &k.contiguous()?,
-        &v.contiguous()?,
+        &kv_operand(k)?,
+        &kv_operand(v)?,
         CausalAttention {
             scale: scale as f32,
         },
@@ -305,17 +370,15 @@ impl CustomOp2 for RmsNormOp {
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let d = w.len();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * 64)
-            .zip(x.par_chunks(d * 64))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
-                    let r = 1.0 / (ms + self.eps).sqrt();
-                    for ((o, a), b) in yr.iter_mut().zip(xr).zip(w) {
-                        *o = a * r * b;
-                    }
+        zip_chunks(&mut y, d * 64, x, d * 64, |yc, xc| {
+            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
+                let r = 1.0 / (ms + self.eps).sqrt();
+                for ((o, a), b) in yr.iter_mut().zip(xr).zip(w) {
+                    *o = a * r * b;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -425,9 +488,9 @@ impl CustomOp1 for RopeOp {
             );
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(t * d)
-            .zip(x.par_chunks(t * d))
-            .for_each(|(yc, xc)| rope_rows(xc, yc, t, d, &self.cos, &self.sin, self.inverse));
+        zip_chunks(&mut y, t * d, x, t * d, |yc, xc| {
+            rope_rows(xc, yc, t, d, &self.cos, &self.sin, self.inverse)
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

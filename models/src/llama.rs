@@ -216,8 +216,62 @@ impl Mlp {
     }
 }
 
-/// Per-layer decoding state: post-routing, post-RoPE keys and values, each (B, R, T_past, d_h).
-type LayerCache = Option<(Tensor, Tensor)>;
+/// Per-layer decoding state: post-routing, post-RoPE keys and values, each preallocated as
+/// (B, R, capacity, d_h); positions `0..len` (the [`KvCache`]'s length) are valid. New positions
+/// are written in place ([`Tensor::slice_set`]), so a decoding step copies only its own keys and
+/// values, never the whole cache (the buffers double when full).
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+impl LayerCache {
+    /// Writes `k`/`v` (B,R,t,d_h) at positions `len..len + t` and returns views of positions
+    /// `0..len + t`, each (B,R,len + t,d_h) (a narrow of the buffer: heads are strided).
+    fn append(
+        slot: &mut Option<Self>,
+        len: usize,
+        min_capacity: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, r, t, dh) = k.dims4()?;
+        let need = len + t;
+        let cap = slot.as_ref().map_or(0, |c| c.k.dim(2).unwrap_or(0));
+        if need > cap {
+            // (Re)allocate with room to grow and carry the valid prefix over.
+            let new_cap = need.max(min_capacity).max(2 * cap).next_power_of_two();
+            let zeros = || Tensor::zeros((b, r, new_cap, dh), k.dtype(), k.device());
+            let fresh = Self {
+                k: zeros()?,
+                v: zeros()?,
+            };
+            if let Some(old) = slot.take() {
+                if len > 0 {
+                    fresh
+                        .k
+                        .slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                    fresh
+                        .v
+                        .slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+            }
+            *slot = Some(fresh);
+        }
+        let c = slot.as_ref().expect("allocated above");
+        c.k.slice_set(&k.contiguous()?, 2, len)?;
+        c.v.slice_set(&v.contiguous()?, 2, len)?;
+        Ok((c.k.narrow(2, 0, need)?, c.v.narrow(2, 0, need)?)) // (B,R,len+t,d_h) each
+    }
+}
+
+/// What one layer's attention reads and writes of the decoding cache in one pass.
+pub(crate) struct CacheSlot<'a> {
+    layer: &'a mut Option<LayerCache>,
+    len: usize,
+    min_capacity: usize,
+}
 
 /// State shared by the layers of one forward pass (all of it per token of this pass).
 #[derive(Debug, Default)]
@@ -285,7 +339,7 @@ impl Attention {
         rope: &(Tensor, Tensor),
         mask: &Tensor,
         pass: &mut PassState,
-        cache: Option<&mut LayerCache>,
+        cache: Option<CacheSlot>,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = h.dims3()?;
         let (nh, r, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
@@ -315,14 +369,8 @@ impl Attention {
         let v = v.contiguous()?; // (B,R,T,d_h)
         let (k, v) = match cache {
             None => (k, v),
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    None => (k, v),
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                }; // (B,R,T_total,d_h)
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            // (B,R,T_total,d_h) views of the preallocated cache.
+            Some(c) => LayerCache::append(c.layer, c.len, c.min_capacity, &k, &v)?,
         };
         let tk = k.dim(2)?;
 
@@ -333,6 +381,7 @@ impl Attention {
             return Ok((self.o_proj.forward(&y)?, v));
         }
         // Grouped-query attention without copying K/V: query head n = r·g + j uses kv head r.
+        let (k, v) = (k.contiguous()?, v.contiguous()?); // cache views are strided
         let q = q.reshape((b, r, g * t, dh))?; // (B,R,g·T,d_h)
         let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?; // (B,R,g·T,T_total)
         let scores = scores.reshape((b, nh, t, tk))?.broadcast_add(mask)?; // (B,H,T,T_total)
@@ -382,7 +431,7 @@ impl Block {
         rope: &(Tensor, Tensor),
         mask: &Tensor,
         pass: &mut PassState,
-        cache: Option<&mut LayerCache>,
+        cache: Option<CacheSlot>,
     ) -> Result<(Tensor, Tensor)> {
         let h = self.attn_norm.forward(x)?; // (B,T,D)
         self.attn.forward(x, &h, rope, mask, pass, cache)
@@ -399,7 +448,7 @@ impl Block {
         rope: &(Tensor, Tensor),
         mask: &Tensor,
         pass: &mut PassState,
-        cache: Option<&mut LayerCache>,
+        cache: Option<CacheSlot>,
     ) -> Result<(Tensor, Tensor)> {
         let (a, v) = self.attn_branch(x, rope, mask, pass, cache)?;
         let x = (x + a)?; // (B,T,D)
@@ -427,17 +476,28 @@ enum DepthConnection {
 /// that all layers compute for that new token in the same forward pass. The same holds for every
 /// other variant: ResFormer's V_0, DenseFormer's block outputs and the Hyper-Connection streams
 /// are all per token, so every variant supports incremental decoding with this cache.
-#[derive(Clone, Debug)]
+///
+/// The buffers are allocated on first use for `max(capacity, positions needed)` positions
+/// (default 256; callers that know the final length use [`KvCache::with_capacity`]) and double
+/// when full.
+#[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<LayerCache>,
+    layers: Vec<Option<LayerCache>>,
     len: usize,
+    capacity: usize,
 }
 
 impl KvCache {
     pub fn new(cfg: &Config) -> Self {
+        Self::with_capacity(cfg, 256)
+    }
+
+    /// A cache that first allocates room for `capacity` positions (it still grows past it).
+    pub fn with_capacity(cfg: &Config, capacity: usize) -> Self {
         Self {
-            layers: vec![None; cfg.n_layers],
+            layers: (0..cfg.n_layers).map(|_| None).collect(),
             len: 0,
+            capacity: capacity.max(1),
         }
     }
 
@@ -450,8 +510,8 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Forgets every position; the buffers are kept for the next sequence.
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
         self.len = 0;
     }
 }
@@ -623,7 +683,11 @@ impl Model {
             _ => None,
         };
         for (l, block) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let slot = cache.as_deref_mut().map(|c| CacheSlot {
+                layer: &mut c.layers[l],
+                len: c.len,
+                min_capacity: c.capacity,
+            });
             let read_out = trace.is_some() || l + 1 == self.layers.len();
             // ---------------- depth connection ----------------
             let v = match (&self.depth, hs.as_mut()) {
