@@ -61,6 +61,33 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Runs `f` on the f32 data of `ts` in place (read locks on their storage, no copy; only a
+/// non-contiguous tensor is copied first). The backward passes read their saved inputs this
+/// way: copying them to fresh host vectors cost a full pass over every activation (for LIMe's
+/// depth mix, the whole K|V buffer per layer).
+fn with_host<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Result<R>,
+) -> Result<R> {
+    let owned: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let mut views: [&[f32]; N] = [&[]; N];
+    for (view, (storage, layout)) in views.iter_mut().zip(&guards) {
+        *view = match &**storage {
+            candle_core::Storage::Cpu(c) => slice(c, layout)?,
+            _ => candle_core::bail!("fused op: CPU tensors only"),
+        };
+    }
+    f(views)
+}
+
+/// A raw output pointer shared by rayon tasks that write disjoint ranges of one buffer.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every user writes only ranges no other task touches (stated at each use).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
 /// C (m×n) = alpha·C + beta·A·B with explicit row/column strides (all single-threaded: callers
 /// parallelise over heads).
 #[allow(clippy::too_many_arguments)]
@@ -79,30 +106,68 @@ fn mm(
     beta: f32,
 ) {
     debug_assert!(c.len() >= m * n);
-    // SAFETY: the slices cover every index the strides reach (checked by the callers' shapes).
+    // SAFETY: `c` holds the m×n result densely; the callers' shapes bound a and b.
     unsafe {
-        gemm::gemm(
+        mm_raw(
             m,
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            n as isize,
+            n,
             acc,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
+            a,
+            a_rs,
+            a_cs,
+            b,
+            b_rs,
+            b_cs,
             beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         )
     }
+}
+
+/// [`mm`] into a raw C with row stride `c_rs` (rows of a larger matrix, written by one task).
+///
+/// # Safety
+/// `c` must be valid for writes at `i·c_rs + j` for i < m, j < n, and no other thread may touch
+/// those elements meanwhile; a and b must cover every index their strides reach.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: usize,
+    acc: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        acc,
+        a.as_ptr(),
+        a_cs as isize,
+        a_rs as isize,
+        b.as_ptr(),
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -232,7 +297,23 @@ impl CustomOp3 for CausalAttention {
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dm = Dims::new(q.shape(), k.shape())?;
-        let (hq, hk, hv, hy, hg) = (host(q)?, host(k)?, host(v)?, host(y)?, host(gy)?);
+        with_host([q, k, v, y, gy], |[hq, hk, hv, hy, hg]| {
+            self.grads(dm, q, k, v, [hq, hk, hv, hy, hg])
+        })
+    }
+}
+
+impl CausalAttention {
+    /// dQ, dK, dV from the saved inputs (host views of q, k, v, y and dY).
+    #[allow(clippy::type_complexity)]
+    fn grads(
+        &self,
+        dm: Dims,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        [hq, hk, hv, hy, hg]: [&[f32]; 5],
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (g, tq, tk, d) = (dm.g(), dm.tq, dm.tk, dm.d);
         let mut dq = vec![0f32; hq.len()];
         let mut dk = vec![0f32; hk.len()];
@@ -389,7 +470,20 @@ impl CustomOp2 for RmsNormOp {
         _y: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (hx, hw, hg) = (host(x)?, host(w)?, host(gy)?);
+        with_host([x, w, gy], |[hx, hw, hg]| self.grads(x, w, hx, hw, hg))
+    }
+}
+
+impl RmsNormOp {
+    /// dx, dw from host views of x, w and dy.
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        hx: &[f32],
+        hw: &[f32],
+        hg: &[f32],
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = hw.len();
         let mut dx = vec![0f32; hx.len()];
         // dx = r·(w∘g) − x·r³·mean((w∘g)∘x);  dw = Σ_rows g∘x·r (partial sums per chunk).
@@ -404,7 +498,7 @@ impl CustomOp2 for RmsNormOp {
                     let dot = xr
                         .iter()
                         .zip(gr)
-                        .zip(&hw)
+                        .zip(hw)
                         .map(|((a, g), w)| a * g * w)
                         .sum::<f32>()
                         / d as f32;
@@ -552,9 +646,16 @@ impl CustomOp1 for CrossEntropyOp {
     }
 
     fn bwd(&self, z: &Tensor, _loss: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let (n, v) = z.dims2()?;
-        let hz = host(z)?;
+        let n = z.dim(0)?;
         let scale = g.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
+        with_host([z], |[hz]| self.grad(z, hz, scale)).map(Some)
+    }
+}
+
+impl CrossEntropyOp {
+    /// dz from a host view of the logits z (N, V) and the upstream gradient / N.
+    fn grad(&self, z: &Tensor, hz: &[f32], scale: f32) -> Result<Tensor> {
+        let (n, v) = z.dims2()?;
         let mut dz = vec![0f32; hz.len()];
         dz.par_chunks_mut(v)
             .zip(hz.par_chunks(v))
@@ -572,7 +673,7 @@ impl CustomOp1 for CrossEntropyOp {
                 }
                 dr[t as usize] -= scale;
             });
-        Ok(Some(Tensor::from_vec(dz, (n, v), z.device())?))
+        Tensor::from_vec(dz, (n, v), z.device())
     }
 }
 
@@ -595,7 +696,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 struct MixOp;
 
-const MIX_CHUNK: usize = 1 << 14;
+/// Columns per rayon task. Each task runs its products as single-threaded GEMMs on its column
+/// span. (A first version used axpy loops; its backward reduced dW with a scalar loop-carried
+/// sum and took 10x the time of these GEMMs: 12% of a `medium` LIMe step, perf.)
+const MIX_SPAN: usize = 1 << 13;
 
 impl CustomOp2 for MixOp {
     fn name(&self) -> &'static str {
@@ -616,32 +720,14 @@ impl CustomOp2 for MixOp {
         }
         let (w, x) = (slice(s1, l1)?, slice(s2, l2)?);
         let mut out = vec![0f32; r * n];
-        // Parallel over column chunks; each chunk writes its columns of every output row.
-        let chunks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(MIX_CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let (lo, hi) = (c * MIX_CHUNK, ((c + 1) * MIX_CHUNK).min(n));
-                let mut o = vec![0f32; r * (hi - lo)];
-                for ri in 0..r {
-                    let orow = &mut o[ri * (hi - lo)..(ri + 1) * (hi - lo)];
-                    for si in 0..s {
-                        let a = w[ri * s + si];
-                        if a != 0.0 {
-                            for (y, xv) in orow.iter_mut().zip(&x[si * n + lo..si * n + hi]) {
-                                *y += a * xv;
-                            }
-                        }
-                    }
-                }
-                (lo, o)
-            })
-            .collect();
-        for (lo, o) in chunks {
-            let m = o.len() / r;
-            for ri in 0..r {
-                out[ri * n + lo..ri * n + lo + m].copy_from_slice(&o[ri * m..(ri + 1) * m]);
-            }
-        }
+        let o = Out(out.as_mut_ptr());
+        (0..n.div_ceil(MIX_SPAN)).into_par_iter().for_each(|c| {
+            let o = o;
+            let (lo, m) = (c * MIX_SPAN, MIX_SPAN.min(n - c * MIX_SPAN));
+            // out[:, lo..lo+m] = W (R×S) · X[:, lo..lo+m] (S×m).
+            // SAFETY: this task alone writes columns lo..lo+m of the R rows of `out`.
+            unsafe { mm_raw(r, m, s, o.0.add(lo), n, false, w, s, 1, &x[lo..], n, 1, 1.0) };
+        });
         Ok((CpuStorage::F32(out), Shape::from((r, n))))
     }
 
@@ -654,49 +740,46 @@ impl CustomOp2 for MixOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (r, s) = w.dims2()?;
         let n = x.dim(1)?;
-        let (hw, hx, hg) = (host(w)?, host(x)?, host(g)?);
-        // dX[s,:] = Σ_r W[r,s] G[r,:]; dW[r,s] = Σ_n G[r,n] X[s,n] (partials per chunk, f64 sums).
-        let parts: Vec<(usize, Vec<f32>, Vec<f64>)> = (0..n.div_ceil(MIX_CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let (lo, hi) = (c * MIX_CHUNK, ((c + 1) * MIX_CHUNK).min(n));
-                let m = hi - lo;
-                let mut dx = vec![0f32; s * m];
-                let mut dw = vec![0f64; r * s];
-                for si in 0..s {
-                    let xs = &hx[si * n + lo..si * n + hi];
-                    let dxs = &mut dx[si * m..(si + 1) * m];
-                    for ri in 0..r {
-                        let gr = &hg[ri * n + lo..ri * n + hi];
-                        let a = hw[ri * s + si];
-                        let mut dot = 0f32;
-                        for ((d, gv), xv) in dxs.iter_mut().zip(gr).zip(xs) {
-                            *d += a * gv;
-                            dot += gv * xv;
-                        }
-                        dw[ri * s + si] += dot as f64;
-                    }
-                }
-                (lo, dx, dw)
-            })
-            .collect();
-        let mut dx = vec![0f32; s * n];
-        let mut dw = vec![0f64; r * s];
-        for (lo, px, pw) in parts {
-            let m = px.len() / s;
-            for si in 0..s {
-                dx[si * n + lo..si * n + lo + m].copy_from_slice(&px[si * m..(si + 1) * m]);
-            }
-            for (a, b) in dw.iter_mut().zip(&pw) {
-                *a += b;
-            }
-        }
-        let dw: Vec<f32> = dw.into_iter().map(|v| v as f32).collect();
+        let (dw, dx) = with_host([w, x, g], |[hw, hx, hg]| Ok(mix_grads(r, s, n, hw, hx, hg)))?;
         Ok((
             Some(Tensor::from_vec(dw, (r, s), w.device())?),
             Some(Tensor::from_vec(dx, (s, n), x.device())?),
         ))
     }
+}
+
+/// dX = Wᵀ G (S×N) and dW = G Xᵀ (R×S, f64 sum of per-span partial products).
+fn mix_grads(
+    r: usize,
+    s: usize,
+    n: usize,
+    w: &[f32],
+    x: &[f32],
+    g: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; s * n];
+    let o = Out(dx.as_mut_ptr());
+    let parts: Vec<Vec<f32>> = (0..n.div_ceil(MIX_SPAN))
+        .into_par_iter()
+        .map(|c| {
+            let o = o;
+            let (lo, m) = (c * MIX_SPAN, MIX_SPAN.min(n - c * MIX_SPAN));
+            // dX[:, span] = Wᵀ (S×R) · G[:, span] (R×m).
+            // SAFETY: this task alone writes columns lo..lo+m of the S rows of dX.
+            unsafe { mm_raw(s, m, r, o.0.add(lo), n, false, w, 1, s, &g[lo..], n, 1, 1.0) };
+            // dW partial = G[:, span] (R×m) · X[:, span]ᵀ (m×S).
+            let mut dw = vec![0f32; r * s];
+            mm(r, s, m, &mut dw, false, &g[lo..], n, 1, &x[lo..], 1, n, 1.0);
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f64; r * s];
+    for part in &parts {
+        for (a, b) in dw.iter_mut().zip(part) {
+            *a += *b as f64;
+        }
+    }
+    (dw.into_iter().map(|v| v as f32).collect(), dx)
 }
 
 /// out (R, N) = w (R, S) · x (S, N): fused on f32 CPU, `matmul` otherwise.
