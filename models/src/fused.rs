@@ -88,6 +88,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The pointer `i` elements in (a method, so closures capture the whole `Out`).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// C (m×n) = alpha·C + beta·A·B with explicit row/column strides (all single-threaded: callers
 /// parallelise over heads).
 #[allow(clippy::too_many_arguments)]
@@ -722,11 +729,10 @@ impl CustomOp2 for MixOp {
         let mut out = vec![0f32; r * n];
         let o = Out(out.as_mut_ptr());
         (0..n.div_ceil(MIX_SPAN)).into_par_iter().for_each(|c| {
-            let o = o;
             let (lo, m) = (c * MIX_SPAN, MIX_SPAN.min(n - c * MIX_SPAN));
             // out[:, lo..lo+m] = W (R×S) · X[:, lo..lo+m] (S×m).
             // SAFETY: this task alone writes columns lo..lo+m of the R rows of `out`.
-            unsafe { mm_raw(r, m, s, o.0.add(lo), n, false, w, s, 1, &x[lo..], n, 1, 1.0) };
+            unsafe { mm_raw(r, m, s, o.at(lo), n, false, w, s, 1, &x[lo..], n, 1, 1.0) };
         });
         Ok((CpuStorage::F32(out), Shape::from((r, n))))
     }
@@ -762,11 +768,10 @@ fn mix_grads(
     let parts: Vec<Vec<f32>> = (0..n.div_ceil(MIX_SPAN))
         .into_par_iter()
         .map(|c| {
-            let o = o;
             let (lo, m) = (c * MIX_SPAN, MIX_SPAN.min(n - c * MIX_SPAN));
             // dX[:, span] = Wᵀ (S×R) · G[:, span] (R×m).
             // SAFETY: this task alone writes columns lo..lo+m of the S rows of dX.
-            unsafe { mm_raw(s, m, r, o.0.add(lo), n, false, w, 1, s, &g[lo..], n, 1, 1.0) };
+            unsafe { mm_raw(s, m, r, o.at(lo), n, false, w, 1, s, &g[lo..], n, 1, 1.0) };
             // dW partial = G[:, span] (R×m) · X[:, span]ᵀ (m×S).
             let mut dw = vec![0f32; r * s];
             mm(r, s, m, &mut dw, false, &g[lo..], n, 1, &x[lo..], 1, n, 1.0);
