@@ -3,6 +3,7 @@
 //! Snapshots live in `golden/` (see [`golden`]); under `CI=true` a missing snapshot fails.
 
 mod cli;
+mod device;
 mod models_accounting;
 mod models_correctness;
 mod models_fused;

@@ -25,6 +25,9 @@ pub struct BenchArgs {
     pub n: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Matmul precision for `train`/`decode` (bf16 needs a GPU).
+    #[arg(long, value_enum, default_value_t = crate::spec::Precision::F32)]
+    pub precision: crate::spec::Precision,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -163,6 +166,7 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
         for m in &model_names {
             let cfg = model_cfg(crate::spec::parse_variant(m)?, l, d, h, v);
             let (varmap, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
+            let model = model.with_matmul_dtype(a.precision.matmul_dtype());
             let optim = crate::presets::preset("mqar")?.optim;
             let mut opt = crate::optim::AdamW::new(&varmap, &optim)?;
             let ids: Vec<u32> = (0..b * t).map(|i| (i * 7919 % v) as u32).collect();
@@ -246,6 +250,7 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
     for m in &model_names {
         let cfg = model_cfg(crate::spec::parse_variant(m)?, l, d, h, v);
         let (_vm, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
+        let model = model.with_matmul_dtype(a.precision.matmul_dtype());
         let prompt: Vec<u32> = (0..8u32).collect();
         let new = t - prompt.len();
         let cached_once = || -> Result<f64> {
@@ -292,6 +297,9 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let dev = crate::train::device(&a.device)?;
+    if a.precision != crate::spec::Precision::F32 && dev.is_cpu() {
+        bail!("--precision bf16 needs a GPU; the device resolved to the CPU");
+    }
     let out = match a.what {
         BenchWhat::Gen => bench_gen(a)?,
         BenchWhat::Train => bench_train(a, &dev)?,

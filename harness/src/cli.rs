@@ -32,6 +32,8 @@ pub enum Command {
     Sweep(crate::sweep::SweepArgs),
     /// Throughput benchmarks: `gen` (examples/s per task), `train` (tokens/s), `decode`.
     Bench(crate::bench::BenchArgs),
+    /// One forward+backward step of every model on --device vs the CPU f64 reference (the CUDA test subset, shipped in the binary).
+    CheckDevice(crate::check_device::CheckArgs),
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +125,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Leaderboard(a)) => crate::leaderboard::run(&a),
         Some(Command::Sweep(a)) => crate::sweep::run(&a),
         Some(Command::Bench(a)) => crate::bench::run(&a),
+        Some(Command::CheckDevice(a)) => crate::check_device::run(&a),
     }
 }
 

@@ -16,6 +16,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ")
 }
 pub mod bench;
+pub mod check_device;
 pub mod flops_cmd;
 pub mod leaderboard;
 pub mod optim;

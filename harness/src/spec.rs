@@ -61,9 +61,26 @@ pub struct RunArgs {
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Matmul precision: f32, or bf16 (GPU only: bf16 projections with f32 master weights,
+    /// f32 norms/softmax/loss/optimizer; the CPU stays f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Train for this many epochs of the fixed train pool (needs a pool: --train-pool or the
+    /// preset's). Implies --match steps with steps = ceil(epochs x pool / batch); batches are
+    /// drawn from the pool, so an epoch is pool-many examples seen.
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// A named experiment that fills in every flag not given (see `harness --help` and the
+    /// README): `arith-paper` = the LIMe paper's arithmetic runs (levels ops4,ops5,ops6, 50,000
+    /// train examples each, 200 epochs, batch 256, lr 1e-3 linear decay; llama vs lime).
+    #[arg(long)]
+    pub experiment: Option<String>,
     /// Folder for runs and the leaderboard.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
+    /// Print the resolved runs (id, steps, batch, FLOPs, ...) and exit without training.
+    #[arg(long)]
+    pub plan: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -83,6 +100,31 @@ pub enum MatchMode {
     Flops,
     /// Every model trains the same number of steps.
     Steps,
+}
+
+/// Matmul precision of a run (see `models::Model::with_matmul_dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// bf16 projections (q, k, v, o, MLP, LM head), f32 master weights and everything else f32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The dtype of the projections' matmuls, `None` for plain f32.
+    pub fn matmul_dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(candle_core::DType::BF16),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +179,9 @@ pub struct RunSpec {
     pub n_test: u64,
     pub eval_every: u64,
     pub ckpt_every: u64,
+    /// Omitted when f32, so f32 runs keep the ids they had before the flag existed.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl RunSpec {
@@ -225,6 +270,14 @@ pub fn flops_per_step(cfg: &models::Config, seq_len: usize, batch: usize) -> f64
 
 /// Resolve the main job's flags into run specs (all cells, in a stable order).
 pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
+    let with_experiment;
+    let a = match &a.experiment {
+        None => a,
+        Some(name) => {
+            with_experiment = crate::presets::experiment(name, a)?;
+            &with_experiment
+        }
+    };
     if a.task.is_empty() {
         bail!(
             "no task given: use --task NAME (known: {})",
@@ -233,6 +286,15 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
     }
     if a.seeds == 0 || a.seeds > 1000 {
         bail!("--seeds must be between 1 and 1000");
+    }
+    if a.precision == Precision::Bf16 && a.device == "cpu" {
+        bail!("--precision bf16 needs a GPU (--device cuda or auto); CPU training stays f32");
+    }
+    if a.epochs == Some(0) || a.epochs.is_some_and(|e| e > 1_000_000) {
+        bail!("--epochs must be between 1 and 1000000");
+    }
+    if a.epochs.is_some() && a.steps.is_some() {
+        bail!("give --epochs or --steps, not both");
     }
     let sets = crate::cli::parse_sets(&a.sets)?;
     let model_sets = crate::cli::parse_sets(&a.model_sets)?;
@@ -320,6 +382,19 @@ fn resolve_cell(
                 batch_size,
             ))
         .floor() as u64;
+        let train_pool = a.train_pool.unwrap_or(preset.train_pool);
+        let epoch_steps = match a.epochs {
+            None => None,
+            Some(_) if train_pool == 0 => {
+                bail!("--epochs needs a fixed train pool (--train-pool N)")
+            }
+            Some(e) => Some((e * train_pool).div_ceil(batch_size as u64)),
+        };
+        let match_mode = if epoch_steps.is_some() {
+            MatchMode::Steps
+        } else {
+            a.match_mode
+        };
         for model_name in &model_names {
             let variant = parse_variant(model_name)?;
             let cfg = models::Config {
@@ -327,7 +402,7 @@ fn resolve_cell(
                 ..base_shape.clone()
             };
             let fps = flops_per_step(&cfg, seq_len, batch_size);
-            let steps = match a.match_mode {
+            let steps = match match_mode {
                 MatchMode::Flops => {
                     let s = (budget / fps).floor() as u64;
                     if s == 0 {
@@ -335,7 +410,7 @@ fn resolve_cell(
                     }
                     s
                 }
-                MatchMode::Steps => match a.steps {
+                MatchMode::Steps => match a.steps.or(epoch_steps) {
                     Some(0) => bail!("--steps must be at least 1"),
                     Some(s) => s,
                     None if llama_steps == 0 => bail!("budget {budget:.3e} FLOPs is smaller than one training step of llama on {task_name}"),
@@ -343,7 +418,7 @@ fn resolve_cell(
                 },
             };
             // With --match steps the budget is what these steps cost this model.
-            let budget = if a.match_mode == MatchMode::Steps {
+            let budget = if match_mode == MatchMode::Steps {
                 steps as f64 * fps
             } else {
                 budget
@@ -365,15 +440,16 @@ fn resolve_cell(
                         },
                         batch_size,
                         seq_len,
-                        match_mode: a.match_mode,
+                        match_mode,
                         budget_flops: budget,
                         flops_per_step: fps,
                         steps,
-                        train_pool: a.train_pool.unwrap_or(preset.train_pool),
+                        train_pool,
                         n_val,
                         n_test,
                         eval_every,
                         ckpt_every: eval_every,
+                        precision: a.precision,
                     });
                 }
             }

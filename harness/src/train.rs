@@ -424,7 +424,13 @@ pub fn run_one(
     let task = task.as_ref();
     let digest = tasks::config_digest(task);
     let val = tasks::generate_range(task, Split::Val, 0, spec.n_val);
+    if spec.precision != crate::spec::Precision::F32 && dev.is_cpu() {
+        bail!(
+            "--precision bf16 needs a GPU; this run resolved to the CPU (CPU training stays f32)"
+        );
+    }
     let (varmap, model) = models::init_varmap(&spec.model_config, spec.seed, DType::F32, dev)?;
+    let model = model.with_matmul_dtype(spec.precision.matmul_dtype());
     let params = models::accounting::num_params(&spec.model_config);
     let mut opt = AdamW::new(&varmap, &spec.optim)?;
     let metrics_path = dir.join("metrics.jsonl");
@@ -634,8 +640,43 @@ fn progress(spec: &RunSpec, quiet: bool, pos: u64) -> indicatif::ProgressBar {
 }
 
 /// The main job: resolve, run every cell (skipping finished ones), print the leaderboard.
+/// `--plan`: the resolved runs, one row each, without training.
+fn plan_table(specs: &[crate::spec::RunSpec]) -> String {
+    use tabled::{builder::Builder, settings::Style};
+    let mut b = Builder::default();
+    b.push_record([
+        "run",
+        "steps",
+        "batch",
+        "seq_len",
+        "train pool",
+        "FLOPs",
+        "lr",
+        "precision",
+    ]);
+    for s in specs {
+        b.push_record([
+            s.id(),
+            s.steps.to_string(),
+            s.batch_size.to_string(),
+            s.seq_len.to_string(),
+            s.train_pool.to_string(),
+            format!("{:.3e}", s.budget_flops),
+            format!("{:e}", s.optim.lr),
+            format!("{:?}", s.precision).to_lowercase(),
+        ]);
+    }
+    let mut t = b.build();
+    t.with(Style::markdown());
+    format!("{t}\n{} runs\n", specs.len())
+}
+
 pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
     let specs = crate::spec::resolve(a)?;
+    if a.plan {
+        print!("{}", plan_table(&specs));
+        return Ok(());
+    }
     let dev = device(&a.device)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
@@ -662,7 +703,7 @@ pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
     }
     // One pass over the run folders: write every table and plot, print this job's tasks.
     let mut rows = crate::leaderboard::write_all(&a.out)?;
-    rows.retain(|r| a.task.contains(&r.task));
+    rows.retain(|r| specs.iter().any(|s| s.task == r.task));
     println!(
         "{}",
         crate::leaderboard::render(&rows, crate::leaderboard::Format::Md, true)?

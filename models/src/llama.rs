@@ -79,8 +79,49 @@ pub fn validate_config(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear::new(vb.get((out_dim, in_dim), "weight")?, None))
+fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Proj> {
+    Ok(Proj::new(vb.get((out_dim, in_dim), "weight")?))
+}
+
+/// A bias-free projection `y = x Wᵀ`, W (out, in).
+///
+/// Mixed precision ([`Model::with_matmul_dtype`], the harness's `--precision bf16`): with
+/// `compute = Some(dt)` the product runs in `dt` — input and weight are cast per call, the f32
+/// weight stays the master copy that the optimizer updates (its gradient arrives in f32 through
+/// the cast's backward), and the output is cast back to the input's dtype, so norms, softmax,
+/// residual stream, loss and optimizer all stay f32.
+#[derive(Clone, Debug)]
+pub struct Proj {
+    weight: Tensor,
+    compute: Option<DType>,
+}
+
+impl Proj {
+    pub fn new(weight: Tensor) -> Self {
+        Self {
+            weight,
+            compute: None,
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    fn set_compute(&mut self, dt: Option<DType>) {
+        self.compute = dt.filter(|&d| d != self.weight.dtype());
+    }
+}
+
+impl Module for Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.compute {
+            None => Linear::new(self.weight.clone(), None).forward(x),
+            Some(dt) => Linear::new(self.weight.to_dtype(dt)?, None)
+                .forward(&x.to_dtype(dt)?)?
+                .to_dtype(x.dtype()),
+        }
+    }
 }
 
 /// RMSNorm from primitive ops: `x / sqrt(mean(x²) + eps) * weight` over the last dim.
@@ -195,9 +236,9 @@ fn causal_mask(start: usize, t_new: usize, dtype: DType, device: &Device) -> Res
 /// SwiGLU MLP: `w_down(silu(w_gate x) * w_up x)`, no biases.
 #[derive(Clone, Debug)]
 pub struct Mlp {
-    w_gate: Linear,
-    w_up: Linear,
-    w_down: Linear,
+    w_gate: Proj,
+    w_up: Proj,
+    w_down: Proj,
 }
 
 impl Mlp {
@@ -285,10 +326,10 @@ pub struct PassState {
 /// Causal multi-head attention with RoPE and grouped-query attention.
 #[derive(Clone, Debug)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -533,7 +574,7 @@ pub struct Model {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     depth: DepthConnection,
     rope: Rope,
     cfg: Config,
@@ -566,7 +607,7 @@ impl Model {
             _ => DepthConnection::Residual,
         };
         let lm_head = if cfg.tie_embeddings {
-            Linear::new(embed_w, None)
+            Proj::new(embed_w)
         } else {
             linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head"))?
         };
@@ -608,6 +649,24 @@ impl Model {
                 block.attn.value_residual = ValueResidual::Mix(lambda);
             }
         }
+        self
+    }
+
+    /// Mixed precision: run every projection (q, k, v, o, the MLP and the LM head) in `dt`
+    /// (e.g. bf16 on a GPU) with f32 master weights; `None` (or the weights' dtype) turns it off.
+    /// Attention scores, softmax, norms, the LIMe router and the loss stay in the model's dtype.
+    pub fn with_matmul_dtype(mut self, dt: Option<DType>) -> Self {
+        for block in &mut self.layers {
+            let a = &mut block.attn;
+            for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                p.set_compute(dt);
+            }
+            let m = &mut block.mlp;
+            for p in [&mut m.w_gate, &mut m.w_up, &mut m.w_down] {
+                p.set_compute(dt);
+            }
+        }
+        self.lm_head.set_compute(dt);
         self
     }
 
