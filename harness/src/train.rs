@@ -90,7 +90,14 @@ pub fn device(spec: &str) -> Result<Device> {
                 "--device {spec}: this binary was built without CUDA (build with --features cuda)"
             );
         }
-        Device::new_cuda(i).with_context(|| format!("--device {spec}: no usable CUDA device {i}"))
+        Device::new_cuda(i).map_err(|e| {
+            // Without the backtrace candle attaches under RUST_BACKTRACE: the error is one line.
+            let mut e = e;
+            while let candle_core::Error::WithBacktrace { inner, .. } = e {
+                e = *inner;
+            }
+            anyhow::anyhow!("--device {spec}: no usable CUDA device {i}: {e}")
+        })
     };
     match spec {
         "cpu" => Ok(Device::Cpu),
