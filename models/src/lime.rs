@@ -66,14 +66,22 @@ use candle_nn::{Linear, VarBuilder};
 
 use crate::config::{Config, LimeWindow, Variant};
 
-/// The pre-RoPE K|V of all layers processed so far in one forward pass, `(S, B, T, 2·d_h)`.
+/// The pre-RoPE K|V of all layers processed so far in one forward pass: a `(S, B, T, 2·d_h)`
+/// tensor grown by concatenation (the reference path), or, for the full-matrix routers on the
+/// f32 CPU path, a [`crate::fused::KvStack`] appended in place (no O(L²) copies).
 #[derive(Clone, Debug, Default)]
 pub struct LimeBuffer {
     kv: Option<Tensor>,
+    /// The key and value stacks of the in-place path.
+    stacks: Option<(
+        std::sync::Arc<crate::fused::KvStack>,
+        std::sync::Arc<crate::fused::KvStack>,
+    )>,
 }
 
 impl LimeBuffer {
-    /// The buffer (S, B, T, 2·d_h), keys in `[.., :d_h]`, values in `[.., d_h:]`.
+    /// The buffer (S, B, T, 2·d_h), keys in `[.., :d_h]`, values in `[.., d_h:]`; `None` on the
+    /// stacked path.
     pub fn tensor(&self) -> Option<&Tensor> {
         self.kv.as_ref()
     }
@@ -105,6 +113,10 @@ pub struct LimeRouter {
     /// U_l as a linear map D → R·(l+1)·R; lime-dynamic, l ≥ 1.
     u: Option<Linear>,
     norm_eps: f64,
+    /// Every layer's router is a full (R, S) matrix (`lime`, `lime-avg`, `lime-random-init`),
+    /// so f32 CPU passes may use the in-place K|V stack.
+    stackable: bool,
+    n_layers: usize,
 }
 
 /// The source layers of a windowed router at layer l.
@@ -156,6 +168,11 @@ impl LimeRouter {
             trainable,
             u,
             norm_eps: cfg.norm_eps,
+            stackable: matches!(
+                cfg.variant,
+                Variant::Lime | Variant::LimeAvg | Variant::LimeRandomInit
+            ),
+            n_layers: cfg.n_layers,
         })
     }
 
@@ -222,6 +239,28 @@ impl LimeRouter {
         buf: &mut LimeBuffer,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t, r, dh) = k.dims4()?;
+        if self.stackable && crate::fused::usable(k) {
+            // Same maths as the `Mix::Full` arm below, keys and values on their own in-place
+            // stacks, straight from (B,T,R,d_h) to (B,R,T,d_h) (see fused.rs).
+            let w = match &self.mix {
+                None => None,
+                Some(Mix::Full(w)) => Some(w),
+                Some(_) => candle_core::bail!("lime stack: only full routers are stacked"),
+            };
+            if w.is_none() {
+                let new = || {
+                    let rows = self.n_layers * r;
+                    std::sync::Arc::new(crate::fused::KvStack::with_capacity(rows, b * t * dh))
+                };
+                buf.stacks = Some((new(), new()));
+            }
+            let Some((ks, vs)) = &buf.stacks else {
+                candle_core::bail!("lime stack: layer {} routed before layer 0", self.layer);
+            };
+            let k = crate::fused::stack_route(ks, w, k)?; // (B,R,T,d_h)
+            let v = crate::fused::stack_route(vs, w, v)?; // (B,R,T,d_h)
+            return Ok((k, v));
+        }
         let kv = Tensor::cat(&[k, v], D::Minus1)?; // (B,T,R,2d_h)
         let kv = kv.permute((2, 0, 1, 3))?.contiguous()?; // (R,B,T,2d_h)
         let all = match buf.kv.take() {
