@@ -102,8 +102,9 @@ def parse_rust_table(text, config, model):
     raise RuntimeError(f"no row for {config}/{model} in the harness output:\n{text}")
 
 
-def run_rust(harness, config, model, repeats, threads):
-    cmd = [harness, "bench", "train", "--configs", config, "--models", model, "--repeats", str(repeats)]
+def run_rust(harness, config, model, repeats, threads, device="cpu", precision="f32"):
+    cmd = [harness, "bench", "train", "--configs", config, "--models", model, "--repeats", str(repeats),
+           "--device", device, "--precision", precision]
     out = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
@@ -112,9 +113,10 @@ def run_rust(harness, config, model, repeats, threads):
             "split_ms": split}
 
 
-def run_torch(python, config, model, repeats, threads, optim_impl):
+def run_torch(python, config, model, repeats, threads, optim_impl, device="cpu", precision="f32"):
     cmd = [python, os.path.join(HERE, "torch_reference.py"), "--config", config, "--model", model,
-           "--repeats", str(repeats), "--threads", str(threads), "--optim-impl", optim_impl]
+           "--repeats", str(repeats), "--threads", str(threads), "--optim-impl", optim_impl,
+           "--device", device, "--precision", precision]
     out = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
@@ -153,6 +155,9 @@ def main(argv=None):
     ap.add_argument("--optim-impl", default="default", choices=("default", "loop", "foreach", "fused"),
                     help="passed to torch_reference.py")
     ap.add_argument("--json-out", help="also write every raw measurement to this file (JSON lines)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both implementations")
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                    help="bf16: the harness's --precision bf16 vs torch.autocast(bfloat16)")
     args = ap.parse_args(argv)
 
     if not os.access(args.harness, os.X_OK):
@@ -167,9 +172,11 @@ def main(argv=None):
             for m in models:
                 for impl in ("rust", "torch"):
                     if impl == "rust":
-                        rec = run_rust(args.harness, c, m, args.repeats, args.threads)
+                        rec = run_rust(args.harness, c, m, args.repeats, args.threads, args.device,
+                                       args.precision)
                     else:
-                        rec = run_torch(args.python, c, m, args.repeats, args.threads, args.optim_impl)
+                        rec = run_torch(args.python, c, m, args.repeats, args.threads, args.optim_impl,
+                                        args.device, args.precision)
                     rec["round"] = rnd
                     raw.append(rec)
                     print(f"# round {rnd + 1}/{args.rounds} {c:6s} {m:5s} {impl:5s} "

@@ -15,6 +15,7 @@ Usage:
     python3 bench/torch_reference.py --config tiny --repeats 5 --threads 2
     python3 bench/torch_reference.py --config tiny,mqar,medium --models llama,lime
     python3 bench/torch_reference.py --config tiny --check     # loss of a few steps first
+    python3 bench/torch_reference.py --device cuda --precision bf16   # on a GPU machine
 
 Prints one JSON line per (config, model):
     {"impl": "torch", "config": ..., "model": ..., "tokens_per_s": ..., "ms_per_step": ..., ...}
@@ -68,6 +69,17 @@ WEIGHT_DECAY = 0.1
 BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
 GRAD_CLIP = 1.0
+
+# Set by --device / --precision: where the step runs and whether forward+loss run under
+# torch.autocast(bfloat16) (bf16 matmuls, f32 master weights and optimizer: the same split as
+# the harness's --precision bf16).
+DEVICE = torch.device("cpu")
+AUTOCAST_BF16 = False
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def rope_tables(t, head_dim, dtype):
@@ -179,7 +191,8 @@ class Model(nn.Module):
     def forward(self, ids):
         t = ids.shape[1]
         if t not in self._rope:
-            self._rope[t] = rope_tables(t, self.head_dim, self.lm_head.weight.dtype)
+            cos, sin = rope_tables(t, self.head_dim, self.lm_head.weight.dtype)
+            self._rope[t] = (cos.to(self.lm_head.weight.device), sin.to(self.lm_head.weight.device))
         cos, sin = self._rope[t]
         x = self.embed_tokens(ids)
         buf = []  # LIMe buffer, unused by llama
@@ -227,23 +240,28 @@ def make_batch(vocab, t, b):
 def build(config, variant, optim_impl, seed=0):
     n_layers, d, h, v, t, b = CONFIGS[config]
     torch.manual_seed(seed)
-    model = Model(variant, n_layers, d, h, v)
+    model = Model(variant, n_layers, d, h, v).to(DEVICE)
     opt = make_optimizer(model, optim_impl)
     inputs, targets = make_batch(v, t, b)
-    return model, opt, inputs, targets, (b, t, v)
+    return model, opt, inputs.to(DEVICE), targets.to(DEVICE), (b, t, v)
 
 
 def train_step(model, opt, inputs, targets, vocab):
     """One step; returns (loss, [total, fwd, bwd, optim] seconds)."""
+    sync()
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    logits = model(inputs)
-    loss = F.cross_entropy(logits.view(-1, vocab), targets)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=AUTOCAST_BF16):
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.view(-1, vocab).float(), targets)
+    sync()
     t1 = time.perf_counter()
     loss.backward()
+    sync()
     t2 = time.perf_counter()
     torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     opt.step()
+    sync()
     t3 = time.perf_counter()
     return loss.item(), [t3 - t0, t1 - t0, t2 - t1, t3 - t2]
 
@@ -272,6 +290,8 @@ def bench(config, variant, repeats, optim_impl):
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "optim_impl": optim_impl,
+        "device": str(DEVICE) + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""),
+        "precision": "bf16" if AUTOCAST_BF16 else "f32",
         "params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -304,7 +324,15 @@ def main(argv=None):
                     help="torch.optim.AdamW implementation (default: torch's own choice)")
     ap.add_argument("--check", action="store_true", help="first train a fresh model a few steps and print the loss")
     ap.add_argument("--check-steps", type=int, default=10)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                    help="bf16: forward+loss under torch.autocast(bfloat16), f32 weights and optimizer")
     args = ap.parse_args(argv)
+    global DEVICE, AUTOCAST_BF16
+    DEVICE = torch.device(args.device)
+    AUTOCAST_BF16 = args.precision == "bf16"
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
 
     configs = [c for c in args.config.split(",") if c]
     variants = [m for m in args.model.split(",") if m]

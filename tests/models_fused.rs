@@ -375,3 +375,17 @@ fn fused_depth_mix_matches_matmul() {
         1e-3,
     );
 }
+
+#[test]
+fn fused_swiglu_matches_composed() {
+    // Spans several parallel chunks, and values far into both tails of the sigmoid.
+    let a = (randn(&[3, 50, 257], 21) * 12.0).unwrap();
+    let b = randn(&[3, 50, 257], 22);
+    assert_same(
+        "swiglu",
+        &|t| models::fused::swiglu(&t[0], &t[1]).unwrap(),
+        &|t| (t[0].silu().unwrap() * &t[1]).unwrap(),
+        &[a, b],
+        2e-5,
+    );
+}

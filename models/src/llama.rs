@@ -251,9 +251,9 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.w_gate.forward(x)?.silu()?; // (B,T,F)
+        let gate = self.w_gate.forward(x)?; // (B,T,F)
         let up = self.w_up.forward(x)?; // (B,T,F)
-        self.w_down.forward(&(gate * up)?) // (B,T,D)
+        self.w_down.forward(&crate::fused::swiglu(&gate, &up)?) // silu(gate)·up, then (B,T,D)
     }
 }
 
