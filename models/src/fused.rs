@@ -217,24 +217,40 @@ fn probs(dm: Dims, scale: f32, q: &[f32], k: &[f32], p: &mut [f32]) {
     mm(tq, tk, d, p, false, q, d, 1, k, 1, d, 1.0); // p = q kᵀ
     let off = tk - tq;
     for i in 0..tq {
-        let row = &mut p[i * tk..(i + 1) * tk];
-        let n = i + off + 1;
-        let mut m = f32::NEG_INFINITY;
-        for x in &mut row[..n] {
+        let (live, dead) = p[i * tk..(i + 1) * tk].split_at_mut(i + off + 1);
+        // Separate passes so that each one vectorises (libm's exp and a running sum do not).
+        for x in live.iter_mut() {
             *x *= scale;
-            m = m.max(*x);
         }
-        let mut sum = 0f32;
-        for x in &mut row[..n] {
-            *x = (*x - m).exp();
-            sum += *x;
+        let m = lanes(live, f32::NEG_INFINITY, f32::max);
+        for x in live.iter_mut() {
+            *x = exp_f32(*x - m);
         }
-        let inv = 1.0 / sum;
-        for x in &mut row[..n] {
+        let inv = 1.0 / lanes(live, 0.0, |a, b| a + b);
+        for x in live.iter_mut() {
             *x *= inv;
         }
-        row[n..].fill(0.0);
+        dead.fill(0.0);
     }
+}
+
+/// A reduction of `v` with `f` over 8 interleaved accumulators (so that it vectorises), then
+/// across them.
+#[inline(always)]
+fn lanes(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] = f(acc[k], c[k]);
+        }
+    }
+    let mut r = tail.iter().fold(init, |a, &b| f(a, b));
+    for a in acc {
+        r = f(r, a);
+    }
+    r
 }
 
 impl CustomOp3 for CausalAttention {
