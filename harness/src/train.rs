@@ -101,13 +101,13 @@ pub fn device(spec: &str) -> Result<Device> {
     };
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(
-            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-                cuda(0)?
-            } else {
-                Device::Cpu
-            },
-        ),
+        // The first GPU if one can be opened (a CUDA build on a machine without a driver, or
+        // with a broken one, falls back to the CPU), else the CPU.
+        "auto" => Ok(if cfg!(feature = "cuda") {
+            cuda(0).unwrap_or(Device::Cpu)
+        } else {
+            Device::Cpu
+        }),
         "cuda" => cuda(0),
         s if s.starts_with("cuda:") => cuda(
             s[5..]
