@@ -60,6 +60,22 @@ fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
     p.matmul(&v).unwrap()
 }
 
+/// The 3-layer model the whole-model tests use: vocab 23, d 32, 4 heads, `kv` kv heads.
+fn small_cfg(variant: models::Variant, kv: usize) -> models::Config {
+    models::Config {
+        variant,
+        vocab_size: 23,
+        d_model: 32,
+        n_layers: 3,
+        n_heads: 4,
+        n_kv_heads: kv,
+        d_ff: 48,
+        tie_embeddings: false,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+    }
+}
+
 /// Forward and input gradients of `f` under a fixed random upstream gradient.
 fn fwd_grads(
     f: &dyn Fn(&[Tensor]) -> Tensor,
@@ -162,18 +178,7 @@ fn fused_attention_reads_narrowed_kv_views_in_place() {
 fn fused_kv_cache_decoding_matches_full_forward_across_growth() {
     // f32 on the CPU takes the fused kernels; capacity 3 forces the cache to grow twice.
     for variant in models::Variant::ALL {
-        let cfg = models::Config {
-            variant,
-            vocab_size: 23,
-            d_model: 32,
-            n_layers: 3,
-            n_heads: 4,
-            n_kv_heads: 2,
-            d_ff: 48,
-            tie_embeddings: false,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-        };
+        let cfg = small_cfg(variant, 2);
         let (_vm, model) = models::init_varmap(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
         let ids = Tensor::from_vec(
             (0..2 * 10u32).map(|i| (i * 7 + 3) % 23).collect::<Vec<_>>(),
@@ -292,18 +297,7 @@ fn fused_cross_entropy_matches_candle() {
 fn fused_f32_model_matches_composed_f64_model() {
     for variant in models::Variant::ALL {
         for kv in [4, 2] {
-            let cfg = models::Config {
-                variant,
-                vocab_size: 23,
-                d_model: 32,
-                n_layers: 3,
-                n_heads: 4,
-                n_kv_heads: kv,
-                d_ff: 48,
-                tie_embeddings: false,
-                rope_theta: 10_000.0,
-                norm_eps: 1e-5,
-            };
+            let cfg = small_cfg(variant, kv);
             let ids = Tensor::from_vec(
                 (0..2 * 9u32).map(|i| (i * 7 + 3) % 23).collect::<Vec<_>>(),
                 (2, 9),
