@@ -8,6 +8,7 @@ mod models_accounting;
 mod models_correctness;
 mod models_fused;
 mod models_rivals;
+mod task_contract;
 mod tasks_common;
 mod tasks_probes;
 mod tasks_prosqa;

@@ -86,64 +86,20 @@ fn show_targets(task: &dyn Task, ex: &Example) -> String {
     }
 }
 
-fn show(task: &dyn Task, ex: &Example) -> String {
-    format!(
-        "prompt: {}\nanswer: {}\n{}prompt_len: {}  len: {}  redraws: {}\ntokens: {:?}\nmeta: {}\n",
-        task.render(ex.prompt()),
-        task.render(ex.answer()),
-        show_targets(task, ex),
-        ex.prompt_len,
-        ex.tokens.len(),
-        ex.redraws,
-        ex.tokens,
-        serde_json::to_string(&ex.meta).unwrap()
-    )
-}
-
 #[test]
 fn tasks_common_golden() {
     for (name, task, level, sets) in cases() {
         let t = build_case(task, &level, &sets);
-        let mut text = format!(
-            "config: {}\nvocab_size: {}  max_len: {}  eos: {:?}  chance: {}  metric: {:?}\n",
-            t.config(),
-            t.vocab_size(),
-            t.max_len(),
-            t.eos_id(),
-            t.chance(),
-            t.metric()
-        );
-        for i in 0..3 {
-            text.push_str(&format!("--- test #{i}\n"));
-            text.push_str(&show(t.as_ref(), &generate(t.as_ref(), Split::Test, i)));
-        }
+        let text = crate::task_contract::golden_text(t.as_ref(), 3, show_targets);
         crate::golden().bind(|| insta::assert_snapshot!(name, text));
     }
 }
 
 #[test]
 fn tasks_common_same_bytes_at_1_and_4_threads() {
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let four = rayon::ThreadPoolBuilder::new()
-        .num_threads(4)
-        .build()
-        .unwrap();
     for (name, task, level, sets) in cases() {
         let t = build_case(task, &level, &sets);
-        for split in Split::ALL {
-            let a = one.install(|| generate_range(t.as_ref(), split, 0, 300));
-            let b = four.install(|| generate_range(t.as_ref(), split, 0, 300));
-            assert_eq!(a.len(), 300);
-            let ja = serde_json::to_string(&a).unwrap();
-            let jb = serde_json::to_string(&b).unwrap();
-            assert!(
-                ja == jb,
-                "{name} {split}: output depends on the thread count"
-            );
-        }
+        crate::task_contract::assert_thread_independent(&name, t.as_ref(), 300);
     }
 }
 

@@ -45,8 +45,10 @@ fn n_for(task: &dyn Task, n: u64) -> u64 {
     }
 }
 
-fn show(task: &dyn Task, ex: &Example) -> String {
-    let targets = match task.metric() {
+/// The targets line of an example: a count for generated answers, `position:token` pairs for
+/// teacher-forced positions.
+fn show_targets(task: &dyn Task, ex: &Example) -> String {
+    match task.metric() {
         Metric::Generate => format!(
             "targets: {} (next token at every answer position)\n",
             ex.targets.len()
@@ -59,65 +61,24 @@ fn show(task: &dyn Task, ex: &Example) -> String {
                 .collect();
             format!("targets: {}\n", t.join(" "))
         }
-    };
-    format!(
-        "prompt: {}\nanswer: {}\n{}prompt_len: {}  len: {}  redraws: {}\ntokens: {:?}\nmeta: {}\n",
-        task.render(ex.prompt()),
-        task.render(ex.answer()),
-        targets,
-        ex.prompt_len,
-        ex.tokens.len(),
-        ex.redraws,
-        ex.tokens,
-        serde_json::to_string(&ex.meta).unwrap()
-    )
+    }
 }
 
 #[test]
 fn tasks_probes_golden() {
     for (name, task, level) in cases() {
         let t = build_case(task, level);
-        let mut text = format!(
-            "config: {}\nvocab_size: {}  max_len: {}  eos: {:?}  chance: {}  metric: {:?}\n",
-            t.config(),
-            t.vocab_size(),
-            t.max_len(),
-            t.eos_id(),
-            t.chance(),
-            t.metric()
-        );
-        for i in 0..2 {
-            text.push_str(&format!("--- test #{i}\n"));
-            text.push_str(&show(t.as_ref(), &generate(t.as_ref(), Split::Test, i)));
-        }
+        let text = crate::task_contract::golden_text(t.as_ref(), 2, show_targets);
         crate::golden().bind(|| insta::assert_snapshot!(name, text));
     }
 }
 
 #[test]
 fn tasks_probes_same_bytes_at_1_and_4_threads() {
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let four = rayon::ThreadPoolBuilder::new()
-        .num_threads(4)
-        .build()
-        .unwrap();
     for (name, task, level) in cases() {
         let t = build_case(task, level);
         let n = n_for(t.as_ref(), 200);
-        for split in Split::ALL {
-            let a = one.install(|| generate_range(t.as_ref(), split, 0, n));
-            let b = four.install(|| generate_range(t.as_ref(), split, 0, n));
-            assert_eq!(a.len() as u64, n);
-            let ja = serde_json::to_string(&a).unwrap();
-            let jb = serde_json::to_string(&b).unwrap();
-            assert!(
-                ja == jb,
-                "{name} {split}: output depends on the thread count"
-            );
-        }
+        crate::task_contract::assert_thread_independent(&name, t.as_ref(), n);
         // Example i does not depend on where the range starts.
         let tail = generate_range(t.as_ref(), Split::Val, 7, 5);
         assert_eq!(tail[0], generate(t.as_ref(), Split::Val, 7), "{name}");
