@@ -186,8 +186,9 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
                 let grads = loss.backward()?;
                 dev.synchronize()?;
                 let t2 = Instant::now();
-                let norm = opt.grad_norm(&grads)?;
-                opt.step(&grads, 1e-3, if norm > 1.0 { 1.0 / norm } else { 1.0 })?;
+                let gradients = opt.gradients(&grads)?;
+                let norm = crate::optim::AdamW::grad_norm(&gradients)?;
+                opt.step(&gradients, 1e-3, if norm > 1.0 { 1.0 / norm } else { 1.0 })?;
                 dev.synchronize()?;
                 let t3 = Instant::now();
                 Ok([

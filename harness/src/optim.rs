@@ -49,40 +49,51 @@ impl AdamW {
 
     /// Check that every parameter received a gradient; returns the global L2 norm (f64, summed in
     /// name order so it is deterministic).
-    pub fn grad_norm(&self, grads: &candle_core::backprop::GradStore) -> anyhow::Result<f64> {
+    /// The global L2 norm of `gradients` (as returned by [`AdamW::gradients`]).
+    pub fn grad_norm(gradients: &[Tensor]) -> anyhow::Result<f64> {
         let mut sq = 0f64;
-        for (name, var, _) in &self.params {
-            let g = grads
-                .get(var.as_tensor())
-                .ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
-            sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+        for g in gradients {
+            sq += g.sqr()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         }
         Ok(sq.sqrt())
     }
 
-    /// One AdamW step at learning rate `lr` with gradients scaled by `grad_scale` (clipping).
-    pub fn step(
-        &mut self,
+    /// Every parameter's gradient, in parameter order, for [`AdamW::grad_norm`] and
+    /// [`AdamW::step`]: detached (a gradient can carry the autograd graph of its forward pass,
+    /// which the moments would otherwise retain every step) and contiguous (a Linear weight's
+    /// gradient arrives as a transposed view; copied once here, not in every elementwise op that
+    /// reads it). Errors if a parameter received no gradient.
+    pub fn gradients(
+        &self,
         grads: &candle_core::backprop::GradStore,
-        lr: f64,
-        grad_scale: f64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<Tensor>> {
+        self.params
+            .iter()
+            .map(|(name, var, _)| {
+                let g = grads
+                    .get(var.as_tensor())
+                    .ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
+                Ok(models::fused::contiguous(&g.detach())?)
+            })
+            .collect()
+    }
+
+    /// One AdamW step at learning rate `lr` with gradients scaled by `grad_scale` (clipping).
+    pub fn step(&mut self, gradients: &[Tensor], lr: f64, grad_scale: f64) -> anyhow::Result<()> {
+        if gradients.len() != self.params.len() {
+            anyhow::bail!(
+                "{} gradients for {} parameters",
+                gradients.len(),
+                self.params.len()
+            );
+        }
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        for (name, var, group) in &self.params {
-            let g = grads
-                .get(var.as_tensor())
-                .ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
-            // Detached: a gradient can carry the autograd graph of its forward pass (candle builds
-            // it from tracked activations); kept in the moments it would retain every step's graph.
-            let g = (g.detach() * grad_scale)?;
+        for ((name, var, group), g) in self.params.iter().zip(gradients) {
+            let g = (g * grad_scale)?;
             let (plr, wd) = match group {
                 models::ParamGroup::Router => (lr * self.cfg.router_lr_mult, 0.0),
                 models::ParamGroup::Decay => (lr, self.cfg.weight_decay),
@@ -188,7 +199,7 @@ mod tests {
                     .unwrap()
                     .backward()
                     .unwrap();
-                opt.step(&g, 1e-3, 1.0).unwrap();
+                opt.step(&opt.gradients(&g).unwrap(), 1e-3, 1.0).unwrap();
             }
             for (name, s) in opt.state() {
                 assert!(

@@ -1303,3 +1303,50 @@ pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     a.contiguous()?.apply_op2(&b.contiguous()?, SwiGlu)
 }
+
+// ------------------------------------------------------------------------------------------------
+// Contiguous copies of transposed matrices (a Linear weight's gradient arrives as the transpose
+// of the product that computed it; candle copies such a view element by element).
+// ------------------------------------------------------------------------------------------------
+
+/// `t` as a contiguous tensor: a 2-D transposed f32 CPU view is copied in cache-sized tiles,
+/// anything else goes through `Tensor::contiguous`.
+pub fn contiguous(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() || !usable(t) || t.rank() != 2 {
+        return t.contiguous();
+    }
+    let (rows, cols) = t.dims2()?;
+    if t.stride() != [1, rows] {
+        return t.contiguous();
+    }
+    // t = sᵀ for a contiguous s (cols × rows): t[i][j] = s[j·rows + i].
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return t.contiguous();
+    };
+    let all = cpu.as_slice::<f32>()?;
+    let s = &all[layout.start_offset()..layout.start_offset() + rows * cols];
+    let mut out = vec![0f32; rows * cols];
+    const TILE: usize = 32;
+    let tile = |(bi, band): (usize, &mut [f32])| {
+        // Rows bi·TILE.. of `out` (a band of TILE rows), tile by tile along the columns.
+        let i0 = bi * TILE;
+        for j0 in (0..cols).step_by(TILE) {
+            let j1 = (j0 + TILE).min(cols);
+            for (di, orow) in band.chunks_exact_mut(cols).enumerate() {
+                let i = i0 + di;
+                for (j, o) in (j0..j1).zip(&mut orow[j0..j1]) {
+                    // SAFETY: j < cols and i < rows, so j·rows + i < rows·cols = s.len().
+                    *o = unsafe { *s.get_unchecked(j * rows + i) };
+                }
+            }
+        }
+    };
+    if out.len() < PAR_MIN {
+        out.chunks_mut(TILE * cols).enumerate().for_each(tile);
+    } else {
+        out.par_chunks_mut(TILE * cols).enumerate().for_each(tile);
+    }
+    drop(storage);
+    Tensor::from_vec(out, (rows, cols), t.device())
+}
