@@ -53,7 +53,11 @@ impl AdamW {
     pub fn grad_norm(gradients: &[Tensor]) -> anyhow::Result<f64> {
         let mut sq = 0f64;
         for g in gradients {
-            sq += g.sqr()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            sq += g
+                .sqr()?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
         Ok(sq.sqrt())
     }
