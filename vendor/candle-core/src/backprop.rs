@@ -717,9 +717,9 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Adds `grad` to the gradient of `tensor`: the first contribution is stored as is (lime-bench
-    /// patch: upstream allocated zeros and added to them, a memset and a full extra pass per
-    /// gradient tensor of the backward pass).
+    /// Adds `grad` to the gradient of `tensor`: the first contribution is stored as it is, made
+    /// contiguous only if it is a strided view (lime-bench patch: upstream allocated zeros and
+    /// added to them, a memset and a full extra pass per gradient tensor of the backward pass).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -727,7 +727,9 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.clone());
+                // Contiguous, as the zeros-plus-add result was: some backward ops (scatter_add,
+                // matmul with unusual strides) require it. A no-op for a contiguous gradient.
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
