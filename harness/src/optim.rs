@@ -54,8 +54,8 @@ impl AdamW {
         let mut sq = 0f64;
         for g in gradients {
             sq += g
-                .sqr()?
                 .to_dtype(DType::F64)?
+                .sqr()?
                 .sum_all()?
                 .to_scalar::<f64>()?;
         }
@@ -63,10 +63,9 @@ impl AdamW {
     }
 
     /// Every parameter's gradient, in parameter order, for [`AdamW::grad_norm`] and
-    /// [`AdamW::step`]: detached (a gradient can carry the autograd graph of its forward pass,
-    /// which the moments would otherwise retain every step) and contiguous (a Linear weight's
-    /// gradient arrives as a transposed view; copied once here, not in every elementwise op that
-    /// reads it). Errors if a parameter received no gradient.
+    /// [`AdamW::step`], detached (a gradient can carry the autograd graph of its forward pass,
+    /// which the moments would otherwise retain every step). Errors if a parameter received no
+    /// gradient: every training step checks that every weight got one.
     pub fn gradients(
         &self,
         grads: &candle_core::backprop::GradStore,
@@ -77,7 +76,7 @@ impl AdamW {
                 let g = grads
                     .get(var.as_tensor())
                     .ok_or_else(|| anyhow::anyhow!("no gradient reaches {name}"))?;
-                Ok(models::fused::contiguous(&g.detach())?)
+                Ok(g.detach())
             })
             .collect()
     }
