@@ -383,3 +383,38 @@ fn fused_swiglu_matches_composed() {
         2e-5,
     );
 }
+
+#[test]
+fn lime_stack_gradients_survive_a_second_backward() {
+    // The stacked LIMe path deposits gradients for earlier layers outside autograd's edges; a
+    // second backward over the same graph must give the same gradients, not doubled deposits.
+    for variant in [models::Variant::Lime, models::Variant::LimeAvg] {
+        let cfg = small_cfg(variant, 2);
+        let (vm, model) = models::init_varmap(&cfg, 5, DType::F32, &Device::Cpu).unwrap();
+        let ids = Tensor::from_vec(
+            (0..2 * 7u32).map(|i| (i * 5 + 2) % 23).collect::<Vec<_>>(),
+            (2, 7),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let loss = model
+            .forward(&ids)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let (g1, g2) = (loss.backward().unwrap(), loss.backward().unwrap());
+        for (name, var) in models::sorted_vars(&vm) {
+            let (a, b) = (
+                g1.get(var.as_tensor()).unwrap(),
+                g2.get(var.as_tensor()).unwrap(),
+            );
+            assert_eq!(
+                max_diff(a, b),
+                0.0,
+                "{variant:?}: {name} differs on a second backward"
+            );
+        }
+    }
+}

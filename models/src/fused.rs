@@ -825,9 +825,9 @@ pub fn depth_mix(w: &Tensor, x: &Tensor) -> Result<Tensor> {
 // earlier layer j is deposited in the stack's gradient rows, and op j adds it to its own input
 // gradient. That is exact because
 // backward visits op l before op j whenever l > j (op l consumes, through the residual stream, the
-// output of op j): by the time op j runs, every later layer has deposited. One backward per
-// forward pass (as in training); the composed `cat` path stays the reference (f64, GPU) and the
-// two are tested equal.
+// output of op j): by the time op j runs, every later layer has deposited. Op j then zeroes the
+// rows it collected, so a second backward over the same graph starts from zero again (tested);
+// the composed `cat` path stays the reference (f64, GPU) and the two are tested equal.
 // ------------------------------------------------------------------------------------------------
 
 /// One forward pass's K|V stack (see above).
@@ -1041,7 +1041,9 @@ impl StackRoute {
         let Some(w) = w else {
             // dx = g (this layer's rows, read back to (B,T,R,d_h)) + the deposits for them.
             let g_rows = brtd_to_rows(g, s);
-            return Ok((None, rows_to_btrd(&g_rows, 0, Some(&st.grad), 0, s)));
+            let dx = rows_to_btrd(&g_rows, 0, Some(&st.grad), 0, s);
+            st.grad[..s.r * n].fill(0.0); // collected: a later backward starts from zero
+            return Ok((None, dx));
         };
         let x = &st.data[..rows * n];
         let dep = Out(st.grad.as_mut_ptr());
@@ -1113,6 +1115,7 @@ impl StackRoute {
             }
         }
         let dx = rows_to_btrd(&own, 0, Some(&st.grad), before, s);
+        st.grad[before * n..rows * n].fill(0.0); // collected: a later backward starts from zero
         Ok((Some(dw.into_iter().map(|v| v as f32).collect()), dx))
     }
 }
