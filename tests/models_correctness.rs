@@ -247,6 +247,38 @@ pub(crate) fn rope_ref(u: &[f64], p: usize, theta: f64) -> Vec<f64> {
     out
 }
 
+/// Causal softmax attention of position `t` over positions 0..=t with RoPE on queries and keys
+/// and grouped queries (query head n reads kv head n / `g`); q, k, v are [position][head][d_h].
+/// Returns the heads' outputs concatenated (H·d_h).
+pub(crate) fn causal_attention_ref(
+    q: &[Vec<Vec<f64>>],
+    k: &[Vec<Vec<f64>>],
+    v: &[Vec<Vec<f64>>],
+    t: usize,
+    g: usize,
+    theta: f64,
+) -> Vec<f64> {
+    let dh = q[t][0].len();
+    let mut y = Vec::with_capacity(q[t].len() * dh);
+    for (n, qt) in q[t].iter().enumerate() {
+        let kv = n / g;
+        let qn = rope_ref(qt, t, theta);
+        let scores: Vec<f64> = (0..=t)
+            .map(|j| {
+                let kj = rope_ref(&k[j][kv], j, theta);
+                qn.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for dd in 0..dh {
+            y.push((0..=t).map(|j| e[j] / z * v[j][kv][dd]).sum());
+        }
+    }
+    y
+}
+
 /// Logits [t][vocab] of one sequence, computed token by token from the spec's equations.
 fn reference_forward(c: &Config, w: &HashMap<String, Vec<f64>>, ids: &[u32]) -> Vec<Vec<f64>> {
     let (d, nh, r, dh) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim());
@@ -308,23 +340,7 @@ fn reference_forward(c: &Config, w: &HashMap<String, Vec<f64>>, ids: &[u32]) -> 
         }
         let mut x_new = x.clone();
         for t in 0..ids.len() {
-            let mut y = Vec::with_capacity(nh * dh);
-            for n in 0..nh {
-                let kv = n / g; // GQA: query head n reads kv head n / g
-                let qn = rope_ref(&q[t][n], t, c.rope_theta);
-                let scores: Vec<f64> = (0..=t)
-                    .map(|j| {
-                        let kj = rope_ref(&k[j][kv], j, c.rope_theta);
-                        qn.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
-                    })
-                    .collect();
-                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for dd in 0..dh {
-                    y.push((0..=t).map(|j| e[j] / z * v[j][kv][dd]).sum());
-                }
-            }
+            let y = causal_attention_ref(&q, &k, &v, t, g, c.rope_theta);
             let o = matvec(p(pre.clone() + "attn.o_proj.weight"), &y);
             x_new[t].iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h2 = rmsnorm_ref(

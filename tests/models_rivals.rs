@@ -676,7 +676,7 @@ enum Bug {
 
 // The scalar building blocks (matvec, RMSNorm, RoPE) are the llama reference's own.
 use crate::models_correctness::{
-    matvec as ref_matvec, rmsnorm_ref as ref_rmsnorm, rope_ref as ref_rope,
+    causal_attention_ref, matvec as ref_matvec, rmsnorm_ref as ref_rmsnorm,
 };
 
 fn ref_add(a: &Seq, b: &Seq) -> Seq {
@@ -702,23 +702,7 @@ fn ref_attention(c: &Config, w: &RefWeights, l: usize, xs: &Seq, gain: bool) -> 
     let (q, k, v) = (heads("q_proj"), heads("k_proj"), heads("v_proj")); // [t][head][d_h]
     (0..xs.len())
         .map(|t| {
-            let mut y = Vec::with_capacity(nh * dh);
-            for n in 0..nh {
-                let kv = n / group;
-                let qn = ref_rope(&q[t][n], t, c.rope_theta);
-                let scores: Vec<f64> = (0..=t)
-                    .map(|j| {
-                        let kj = ref_rope(&k[j][kv], j, c.rope_theta);
-                        qn.iter().zip(&kj).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
-                    })
-                    .collect();
-                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
-                let z: f64 = e.iter().sum();
-                for dd in 0..dh {
-                    y.push((0..=t).map(|j| e[j] / z * v[j][kv][dd]).sum());
-                }
-            }
+            let y = causal_attention_ref(&q, &k, &v, t, group, c.rope_theta);
             ref_matvec(w.get(&format!("layers.{l}.attn.o_proj.weight")), &y)
         })
         .collect()
