@@ -618,26 +618,23 @@ fn every_task_has_a_default_and_trains_through_the_main_job() {
         );
         let tiny = three_tiny_steps(name, &[], &[], 2, dir.path());
         for spec in harness::spec::resolve(&tiny).unwrap() {
-            match harness::train::run_one(
-                &spec,
-                dir.path(),
-                &candle_core::Device::Cpu,
-                true,
-                false,
-                None,
-            ) {
-                Ok(harness::train::Outcome::Done(r)) => {
-                    assert_eq!(r.status, "ok", "{name} {}", r.model);
-                    assert!(
-                        r.test_acc.is_some_and(|a| (0.0..=1.0).contains(&a)),
-                        "{name}"
-                    );
-                    assert!(r.final_loss.is_some_and(f64::is_finite), "{name}");
-                }
-                Ok(_) => panic!("{name}: unexpected outcome"),
-                Err(e) => panic!("{name} {}: {e:#}", spec.model),
-            }
+            let r = train_to_done(&spec, dir.path());
+            assert_eq!(r.status, "ok", "{name} {}", r.model);
+            assert!(
+                r.test_acc.is_some_and(|a| (0.0..=1.0).contains(&a)),
+                "{name}"
+            );
+            assert!(r.final_loss.is_some_and(f64::is_finite), "{name}");
         }
+    }
+}
+
+/// Runs `spec` on the CPU (quiet, no --force) to completion; panics on any other outcome.
+fn train_to_done(spec: &harness::spec::RunSpec, out: &Path) -> harness::train::RunResult {
+    match harness::train::run_one(spec, out, &candle_core::Device::Cpu, true, false, None) {
+        Ok(harness::train::Outcome::Done(r)) => r,
+        Ok(_) => panic!("{} {}: unexpected outcome", spec.task, spec.model),
+        Err(e) => panic!("{} {}: {e:#}", spec.task, spec.model),
     }
 }
 
@@ -660,27 +657,15 @@ fn every_model_trains_through_the_main_job() {
     let specs = harness::spec::resolve(&args).unwrap();
     assert_eq!(specs.len(), names.len());
     for spec in &specs {
-        match harness::train::run_one(
-            spec,
-            dir.path(),
-            &candle_core::Device::Cpu,
-            true,
-            false,
-            None,
-        ) {
-            Ok(harness::train::Outcome::Done(r)) => {
-                assert_eq!(r.status, "ok", "{}", r.model);
-                assert!(r.final_loss.is_some_and(f64::is_finite), "{}", r.model);
-                assert_eq!(
-                    r.params,
-                    models::accounting::num_params(&spec.model_config),
-                    "{}",
-                    r.model
-                );
-            }
-            Ok(_) => panic!("{}: unexpected outcome", spec.model),
-            Err(e) => panic!("{}: {e:#}", spec.model),
-        }
+        let r = train_to_done(spec, dir.path());
+        assert_eq!(r.status, "ok", "{}", r.model);
+        assert!(r.final_loss.is_some_and(f64::is_finite), "{}", r.model);
+        assert_eq!(
+            r.params,
+            models::accounting::num_params(&spec.model_config),
+            "{}",
+            r.model
+        );
     }
     // LIMe runs carry their router heatmap (rows sum to 1), plotted next to the run.
     let lime_id = specs.iter().find(|s| s.model == "lime").unwrap().id();
