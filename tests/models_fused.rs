@@ -76,6 +76,13 @@ fn small_cfg(variant: models::Variant, kv: usize) -> models::Config {
     }
 }
 
+/// Token ids of the given shape for [`small_cfg`]'s vocabulary (23): element i is (a·i + c) mod 23.
+fn small_ids(shape: &[usize], a: u32, c: u32) -> Tensor {
+    let n = shape.iter().product::<usize>() as u32;
+    let ids: Vec<u32> = (0..n).map(|i| (i * a + c) % 23).collect();
+    Tensor::from_vec(ids, shape, &Device::Cpu).unwrap()
+}
+
 /// Forward and input gradients of `f` under a fixed random upstream gradient.
 fn fwd_grads(
     f: &dyn Fn(&[Tensor]) -> Tensor,
@@ -180,12 +187,7 @@ fn fused_kv_cache_decoding_matches_full_forward_across_growth() {
     for variant in models::Variant::ALL {
         let cfg = small_cfg(variant, 2);
         let (_vm, model) = models::init_varmap(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
-        let ids = Tensor::from_vec(
-            (0..2 * 10u32).map(|i| (i * 7 + 3) % 23).collect::<Vec<_>>(),
-            (2, 10),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let ids = small_ids(&[2, 10], 7, 3);
         let full = model.forward(&ids).unwrap();
         let mut cache = models::KvCache::with_capacity(&cfg, 3);
         let mut pos = 0;
@@ -298,18 +300,8 @@ fn fused_f32_model_matches_composed_f64_model() {
     for variant in models::Variant::ALL {
         for kv in [4, 2] {
             let cfg = small_cfg(variant, kv);
-            let ids = Tensor::from_vec(
-                (0..2 * 9u32).map(|i| (i * 7 + 3) % 23).collect::<Vec<_>>(),
-                (2, 9),
-                &Device::Cpu,
-            )
-            .unwrap();
-            let targets = Tensor::from_vec(
-                (0..18u32).map(|i| (i * 5 + 1) % 23).collect::<Vec<_>>(),
-                18,
-                &Device::Cpu,
-            )
-            .unwrap();
+            let ids = small_ids(&[2, 9], 7, 3);
+            let targets = small_ids(&[18], 5, 1);
             let run = |dtype: DType| {
                 let (vm, model) = models::init_varmap(&cfg, 3, dtype, &Device::Cpu).unwrap();
                 let logits = model.forward(&ids).unwrap().reshape((18, 23)).unwrap();
@@ -391,12 +383,7 @@ fn lime_stack_gradients_survive_a_second_backward() {
     for variant in [models::Variant::Lime, models::Variant::LimeAvg] {
         let cfg = small_cfg(variant, 2);
         let (vm, model) = models::init_varmap(&cfg, 5, DType::F32, &Device::Cpu).unwrap();
-        let ids = Tensor::from_vec(
-            (0..2 * 7u32).map(|i| (i * 5 + 2) % 23).collect::<Vec<_>>(),
-            (2, 7),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let ids = small_ids(&[2, 7], 5, 2);
         let loss = model
             .forward(&ids)
             .unwrap()
