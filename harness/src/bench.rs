@@ -298,9 +298,7 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let dev = crate::train::device(&a.device)?;
-    if a.precision != crate::spec::Precision::F32 && dev.is_cpu() {
-        bail!("--precision bf16 needs a GPU; the device resolved to the CPU");
-    }
+    a.precision.check_device(&dev)?;
     let out = match a.what {
         BenchWhat::Gen => bench_gen(a)?,
         BenchWhat::Train => bench_train(a, &dev)?,

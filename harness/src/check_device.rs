@@ -62,13 +62,11 @@ fn rel(a: &Tensor, r: &Tensor, floor: f64) -> Result<f64> {
     Ok(max_abs(&(a - r)?)? / max_abs(r)?.max(floor))
 }
 
+/// Logits, loss and the gradient of every weight (by name) of one step.
+type Step = (Tensor, Tensor, Vec<(String, Tensor)>);
+
 /// Logits, loss and named gradients of one step of `cfg` on `dev` in `dtype`.
-fn step(
-    cfg: &models::Config,
-    dtype: DType,
-    dev: &Device,
-    p: Precision,
-) -> Result<(Tensor, Tensor, Vec<(String, Tensor)>)> {
+fn step(cfg: &models::Config, dtype: DType, dev: &Device, p: Precision) -> Result<Step> {
     let (b, t, v) = (2, 12, cfg.vocab_size);
     let (vm, model) = models::init_varmap(cfg, 7, dtype, dev)?;
     let model = model.with_matmul_dtype(p.matmul_dtype());
@@ -130,9 +128,7 @@ pub fn check(variants: &[models::Variant], dev: &Device, p: Precision) -> Result
 
 pub fn run(a: &CheckArgs) -> Result<()> {
     let dev = crate::train::device(&a.device)?;
-    if a.precision == Precision::Bf16 && dev.is_cpu() {
-        bail!("--precision bf16 needs a GPU; the device resolved to the CPU");
-    }
+    a.precision.check_device(&dev)?;
     let variants = if a.models.is_empty() {
         models::Variant::ALL.to_vec()
     } else {

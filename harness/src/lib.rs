@@ -11,9 +11,23 @@ pub mod cli;
 pub mod gen;
 pub mod io;
 
-/// An error chain on one line (`outer: inner: root`), for the binary's stderr.
+/// An error chain on one line (`outer: inner: root`), for the binary's stderr. A candle error
+/// is shown without the backtrace candle attaches to it under `RUST_BACKTRACE`.
 pub fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    e.chain()
+        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
+            Some(ce) => {
+                let mut ce = ce;
+                while let candle_core::Error::WithBacktrace { inner, .. } = ce {
+                    ce = inner;
+                }
+                ce.to_string()
+            }
+            None => cause.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
 }
 pub mod bench;
 pub mod check_device;
@@ -25,3 +39,20 @@ pub mod presets;
 pub mod spec;
 pub mod sweep;
 pub mod train;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_drops_candle_backtraces() {
+        let inner = candle_core::Error::Msg("config: d_model 33 not divisible".into());
+        let traced = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let e = anyhow::Error::from(traced).context("bad model");
+        assert_eq!(
+            super::one_line(&e),
+            "bad model: config: d_model 33 not divisible"
+        );
+    }
+}

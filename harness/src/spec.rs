@@ -118,6 +118,14 @@ impl Precision {
         *self == Precision::F32
     }
 
+    /// Errors unless this precision can run on `dev`: bf16 needs a GPU, the CPU trains in f32.
+    pub fn check_device(self, dev: &candle_core::Device) -> Result<()> {
+        if self != Precision::F32 && dev.is_cpu() {
+            bail!("--precision bf16 needs a GPU (--device cuda, or auto on a GPU machine); the device is the CPU, where training stays f32");
+        }
+        Ok(())
+    }
+
     /// The dtype of the projections' matmuls, `None` for plain f32.
     pub fn matmul_dtype(self) -> Option<candle_core::DType> {
         match self {
@@ -258,7 +266,7 @@ fn validate_model(c: &models::Config) -> Result<()> {
         bail!("model dimensions must be positive");
     }
     // The model's own shape checks (divisibility, even head dimension for RoPE).
-    models::validate_config(c).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(models::validate_config(c)?)
 }
 
 /// Training FLOPs of one optimiser step: 3 x causal forward FLOPs x batch.
@@ -286,9 +294,6 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
     }
     if a.seeds == 0 || a.seeds > 1000 {
         bail!("--seeds must be between 1 and 1000");
-    }
-    if a.precision == Precision::Bf16 && a.device == "cpu" {
-        bail!("--precision bf16 needs a GPU (--device cuda or auto); CPU training stays f32");
     }
     if a.epochs == Some(0) || a.epochs.is_some_and(|e| e > 1_000_000) {
         bail!("--epochs must be between 1 and 1000000");

@@ -90,14 +90,7 @@ pub fn device(spec: &str) -> Result<Device> {
                 "--device {spec}: this binary was built without CUDA (build with --features cuda)"
             );
         }
-        Device::new_cuda(i).map_err(|e| {
-            // Without the backtrace candle attaches under RUST_BACKTRACE: the error is one line.
-            let mut e = e;
-            while let candle_core::Error::WithBacktrace { inner, .. } = e {
-                e = *inner;
-            }
-            anyhow::anyhow!("--device {spec}: no usable CUDA device {i}: {e}")
-        })
+        Device::new_cuda(i).with_context(|| format!("--device {spec}: no usable CUDA device {i}"))
     };
     match spec {
         "cpu" => Ok(Device::Cpu),
@@ -414,6 +407,7 @@ pub fn run_one(
     force: bool,
     stop_after: Option<u64>,
 ) -> Result<Outcome> {
+    spec.precision.check_device(dev)?; // before anything is written
     let id = spec.id();
     let dir = out.join("runs").join(&id);
     let result_path = dir.join("result.json");
@@ -431,11 +425,6 @@ pub fn run_one(
     let task = task.as_ref();
     let digest = tasks::config_digest(task);
     let val = tasks::generate_range(task, Split::Val, 0, spec.n_val);
-    if spec.precision != crate::spec::Precision::F32 && dev.is_cpu() {
-        bail!(
-            "--precision bf16 needs a GPU; this run resolved to the CPU (CPU training stays f32)"
-        );
-    }
     let (varmap, model) = models::init_varmap(&spec.model_config, spec.seed, DType::F32, dev)?;
     let model = model.with_matmul_dtype(spec.precision.matmul_dtype());
     let params = models::accounting::num_params(&spec.model_config);
@@ -686,6 +675,7 @@ pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
         return Ok(());
     }
     let dev = device(&a.device)?;
+    a.precision.check_device(&dev)?;
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     for spec in &specs {
