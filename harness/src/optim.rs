@@ -47,9 +47,8 @@ impl AdamW {
         self.params.iter().map(|(n, _, _)| n.as_str())
     }
 
-    /// Check that every parameter received a gradient; returns the global L2 norm (f64, summed in
-    /// name order so it is deterministic).
-    /// The global L2 norm of `gradients` (as returned by [`AdamW::gradients`]).
+    /// The global L2 norm of `gradients` (as returned by [`AdamW::gradients`]), summed in f64 in
+    /// parameter-name order so it is deterministic.
     pub fn grad_norm(gradients: &[Tensor]) -> anyhow::Result<f64> {
         let mut sq = 0f64;
         for g in gradients {

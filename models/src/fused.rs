@@ -794,13 +794,19 @@ fn mix_grads(
             dw
         })
         .collect();
-    let mut dw = vec![0f64; r * s];
-    for part in &parts {
-        for (a, b) in dw.iter_mut().zip(part) {
+    (sum_partials(&parts, r * s), dx)
+}
+
+/// The element-wise sum of per-task partial results of length `len` (a dW per column span or
+/// batch row), added in f64 in task order, so the total does not depend on rayon's scheduling.
+fn sum_partials(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut sum = vec![0f64; len];
+    for part in parts {
+        for (a, b) in sum.iter_mut().zip(part) {
             *a += *b as f64;
         }
     }
-    (dw.into_iter().map(|v| v as f32).collect(), dx)
+    sum.into_iter().map(|v| v as f32).collect()
 }
 
 /// out (R, N) = w (R, S) · x (S, N): fused on f32 CPU, `matmul` otherwise.
@@ -831,18 +837,18 @@ pub fn depth_mix(w: &Tensor, x: &Tensor) -> Result<Tensor> {
 // ------------------------------------------------------------------------------------------------
 
 /// One forward pass's K|V stack (see above).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KvStack {
     inner: std::sync::Mutex<StackInner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StackInner {
     /// Row-major (rows, n).
     data: Vec<f32>,
     /// Gradient rows deposited by later layers (allocated at the first backward).
     grad: Vec<f32>,
-    rows: usize,
+    /// Row width: B·T·d_h.
     n: usize,
 }
 
@@ -852,8 +858,8 @@ impl KvStack {
         Self {
             inner: std::sync::Mutex::new(StackInner {
                 data: Vec::with_capacity(rows * n),
+                grad: Vec::new(),
                 n,
-                ..Default::default()
             }),
         }
     }
@@ -886,14 +892,19 @@ impl Btrd {
 }
 
 impl StackInner {
+    /// Rows stacked so far.
+    fn rows(&self) -> usize {
+        self.data.len() / self.n.max(1)
+    }
+
     /// Appends x (B,T,R,d_h) as rows `before..before + R` (row r = head r over (b, t, c)).
     fn push(&mut self, before: usize, x: &[f32], s: Btrd) -> Result<()> {
         let n = s.n();
-        if self.rows != before || self.n != n {
+        if self.rows() != before || self.n != n {
             candle_core::bail!(
                 "lime stack: appending {} rows of {n} at row {before}, stack has {} rows of {}",
                 s.r,
-                self.rows,
+                self.rows(),
                 self.n
             );
         }
@@ -905,48 +916,35 @@ impl StackInner {
                 rows[h * n + bt * s.d..h * n + (bt + 1) * s.d].copy_from_slice(v);
             }
         }
-        self.rows += s.r;
         Ok(())
     }
 }
 
-/// Rows `row0..row0 + R` of a stack-layout matrix (.., N) → (B,R,T,d_h), plus `add` (same
-/// layout) if given.
-fn rows_to_brtd(src: &[f32], add: Option<&[f32]>, row0: usize, s: Btrd) -> Vec<f32> {
+/// The first R rows of a stack-layout matrix (.., N) → (B,R,T,d_h).
+fn rows_to_brtd(src: &[f32], s: Btrd) -> Vec<f32> {
     let (n, td) = (s.n(), s.t * s.d);
     let mut out = vec![0f32; s.b * s.r * td];
     for (bh, o) in out.chunks_exact_mut(td).enumerate() {
         let (bi, h) = (bh / s.r, bh % s.r);
-        let at = (row0 + h) * n + bi * td;
+        let at = h * n + bi * td;
         o.copy_from_slice(&src[at..at + td]);
-        if let Some(add) = add {
-            for (a, b) in o.iter_mut().zip(&add[at..at + td]) {
-                *a += b;
-            }
-        }
     }
     out
 }
 
-/// A stack-layout matrix (R, N) (rows from `row0`) plus optional deposits → (B,T,R,d_h).
-fn rows_to_btrd(
-    src: &[f32],
-    row0: usize,
-    dep: Option<&[f32]>,
-    dep_row0: usize,
-    s: Btrd,
-) -> Vec<f32> {
+/// A stack-layout matrix (R, N) plus rows `dep_row0..dep_row0 + R` of `dep` → (B,T,R,d_h).
+fn rows_to_btrd(src: &[f32], dep: &[f32], dep_row0: usize, s: Btrd) -> Vec<f32> {
     let n = s.n();
     let mut out = vec![0f32; s.b * s.t * s.r * s.d];
     for (bt, o) in out.chunks_exact_mut(s.r * s.d).enumerate() {
         for (h, v) in o.chunks_exact_mut(s.d).enumerate() {
-            let at = (row0 + h) * n + bt * s.d;
-            v.copy_from_slice(&src[at..at + s.d]);
-            if let Some(dep) = dep {
-                let at = (dep_row0 + h) * n + bt * s.d;
-                for (a, b) in v.iter_mut().zip(&dep[at..at + s.d]) {
-                    *a += b;
-                }
+            let (at, dat) = (h * n + bt * s.d, (dep_row0 + h) * n + bt * s.d);
+            for ((a, x), d) in v
+                .iter_mut()
+                .zip(&src[at..at + s.d])
+                .zip(&dep[dat..dat + s.d])
+            {
+                *a = x + d;
             }
         }
     }
@@ -976,18 +974,12 @@ impl StackRoute {
     fn forward(&self, w: Option<&[f32]>, x: &[f32], shape: &Shape) -> Result<(CpuStorage, Shape)> {
         let s = Btrd::of(shape)?;
         let mut st = self.stack.lock()?;
-        if self.before == 0 && st.rows == 0 {
-            st.n = s.n();
-        }
         st.push(self.before, x, s)?;
         let out_shape = Shape::from((s.b, s.r, s.t, s.d));
         let Some(w) = w else {
-            return Ok((
-                CpuStorage::F32(rows_to_brtd(&st.data, None, 0, s)),
-                out_shape,
-            ));
+            return Ok((CpuStorage::F32(rows_to_brtd(&st.data, s)), out_shape));
         };
-        let (n, td, rows) = (s.n(), s.t * s.d, st.rows);
+        let (n, td, rows) = (s.n(), s.t * s.d, st.rows());
         if w.len() != s.r * rows {
             candle_core::bail!("lime stack: W has {} entries for {} x {rows}", w.len(), s.r);
         }
@@ -1041,7 +1033,7 @@ impl StackRoute {
         let Some(w) = w else {
             // dx = g (this layer's rows, read back to (B,T,R,d_h)) + the deposits for them.
             let g_rows = brtd_to_rows(g, s);
-            let dx = rows_to_btrd(&g_rows, 0, Some(&st.grad), 0, s);
+            let dx = rows_to_btrd(&g_rows, &st.grad, 0, s);
             st.grad[..s.r * n].fill(0.0); // collected: a later backward starts from zero
             return Ok((None, dx));
         };
@@ -1108,15 +1100,9 @@ impl StackRoute {
                 dw
             })
             .collect();
-        let mut dw = vec![0f64; s.r * rows];
-        for part in &parts {
-            for (a, b) in dw.iter_mut().zip(part) {
-                *a += *b as f64;
-            }
-        }
-        let dx = rows_to_btrd(&own, 0, Some(&st.grad), before, s);
+        let dx = rows_to_btrd(&own, &st.grad, before, s);
         st.grad[before * n..rows * n].fill(0.0); // collected: a later backward starts from zero
-        Ok((Some(dw.into_iter().map(|v| v as f32).collect()), dx))
+        Ok((Some(sum_partials(&parts, s.r * rows)), dx))
     }
 }
 

@@ -79,14 +79,6 @@ pub struct LimeBuffer {
     )>,
 }
 
-impl LimeBuffer {
-    /// The buffer (S, B, T, 2·d_h), keys in `[.., :d_h]`, values in `[.., d_h:]`; `None` on the
-    /// stacked path.
-    pub fn tensor(&self) -> Option<&Tensor> {
-        self.kv.as_ref()
-    }
-}
-
 /// How a layer l ≥ 1 mixes the buffer (see the module docs).
 #[derive(Clone, Debug)]
 enum Mix {

@@ -104,10 +104,6 @@ impl Proj {
         }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
     fn set_compute(&mut self, dt: Option<DType>) {
         self.compute = dt.filter(|&d| d != self.weight.dtype());
     }
