@@ -721,7 +721,7 @@ struct MixOp;
 
 /// Columns per rayon task. Each task runs its products as single-threaded GEMMs on its column
 /// span. (A first version used axpy loops; its backward reduced dW with a scalar loop-carried
-/// sum and took 10x the time of these GEMMs: 12% of a `medium` LIMe step, perf.)
+/// sum and took 2.5–4x the time of these GEMMs: 12% of a `medium` LIMe step, perf.)
 const MIX_SPAN: usize = 1 << 13;
 
 impl CustomOp2 for MixOp {
