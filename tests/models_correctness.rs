@@ -279,6 +279,28 @@ pub(crate) fn causal_attention_ref(
     y
 }
 
+/// Logits [t][vocab] from the last residual stream x [t][D]: final RMSNorm, then the LM head
+/// (the embedding matrix when tied). `get` reads a weight by its checkpoint name.
+pub(crate) fn head_ref<'a>(
+    c: &Config,
+    get: impl Fn(&str) -> &'a [f64],
+    x: &[Vec<f64>],
+) -> Vec<Vec<f64>> {
+    let head = if c.tie_embeddings {
+        "embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    x.iter()
+        .map(|xt| {
+            matvec(
+                get(head),
+                &rmsnorm_ref(xt, Some(get("norm.weight")), c.norm_eps),
+            )
+        })
+        .collect()
+}
+
 /// Logits [t][vocab] of one sequence, computed token by token from the spec's equations.
 fn reference_forward(c: &Config, w: &HashMap<String, Vec<f64>>, ids: &[u32]) -> Vec<Vec<f64>> {
     let (d, nh, r, dh) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim());
@@ -360,19 +382,7 @@ fn reference_forward(c: &Config, w: &HashMap<String, Vec<f64>>, ids: &[u32]) -> 
         }
         x = x_new;
     }
-    let head = if c.tie_embeddings {
-        "embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
-    x.iter()
-        .map(|xt| {
-            matvec(
-                p(head.into()),
-                &rmsnorm_ref(xt, Some(p("norm.weight".into())), c.norm_eps),
-            )
-        })
-        .collect()
+    head_ref(c, |name| p(name.into()), &x)
 }
 
 #[test]

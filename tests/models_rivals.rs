@@ -676,7 +676,7 @@ enum Bug {
 
 // The scalar building blocks (matvec, RMSNorm, RoPE) are the llama reference's own.
 use crate::models_correctness::{
-    causal_attention_ref, matvec as ref_matvec, rmsnorm_ref as ref_rmsnorm,
+    causal_attention_ref, head_ref, matvec as ref_matvec, rmsnorm_ref as ref_rmsnorm,
 };
 
 fn ref_add(a: &Seq, b: &Seq) -> Seq {
@@ -731,17 +731,7 @@ fn ref_embed(c: &Config, w: &RefWeights, ids: &[u32]) -> Seq {
 }
 
 fn ref_head(c: &Config, w: &RefWeights, x: &Seq) -> Seq {
-    let head = if c.tie_embeddings {
-        "embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
-    x.iter()
-        .map(|xt| {
-            let n = ref_rmsnorm(xt, Some(w.get("norm.weight")), c.norm_eps);
-            ref_matvec(w.get(head), &n)
-        })
-        .collect()
+    head_ref(c, |name| w.get(name), x)
 }
 
 /// DenseFormer logits [t][vocab] of one sequence.
