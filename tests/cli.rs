@@ -5,17 +5,17 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn harness() -> Command {
+pub(crate) fn harness() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
     c.env_remove("RAYON_NUM_THREADS");
     c
 }
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     harness().args(args).output().expect("harness runs")
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -201,7 +201,7 @@ fn bad_gen_input_is_one_line_and_leaves_nothing_behind() {
 }
 
 /// Flags of a tiny, fast training run (a few seconds on 2 cores).
-fn tiny_run(out: &Path) -> Vec<String> {
+pub(crate) fn tiny_run(out: &Path) -> Vec<String> {
     let mut v: Vec<String> = [
         "--task",
         "mqar",
@@ -243,7 +243,7 @@ fn tiny_run(out: &Path) -> Vec<String> {
     v
 }
 
-fn result_files(out: &Path) -> Vec<(String, Value)> {
+pub(crate) fn result_files(out: &Path) -> Vec<(String, Value)> {
     let mut v: Vec<(String, Value)> = std::fs::read_dir(out.join("runs"))
         .unwrap()
         .map(|e| {
@@ -259,7 +259,7 @@ fn result_files(out: &Path) -> Vec<(String, Value)> {
     v
 }
 
-fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+pub(crate) fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -452,104 +452,6 @@ fn sweep_shards_partition_the_cells() {
     assert_one_line_error(&run(&["sweep", p, "--shard", "3/3"]), "--shard");
 }
 
-fn record(
-    task: &str,
-    level: &str,
-    model: &str,
-    seed: u64,
-    lr: f64,
-    val: f64,
-    test: f64,
-    status: &str,
-) -> harness::train::RunResult {
-    harness::train::RunResult {
-        id: format!("{task}-{level}-{model}-s{seed}-lr{lr}"),
-        status: status.into(),
-        task: task.into(),
-        level: level.into(),
-        model: model.into(),
-        seed,
-        lr,
-        params: if model == "lime" { 100_040 } else { 100_000 },
-        budget_flops: 1e13,
-        flops_spent: 9.9e12,
-        steps: 1000,
-        tokens_seen: 1_000_000,
-        wall_clock_s: 60.0,
-        device: "cpu".into(),
-        metric: tasks::Metric::TeacherForced,
-        chance: 0.01,
-        final_loss: Some(0.5),
-        best_step: Some(900),
-        val_acc: (status == "ok").then_some(val),
-        test_acc: (status == "ok").then_some(test),
-        test_token_acc: (status == "ok").then_some(test),
-        test_macro_acc: (status == "ok").then_some(test - 0.05),
-        router_heatmap: vec![],
-    }
-}
-
-#[test]
-fn leaderboard_renders_fixed_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut recs = Vec::new();
-    for (s, (vl, tl, vm, tm)) in [
-        (0.90, 0.88, 0.97, 0.96),
-        (0.80, 0.79, 0.99, 0.98),
-        (0.85, 0.86, 0.95, 0.97),
-    ]
-    .iter()
-    .enumerate()
-    {
-        recs.push(record(
-            "mqar", "kv4", "llama", s as u64, 1e-3, *vl, *tl, "ok",
-        ));
-        recs.push(record(
-            "mqar", "kv4", "lime", s as u64, 1e-3, *vm, *tm, "ok",
-        ));
-        // A worse learning rate that must not be selected.
-        recs.push(record(
-            "mqar", "kv4", "lime", s as u64, 1e-2, 0.5, 0.99, "ok",
-        ));
-    }
-    recs.push(record(
-        "mqar", "kv8", "llama", 0, 1e-3, 0.0, 0.0, "diverged",
-    ));
-    for r in &recs {
-        let d = dir.path().join("runs").join(&r.id);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("result.json"), serde_json::to_string(r).unwrap()).unwrap();
-    }
-    let md = run(&["leaderboard", "--results", dir.path().to_str().unwrap()]);
-    assert!(md.status.success(), "{}", stderr(&md));
-    let csv = run(&[
-        "leaderboard",
-        "--results",
-        dir.path().to_str().unwrap(),
-        "--format",
-        "csv",
-    ]);
-    let json = run(&[
-        "leaderboard",
-        "--results",
-        dir.path().to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    let rows: Vec<Value> = serde_json::from_slice(&json.stdout).unwrap();
-    // lime at lr 1e-3: test mean 0.97, sd 0.01, t(2) = 4.303 → ±0.0248.
-    let lime = rows.iter().find(|r| r["model"] == "lime").unwrap();
-    assert_eq!(lime["lr"], 1e-3);
-    assert!((lime["test_mean"].as_f64().unwrap() - 0.97).abs() < 1e-9);
-    assert!((lime["test_ci95"].as_f64().unwrap() - 4.303 * 0.01 / 3f64.sqrt()).abs() < 1e-6);
-    let snap = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&md.stdout),
-        String::from_utf8_lossy(&csv.stdout)
-    );
-    crate::golden().bind(|| insta::assert_snapshot!("leaderboard_fixed_records", snap));
-}
-
 #[test]
 fn flops_cli_reproduces_table_8() {
     let o = run(&["flops", "--preset", "paper-1b", "--models", "llama,lime"]);
@@ -631,7 +533,11 @@ fn every_task_has_a_default_and_trains_through_the_main_job() {
 
 /// Runs `spec` on the CPU (quiet, no --force) to completion; panics on any other outcome.
 fn train_to_done(spec: &harness::spec::RunSpec, out: &Path) -> harness::train::RunResult {
-    match harness::train::run_one(spec, out, &candle_core::Device::Cpu, true, false, None) {
+    let opts = harness::train::RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    match harness::train::run_one(spec, out, &candle_core::Device::Cpu, opts) {
         Ok(harness::train::Outcome::Done(r)) => r,
         Ok(_) => panic!("{} {}: unexpected outcome", spec.task, spec.model),
         Err(e) => panic!("{} {}: {e:#}", spec.task, spec.model),

@@ -4,10 +4,13 @@
 
 mod cli;
 mod device;
+mod leaderboard;
 mod models_accounting;
 mod models_correctness;
 mod models_fused;
 mod models_rivals;
+mod numerics;
+mod runs;
 mod task_contract;
 mod tasks_common;
 mod tasks_probes;

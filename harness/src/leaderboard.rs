@@ -1,12 +1,18 @@
-//! Leaderboards from saved runs: mean ± 95% CI (Student t over seeds) per (task, level, model),
-//! with the learning rate chosen on val. Reads only `result.json` files, so shards of a sweep merge
-//! by copying their run folders together.
+//! Leaderboards from saved runs: mean ± 95% CI (Student t over seeds) per cell, with the learning
+//! rate chosen on val. A cell is one experiment: the runs whose resolved specs are equal except
+//! for seed and learning rate ([`RunSpec::cell_key`]). Runs that differ in anything else — budget,
+//! shape, task knobs, batch, precision, code version — are separate rows, and the `setting`
+//! column names what tells rows of one task, level and model apart. Reads only each run folder's
+//! `config.json` and `result.json`, so shards of a sweep merge by copying their run folders
+//! together; a folder that cannot be read is named under the table and the rest still render.
 
+use crate::spec::RunSpec;
 use crate::train::RunResult;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -28,15 +34,21 @@ pub enum Format {
     Json,
 }
 
-/// One leaderboard row.
+/// One leaderboard row: one cell at its chosen learning rate.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Row {
     pub task: String,
     pub level: String,
     pub model: String,
+    /// [`RunSpec::cell_key`] of the cell's runs.
+    pub cell: String,
+    /// What distinguishes this row from other rows of the same task, level and model:
+    /// `key=value` pairs of the spec (e.g. `budget_flops=2e11`), empty when nothing does.
+    pub setting: String,
     pub params: u64,
     pub flops: f64,
     pub lr: f64,
+    /// Distinct seeds at the chosen lr.
     pub seeds: usize,
     pub diverged: usize,
     pub test_mean: Option<f64>,
@@ -47,6 +59,34 @@ pub struct Row {
     pub test_macro_mean: Option<f64>,
     pub chance: f64,
     pub wall_clock_s: f64,
+}
+
+/// A finished run as the leaderboard reads it: the result and the spec that made it.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub result: RunResult,
+    pub spec: RunSpec,
+}
+
+/// Run folders that could not be read: (folder, why).
+pub type Unreadable = Vec<(PathBuf, String)>;
+
+/// Runs grouped by cell — (task, level, model, [`RunSpec::cell_key`]) — then by learning rate.
+type Cells<'a> = BTreeMap<(String, String, String, String), BTreeMap<String, Vec<&'a Record>>>;
+
+/// The readable records of a results folder, and the folders that could not be read.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: Vec<Record>,
+    /// (run folder, why): an unparsable or unreadable `result.json`/`config.json`, or a result
+    /// whose id does not match its folder and spec.
+    pub unreadable: Unreadable,
+}
+
+impl Loaded {
+    pub fn results(&self) -> Vec<RunResult> {
+        self.records.iter().map(|r| r.result.clone()).collect()
+    }
 }
 
 /// Two-sided 95% Student t quantile t_{0.975, df}.
@@ -83,8 +123,10 @@ pub fn mean_ci(xs: &[f64]) -> (Option<f64>, Option<f64>) {
     (Some(mean), Some(t975(xs.len() - 1) * (var / n).sqrt()))
 }
 
-/// Every `result.json` under `<dir>/runs/`, sorted by id.
-pub fn load_results(dir: &Path) -> Result<Vec<RunResult>> {
+/// Every finished run under `<dir>/runs/` (a folder with a `result.json`), sorted by id. A folder
+/// whose files cannot be read or do not agree is listed in [`Loaded::unreadable`]; only a missing
+/// or unreadable `runs/` folder is an error.
+pub fn load_results(dir: &Path) -> Result<Loaded> {
     let runs = dir.join("runs");
     if !runs.is_dir() {
         anyhow::bail!(
@@ -93,56 +135,98 @@ pub fn load_results(dir: &Path) -> Result<Vec<RunResult>> {
             dir.display()
         );
     }
-    let mut out = Vec::new();
+    let mut out = Loaded::default();
     for e in std::fs::read_dir(&runs).with_context(|| format!("cannot read {}", runs.display()))? {
-        let p = e?.path().join("result.json");
-        if p.is_file() {
-            out.push(crate::io::read_json::<RunResult>(&p)?);
+        let run_dir = e
+            .with_context(|| format!("cannot read {}", runs.display()))?
+            .path();
+        if !run_dir.join("result.json").exists() {
+            continue; // unfinished (or not a run folder)
+        }
+        match load_record(&run_dir) {
+            Ok(r) => out.records.push(r),
+            Err(e) => out.unreadable.push((run_dir, crate::one_line(&e))),
         }
     }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.records.sort_by(|a, b| a.result.id.cmp(&b.result.id));
+    out.unreadable.sort();
     Ok(out)
 }
 
-/// Aggregate: per (task, level, model) pick the lr with the best mean val accuracy, then report
-/// its test mean ± CI over seeds.
-pub fn rows(results: &[RunResult]) -> Vec<Row> {
-    let mut cells: BTreeMap<(String, String, String), BTreeMap<String, Vec<&RunResult>>> =
-        BTreeMap::new();
-    for r in results {
-        cells
-            .entry((r.task.clone(), r.level.clone(), r.model.clone()))
-            .or_default()
-            .entry(format!("{:e}", r.lr))
-            .or_default()
-            .push(r);
+fn load_record(run_dir: &Path) -> Result<Record> {
+    let result: RunResult = crate::io::read_json(&run_dir.join("result.json"))?;
+    let spec: RunSpec = crate::io::read_json(&run_dir.join("config.json"))?;
+    let folder = run_dir.file_name().unwrap_or_default().to_string_lossy();
+    if result.id != folder {
+        anyhow::bail!(
+            "result.json is run {}'s, not this folder's (copied or renamed?)",
+            result.id
+        );
     }
+    if spec.id() != result.id {
+        anyhow::bail!(
+            "config.json is run {}'s, result.json run {}'s",
+            spec.id(),
+            result.id
+        );
+    }
+    Ok(Record { result, spec })
+}
+
+/// Aggregate: per cell pick the lr with the best mean val accuracy, then report its test mean ±
+/// CI over distinct seeds.
+pub fn rows(records: &[Record]) -> Vec<Row> {
+    let mut cells: Cells = BTreeMap::new();
+    for r in records {
+        let res = &r.result;
+        let by_lr = cells
+            .entry((
+                res.task.clone(),
+                res.level.clone(),
+                res.model.clone(),
+                r.spec.cell_key(),
+            ))
+            .or_default()
+            .entry(format!("{:e}", res.lr))
+            .or_default();
+        // A seed counts once (two records of one cell, lr and seed would be one run id).
+        if !by_lr.iter().any(|o| o.result.seed == res.seed) {
+            by_lr.push(r);
+        }
+    }
+    let settings = settings(&cells);
     let mut out = Vec::new();
-    for ((task, level, model), by_lr) in cells {
-        let score = |rs: &Vec<&RunResult>| {
-            let v: Vec<f64> = rs.iter().filter_map(|r| r.val_acc).collect();
+    for ((task, level, model, cell), by_lr) in &cells {
+        let score = |rs: &Vec<&Record>| {
+            let v: Vec<f64> = rs.iter().filter_map(|r| r.result.val_acc).collect();
             if v.is_empty() {
                 f64::NEG_INFINITY
             } else {
                 v.iter().sum::<f64>() / v.len() as f64
             }
         };
-        let best = by_lr
+        let best: Vec<&RunResult> = by_lr
             .values()
             .max_by(|a, b| score(a).total_cmp(&score(b)))
-            .expect("non-empty cell");
+            .expect("non-empty cell")
+            .iter()
+            .map(|r| &r.result)
+            .collect();
         let ok: Vec<&RunResult> = best.iter().copied().filter(|r| r.status == "ok").collect();
         let test: Vec<f64> = ok.iter().filter_map(|r| r.test_acc).collect();
         let val: Vec<f64> = ok.iter().filter_map(|r| r.val_acc).collect();
         let macro_: Vec<f64> = ok.iter().filter_map(|r| r.test_macro_acc).collect();
         let (test_mean, test_ci95) = mean_ci(&test);
         let r0 = best[0];
+        let n = best.len() as f64;
         out.push(Row {
-            task,
-            level,
-            model,
+            task: task.clone(),
+            level: level.clone(),
+            model: model.clone(),
+            cell: cell.clone(),
+            setting: settings[cell].clone(),
             params: r0.params,
-            flops: best.iter().map(|r| r.flops_spent).sum::<f64>() / best.len() as f64,
+            flops: best.iter().map(|r| r.flops_spent).sum::<f64>() / n,
             lr: r0.lr,
             seeds: best.len(),
             diverged: best.len() - ok.len(),
@@ -151,10 +235,107 @@ pub fn rows(results: &[RunResult]) -> Vec<Row> {
             val_mean: mean_ci(&val).0,
             test_macro_mean: mean_ci(&macro_).0,
             chance: r0.chance,
-            wall_clock_s: best.iter().map(|r| r.wall_clock_s).sum::<f64>() / best.len() as f64,
+            wall_clock_s: best.iter().map(|r| r.wall_clock_s).sum::<f64>() / n,
         });
     }
+    // Rows of one task, level and model in order of FLOPs (then setting), not of cell hashes.
+    out.sort_by(|a, b| {
+        (&a.task, &a.level, &a.model)
+            .cmp(&(&b.task, &b.level, &b.model))
+            .then(a.flops.total_cmp(&b.flops))
+            .then(a.setting.cmp(&b.setting))
+    });
     out
+}
+
+/// Spec keys that follow from others (the budget and the model) and only add noise to a setting.
+const DERIVED_KEYS: [&str; 3] = ["flops_per_step", "eval_every", "ckpt_every"];
+
+/// The `setting` of each cell: the spec keys that vary between cells of the same (task, level,
+/// model), shown with this cell's values for every row of that (task, level), so the rows that
+/// would otherwise look alike say what they are (`budget_flops=2e11, steps=96`).
+fn settings(cells: &Cells) -> BTreeMap<String, String> {
+    // Each cell's spec, flattened to dotted keys (`model_config.d_model`), seed and lr dropped.
+    let flat: BTreeMap<&str, BTreeMap<String, String>> = cells
+        .iter()
+        .map(|((_, _, _, cell), by_lr)| {
+            let spec = &by_lr.values().next().expect("non-empty")[0].spec;
+            let mut f = BTreeMap::new();
+            flatten(
+                "",
+                &serde_json::to_value(spec).expect("specs serialize"),
+                &mut f,
+            );
+            f.remove("seed");
+            f.remove("optim.lr");
+            (cell.as_str(), f)
+        })
+        .collect();
+    let mut groups: BTreeMap<(&str, &str, &str), Vec<&str>> = BTreeMap::new();
+    for (task, level, model, cell) in cells.keys() {
+        groups.entry((task, level, model)).or_default().push(cell);
+    }
+    let mut varying: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for ((task, level, _), group) in &groups {
+        let keys = varying.entry((task, level)).or_default();
+        let first = &flat[group[0]];
+        for cell in &group[1..] {
+            let other = &flat[cell];
+            for k in first.keys().chain(other.keys()) {
+                if first.get(k) != other.get(k) {
+                    keys.insert(k);
+                }
+            }
+        }
+    }
+    for keys in varying.values_mut() {
+        if keys.iter().any(|k| !DERIVED_KEYS.contains(k)) {
+            keys.retain(|k| !DERIVED_KEYS.contains(k));
+        }
+    }
+    cells
+        .keys()
+        .map(|(task, level, _, cell)| {
+            let f = &flat[cell.as_str()];
+            let s = varying[&(task.as_str(), level.as_str())]
+                .iter()
+                .map(|k| format!("{k}={}", f.get(*k).map(String::as_str).unwrap_or("-")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (cell.clone(), s)
+        })
+        .collect()
+}
+
+/// `v` as dotted keys with short renderings (`2e11`, `256`, `cosine`).
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, x, out);
+            }
+        }
+        Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().expect("f64");
+            let s = if x.fract() == 0.0 && x.abs() < 1e6 {
+                format!("{x}")
+            } else {
+                format!("{x:e}")
+            };
+            out.insert(prefix.to_string(), s);
+        }
+        Value::String(s) => {
+            out.insert(prefix.to_string(), s.clone());
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -167,14 +348,16 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(rows)? + "\n",
         Format::Csv => {
-            let mut s = String::from("task,level,model,params,flops,lr,seeds,diverged,test_mean,test_ci95,val_mean,test_macro_mean,chance,wall_clock_s\n");
+            let mut s = String::from("task,level,model,cell,setting,params,flops,lr,seeds,diverged,test_mean,test_ci95,val_mean,test_macro_mean,chance,wall_clock_s\n");
             for r in rows {
                 let o = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
                 s += &format!(
-                    "{},{},{},{},{:.6e},{:e},{},{},{},{},{},{},{:.6},{}\n",
+                    "{},{},{},{},\"{}\",{},{:.6e},{:e},{},{},{},{},{},{},{:.6},{}\n",
                     r.task,
                     r.level,
                     r.model,
+                    r.cell,
+                    r.setting.replace('"', "\"\""),
                     r.params,
                     r.flops,
                     r.lr,
@@ -196,11 +379,14 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
         }
         Format::Md => {
             use tabled::{builder::Builder, settings::Style};
+            // The setting column only where some rows need telling apart.
+            let with_setting = rows.iter().any(|r| !r.setting.is_empty());
             let mut b = Builder::default();
-            b.push_record([
-                "task",
-                "level",
-                "model",
+            let mut header = vec!["task", "level", "model"];
+            if with_setting {
+                header.push("setting");
+            }
+            header.extend([
                 "params",
                 "FLOPs",
                 "lr",
@@ -211,6 +397,7 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                 "chance %",
                 "wall-clock",
             ]);
+            b.push_record(header);
             for r in rows {
                 let test = match (r.test_mean, r.test_ci95) {
                     (Some(m), Some(c)) => format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * c),
@@ -222,10 +409,11 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                 } else {
                     test
                 };
-                b.push_record([
-                    r.task.clone(),
-                    r.level.clone(),
-                    r.model.clone(),
+                let mut record = vec![r.task.clone(), r.level.clone(), r.model.clone()];
+                if with_setting {
+                    record.push(r.setting.clone());
+                }
+                record.extend([
                     r.params.to_string(),
                     format!("{:.3e}", r.flops),
                     format!("{:e}", r.lr),
@@ -240,6 +428,7 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                         "-".into()
                     },
                 ]);
+                b.push_record(record);
             }
             let mut t = b.build();
             t.with(Style::markdown());
@@ -248,27 +437,56 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
     })
 }
 
-pub fn render_dir(dir: &Path, tasks: Option<&[String]>, format: Format) -> Result<String> {
-    let mut results = load_results(dir)?;
-    if let Some(ts) = tasks.filter(|t| !t.is_empty()) {
-        results.retain(|r| ts.contains(&r.task));
+/// The lines under a markdown table naming the run folders that could not be read.
+pub fn unreadable_footer(unreadable: &Unreadable) -> String {
+    if unreadable.is_empty() {
+        return String::new();
     }
-    render(&rows(&results), format, true)
+    let mut s = format!(
+        "\n{} run folder(s) could not be read and are not in the table:\n",
+        unreadable.len()
+    );
+    for (dir, why) in unreadable {
+        s += &format!("- {}: {why}\n", dir.display());
+    }
+    s
 }
 
-/// Write leaderboard.{md,csv,json} and the SVG plots into `dir`; returns the rows written.
-pub fn write_all(dir: &Path) -> Result<Vec<Row>> {
-    let results = load_results(dir)?;
-    let rs = rows(&results);
+/// The table of `dir`'s runs (optionally only some tasks). Unreadable run folders are named
+/// under a markdown table, and on stderr for csv and json (whose output stays machine-readable).
+pub fn render_dir(dir: &Path, tasks: Option<&[String]>, format: Format) -> Result<String> {
+    let mut loaded = load_results(dir)?;
+    if let Some(ts) = tasks.filter(|t| !t.is_empty()) {
+        loaded.records.retain(|r| ts.contains(&r.result.task));
+    }
+    let table = render(&rows(&loaded.records), format, true)?;
+    let footer = unreadable_footer(&loaded.unreadable);
+    Ok(if format == Format::Md {
+        table + &footer
+    } else {
+        eprint!("{footer}");
+        table
+    })
+}
+
+/// Write leaderboard.{md,csv,json} and the SVG plots into `dir`; returns the rows written and
+/// the run folders that could not be read.
+pub fn write_all(dir: &Path) -> Result<(Vec<Row>, Unreadable)> {
+    let loaded = load_results(dir)?;
+    let rs = rows(&loaded.records);
     for (f, name) in [
         (Format::Md, "leaderboard.md"),
         (Format::Csv, "leaderboard.csv"),
         (Format::Json, "leaderboard.json"),
     ] {
-        crate::io::write_atomic(&dir.join(name), render(&rs, f, true)?.as_bytes())?;
+        let mut text = render(&rs, f, true)?;
+        if f == Format::Md {
+            text += &unreadable_footer(&loaded.unreadable);
+        }
+        crate::io::write_atomic(&dir.join(name), text.as_bytes())?;
     }
-    crate::plots::write_plots(dir, &results, &rs)?;
-    Ok(rs)
+    crate::plots::write_plots(dir, &loaded.results(), &rs)?;
+    Ok((rs, loaded.unreadable))
 }
 
 pub fn run(a: &LeaderboardArgs) -> Result<()> {

@@ -71,7 +71,8 @@ pub fn write_plots(dir: &Path, results: &[RunResult], rows: &[Row]) -> Result<()
             )
             .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        let mut models: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        // One line per model and setting (rows of one model that differ in budget, shape, ...).
+        let mut models: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         let levels: Vec<&str> = {
             let mut l: Vec<&str> = rows
                 .iter()
@@ -84,14 +85,16 @@ pub fn write_plots(dir: &Path, results: &[RunResult], rows: &[Row]) -> Result<()
         };
         for r in rows.iter().filter(|r| r.task == task) {
             if let (Some(m), Some(i)) = (r.test_mean, levels.iter().position(|l| *l == r.level)) {
-                models.entry(&r.model).or_default().push((i as f64, m));
+                let name = if r.setting.is_empty() {
+                    r.model.clone()
+                } else {
+                    format!("{} ({})", r.model, r.setting)
+                };
+                models.entry(name).or_default().push((i as f64, m));
             }
         }
         if !models.is_empty() {
-            let curves: Vec<(String, Vec<(f64, f64)>)> = models
-                .into_iter()
-                .map(|(m, p)| (m.to_string(), p))
-                .collect();
+            let curves: Vec<(String, Vec<(f64, f64)>)> = models.into_iter().collect();
             let path = dir.join(format!("{task}-accuracy-vs-level.svg"));
             let xl = format!("level ({})", levels.join(", "));
             line_plot(

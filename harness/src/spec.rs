@@ -165,7 +165,10 @@ pub struct OptimSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
-    /// Crate version and generator version: a code change that alters results must bump one.
+    /// What made the numbers: the harness crate version, `models::NUMERICS_VERSION`,
+    /// [`TRAIN_NUMERICS_VERSION`] and `tasks::GENERATOR_VERSION` (see [`code_version`]). A code
+    /// change that alters results bumps one of the three numerics versions — the golden
+    /// fingerprint test (`tests/numerics.rs`) fails until it does — and so changes every run id.
     pub code_version: String,
     pub task: String,
     pub level: String,
@@ -194,23 +197,47 @@ pub struct RunSpec {
 
 impl RunSpec {
     pub fn id(&self) -> String {
-        let json = serde_json::to_string(self).expect("specs serialize");
-        let h = Sha256::digest(json.as_bytes());
         format!(
             "{}-{}-{}-s{}-{}",
             self.task,
             self.level,
             self.model,
             self.seed,
-            &crate::io::hex(&h)[..12]
+            short_hash(self)
         )
+    }
+
+    /// The leaderboard cell this run belongs to: the hash of the spec with `seed` and `optim.lr`
+    /// cleared. Runs of one cell differ only in seed and learning rate, so a cell's mean is a
+    /// mean over seeds of one experiment and its lr is chosen on val; runs that differ in
+    /// anything else (budget, shape, task knobs, batch, precision, code version...) are different
+    /// cells and never averaged together.
+    pub fn cell_key(&self) -> String {
+        let mut s = self.clone();
+        s.seed = 0;
+        s.optim.lr = 0.0;
+        short_hash(&s)
     }
 }
 
+/// The first 12 hex digits of the sha256 of a spec's JSON.
+fn short_hash(spec: &RunSpec) -> String {
+    let json = serde_json::to_string(spec).expect("specs serialize");
+    crate::io::hex(&Sha256::digest(json.as_bytes()))[..12].to_string()
+}
+
+/// Version of the training numerics: batching, loss, AdamW, the schedule, gradient clipping and
+/// evaluation. Bump it when a change alters what a run computes; `tests/numerics.rs` pins a short
+/// training run's losses and fails with "bump TRAIN_NUMERICS_VERSION" when they move.
+pub const TRAIN_NUMERICS_VERSION: u32 = 1;
+
+/// The code version recorded in every spec (and so in every run id).
 pub fn code_version() -> String {
     format!(
-        "harness-{}+gen{}",
+        "harness-{}+models-n{}+train-n{}+gen{}",
         env!("CARGO_PKG_VERSION"),
+        models::NUMERICS_VERSION,
+        TRAIN_NUMERICS_VERSION,
         tasks::GENERATOR_VERSION
     )
 }

@@ -159,8 +159,25 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         mine.len(),
         all.len()
     );
+    // A cell another process is training (an overlapping shard, a second job on the same
+    // volume) is left to it and reported; rerunning the sweep later picks up its result.
+    let opts = crate::train::RunOptions {
+        quiet: a.quiet,
+        when_busy: crate::train::WhenBusy::Skip,
+        ..Default::default()
+    };
+    let mut busy = Vec::new();
     for s in mine {
-        crate::train::run_one(s, &plan.out, &dev, a.quiet, false, None)?;
+        if let crate::train::Outcome::Busy = crate::train::run_one(s, &plan.out, &dev, opts)? {
+            busy.push(s.id());
+        }
+    }
+    if !busy.is_empty() {
+        eprintln!(
+            "sweep: {} cell(s) held by another process, left to it: {}",
+            busy.len(),
+            busy.join(", ")
+        );
     }
     Ok(())
 }

@@ -330,7 +330,9 @@ fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>>
         .with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Write a checkpoint: into `ckpt-new/`, then swap it in for `ckpt/`.
+/// Write a checkpoint: into `ckpt-new-<pid>/` (a folder of this process's own), then swap it in
+/// for `ckpt/`. `state.json` is written last and marks a folder complete, so a kill at any point
+/// leaves either `ckpt/` or a complete `ckpt-new-<pid>/` (found by [`find_checkpoint`]).
 fn save_checkpoint(
     dir: &Path,
     varmap: &candle_nn::VarMap,
@@ -338,7 +340,7 @@ fn save_checkpoint(
     best: &Option<HashMap<String, Tensor>>,
     st: &TrainState,
 ) -> Result<()> {
-    let new = dir.join("ckpt-new");
+    let new = dir.join(format!("{CKPT_NEW}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&new);
     std::fs::create_dir_all(&new).with_context(|| format!("cannot create {}", new.display()))?;
     save_tensors(&new.join("weights.safetensors"), &weights_of(varmap)?)?;
@@ -354,11 +356,88 @@ fn save_checkpoint(
     Ok(())
 }
 
+/// Prefix of the per-process temporary checkpoint folders.
+const CKPT_NEW: &str = "ckpt-new-";
+
+/// The checkpoint to resume from: `ckpt/`, else the newest complete temporary folder (a process
+/// killed between removing `ckpt/` and renaming its new one). Called under the run's lock.
 fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
-    ["ckpt", "ckpt-new"]
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.join("state.json").is_file())
+    let cur = dir.join("ckpt");
+    if cur.join("state.json").is_file() {
+        return Some(cur);
+    }
+    let step_of = |p: &Path| {
+        read_json::<TrainState>(&p.join("state.json"))
+            .ok()
+            .map(|s| s.step)
+    };
+    temp_checkpoints(dir)
+        .into_iter()
+        .filter_map(|p| step_of(&p).map(|s| (s, p)))
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, p)| p)
+}
+
+/// Temporary checkpoint folders left in `dir` (by this or a killed process).
+fn temp_checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(CKPT_NEW))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// A run folder claimed by this process: an exclusive OS lock (`flock`) on `<run>/lock`, held
+/// until drop. The OS drops it when the process dies, however it dies (kill -9 included), so a
+/// claim never outlives its writer and a rerun resumes as usual.
+pub struct RunClaim {
+    _file: std::fs::File,
+}
+
+/// What [`run_one`] does when another process holds the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenBusy {
+    /// Wait for the other process, then use its result (or resume, if it stopped early).
+    #[default]
+    Wait,
+    /// Return [`Outcome::Busy`] at once (sweeps: the other process is doing that run).
+    Skip,
+}
+
+/// Claim run folder `dir` (created if missing). `Ok(None)` if it is held and `when` is
+/// [`WhenBusy::Skip`].
+pub fn claim_run(dir: &Path, when: WhenBusy, quiet: bool) -> Result<Option<RunClaim>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            if when == WhenBusy::Skip {
+                return Ok(None);
+            }
+            if !quiet {
+                eprintln!(
+                    "{}: another process is training this run; waiting for it",
+                    dir.file_name().unwrap_or_default().to_string_lossy()
+                );
+            }
+            file.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    Ok(Some(RunClaim { _file: file }))
 }
 
 /// Keep only metric lines up to `step` (after resuming from a checkpoint at `step`).
@@ -393,33 +472,53 @@ fn append_metric(path: &Path, m: &MetricLine) -> Result<()> {
 /// Outcome of [`run_one`].
 pub enum Outcome {
     Done(RunResult),
+    /// The result existed (made earlier, or by the process this one waited for).
     Skipped(RunResult),
     /// Stopped early by `--stop-after` (testing aid).
     Interrupted,
+    /// Held by another process and [`WhenBusy::Skip`] was asked for.
+    Busy,
 }
 
-/// Train and evaluate one spec in `<out>/runs/<id>/`.
-pub fn run_one(
-    spec: &RunSpec,
-    out: &Path,
-    dev: &Device,
-    quiet: bool,
-    force: bool,
-    stop_after: Option<u64>,
-) -> Result<Outcome> {
+/// How [`run_one`] runs: the main job's and the sweep's switches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// No progress bars or messages.
+    pub quiet: bool,
+    /// Recompute a run whose result exists.
+    pub force: bool,
+    /// Testing aid: stop (as if killed) after this many steps, leaving the checkpoint.
+    pub stop_after: Option<u64>,
+    pub when_busy: WhenBusy,
+}
+
+/// Train and evaluate one spec in `<out>/runs/<id>/`. The run folder is claimed first
+/// ([`claim_run`]): one process writes a run; another waits (or, with [`WhenBusy::Skip`], moves
+/// on) and then uses the finished result.
+pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Result<Outcome> {
     spec.precision.check_device(dev)?; // before anything is written
     let id = spec.id();
     let dir = out.join("runs").join(&id);
     let result_path = dir.join("result.json");
-    if result_path.is_file() && !force {
+    if result_path.is_file() && !o.force {
         return Ok(Outcome::Skipped(read_json(&result_path)?));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if force {
+    let Some(_claim) = claim_run(&dir, o.when_busy, o.quiet)? else {
+        return Ok(Outcome::Busy);
+    };
+    // Under the claim: the result may have been written while this process waited.
+    if result_path.is_file() && !o.force {
+        return Ok(Outcome::Skipped(read_json(&result_path)?));
+    }
+    if o.force {
         let _ = std::fs::remove_dir_all(dir.join("ckpt"));
+        for t in temp_checkpoints(&dir) {
+            let _ = std::fs::remove_dir_all(t);
+        }
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
     }
     write_json(&dir.join("config.json"), spec)?;
+    let (quiet, stop_after) = (o.quiet, o.stop_after);
 
     let task = task_from_spec(spec)?;
     let task = task.as_ref();
@@ -450,8 +549,17 @@ pub fn run_one(
             best = Some(load_tensors(&ck.join("best.safetensors"), dev)?);
         }
         truncate_metrics(&metrics_path, st.step)?;
+        if ck != dir.join("ckpt") {
+            // A kill between removing ckpt/ and the rename: make the found folder the checkpoint.
+            std::fs::rename(&ck, dir.join("ckpt"))
+                .with_context(|| format!("cannot move {} to ckpt/", ck.display()))?;
+        }
     } else {
         let _ = std::fs::remove_file(&metrics_path);
+    }
+    // Temporary folders of killed processes (incomplete, or superseded by ckpt/).
+    for t in temp_checkpoints(&dir) {
+        let _ = std::fs::remove_dir_all(t);
     }
 
     let pb = progress(spec, quiet, st.step);
@@ -603,6 +711,9 @@ pub fn run_one(
     result.wall_clock_s = t0.elapsed().as_secs_f64();
     write_json(&result_path, &result)?;
     let _ = std::fs::remove_dir_all(dir.join("ckpt"));
+    for t in temp_checkpoints(&dir) {
+        let _ = std::fs::remove_dir_all(t);
+    }
     Ok(Outcome::Done(result))
 }
 
@@ -679,7 +790,13 @@ pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     for spec in &specs {
-        match run_one(spec, &a.out, &dev, a.quiet, a.force, a.stop_after)? {
+        let opts = RunOptions {
+            quiet: a.quiet,
+            force: a.force,
+            stop_after: a.stop_after,
+            when_busy: WhenBusy::Wait,
+        };
+        match run_one(spec, &a.out, &dev, opts)? {
             Outcome::Done(r) if !a.quiet => eprintln!(
                 "{}: {} test acc {} in {:.0}s",
                 r.id,
@@ -700,11 +817,12 @@ pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
         }
     }
     // One pass over the run folders: write every table and plot, print this job's tasks.
-    let mut rows = crate::leaderboard::write_all(&a.out)?;
+    let (mut rows, unreadable) = crate::leaderboard::write_all(&a.out)?;
     rows.retain(|r| specs.iter().any(|s| s.task == r.task));
     println!(
-        "{}",
-        crate::leaderboard::render(&rows, crate::leaderboard::Format::Md, true)?
+        "{}{}",
+        crate::leaderboard::render(&rows, crate::leaderboard::Format::Md, true)?,
+        crate::leaderboard::unreadable_footer(&unreadable)
     );
     Ok(())
 }

@@ -13,6 +13,14 @@
 //! The library does no file I/O of its own except [`save_weights`]/[`load_weights`], which write
 //! and read a path chosen by the caller; prefer [`state_dict`]/[`load_state_dict`].
 pub mod accounting;
+
+/// Version of the models' numerics: initialisation, every variant's forward and backward, the
+/// fused kernels. Recorded in every run spec (so a bump changes every run id and finished runs
+/// from older code are never reused). `tests/numerics.rs` pins a fingerprint of each variant's
+/// loss and gradients on fixed weights and fails with "bump models::NUMERICS_VERSION" when the
+/// numbers move; bump it in the same commit as the change that moved them.
+pub const NUMERICS_VERSION: u32 = 1;
+
 pub mod config;
 pub mod denseformer;
 pub mod fused;
