@@ -12,14 +12,16 @@ Install PyTorch first (PyPI only; the default Linux wheel also pulls the CUDA wh
 Build the Rust binary, then compare (use a quiet machine for figures you report):
 
     cargo build --release -p harness
-    python3 bench/compare_torch.py --threads 2 --rounds 3 --repeats 5
+    python3 bench/compare_torch.py --threads 2 --rounds 3 --warmup 3 --repeats 10
     python3 bench/compare_torch.py --configs tiny --rounds 1 --repeats 3 \
         --harness /work/target-bench/release/harness
 
 For each config and round the order is: rust llama, torch llama, rust lime, torch lime. Each
-measurement is a fresh process (init + 1 warm-up step + median of --repeats steps); the table
+measurement is a fresh process (init + --warmup untimed steps + median of --repeats steps; 3 and
+10 by default, the protocol PyTorch's steady state needs); the table
 reports the median over rounds of those per-process medians, and the min-max over rounds.
-Threads: RAYON_NUM_THREADS (Rust/candle) and torch.set_num_threads via --threads (torch);
+Threads: RAYON_NUM_THREADS (Rust/candle) and torch.set_num_threads via --threads plus
+torch.set_num_interop_threads(1) (torch);
 OMP_NUM_THREADS and MKL_NUM_THREADS are set to the same number for both processes.
 """
 
@@ -102,20 +104,23 @@ def parse_rust_table(text, config, model):
     raise RuntimeError(f"no row for {config}/{model} in the harness output:\n{text}")
 
 
-def run_rust(harness, config, model, repeats, threads, device="cpu", precision="f32"):
+def run_rust(harness, config, model, repeats, threads, device="cpu", precision="f32", warmup=3):
     cmd = [harness, "bench", "train", "--configs", config, "--models", model, "--repeats", str(repeats),
-           "--device", device, "--precision", precision]
+           "--warmup", str(warmup), "--device", device, "--precision", precision]
     out = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
     tps, ms, split = parse_rust_table(out.stdout, config, model)
+    gemm = re.search(r"GEMM rate \(best 1024\^3 f32 matmul\) ([0-9.]+) GFLOP/s", out.stdout)
+    kernel = re.search(r"GEMM kernels: ([^;\n]+)", out.stdout)
     return {"impl": "rust", "config": config, "model": model, "tokens_per_s": tps, "ms_per_step": ms,
-            "split_ms": split}
+            "split_ms": split, "gemm_gflops": float(gemm.group(1)) if gemm else None,
+            "gemm_kernels": kernel.group(1).strip() if kernel else None}
 
 
-def run_torch(python, config, model, repeats, threads, optim_impl, device="cpu", precision="f32"):
+def run_torch(python, config, model, repeats, threads, optim_impl, device="cpu", precision="f32", warmup=3):
     cmd = [python, os.path.join(HERE, "torch_reference.py"), "--config", config, "--model", model,
-           "--repeats", str(repeats), "--threads", str(threads), "--optim-impl", optim_impl,
+           "--repeats", str(repeats), "--warmup", str(warmup), "--threads", str(threads), "--optim-impl", optim_impl,
            "--device", device, "--precision", precision]
     out = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
@@ -147,7 +152,8 @@ def main(argv=None):
     ap.add_argument("--configs", default="tiny,mqar,medium")
     ap.add_argument("--models", default="llama,lime")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per config (median reported)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed steps per process (after 1 warm-up)")
+    ap.add_argument("--repeats", type=int, default=10, help="timed steps per process (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per process first")
     ap.add_argument("--threads", type=int, default=2, help="threads for both implementations")
     ap.add_argument("--harness", default=os.path.join(REPO, "target", "release", "harness"),
                     help="path of the release harness binary")
@@ -173,10 +179,10 @@ def main(argv=None):
                 for impl in ("rust", "torch"):
                     if impl == "rust":
                         rec = run_rust(args.harness, c, m, args.repeats, args.threads, args.device,
-                                       args.precision)
+                                       args.precision, args.warmup)
                     else:
                         rec = run_torch(args.python, c, m, args.repeats, args.threads, args.optim_impl,
-                                        args.device, args.precision)
+                                        args.device, args.precision, args.warmup)
                     rec["round"] = rnd
                     raw.append(rec)
                     print(f"# round {rnd + 1}/{args.rounds} {c:6s} {m:5s} {impl:5s} "
@@ -215,10 +221,17 @@ def main(argv=None):
         load = "load avg n/a"
     print("\n".join(lines))
     print()
+    def rates(impl):
+        xs = [r["gemm_gflops"] for r in raw if r["impl"] == impl and r.get("gemm_gflops")]
+        return f"{median(xs):.0f} GFLOP/s (median of {len(xs)} processes)" if xs else "n/a"
+    kernels = sorted({r["gemm_kernels"] for r in raw if r.get("gemm_kernels")})
+    print(f"1024^3 f32 matmul, best of 5 per process: rust {rates('rust')} "
+          f"[{', '.join(kernels) or 'kernels n/a'}], torch {rates('torch')}")
     print(f"machine: {cpu_model()}; {physical or '?'} physical cores, {logical} logical CPUs "
           f"({usable} usable); torch {torch_version(args.python)} (optimizer: {args.optim_impl}); "
           f"threads: RAYON_NUM_THREADS={args.threads} (rust), torch.set_num_threads({args.threads}), "
-          f"OMP/MKL_NUM_THREADS={args.threads}; per process 1 warm-up + median of {args.repeats} steps, "
+          f"set_num_interop_threads(1), OMP/MKL_NUM_THREADS={args.threads}; per process {args.warmup} warm-up "
+          f"+ median of {args.repeats} steps, "
           f"median over {args.rounds} alternating rounds; {load} at the end; wall {time.time() - t_start:.0f} s")
     return 0
 

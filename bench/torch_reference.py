@@ -12,7 +12,7 @@ on PyTorch's own index):
 
 Usage:
 
-    python3 bench/torch_reference.py --config tiny --repeats 5 --threads 2
+    python3 bench/torch_reference.py --config tiny --warmup 3 --repeats 10 --threads 2
     python3 bench/torch_reference.py --config tiny,mqar,medium --models llama,lime
     python3 bench/torch_reference.py --config tiny --check     # loss of a few steps first
     python3 bench/torch_reference.py --device cuda --precision bf16   # on a GPU machine
@@ -37,7 +37,12 @@ harness/src/optim.rs):
   * one timed step = forward + loss + backward + clip_grad_norm_(1.0) + AdamW step
     (lr 1e-3, betas (0.9, 0.95), eps 1e-8; weight decay 0.1 on the projection matrices and the
     LM head; norms and embedding without decay; router weights lr x10 without decay).
-  * timing: 1 warm-up step, then the median of --repeats steps (wall clock, perf_counter).
+  * timing: --warmup steps (default 3: PyTorch's first steps pay for the allocator and oneDNN's
+    primitive caches), then the median of --repeats steps (default 10; wall clock, perf_counter).
+    Threads as a PyTorch user runs 2 cores: torch.set_num_threads(--threads),
+    torch.set_num_interop_threads(1).
+  * also reported: torch's own f32 matmul rate (best of 5 timed 1024^3 matmuls, GFLOP/s), the
+    same measure `harness bench train` prints for itself.
 """
 
 import argparse
@@ -271,10 +276,27 @@ def median(xs):
     return sorted(xs)[len(xs) // 2]
 
 
-def bench(config, variant, repeats, optim_impl):
+def matmul_rate():
+    """torch's f32 matmul rate on DEVICE: best of 5 timed 1024^3 matmuls after a warm-up, GFLOP/s."""
+    n = 1024
+    x = torch.ones(n, n, device=DEVICE)
+    y = x @ x
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        t0 = time.perf_counter()
+        y = x @ x
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    del y
+    return 2 * n ** 3 / best / 1e9
+
+
+def bench(config, variant, repeats, optim_impl, warmup):
     model, opt, inputs, targets, (b, t, v) = build(config, variant, optim_impl)
     model.train()
-    train_step(model, opt, inputs, targets, v)  # warm-up
+    for _ in range(max(0, warmup)):
+        train_step(model, opt, inputs, targets, v)
     times = [train_step(model, opt, inputs, targets, v)[1] for _ in range(max(1, repeats))]
     med = [median([x[k] for x in times]) for k in range(4)]
     return {
@@ -287,7 +309,10 @@ def bench(config, variant, repeats, optim_impl):
         "bwd_ms": round(med[2] * 1e3, 3),
         "optim_ms": round(med[3] * 1e3, 3),
         "repeats": repeats,
+        "warmup": warmup,
         "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "gemm_gflops": round(matmul_rate(), 1),
         "torch": torch.__version__,
         "optim_impl": optim_impl,
         "device": str(DEVICE) + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""),
@@ -318,7 +343,8 @@ def main(argv=None):
     ap.add_argument("--config", "--configs", default="tiny,mqar,medium",
                     help="comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--model", "--models", default="llama,lime", help="comma-separated: llama, lime")
-    ap.add_argument("--repeats", type=int, default=5, help="timed steps after 1 warm-up (median reported)")
+    ap.add_argument("--repeats", type=int, default=10, help="timed steps after the warm-up (median reported)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (intra-op)")
     ap.add_argument("--optim-impl", choices=("default", "loop", "foreach", "fused"), default="default",
                     help="torch.optim.AdamW implementation (default: torch's own choice)")
@@ -344,12 +370,13 @@ def main(argv=None):
             ap.error(f"unknown model {m!r} (known: {', '.join(MODELS)})")
 
     torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
     ok = True
     for c in configs:
         for m in variants:
             if args.check:
                 ok &= check(c, m, args.check_steps, args.optim_impl)
-            print(json.dumps(bench(c, m, args.repeats, args.optim_impl)), flush=True)
+            print(json.dumps(bench(c, m, args.repeats, args.optim_impl, args.warmup)), flush=True)
     return 0 if ok else 1
 
 

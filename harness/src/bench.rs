@@ -12,8 +12,11 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub what: BenchWhat,
     /// Repeats (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     pub repeats: usize,
+    /// Untimed training steps before the repeats (`train`).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
     /// Models for `train`/`decode` (comma-separated) [default: llama,lime].
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
@@ -131,6 +134,19 @@ fn model_cfg(variant: models::Variant, l: usize, d: usize, h: usize, v: usize) -
     }
 }
 
+/// The CPU's model name (`/proc/cpuinfo`), for every speed figure.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
 /// The machine's practical f32 matmul rate on `dev`: best of 5 timed 1024³ matmuls (GFLOP/s).
 /// Training throughput is reported as a fraction of it.
 fn gemm_rate(dev: &Device) -> Result<f64> {
@@ -198,7 +214,9 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
                     (t3 - t2).as_secs_f64(),
                 ])
             };
-            step()?; // warm-up
+            for _ in 0..a.warmup {
+                step()?;
+            }
             let times = (0..a.repeats.max(1))
                 .map(|_| step())
                 .collect::<Result<Vec<_>>>()?;
@@ -233,9 +251,12 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
         ],
         rows,
     ) + &format!(
-        "device: {}; median of {} steps after 1 warm-up; GEMM rate (best 1024^3 f32 matmul) {:.0} GFLOP/s\n",
+        "device: {}; CPU: {}; GEMM kernels: {}; median of {} steps after {} warm-up; GEMM rate (best 1024^3 f32 matmul) {:.0} GFLOP/s\n",
         crate::train::device_name(dev),
+        cpu_model(),
+        models::fused::gemm_kernels(),
         a.repeats,
+        a.warmup,
         peak
     ))
 }

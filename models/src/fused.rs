@@ -14,6 +14,30 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+/// The f32 GEMM kernel family `gemm` (candle's and ours) picks on this CPU at run time, as gemm
+/// 0.19 decides it: AVX-512 where the CPU has it (our build enables gemm's `x86-v4` feature),
+/// else AVX2+FMA, else scalar. For benchmark reports.
+pub fn gemm_kernels() -> &'static str {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            "x86-v4 (AVX-512F)"
+        } else if std::arch::is_x86_feature_detected!("fma") {
+            "x86-v3 (AVX2+FMA)"
+        } else {
+            "scalar"
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon"
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
 /// Whether the fused kernels apply to `t` (f32 on the CPU). Set `LIME_BENCH_NO_FUSED=1` to force
 /// the composed reference path everywhere (for A/B measurements).
 pub fn usable(t: &Tensor) -> bool {
