@@ -14,6 +14,79 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+/// Runs `f` compiled for the widest SIMD level of this CPU: the kernels' loops are written
+/// plainly, and `f` (inlined into a `#[target_feature]` function) is vectorised with AVX-512 or
+/// AVX2 where the CPU has them, with SSE2 (the x86-64 baseline the binary is built for) otherwise.
+/// The level is detected once. Results do not depend on it: the loops are plain IEEE arithmetic
+/// (no fused multiply-add contraction, reductions keep their written order), so every level
+/// computes the same bits. Call it per task (per row or chunk), inside rayon's closures.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match simd_level() {
+            // SAFETY: the CPU has the features these functions are compiled with.
+            SimdLevel::V4 => return unsafe { simd_v4(f) },
+            SimdLevel::V3 => return unsafe { simd_v3(f) },
+            SimdLevel::Base => {}
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SimdLevel {
+    Base,
+    V3,
+    V4,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> SimdLevel {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
+    let l = match LEVEL.load(Ordering::Relaxed) {
+        0 => {
+            let l = if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                3
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                2
+            } else {
+                1
+            };
+            LEVEL.store(l, Ordering::Relaxed);
+            l
+        }
+        l => l,
+    };
+    match l {
+        3 => SimdLevel::V4,
+        2 => SimdLevel::V3,
+        _ => SimdLevel::Base,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn simd_v4<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn simd_v3<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// The f32 GEMM kernel family `gemm` (candle's and ours) picks on this CPU at run time, as gemm
 /// 0.19 decides it: AVX-512 where the CPU has it (our build enables gemm's `x86-v4` feature),
 /// else AVX2+FMA, else scalar. For benchmark reports.
@@ -61,14 +134,15 @@ fn zip_chunks<F>(y: &mut [f32], yc: usize, x: &[f32], xc: usize, f: F)
 where
     F: Fn(&mut [f32], &[f32]) + Sync + Send,
 {
+    // Each chunk runs under [`simd`]: `f`'s loops are vectorised for this CPU.
     if y.len() < PAR_MIN {
         y.chunks_mut(yc)
             .zip(x.chunks(xc))
-            .for_each(|(a, b)| f(a, b));
+            .for_each(|(a, b)| simd(|| f(a, b)));
     } else {
         y.par_chunks_mut(yc)
             .zip(x.par_chunks(xc))
-            .for_each(|(a, b)| f(a, b));
+            .for_each(|(a, b)| simd(|| f(a, b)));
     }
 }
 
@@ -239,6 +313,12 @@ impl Dims {
 fn probs(dm: Dims, scale: f32, q: &[f32], k: &[f32], p: &mut [f32]) {
     let (tq, tk, d) = (dm.tq, dm.tk, dm.d);
     mm(tq, tk, d, p, false, q, d, 1, k, 1, d, 1.0); // p = q kᵀ
+    simd(|| softmax_rows(tq, tk, scale, p))
+}
+
+/// Scaled causal softmax of each row of `p` (tq×tk) in place.
+#[inline(always)]
+fn softmax_rows(tq: usize, tk: usize, scale: f32, p: &mut [f32]) {
     let off = tk - tq;
     for i in 0..tq {
         let (live, dead) = p[i * tk..(i + 1) * tk].split_at_mut(i + off + 1);
@@ -387,19 +467,21 @@ impl CausalAttention {
                         // dP = dY Vᵀ
                         mm(tq, tk, d, dp, false, gh, d, 1, vr, 1, d, 1.0);
                         // dS = P ∘ (dP − rowsum(dY ∘ Y)), times the score scale.
-                        for i in 0..tq {
-                            let di: f32 = gh[i * d..(i + 1) * d]
-                                .iter()
-                                .zip(&yh[i * d..(i + 1) * d])
-                                .map(|(a, b)| a * b)
-                                .sum();
-                            for (x, pp) in dp[i * tk..(i + 1) * tk]
-                                .iter_mut()
-                                .zip(&p[i * tk..(i + 1) * tk])
-                            {
-                                *x = pp * (*x - di) * scale;
+                        simd(|| {
+                            for i in 0..tq {
+                                let di: f32 = gh[i * d..(i + 1) * d]
+                                    .iter()
+                                    .zip(&yh[i * d..(i + 1) * d])
+                                    .map(|(a, b)| a * b)
+                                    .sum();
+                                for (x, pp) in dp[i * tk..(i + 1) * tk]
+                                    .iter_mut()
+                                    .zip(&p[i * tk..(i + 1) * tk])
+                                {
+                                    *x = pp * (*x - di) * scale;
+                                }
                             }
-                        }
+                        });
                         // dQ = dS K ; dK += dSᵀ Q
                         mm(
                             tq,
@@ -539,21 +621,23 @@ impl RmsNormOp {
             .zip(hx.par_chunks(d * 64).zip(hg.par_chunks(d * 64)))
             .map(|(dc, (xc, gc))| {
                 let mut dw = vec![0f32; d];
-                for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
-                    let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
-                    let r = 1.0 / (ms + self.eps).sqrt();
-                    let dot = xr
-                        .iter()
-                        .zip(gr)
-                        .zip(hw)
-                        .map(|((a, g), w)| a * g * w)
-                        .sum::<f32>()
-                        / d as f32;
-                    for i in 0..d {
-                        dr[i] = r * hw[i] * gr[i] - xr[i] * r * r * r * dot;
-                        dw[i] += gr[i] * xr[i] * r;
+                simd(|| {
+                    for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                        let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
+                        let r = 1.0 / (ms + self.eps).sqrt();
+                        let dot = xr
+                            .iter()
+                            .zip(gr)
+                            .zip(hw)
+                            .map(|((a, g), w)| a * g * w)
+                            .sum::<f32>()
+                            / d as f32;
+                        for i in 0..d {
+                            dr[i] = r * hw[i] * gr[i] - xr[i] * r * r * r * dot;
+                            dw[i] += gr[i] * xr[i] * r;
+                        }
                     }
-                }
+                });
                 dw
             })
             .collect();
@@ -1260,9 +1344,11 @@ impl CustomOp2 for SwiGlu {
         }
         let mut y = vec![0f32; a.len()];
         let job = |(y, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = a * sigmoid(a) * b;
-            }
+            simd(|| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = a * sigmoid(a) * b;
+                }
+            })
         };
         const CHUNK: usize = 1 << 14;
         if y.len() < PAR_MIN {
@@ -1294,11 +1380,13 @@ impl CustomOp2 for SwiGlu {
                         .zip(hb.par_chunks(CHUNK).zip(hg.par_chunks(CHUNK))),
                 )
                 .for_each(|((da, db), (a, (b, g)))| {
-                    for i in 0..da.len() {
-                        let s = sigmoid(a[i]);
-                        da[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
-                        db[i] = g[i] * a[i] * s;
-                    }
+                    simd(|| {
+                        for i in 0..da.len() {
+                            let s = sigmoid(a[i]);
+                            da[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+                            db[i] = g[i] * a[i] * s;
+                        }
+                    })
                 });
             Ok((da, db))
         })?;
