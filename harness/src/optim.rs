@@ -95,22 +95,28 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
         for ((name, var, group), g) in self.params.iter().zip(gradients) {
-            let g = (g * grad_scale)?;
             let (plr, wd) = match group {
                 models::ParamGroup::Router => (lr * self.cfg.router_lr_mult, 0.0),
                 models::ParamGroup::Decay => (lr, self.cfg.weight_decay),
                 models::ParamGroup::NoDecay => (lr, 0.0),
             };
-            let m = ((&self.m[name] * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((&self.v[name] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + self.cfg.eps)?)?;
-            let theta = var.as_tensor();
-            let decayed = if wd > 0.0 {
-                (theta * (1.0 - plr * wd))?
-            } else {
-                theta.clone()
+            let h = models::fused::AdamWStep {
+                grad_scale,
+                beta1: b1,
+                beta2: b2,
+                bc1,
+                bc2,
+                eps: self.cfg.eps,
+                lr: plr,
+                weight_decay: wd,
             };
-            var.set(&(decayed - (update * plr)?)?)?;
+            let (theta, m, v) = (var.as_tensor(), &self.m[name], &self.v[name]);
+            // f32 CPU: one fused pass computing the same values as the composed ops.
+            let (t2, m, v) = match models::fused::adamw_update(theta, g, m, v, h)? {
+                Some(new) => new,
+                None => composed_update(theta, g, m, v, h)?,
+            };
+            var.set(&t2)?;
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
         }
@@ -145,6 +151,27 @@ impl AdamW {
     }
 }
 
+/// The AdamW update of one tensor as candle ops (any device and dtype): (θ', m', v').
+pub fn composed_update(
+    theta: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: models::fused::AdamWStep,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b1, b2) = (h.beta1, h.beta2);
+    let g = (g * h.grad_scale)?;
+    let m = ((m * b1)? + (&g * (1.0 - b1))?)?;
+    let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+    let update = ((&m / h.bc1)? / ((&v / h.bc2)?.sqrt()? + h.eps)?)?;
+    let decayed = if h.weight_decay > 0.0 {
+        (theta * (1.0 - h.lr * h.weight_decay))?
+    } else {
+        theta.clone()
+    };
+    Ok(((decayed - (update * h.lr)?)?, m, v))
+}
+
 /// Learning rate at `step` (0-based) of `total`: linear warm-up, then cosine or linear decay to 0.
 pub fn lr_at(cfg: &OptimSpec, base_lr: f64, step: u64, total: u64) -> f64 {
     let warm = ((cfg.warmup_frac * total as f64).ceil() as u64).min(total);
@@ -166,6 +193,52 @@ mod tests {
 
     /// Regression: LIMe router gradients carried their forward graph into the moments, so each
     /// step retained the previous step's activations (24 GB after a few hundred MQAR steps).
+    /// The fused f32 CPU update gives exactly the composed ops' values (with and without decay,
+    /// large and small tensors, moments from earlier steps).
+    #[test]
+    fn fused_adamw_update_equals_the_composed_ops() {
+        use candle_core::Device;
+        let dev = Device::Cpu;
+        for (n, wd) in [(37usize, 0.0), (70_000, 0.1)] {
+            let r = |seed: u64, scale: f64| {
+                let v: Vec<f32> = (0..n as u64)
+                    .map(|i| {
+                        let x = (i.wrapping_mul(2_654_435_761) ^ seed) % 10_007;
+                        (x as f64 / 10_007.0 - 0.5) as f32 * scale as f32
+                    })
+                    .collect();
+                Tensor::from_vec(v, n, &dev).unwrap()
+            };
+            let (theta, g, m) = (r(1, 2.0), r(2, 0.3), r(3, 0.01));
+            let v = r(4, 0.01).sqr().unwrap();
+            let h = models::fused::AdamWStep {
+                grad_scale: 0.7,
+                beta1: 0.9,
+                beta2: 0.95,
+                bc1: 1.0 - 0.9f64.powi(3),
+                bc2: 1.0 - 0.95f64.powi(3),
+                eps: 1e-8,
+                lr: 3e-3,
+                weight_decay: wd,
+            };
+            let fused = models::fused::adamw_update(&theta, &g, &m, &v, h)
+                .unwrap()
+                .expect("f32 CPU");
+            let composed = composed_update(&theta, &g, &m, &v, h).unwrap();
+            for (a, b) in [
+                (&fused.0, &composed.0),
+                (&fused.1, &composed.1),
+                (&fused.2, &composed.2),
+            ] {
+                assert_eq!(
+                    a.to_vec1::<f32>().unwrap(),
+                    b.to_vec1::<f32>().unwrap(),
+                    "n {n} wd {wd}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn optimizer_state_holds_no_autograd_graph() {
         for variant in [models::Variant::Llama, models::Variant::Lime] {

@@ -13,6 +13,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Runs `f` compiled for the widest SIMD level of this CPU: the kernels' loops are written
 /// plainly, and `f` (inlined into a `#[target_feature]` function) is vectorised with AVX-512 or
@@ -136,13 +137,21 @@ where
 {
     // Each chunk runs under [`simd`]: `f`'s loops are vectorised for this CPU.
     if y.len() < PAR_MIN {
-        y.chunks_mut(yc)
-            .zip(x.chunks(xc))
-            .for_each(|(a, b)| simd(|| f(a, b)));
+        y.chunks_mut(yc).zip(x.chunks(xc)).for_each(|(a, b)| {
+            simd(
+                #[inline(always)]
+                || f(a, b),
+            )
+        });
     } else {
         y.par_chunks_mut(yc)
             .zip(x.par_chunks(xc))
-            .for_each(|(a, b)| simd(|| f(a, b)));
+            .for_each(|(a, b)| {
+                simd(
+                    #[inline(always)]
+                    || f(a, b),
+                )
+            });
     }
 }
 
@@ -313,7 +322,10 @@ impl Dims {
 fn probs(dm: Dims, scale: f32, q: &[f32], k: &[f32], p: &mut [f32]) {
     let (tq, tk, d) = (dm.tq, dm.tk, dm.d);
     mm(tq, tk, d, p, false, q, d, 1, k, 1, d, 1.0); // p = q kᵀ
-    simd(|| softmax_rows(tq, tk, scale, p))
+    simd(
+        #[inline(always)]
+        || softmax_rows(tq, tk, scale, p),
+    )
 }
 
 /// Scaled causal softmax of each row of `p` (tq×tk) in place.
@@ -467,21 +479,24 @@ impl CausalAttention {
                         // dP = dY Vᵀ
                         mm(tq, tk, d, dp, false, gh, d, 1, vr, 1, d, 1.0);
                         // dS = P ∘ (dP − rowsum(dY ∘ Y)), times the score scale.
-                        simd(|| {
-                            for i in 0..tq {
-                                let di: f32 = gh[i * d..(i + 1) * d]
-                                    .iter()
-                                    .zip(&yh[i * d..(i + 1) * d])
-                                    .map(|(a, b)| a * b)
-                                    .sum();
-                                for (x, pp) in dp[i * tk..(i + 1) * tk]
-                                    .iter_mut()
-                                    .zip(&p[i * tk..(i + 1) * tk])
-                                {
-                                    *x = pp * (*x - di) * scale;
+                        simd(
+                            #[inline(always)]
+                            || {
+                                for i in 0..tq {
+                                    let di: f32 = gh[i * d..(i + 1) * d]
+                                        .iter()
+                                        .zip(&yh[i * d..(i + 1) * d])
+                                        .map(|(a, b)| a * b)
+                                        .sum();
+                                    for (x, pp) in dp[i * tk..(i + 1) * tk]
+                                        .iter_mut()
+                                        .zip(&p[i * tk..(i + 1) * tk])
+                                    {
+                                        *x = pp * (*x - di) * scale;
+                                    }
                                 }
-                            }
-                        });
+                            },
+                        );
                         // dQ = dS K ; dK += dSᵀ Q
                         mm(
                             tq,
@@ -580,15 +595,22 @@ impl CustomOp2 for RmsNormOp {
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let d = w.len();
         let mut y = vec![0f32; x.len()];
-        zip_chunks(&mut y, d * 64, x, d * 64, |yc, xc| {
-            for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
-                let r = 1.0 / (ms + self.eps).sqrt();
-                for ((o, a), b) in yr.iter_mut().zip(xr).zip(w) {
-                    *o = a * r * b;
+        zip_chunks(
+            &mut y,
+            d * 64,
+            x,
+            d * 64,
+            #[inline(always)]
+            |yc, xc| {
+                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
+                    let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
+                    let r = 1.0 / (ms + self.eps).sqrt();
+                    for ((o, a), b) in yr.iter_mut().zip(xr).zip(w) {
+                        *o = a * r * b;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -621,23 +643,26 @@ impl RmsNormOp {
             .zip(hx.par_chunks(d * 64).zip(hg.par_chunks(d * 64)))
             .map(|(dc, (xc, gc))| {
                 let mut dw = vec![0f32; d];
-                simd(|| {
-                    for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
-                        let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
-                        let r = 1.0 / (ms + self.eps).sqrt();
-                        let dot = xr
-                            .iter()
-                            .zip(gr)
-                            .zip(hw)
-                            .map(|((a, g), w)| a * g * w)
-                            .sum::<f32>()
-                            / d as f32;
-                        for i in 0..d {
-                            dr[i] = r * hw[i] * gr[i] - xr[i] * r * r * r * dot;
-                            dw[i] += gr[i] * xr[i] * r;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((dr, xr), gr) in dc.chunks_mut(d).zip(xc.chunks(d)).zip(gc.chunks(d)) {
+                            let ms = xr.iter().map(|a| a * a).sum::<f32>() / d as f32;
+                            let r = 1.0 / (ms + self.eps).sqrt();
+                            let dot = xr
+                                .iter()
+                                .zip(gr)
+                                .zip(hw)
+                                .map(|((a, g), w)| a * g * w)
+                                .sum::<f32>()
+                                / d as f32;
+                            for i in 0..d {
+                                dr[i] = r * hw[i] * gr[i] - xr[i] * r * r * r * dot;
+                                dw[i] += gr[i] * xr[i] * r;
+                            }
                         }
-                    }
-                });
+                    },
+                );
                 dw
             })
             .collect();
@@ -672,6 +697,7 @@ struct RopeOp {
     inverse: bool,
 }
 
+#[inline(always)]
 fn rope_rows(
     x: &[f32],
     y: &mut [f32],
@@ -713,9 +739,14 @@ impl CustomOp1 for RopeOp {
             );
         }
         let mut y = vec![0f32; x.len()];
-        zip_chunks(&mut y, t * d, x, t * d, |yc, xc| {
-            rope_rows(xc, yc, t, d, &self.cos, &self.sin, self.inverse)
-        });
+        zip_chunks(
+            &mut y,
+            t * d,
+            x,
+            t * d,
+            #[inline(always)]
+            |yc, xc| rope_rows(xc, yc, t, d, &self.cos, &self.sin, self.inverse),
+        );
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -1320,6 +1351,19 @@ fn sigmoid(a: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-a))
 }
 
+/// A vector of `n` f32 filled by `fill`, without zeroing it first (a memset per output was ~3%
+/// of a small model's training step).
+///
+/// # Safety
+/// `fill` must write every one of the `n` elements.
+unsafe fn written(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller guarantees that `fill` initialised all n elements.
+    unsafe { v.set_len(n) };
+    v
+}
+
 struct SwiGlu;
 
 impl CustomOp2 for SwiGlu {
@@ -1342,22 +1386,29 @@ impl CustomOp2 for SwiGlu {
                 l2.shape()
             );
         }
-        let mut y = vec![0f32; a.len()];
-        let job = |(y, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-            simd(|| {
-                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                    *y = a * sigmoid(a) * b;
+        let job = |(y, (a, b)): (&mut [MaybeUninit<f32>], (&[f32], &[f32]))| {
+            simd(
+                #[inline(always)]
+                || {
+                    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                        y.write(a * sigmoid(a) * b);
+                    }
+                },
+            )
+        };
+        const CHUNK: usize = 1 << 14;
+        // SAFETY: the chunks cover the output and every element is written.
+        let y = unsafe {
+            written(a.len(), |y| {
+                if y.len() < PAR_MIN {
+                    job((y, (a, b)));
+                } else {
+                    y.par_chunks_mut(CHUNK)
+                        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                        .for_each(job);
                 }
             })
         };
-        const CHUNK: usize = 1 << 14;
-        if y.len() < PAR_MIN {
-            job((&mut y, (a, b)));
-        } else {
-            y.par_chunks_mut(CHUNK)
-                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-                .for_each(job);
-        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -1370,24 +1421,32 @@ impl CustomOp2 for SwiGlu {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // da = g·b·σ(a)·(1 + a·(1 − σ(a))),  db = g·a·σ(a).
         let (da, db) = with_host([a, b, gy], |[ha, hb, hg]| {
-            let mut da = vec![0f32; ha.len()];
-            let mut db = vec![0f32; ha.len()];
             const CHUNK: usize = 1 << 14;
-            da.par_chunks_mut(CHUNK)
-                .zip(db.par_chunks_mut(CHUNK))
-                .zip(
-                    ha.par_chunks(CHUNK)
-                        .zip(hb.par_chunks(CHUNK).zip(hg.par_chunks(CHUNK))),
-                )
-                .for_each(|((da, db), (a, (b, g)))| {
-                    simd(|| {
-                        for i in 0..da.len() {
-                            let s = sigmoid(a[i]);
-                            da[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
-                            db[i] = g[i] * a[i] * s;
-                        }
-                    })
-                });
+            let mut db = Vec::with_capacity(ha.len());
+            // SAFETY: the chunks cover both outputs and every element of each is written.
+            let da = unsafe {
+                written(ha.len(), |da| {
+                    da.par_chunks_mut(CHUNK)
+                        .zip(db.spare_capacity_mut()[..ha.len()].par_chunks_mut(CHUNK))
+                        .zip(
+                            ha.par_chunks(CHUNK)
+                                .zip(hb.par_chunks(CHUNK).zip(hg.par_chunks(CHUNK))),
+                        )
+                        .for_each(|((da, db), (a, (b, g)))| {
+                            simd(
+                                #[inline(always)]
+                                || {
+                                    for i in 0..da.len() {
+                                        let s = sigmoid(a[i]);
+                                        da[i].write(g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s)));
+                                        db[i].write(g[i] * a[i] * s);
+                                    }
+                                },
+                            )
+                        })
+                })
+            };
+            unsafe { db.set_len(ha.len()) };
             Ok((da, db))
         })?;
         Ok((
@@ -1403,4 +1462,173 @@ pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return a.silu()? * b;
     }
     a.contiguous()?.apply_op2(&b.contiguous()?, SwiGlu)
+}
+
+// ------------------------------------------------------------------------------------------------
+// AdamW: the optimizer's per-tensor update in one pass (harness::optim composes it otherwise).
+// ------------------------------------------------------------------------------------------------
+
+/// The scalars of one AdamW update (see `harness::optim::AdamW::step`).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    /// Gradient multiplier (clipping).
+    pub grad_scale: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Bias corrections 1 − β₁ᵗ, 1 − β₂ᵗ.
+    pub bc1: f64,
+    pub bc2: f64,
+    pub eps: f64,
+    /// This parameter's learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (0 = none).
+    pub weight_decay: f64,
+}
+
+/// One AdamW update of f32 CPU tensors θ, g, m, v → (θ', m', v'), or `None` where the fused
+/// kernel does not apply (the caller composes it). It performs the composed candle ops' f32
+/// operations in their order (`t * s` is candle's affine `t·s + 0`, `t / s` is `t·(1/s) + 0`,
+/// `t + e` is `t·1 + e`), so the results are the same values, in one pass instead of ~12
+/// allocating ones:
+/// g̃ = g·s; m' = β₁m + (1−β₁)g̃; v' = β₂v + (1−β₂)g̃²;
+/// θ' = θ·(1 − lr·wd) − lr · (m'/bc1) / (√(v'/bc2) + ε).
+pub fn adamw_update(
+    theta: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: AdamWStep,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    if ![theta, g, m, v].iter().all(|t| usable(t)) {
+        return Ok(None);
+    }
+    let n = theta.elem_count();
+    if [g, m, v].iter().any(|t| t.shape() != theta.shape()) {
+        candle_core::bail!("adamw_update: shapes differ");
+    }
+    let f = |x: f64| x as f32;
+    let (gs, b1, c1, b2, c2) = (
+        f(h.grad_scale),
+        f(h.beta1),
+        f(1.0 - h.beta1),
+        f(h.beta2),
+        f(1.0 - h.beta2),
+    );
+    let (ibc1, ibc2, eps, lr) = (f(1.0 / h.bc1), f(1.0 / h.bc2), f(h.eps), f(h.lr));
+    let decay = (h.weight_decay > 0.0).then(|| f(1.0 - h.lr * h.weight_decay));
+    let (t2, m2, v2) = with_host([theta, g, m, v], |[ht, hg, hm, hv]| {
+        let job = |(t2, (m2, v2)): (
+            &mut [MaybeUninit<f32>],
+            (&mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]),
+        ),
+                   off: usize| {
+            simd(
+                #[inline(always)]
+                || {
+                    for i in 0..t2.len() {
+                        let j = off + i;
+                        let gj = hg[j] * gs + 0.0;
+                        let mj = (hm[j] * b1 + 0.0) + (gj * c1 + 0.0);
+                        let vj = (hv[j] * b2 + 0.0) + ((gj * gj) * c2 + 0.0);
+                        let den = (vj * ibc2 + 0.0).sqrt() * 1.0 + eps;
+                        let u = (mj * ibc1 + 0.0) / den;
+                        let th = match decay {
+                            Some(d) => ht[j] * d + 0.0,
+                            None => ht[j],
+                        };
+                        t2[i].write(th - (u * lr + 0.0));
+                        m2[i].write(mj);
+                        v2[i].write(vj);
+                    }
+                },
+            )
+        };
+        const CHUNK: usize = 1 << 14;
+        let (mut m2, mut v2) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // SAFETY: the chunks cover all three outputs and each element of each is written.
+        let t2 = unsafe {
+            written(n, |t2| {
+                let (ms, vs) = (
+                    &mut m2.spare_capacity_mut()[..n],
+                    &mut v2.spare_capacity_mut()[..n],
+                );
+                if n < PAR_MIN {
+                    job((t2, (ms, vs)), 0);
+                } else {
+                    t2.par_chunks_mut(CHUNK)
+                        .zip(ms.par_chunks_mut(CHUNK).zip(vs.par_chunks_mut(CHUNK)))
+                        .enumerate()
+                        .for_each(|(c, parts)| job(parts, c * CHUNK));
+                }
+            })
+        };
+        unsafe {
+            m2.set_len(n);
+            v2.set_len(n);
+        }
+        Ok((t2, m2, v2))
+    })?;
+    let (shape, dev) = (theta.shape(), theta.device());
+    Ok(Some((
+        Tensor::from_vec(t2, shape, dev)?,
+        Tensor::from_vec(m2, shape, dev)?,
+        Tensor::from_vec(v2, shape, dev)?,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs in a wide range (with exact zeros and negatives) from a fixed LCG.
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 12.0
+            })
+            .collect()
+    }
+
+    /// `simd` changes speed, not results: each kernel loop gives the same bits under it as
+    /// compiled for the baseline (on a CPU with AVX-512 or AVX2 this compares the two builds).
+    #[test]
+    fn simd_levels_compute_the_same_bits() {
+        let (tq, tk) = (37, 45);
+        let p0 = data(tq * tk, 1);
+        let (mut a, mut b) = (p0.clone(), p0.clone());
+        softmax_rows(tq, tk, 0.3, &mut a);
+        simd(
+            #[inline(always)]
+            || softmax_rows(tq, tk, 0.3, &mut b),
+        );
+        assert_eq!(
+            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        let (x, t, d) = (data(6 * 16, 2), 3, 16);
+        let half = t * d / 2;
+        let (cos, sin) = (data(half, 3), data(half, 4));
+        let (mut ya, mut yb) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        rope_rows(&x, &mut ya, t, d, &cos, &sin, false);
+        simd(
+            #[inline(always)]
+            || rope_rows(&x, &mut yb, t, d, &cos, &sin, false),
+        );
+        assert_eq!(ya, yb);
+        let (u, v) = (data(1000, 5), data(1000, 6));
+        let silu = |a: &[f32], b: &[f32]| -> Vec<f32> {
+            a.iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect()
+        };
+        let plain = silu(&u, &v);
+        let wide = simd(
+            #[inline(always)]
+            || silu(&u, &v),
+        );
+        assert_eq!(
+            plain.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            wide.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    }
 }
