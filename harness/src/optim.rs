@@ -52,11 +52,14 @@ impl AdamW {
     pub fn grad_norm(gradients: &[Tensor]) -> anyhow::Result<f64> {
         let mut sq = 0f64;
         for g in gradients {
-            sq += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            sq += match models::fused::sum_squares_f64(g)? {
+                Some(s) => s,
+                None => g
+                    .to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?,
+            };
         }
         Ok(sq.sqrt())
     }
@@ -237,6 +240,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The fused sum of squares is candle's f64 `sqr().sum_all()` to the bit.
+    #[test]
+    fn fused_sum_of_squares_equals_candle() {
+        let v: Vec<f32> = (0..100_009u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) % 10_007) as f32 - 5_003.0) * 1e-3)
+            .collect();
+        let t = Tensor::from_vec(v, (7, 14_286 + 1), &candle_core::Device::Cpu).unwrap();
+        let composed = t
+            .to_dtype(DType::F64)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let fused = models::fused::sum_squares_f64(&t).unwrap().unwrap();
+        assert_eq!(fused.to_bits(), composed.to_bits());
     }
 
     #[test]

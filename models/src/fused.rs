@@ -1471,6 +1471,23 @@ pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 // AdamW: the optimizer's per-tensor update in one pass (harness::optim composes it otherwise).
 // ------------------------------------------------------------------------------------------------
 
+/// Σ x² of an f32 CPU tensor, summed in f64 in index order from 0 — exactly what
+/// `t.to_dtype(F64)?.sqr()?.sum_all()?` computes on the CPU (candle's f64 sum is that sequential
+/// loop), without the f64 copy and the squared tensor. `None` where the fused path does not apply.
+pub fn sum_squares_f64(t: &Tensor) -> Result<Option<f64>> {
+    if !usable(t) {
+        return Ok(None);
+    }
+    with_host([t], |[x]| {
+        let mut s = 0f64;
+        for &v in x {
+            let v = v as f64;
+            s += v * v;
+        }
+        Ok(Some(s))
+    })
+}
+
 /// The scalars of one AdamW update (see `harness::optim::AdamW::step`).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWStep {
