@@ -83,6 +83,27 @@ impl AdamW {
             .collect()
     }
 
+    /// The optimiser half of every training step — `run_one`'s and `bench train`'s alike: every
+    /// weight's gradient (an error if one received none), global-norm clipping at the spec's
+    /// `grad_clip` (gradients scaled by clip / (norm + 1e-6) above it), one AdamW step at `lr`.
+    /// Returns the gradient norm before clipping.
+    pub fn apply(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+    ) -> anyhow::Result<f64> {
+        let gradients = self.gradients(grads)?;
+        let norm = Self::grad_norm(&gradients)?;
+        let clip = self.cfg.grad_clip;
+        let scale = if norm > clip {
+            clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.step(&gradients, lr, scale)?;
+        Ok(norm)
+    }
+
     /// One AdamW step at learning rate `lr` with gradients scaled by `grad_scale` (clipping).
     pub fn step(&mut self, gradients: &[Tensor], lr: f64, grad_scale: f64) -> anyhow::Result<()> {
         if gradients.len() != self.params.len() {

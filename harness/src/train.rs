@@ -600,15 +600,8 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
             break;
         }
         let grads = loss.backward()?;
-        let gradients = opt.gradients(&grads)?; // asserts every weight got a gradient
-        let norm = AdamW::grad_norm(&gradients)?;
-        let scale = if norm > spec.optim.grad_clip {
-            spec.optim.grad_clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
         let lr = lr_at(&spec.optim, spec.optim.lr, step, spec.steps);
-        opt.step(&gradients, lr, scale)?;
+        opt.apply(&grads, lr)?; // checks that every weight got a gradient, clips, steps
         st.step += 1;
         st.last_loss = Some(loss_v);
         window_tokens += (spec.batch_size * spec.seq_len) as u64;
