@@ -296,11 +296,10 @@ fn validate_model(c: &models::Config) -> Result<()> {
     Ok(models::validate_config(c)?)
 }
 
-/// Training FLOPs of one optimiser step: 3 x causal forward FLOPs x batch.
+/// Training FLOPs of one optimiser step, as budgets count them
+/// (`models::accounting::train_flops_per_step`: 3 x forward in `BUDGET_MODE` x batch).
 pub fn flops_per_step(cfg: &models::Config, seq_len: usize, batch: usize) -> f64 {
-    3.0 * models::accounting::forward_flops(cfg, seq_len, models::accounting::FlopMode::Causal)
-        as f64
-        * batch as f64
+    models::accounting::train_flops_per_step(cfg, seq_len, batch) as f64
 }
 
 /// Resolve the main job's flags into run specs (all cells, in a stable order).

@@ -159,13 +159,18 @@ fn lime_router(cfg: &Config) -> (u64, u64) {
         Variant::LimeAvg => (r * r * nb, 0),
         Variant::LimeSameHead => (r * nb, r * nb),
         Variant::LimePerDim => (r * r * nb, r * r * nb * dh),
-        v => match v.lime_window() {
+        Variant::LimeLast2 | Variant::LimeFirst2 => match cfg.variant.lime_window() {
             Some(crate::config::LimeWindow::Last(j) | crate::config::LimeWindow::First(j)) => {
                 let w = r * r * window_blocks(cfg.n_layers, j);
                 (w, w)
             }
-            None => (0, 0),
+            None => (0, 0), // every windowed variant has a window (config.rs)
         },
+        Variant::Llama
+        | Variant::DenseFormer
+        | Variant::Hyper
+        | Variant::HyperStatic
+        | Variant::ResFormer => (0, 0),
     }
 }
 
@@ -206,7 +211,13 @@ pub fn num_params(cfg: &Config) -> u64 {
         Variant::DenseFormer => l * (l + 3) / 2,
         Variant::Hyper => 2 * l * (hc_static + hc_dynamic),
         Variant::HyperStatic => 2 * l * hc_static,
-        _ => lime_router(cfg).1,
+        Variant::Lime
+        | Variant::LimeAvg
+        | Variant::LimeLast2
+        | Variant::LimeFirst2
+        | Variant::LimeSameHead
+        | Variant::LimePerDim
+        | Variant::LimeRandomInit => lime_router(cfg).1,
     }
 }
 
@@ -278,7 +289,19 @@ pub fn flop_breakdown(cfg: &Config, seq_len: usize, mode: FlopMode) -> FlopBreak
     // second, per-token mixing ΔW_l(x_t)·buffer (the two mixings are added, not fused).
     let router = match cfg.variant {
         Variant::LimeDynamic => 2 * mixing + k * t * d * blocks,
-        _ => mixing,
+        // lime_router gives 0 mixing for the variants without a router.
+        Variant::Llama
+        | Variant::Lime
+        | Variant::LimeAvg
+        | Variant::LimeLast2
+        | Variant::LimeFirst2
+        | Variant::LimeSameHead
+        | Variant::LimePerDim
+        | Variant::LimeRandomInit
+        | Variant::DenseFormer
+        | Variant::Hyper
+        | Variant::HyperStatic
+        | Variant::ResFormer => mixing,
     };
 
     // Residual-stream connections.
@@ -298,7 +321,16 @@ pub fn flop_breakdown(cfg: &Config, seq_len: usize, mode: FlopMode) -> FlopBreak
             };
             2 * l * (k * t * (proj + (n + 1) * n * d) + outer)
         }
-        _ => 0,
+        Variant::Llama
+        | Variant::Lime
+        | Variant::LimeDynamic
+        | Variant::LimeAvg
+        | Variant::LimeLast2
+        | Variant::LimeFirst2
+        | Variant::LimeSameHead
+        | Variant::LimePerDim
+        | Variant::LimeRandomInit
+        | Variant::ResFormer => 0,
     };
 
     let elementwise = match mode {
@@ -327,7 +359,17 @@ pub fn flop_breakdown(cfg: &Config, seq_len: usize, mode: FlopMode) -> FlopBreak
                     l.saturating_sub(1) * (4 * td + 7 * t + norm_w + t * r * 2 * dh)
                 }
                 Variant::ResFormer => l.saturating_sub(1) * 3 * t * r * dh,
-                _ => 0,
+                Variant::Llama
+                | Variant::Lime
+                | Variant::LimeAvg
+                | Variant::LimeLast2
+                | Variant::LimeFirst2
+                | Variant::LimeSameHead
+                | Variant::LimePerDim
+                | Variant::LimeRandomInit
+                | Variant::DenseFormer
+                | Variant::Hyper
+                | Variant::HyperStatic => 0,
             };
             l * per_block + rms_norm + rotary_table + extra
         }
