@@ -626,3 +626,28 @@ fn default_config_manifests_are_pinned() {
     }
     crate::golden().bind(|| insta::assert_snapshot!("manifests_default_configs", snap));
 }
+
+/// A plan sets what the flags set: `match`, `steps`, `epochs`, `precision` give the same specs
+/// (so the same run ids) as `--match steps --steps 7` on the main job.
+#[test]
+fn a_plan_sets_what_the_flags_set() {
+    let plan: harness::sweep::Plan = toml::from_str(
+        "tasks = [\"mqar\"]\nmodels = [\"llama\", \"lime\"]\nmatch = \"steps\"\nsteps = 7\n",
+    )
+    .unwrap();
+    let from_plan = harness::sweep::cells(&plan).unwrap();
+    let from_flags = harness::spec::resolve(&harness::spec::RunArgs {
+        task: vec!["mqar".into()],
+        models: vec!["llama".into(), "lime".into()],
+        seeds: 1,
+        match_mode: harness::spec::MatchMode::Steps,
+        steps: Some(7),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(from_plan, from_flags);
+    assert!(from_plan.iter().all(|s| s.steps == 7));
+    let bad: Result<harness::sweep::Plan, _> =
+        toml::from_str("tasks = [\"mqar\"]\nmatch = \"tokens\"\n");
+    assert!(bad.is_err());
+}

@@ -37,6 +37,16 @@ pub struct Plan {
     #[serde(default)]
     pub lrs: Vec<f64>,
     pub budget_flops: Option<f64>,
+    /// `"flops"` (default) or `"steps"`, as `--match`.
+    #[serde(default, rename = "match")]
+    pub match_mode: crate::spec::MatchMode,
+    /// Steps per run with `match = "steps"`, as `--steps`.
+    pub steps: Option<u64>,
+    /// Epochs of the fixed train pool, as `--epochs`.
+    pub epochs: Option<u64>,
+    /// `"f32"` (default) or `"bf16"` (GPU), as `--precision`.
+    #[serde(default)]
+    pub precision: crate::spec::Precision,
     pub batch_size: Option<usize>,
     pub train_pool: Option<u64>,
     pub n_val: Option<u64>,
@@ -103,6 +113,10 @@ pub fn cells(plan: &Plan) -> Result<Vec<crate::spec::RunSpec>> {
                 sets: toml_sets(&plan.set),
                 model_sets: toml_sets(&plan.model_set),
                 budget_flops: plan.budget_flops,
+                match_mode: plan.match_mode,
+                steps: plan.steps,
+                epochs: plan.epochs,
+                precision: plan.precision,
                 seeds: plan.seeds.unwrap_or(1),
                 lr: plan.lrs.clone(),
                 batch_size: plan.batch_size,
@@ -152,6 +166,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     let dev = crate::train::device(&plan.device)?;
+    plan.precision.check_device(&dev)?;
     std::fs::create_dir_all(&plan.out)
         .with_context(|| format!("cannot create {}", plan.out.display()))?;
     eprintln!(
