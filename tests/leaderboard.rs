@@ -190,3 +190,33 @@ fn leaderboard_cells_are_one_spec_each() {
     );
     crate::golden().bind(|| insta::assert_snapshot!("leaderboard_cells_by_budget", snap));
 }
+
+/// A result made by older code (another `code_version`) is its own row, labelled with it — never
+/// averaged with the current code's runs, never taken for them.
+#[test]
+fn results_of_older_code_are_separate_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = specs("llama", 1, &[1e-3], Some(2e11), "kv4");
+    write_run(dir.path(), &now[0], 0.5, 0.5, "ok");
+    let mut old = now[0].clone();
+    old.code_version = "harness-0.1.0+gen1".into();
+    assert_ne!(
+        old.id(),
+        now[0].id(),
+        "the code version is part of the run id"
+    );
+    write_run(dir.path(), &old, 0.9, 0.9, "ok");
+    let rows = json_rows(dir.path());
+    assert_eq!(rows.len(), 2);
+    let settings: Vec<&str> = rows
+        .iter()
+        .map(|r| r["setting"].as_str().unwrap())
+        .collect();
+    assert!(
+        settings.contains(&"code_version=harness-0.1.0+gen1")
+            && settings
+                .contains(&format!("code_version={}", harness::spec::code_version()).as_str()),
+        "{settings:?}"
+    );
+    assert!(rows.iter().all(|r| r["seeds"] == 1));
+}
