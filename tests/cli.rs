@@ -532,7 +532,7 @@ fn every_task_has_a_default_and_trains_through_the_main_job() {
 }
 
 /// Runs `spec` on the CPU (quiet, no --force) to completion; panics on any other outcome.
-fn train_to_done(spec: &harness::spec::RunSpec, out: &Path) -> harness::train::RunResult {
+fn train_to_done(spec: &harness::spec::RunSpec, out: &Path) -> harness::records::RunResult {
     let opts = harness::train::RunOptions {
         quiet: true,
         ..Default::default()
@@ -575,7 +575,7 @@ fn every_model_trains_through_the_main_job() {
     }
     // LIMe runs carry their router heatmap (rows sum to 1), plotted next to the run.
     let lime_id = specs.iter().find(|s| s.model == "lime").unwrap().id();
-    let lime: harness::train::RunResult = serde_json::from_str(
+    let lime: harness::records::RunResult = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("runs").join(&lime_id).join("result.json"))
             .unwrap(),
     )
@@ -584,7 +584,7 @@ fn every_model_trains_through_the_main_job() {
     for row in &lime.router_heatmap {
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{row:?}");
     }
-    harness::leaderboard::write_all(dir.path()).unwrap();
+    harness::job::write_report(dir.path()).unwrap();
     assert!(dir
         .path()
         .join("runs")

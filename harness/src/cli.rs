@@ -64,18 +64,6 @@ pub struct GenArgs {
     pub list: bool,
 }
 
-/// Parse `key=value` strings.
-pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
-    sets.iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                Ok((k.trim().to_string(), v.trim().to_string()))
-            }
-            _ => bail!("--set expects KEY=VALUE, got `{s}`"),
-        })
-        .collect()
-}
-
 /// Parse the process arguments. Help and version print normally; any other clap error is reduced
 /// to its first line (exit code 2).
 pub fn parse() -> Result<Cli, i32> {
@@ -115,7 +103,7 @@ where
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => crate::train::main_job(&cli.run),
+        None => crate::job::main_job(&cli.run),
         Some(Command::Gen(a)) => gen(&a),
         Some(Command::Tasks) => {
             print!("{}", tasks_table());
@@ -144,7 +132,7 @@ fn gen(a: &GenArgs) -> Result<()> {
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
-    let sets = parse_sets(&a.sets)?;
+    let sets = crate::spec::parse_sets(&a.sets)?;
     let task = tasks::build(name, a.level.as_deref(), &sets)?;
     let level = a.level.clone().unwrap_or_else(|| default_level(name));
     let m = crate::gen::export(task.as_ref(), &level, split, a.start, a.n, out)

@@ -124,7 +124,7 @@ pub fn table(a: &FlopsArgs) -> Result<String> {
                 norm_eps: 1e-5,
             };
             let base =
-                crate::spec::shape_with_sets(&base, &crate::cli::parse_sets(&a.model_sets)?)?;
+                crate::spec::shape_with_sets(&base, &crate::spec::parse_sets(&a.model_sets)?)?;
             let t = a.seq_len.unwrap_or(256);
             if t == 0 {
                 bail!("--seq-len must be at least 1");

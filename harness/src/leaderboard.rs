@@ -6,8 +6,8 @@
 //! `config.json` and `result.json`, so shards of a sweep merge by copying their run folders
 //! together; a folder that cannot be read is named under the table and the rest still render.
 
+use crate::records::RunResult;
 use crate::spec::RunSpec;
-use crate::train::RunResult;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -467,26 +467,6 @@ pub fn render_dir(dir: &Path, tasks: Option<&[String]>, format: Format) -> Resul
         eprint!("{footer}");
         table
     })
-}
-
-/// Write leaderboard.{md,csv,json} and the SVG plots into `dir`; returns the rows written and
-/// the run folders that could not be read.
-pub fn write_all(dir: &Path) -> Result<(Vec<Row>, Unreadable)> {
-    let loaded = load_results(dir)?;
-    let rs = rows(&loaded.records);
-    for (f, name) in [
-        (Format::Md, "leaderboard.md"),
-        (Format::Csv, "leaderboard.csv"),
-        (Format::Json, "leaderboard.json"),
-    ] {
-        let mut text = render(&rs, f, true)?;
-        if f == Format::Md {
-            text += &unreadable_footer(&loaded.unreadable);
-        }
-        crate::io::write_atomic(&dir.join(name), text.as_bytes())?;
-    }
-    crate::plots::write_plots(dir, &loaded.results(), &rs)?;
-    Ok((rs, loaded.unreadable))
 }
 
 pub fn run(a: &LeaderboardArgs) -> Result<()> {

@@ -4,8 +4,9 @@
 //! (task, level, model, seed, lr) cell, with the step count derived from the FLOP budget there —
 //! before anything runs. [`train`] executes one spec into a run directory keyed by the hash of that
 //! spec (config.json first, metrics.jsonl while training, checkpoints, an atomic result.json last),
-//! so a finished run is skipped and a killed one resumes bit-for-bit. [`leaderboard`] only reads run
-//! directories, which is also how sweep shards merge. This crate is the only one that does I/O.
+//! so a finished run is skipped and a killed one resumes bit-for-bit; one process writes a run at a
+//! time (an OS lock on the folder). [`leaderboard`] only reads run directories, which is also how
+//! sweep shards merge; [`job`] ties the main job together. Imports flow one way (ARCHITECTURE.md). This crate is the only one that does I/O.
 
 pub mod cli;
 pub mod gen;
@@ -32,10 +33,12 @@ pub fn one_line(e: &anyhow::Error) -> String {
 pub mod bench;
 pub mod check_device;
 pub mod flops_cmd;
+pub mod job;
 pub mod leaderboard;
 pub mod optim;
 pub mod plots;
 pub mod presets;
+pub mod records;
 pub mod spec;
 pub mod sweep;
 pub mod train;

@@ -6,10 +6,36 @@
 //! router weights get `lr * router_lr_mult` and no decay; matrices get decoupled weight decay;
 //! norms and embeddings get neither (see `models::param_group`).
 
-use crate::spec::OptimSpec;
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Linear,
+}
+
+/// Optimiser settings (AdamW, decoupled weight decay).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSpec {
+    pub lr: f64,
+    /// Router weights get `lr * router_lr_mult` and no weight decay.
+    pub router_lr_mult: f64,
+    /// Applied to matrices only (not norms, embeddings, routers).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: f64,
+    pub schedule: Schedule,
+    /// Fraction of the steps spent in linear warm-up.
+    pub warmup_frac: f64,
+}
 
 pub struct AdamW {
     /// (name, var, group) in sorted name order.
@@ -205,8 +231,8 @@ pub fn lr_at(cfg: &OptimSpec, base_lr: f64, step: u64, total: u64) -> f64 {
     let span = (total - warm).max(1) as f64;
     let p = ((step - warm) as f64 / span).clamp(0.0, 1.0);
     match cfg.schedule {
-        crate::spec::Schedule::Cosine => base_lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
-        crate::spec::Schedule::Linear => base_lr * (1.0 - p),
+        Schedule::Cosine => base_lr * 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+        Schedule::Linear => base_lr * (1.0 - p),
     }
 }
 
@@ -299,7 +325,18 @@ mod tests {
                 norm_eps: 1e-5,
             };
             let (vm, model) = models::init_varmap(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
-            let mut opt = AdamW::new(&vm, &crate::presets::preset("mqar").unwrap().optim).unwrap();
+            let cfg = OptimSpec {
+                lr: 1e-3,
+                router_lr_mult: 10.0,
+                weight_decay: 0.1,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                grad_clip: 1.0,
+                schedule: Schedule::Cosine,
+                warmup_frac: 0.05,
+            };
+            let mut opt = AdamW::new(&vm, &cfg).unwrap();
             let ids = Tensor::from_vec(
                 (0..32u32).map(|i| i % 16).collect::<Vec<_>>(),
                 (2, 16),

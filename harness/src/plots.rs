@@ -2,7 +2,7 @@
 //! vs difficulty level (one line per model), per task.
 
 use crate::leaderboard::Row;
-use crate::train::RunResult;
+use crate::records::RunResult;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! Every field can be overridden from the command line; the numbers the README quotes were measured
 //! with these presets.
 
-use crate::spec::{OptimSpec, Schedule};
+use crate::optim::{OptimSpec, Schedule};
 use anyhow::Result;
 
 #[derive(Clone, Debug)]
@@ -138,33 +138,4 @@ pub fn preset(task: &str) -> Result<Preset> {
             tasks::task_names().join(", ")
         ),
     })
-}
-
-/// The named experiments of `--experiment`: flags the user did not give are filled in.
-pub fn experiment(name: &str, given: &crate::spec::RunArgs) -> Result<crate::spec::RunArgs> {
-    let mut a = given.clone();
-    match name {
-        // The LIMe paper's arithmetic experiment (arXiv 2502.09245, section 4): one model per
-        // operand count (4/5/6), 4 layers, 4 heads, d=32 (the `arith` preset's shape), 50,000
-        // examples per operand count, 200 epochs, lr 1e-3 with linear decay. The paper gives no
-        // batch size; 256 keeps a GPU busy (39,063 steps per run).
-        "arith-paper" => {
-            if a.task.is_empty() {
-                a.task = vec!["arith".into()];
-            }
-            if a.level.is_empty() {
-                a.level = vec!["ops4".into(), "ops5".into(), "ops6".into()];
-            }
-            a.train_pool.get_or_insert(50_000);
-            a.batch_size.get_or_insert(256);
-            if a.steps.is_none() {
-                a.epochs.get_or_insert(200);
-            }
-            if a.lr.is_empty() {
-                a.lr = vec![1e-3];
-            }
-        }
-        other => anyhow::bail!("unknown experiment `{other}` (known: arith-paper)"),
-    }
-    Ok(a)
 }

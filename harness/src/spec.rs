@@ -135,31 +135,7 @@ impl Precision {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    Cosine,
-    Linear,
-}
-
-/// Optimiser settings (AdamW, decoupled weight decay).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimSpec {
-    pub lr: f64,
-    /// Router weights get `lr * router_lr_mult` and no weight decay.
-    pub router_lr_mult: f64,
-    /// Applied to matrices only (not norms, embeddings, routers).
-    pub weight_decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Global gradient-norm clip.
-    pub grad_clip: f64,
-    pub schedule: Schedule,
-    /// Fraction of the steps spent in linear warm-up.
-    pub warmup_frac: f64,
-}
+pub use crate::optim::{OptimSpec, Schedule};
 
 /// Everything that determines a run's result. Its hash is the run id.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,6 +218,18 @@ pub fn code_version() -> String {
     )
 }
 
+/// Parse `key=value` strings.
+pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
+    sets.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => bail!("--set expects KEY=VALUE, got `{s}`"),
+        })
+        .collect()
+}
+
 /// Apply `key=value` overrides to a serializable struct through JSON, so unknown keys and bad
 /// types are caught by serde (`deny_unknown_fields`).
 pub fn apply_sets<T: Serialize + serde::de::DeserializeOwned>(
@@ -308,7 +296,7 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
     let a = match &a.experiment {
         None => a,
         Some(name) => {
-            with_experiment = crate::presets::experiment(name, a)?;
+            with_experiment = experiment(name, a)?;
             &with_experiment
         }
     };
@@ -327,8 +315,8 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
     if a.epochs.is_some() && a.steps.is_some() {
         bail!("give --epochs or --steps, not both");
     }
-    let sets = crate::cli::parse_sets(&a.sets)?;
-    let model_sets = crate::cli::parse_sets(&a.model_sets)?;
+    let sets = parse_sets(&a.sets)?;
+    let model_sets = parse_sets(&a.model_sets)?;
     let mut specs = Vec::new();
     for task_name in &a.task {
         let preset = crate::presets::preset(task_name)?;
@@ -487,4 +475,33 @@ fn resolve_cell(
         }
     }
     Ok(specs)
+}
+
+/// The named experiments of `--experiment`: flags the user did not give are filled in.
+pub fn experiment(name: &str, given: &RunArgs) -> Result<RunArgs> {
+    let mut a = given.clone();
+    match name {
+        // The LIMe paper's arithmetic experiment (arXiv 2502.09245, section 4): one model per
+        // operand count (4/5/6), 4 layers, 4 heads, d=32 (the `arith` preset's shape), 50,000
+        // examples per operand count, 200 epochs, lr 1e-3 with linear decay. The paper gives no
+        // batch size; 256 keeps a GPU busy (39,063 steps per run).
+        "arith-paper" => {
+            if a.task.is_empty() {
+                a.task = vec!["arith".into()];
+            }
+            if a.level.is_empty() {
+                a.level = vec!["ops4".into(), "ops5".into(), "ops6".into()];
+            }
+            a.train_pool.get_or_insert(50_000);
+            a.batch_size.get_or_insert(256);
+            if a.steps.is_none() {
+                a.epochs.get_or_insert(200);
+            }
+            if a.lr.is_empty() {
+                a.lr = vec![1e-3];
+            }
+        }
+        other => bail!("unknown experiment `{other}` (known: arith-paper)"),
+    }
+    Ok(a)
 }

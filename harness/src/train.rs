@@ -8,6 +8,7 @@
 
 use crate::io::{read_json, write_atomic, write_json};
 use crate::optim::{lr_at, AdamW};
+use crate::records::RunResult;
 use crate::spec::RunSpec;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
@@ -17,44 +18,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tasks::{Example, Split, Task};
-
-/// What a finished run records (`result.json`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RunResult {
-    pub id: String,
-    /// `ok` or `diverged` (NaN/inf loss; no accuracy is reported then).
-    pub status: String,
-    pub task: String,
-    pub level: String,
-    pub model: String,
-    pub seed: u64,
-    pub lr: f64,
-    pub params: u64,
-    pub budget_flops: f64,
-    pub flops_spent: f64,
-    pub steps: u64,
-    pub tokens_seen: u64,
-    pub wall_clock_s: f64,
-    pub device: String,
-    pub metric: tasks::Metric,
-    pub chance: f64,
-    pub final_loss: Option<f64>,
-    /// Step whose weights were selected on val (early stopping).
-    pub best_step: Option<u64>,
-    pub val_acc: Option<f64>,
-    /// The reported number: teacher-forced accuracy at supervised positions (recall tasks) or the
-    /// verifier's accuracy on greedy generations (answer tasks).
-    pub test_acc: Option<f64>,
-    /// Teacher-forced token accuracy on test (all tasks).
-    pub test_token_acc: Option<f64>,
-    /// Teacher-forced macro accuracy on test (mean per-class accuracy; MAD's default metric).
-    pub test_macro_acc: Option<f64>,
-    /// LIMe variants: mean |W_l| per (layer, source layer) of the selected weights, rows
-    /// normalised to 1 (the paper's Figure 5). Empty for models without a router.
-    #[serde(default)]
-    pub router_heatmap: Vec<Vec<f64>>,
-}
 
 /// Trainer state saved with each checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -738,88 +701,4 @@ fn progress(spec: &RunSpec, quiet: bool, pos: u64) -> indicatif::ProgressBar {
     pb.set_prefix(format!("{} {} s{}", spec.task, spec.model, spec.seed));
     pb.set_position(pos);
     pb
-}
-
-/// The main job: resolve, run every cell (skipping finished ones), print the leaderboard.
-/// `--plan`: the resolved runs, one row each, without training.
-fn plan_table(specs: &[crate::spec::RunSpec]) -> String {
-    use tabled::{builder::Builder, settings::Style};
-    let mut b = Builder::default();
-    b.push_record([
-        "run",
-        "steps",
-        "batch",
-        "seq_len",
-        "train pool",
-        "FLOPs",
-        "lr",
-        "precision",
-    ]);
-    for s in specs {
-        b.push_record([
-            s.id(),
-            s.steps.to_string(),
-            s.batch_size.to_string(),
-            s.seq_len.to_string(),
-            s.train_pool.to_string(),
-            format!("{:.3e}", s.budget_flops),
-            format!("{:e}", s.optim.lr),
-            format!("{:?}", s.precision).to_lowercase(),
-        ]);
-    }
-    let mut t = b.build();
-    t.with(Style::markdown());
-    format!("{t}\n{} runs\n", specs.len())
-}
-
-pub fn main_job(a: &crate::spec::RunArgs) -> Result<()> {
-    let specs = crate::spec::resolve(a)?;
-    if a.plan {
-        print!("{}", plan_table(&specs));
-        return Ok(());
-    }
-    let dev = device(&a.device)?;
-    a.precision.check_device(&dev)?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    for spec in &specs {
-        let opts = RunOptions {
-            quiet: a.quiet,
-            force: a.force,
-            stop_after: a.stop_after,
-            when_busy: WhenBusy::Wait,
-        };
-        match run_one(spec, &a.out, &dev, opts)? {
-            Outcome::Done(r) if !a.quiet => eprintln!(
-                "{}: {} test acc {} in {:.0}s",
-                r.id,
-                r.status,
-                fmt_opt(r.test_acc),
-                r.wall_clock_s
-            ),
-            Outcome::Skipped(r) if !a.quiet => eprintln!("{}: already done, skipped", r.id),
-            Outcome::Interrupted => {
-                eprintln!(
-                    "{}: stopped after {} steps (--stop-after)",
-                    spec.id(),
-                    a.stop_after.unwrap_or(0)
-                );
-                return Ok(());
-            }
-            _ => {}
-        }
-    }
-    // One pass over the run folders: write every table and plot, print this job's tasks.
-    let (mut rows, unreadable) = crate::leaderboard::write_all(&a.out)?;
-    rows.retain(|r| specs.iter().any(|s| s.task == r.task));
-    println!(
-        "{}{}",
-        crate::leaderboard::render(&rows, crate::leaderboard::Format::Md, true)?,
-        crate::leaderboard::unreadable_footer(&unreadable)
-    );
-    Ok(())
-}
-
-fn fmt_opt(x: Option<f64>) -> String {
-    x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
 }

@@ -1,0 +1,116 @@
+//! The main job (`harness --task ...`): resolve the flags into specs, run every cell (skipping
+//! finished ones, waiting for runs another process holds), then write the report — tables and
+//! plots — for the whole results folder. The top of the chain: flags → [`crate::spec`] →
+//! [`crate::train`] → [`crate::leaderboard`] / [`crate::plots`].
+
+use crate::spec::{RunArgs, RunSpec};
+use crate::train::{device, run_one, Outcome, RunOptions, WhenBusy};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// The main job: resolve, run every cell (skipping finished ones), print the leaderboard.
+/// `--plan`: the resolved runs, one row each, without training.
+fn plan_table(specs: &[RunSpec]) -> String {
+    use tabled::{builder::Builder, settings::Style};
+    let mut b = Builder::default();
+    b.push_record([
+        "run",
+        "steps",
+        "batch",
+        "seq_len",
+        "train pool",
+        "FLOPs",
+        "lr",
+        "precision",
+    ]);
+    for s in specs {
+        b.push_record([
+            s.id(),
+            s.steps.to_string(),
+            s.batch_size.to_string(),
+            s.seq_len.to_string(),
+            s.train_pool.to_string(),
+            format!("{:.3e}", s.budget_flops),
+            format!("{:e}", s.optim.lr),
+            format!("{:?}", s.precision).to_lowercase(),
+        ]);
+    }
+    let mut t = b.build();
+    t.with(Style::markdown());
+    format!("{t}\n{} runs\n", specs.len())
+}
+
+pub fn main_job(a: &RunArgs) -> Result<()> {
+    let specs = crate::spec::resolve(a)?;
+    if a.plan {
+        print!("{}", plan_table(&specs));
+        return Ok(());
+    }
+    let dev = device(&a.device)?;
+    a.precision.check_device(&dev)?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    for spec in &specs {
+        let opts = RunOptions {
+            quiet: a.quiet,
+            force: a.force,
+            stop_after: a.stop_after,
+            when_busy: WhenBusy::Wait,
+        };
+        match run_one(spec, &a.out, &dev, opts)? {
+            Outcome::Done(r) if !a.quiet => eprintln!(
+                "{}: {} test acc {} in {:.0}s",
+                r.id,
+                r.status,
+                fmt_opt(r.test_acc),
+                r.wall_clock_s
+            ),
+            Outcome::Skipped(r) if !a.quiet => eprintln!("{}: already done, skipped", r.id),
+            Outcome::Interrupted => {
+                eprintln!(
+                    "{}: stopped after {} steps (--stop-after)",
+                    spec.id(),
+                    a.stop_after.unwrap_or(0)
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    // One pass over the run folders: write every table and plot, print this job's tasks.
+    let (mut rows, unreadable) = write_report(&a.out)?;
+    rows.retain(|r| specs.iter().any(|s| s.task == r.task));
+    println!(
+        "{}{}",
+        crate::leaderboard::render(&rows, crate::leaderboard::Format::Md, true)?,
+        crate::leaderboard::unreadable_footer(&unreadable)
+    );
+    Ok(())
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+}
+
+/// Write leaderboard.{md,csv,json} and the SVG plots into `dir` from every run under it; returns
+/// the rows written and the run folders that could not be read.
+pub fn write_report(
+    dir: &Path,
+) -> Result<(Vec<crate::leaderboard::Row>, crate::leaderboard::Unreadable)> {
+    use crate::leaderboard::{load_results, render, rows, unreadable_footer, Format};
+    let loaded = load_results(dir)?;
+    let rs = rows(&loaded.records);
+    for (f, name) in [
+        (Format::Md, "leaderboard.md"),
+        (Format::Csv, "leaderboard.csv"),
+        (Format::Json, "leaderboard.json"),
+    ] {
+        let mut text = render(&rs, f, true)?;
+        if f == Format::Md {
+            text += &unreadable_footer(&loaded.unreadable);
+        }
+        crate::io::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    crate::plots::write_plots(dir, &loaded.results(), &rs)?;
+    Ok((rs, loaded.unreadable))
+}
