@@ -6,7 +6,8 @@
 //! spec (config.json first, metrics.jsonl while training, checkpoints, an atomic result.json last),
 //! so a finished run is skipped and a killed one resumes bit-for-bit; one process writes a run at a
 //! time (an OS lock on the folder). [`leaderboard`] only reads run directories, which is also how
-//! sweep shards merge; [`job`] ties the main job together. Imports flow one way (ARCHITECTURE.md). This crate is the only one that does I/O.
+//! sweep shards merge; [`job`] ties the main job together. Imports flow one way (ARCHITECTURE.md).
+//! This crate is the only one that does I/O.
 
 pub mod cli;
 pub mod gen;
