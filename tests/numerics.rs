@@ -81,18 +81,9 @@ fn sig(x: f64) -> f64 {
 }
 
 fn model_fingerprint(variant: models::Variant, dtype: DType) -> BTreeMap<String, f64> {
-    let cfg = models::Config {
-        variant,
-        vocab_size: 29,
-        d_model: 32,
-        n_layers: 3,
-        n_heads: 4,
-        n_kv_heads: 2,
-        d_ff: 48,
-        tie_embeddings: false,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-    };
+    let cfg = models::Config::mha(variant, 29, 32, 3, 4)
+        .with_kv_heads(2)
+        .with_d_ff(48);
     let dev = Device::Cpu;
     let (varmap, model) = models::init_varmap(&cfg, 7, dtype, &dev).unwrap();
     let (b, t) = (3usize, 11usize);

@@ -120,18 +120,7 @@ fn train_config(name: &str) -> Result<(usize, usize, usize, usize, usize, usize)
 }
 
 fn model_cfg(variant: models::Variant, l: usize, d: usize, h: usize, v: usize) -> models::Config {
-    models::Config {
-        variant,
-        vocab_size: v,
-        d_model: d,
-        n_layers: l,
-        n_heads: h,
-        n_kv_heads: h,
-        d_ff: 4 * d,
-        tie_embeddings: false,
-        rope_theta: 1e4,
-        norm_eps: 1e-5,
-    }
+    models::Config::mha(variant, v, d, l, h)
 }
 
 /// The CPU's model name (`/proc/cpuinfo`), for every speed figure.

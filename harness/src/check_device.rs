@@ -94,18 +94,9 @@ fn step(cfg: &models::Config, dtype: DType, dev: &Device, p: Precision) -> Resul
 pub fn check(variants: &[models::Variant], dev: &Device, p: Precision) -> Result<Vec<Check>> {
     let mut out = Vec::new();
     for &variant in variants {
-        let cfg = models::Config {
-            variant,
-            vocab_size: 37,
-            d_model: 32,
-            n_layers: 3,
-            n_heads: 4,
-            n_kv_heads: 2,
-            d_ff: 64,
-            tie_embeddings: false,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-        };
+        let cfg = models::Config::mha(variant, 37, 32, 3, 4)
+            .with_kv_heads(2)
+            .with_d_ff(64);
         let (rl, rloss, rg) = step(&cfg, DType::F64, &Device::Cpu, Precision::F32)?;
         let (l, loss, g) = step(&cfg, DType::F32, dev, p)?;
         let mut worst = (0.0f64, String::new());

@@ -111,31 +111,15 @@ pub fn table(a: &FlopsArgs) -> Result<String> {
         }
         Some(p) => bail!("unknown preset `{p}` (known: paper-1b)"),
         None => {
-            let base = models::Config {
-                variant: models::Variant::Llama,
-                vocab_size: 512,
-                d_model: 64,
-                n_layers: 4,
-                n_heads: 4,
-                n_kv_heads: 4,
-                d_ff: 256,
-                tie_embeddings: false,
-                rope_theta: 10_000.0,
-                norm_eps: 1e-5,
-            };
+            let base = models::Config::mha(models::Variant::Llama, 512, 64, 4, 4);
             let base =
                 crate::spec::shape_with_sets(&base, &crate::spec::parse_sets(&a.model_sets)?)?;
             let t = a.seq_len.unwrap_or(256);
             if t == 0 {
                 bail!("--seq-len must be at least 1");
             }
-            let cfgs: Vec<models::Config> = vs
-                .iter()
-                .map(|&v| models::Config {
-                    variant: v,
-                    ..base.clone()
-                })
-                .collect();
+            let cfgs: Vec<models::Config> =
+                vs.iter().map(|&v| base.clone().with_variant(v)).collect();
             Ok(render(&accounting::table(
                 &cfgs,
                 t,

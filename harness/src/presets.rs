@@ -25,18 +25,8 @@ pub struct Preset {
 }
 
 fn shape(d_model: usize, n_layers: usize, n_heads: usize) -> models::Config {
-    models::Config {
-        variant: models::Variant::Llama,
-        vocab_size: 0,
-        d_model,
-        n_layers,
-        n_heads,
-        n_kv_heads: n_heads,
-        d_ff: 4 * d_model,
-        tie_embeddings: false,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-    }
+    // vocab_size 0: each task sets its own.
+    models::Config::mha(models::Variant::Llama, 0, d_model, n_layers, n_heads)
 }
 
 fn optim() -> OptimSpec {

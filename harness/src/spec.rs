@@ -393,10 +393,7 @@ fn resolve_cell(
         validate_model(&base_shape)?;
         let llama_steps = (budget
             / flops_per_step(
-                &models::Config {
-                    variant: models::Variant::Llama,
-                    ..base_shape.clone()
-                },
+                &base_shape.clone().with_variant(models::Variant::Llama),
                 seq_len,
                 batch_size,
             ))
@@ -416,10 +413,7 @@ fn resolve_cell(
         };
         for model_name in &model_names {
             let variant = parse_variant(model_name)?;
-            let cfg = models::Config {
-                variant,
-                ..base_shape.clone()
-            };
+            let cfg = base_shape.clone().with_variant(variant);
             let fps = flops_per_step(&cfg, seq_len, batch_size);
             let steps = match match_mode {
                 MatchMode::Flops => {

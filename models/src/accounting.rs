@@ -400,16 +400,8 @@ pub fn train_flops_per_step(cfg: &Config, seq_len: usize, batch: usize) -> u64 {
 /// 8 kv heads with `gqa` else 32, tied embeddings, RoPE θ 10000, RMSNorm ε 1e-5.
 pub fn paper_1b(variant: Variant, gqa: bool) -> Config {
     Config {
-        variant,
-        vocab_size: 50257,
-        d_model: 2048,
-        n_layers: 16,
-        n_heads: 32,
-        n_kv_heads: if gqa { 8 } else { 32 },
-        d_ff: 8192,
         tie_embeddings: true,
-        rope_theta: 10000.0,
-        norm_eps: 1e-5,
+        ..Config::mha(variant, 50257, 2048, 16, 32).with_kv_heads(if gqa { 8 } else { 32 })
     }
 }
 
@@ -444,10 +436,7 @@ fn pct(x: u64, base: u64) -> f64 {
 pub fn table(cfgs: &[Config], seq_len: usize, mode: FlopMode) -> Vec<Row> {
     cfgs.iter()
         .map(|cfg| {
-            let base = Config {
-                variant: Variant::Llama,
-                ..cfg.clone()
-            };
+            let base = cfg.clone().with_variant(Variant::Llama);
             let (params, base_params) = (num_params(cfg), num_params(&base));
             let flops = forward_flops(cfg, seq_len, mode);
             let base_flops = forward_flops(&base, seq_len, mode);

@@ -141,6 +141,48 @@ pub struct Config {
 }
 
 impl Config {
+    /// The common shape: multi-head attention (as many kv heads as heads), SwiGLU width
+    /// 4·d_model, untied LM head, RoPE θ 10⁴, RMSNorm ε 10⁻⁵. Adjust with the `with_*` methods
+    /// or struct update syntax.
+    pub fn mha(
+        variant: Variant,
+        vocab_size: usize,
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+    ) -> Self {
+        Self {
+            variant,
+            vocab_size,
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads: n_heads,
+            d_ff: 4 * d_model,
+            tie_embeddings: false,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+        }
+    }
+
+    /// Grouped-query attention with `n` kv heads.
+    pub fn with_kv_heads(mut self, n: usize) -> Self {
+        self.n_kv_heads = n;
+        self
+    }
+
+    /// SwiGLU hidden width `n`.
+    pub fn with_d_ff(mut self, n: usize) -> Self {
+        self.d_ff = n;
+        self
+    }
+
+    /// The same config for another variant.
+    pub fn with_variant(mut self, variant: Variant) -> Self {
+        self.variant = variant;
+        self
+    }
+
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_heads
     }
