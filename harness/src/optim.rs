@@ -37,6 +37,24 @@ pub struct OptimSpec {
     pub warmup_frac: f64,
 }
 
+/// The presets' AdamW: lr 1e-3 (router ×10, no decay), weight decay 0.1 on matrices, betas
+/// 0.9 / 0.95, eps 1e-8, clip 1.0, 5% warm-up then cosine.
+impl Default for OptimSpec {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            router_lr_mult: 10.0,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            schedule: Schedule::Cosine,
+            warmup_frac: 0.05,
+        }
+    }
+}
+
 pub struct AdamW {
     /// (name, var, group) in sorted name order.
     params: Vec<(String, Var, models::ParamGroup)>,
@@ -325,18 +343,7 @@ mod tests {
                 norm_eps: 1e-5,
             };
             let (vm, model) = models::init_varmap(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
-            let cfg = OptimSpec {
-                lr: 1e-3,
-                router_lr_mult: 10.0,
-                weight_decay: 0.1,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                grad_clip: 1.0,
-                schedule: Schedule::Cosine,
-                warmup_frac: 0.05,
-            };
-            let mut opt = AdamW::new(&vm, &cfg).unwrap();
+            let mut opt = AdamW::new(&vm, &OptimSpec::default()).unwrap();
             let ids = Tensor::from_vec(
                 (0..32u32).map(|i| i % 16).collect::<Vec<_>>(),
                 (2, 16),

@@ -29,20 +29,6 @@ fn shape(d_model: usize, n_layers: usize, n_heads: usize) -> models::Config {
     models::Config::mha(models::Variant::Llama, 0, d_model, n_layers, n_heads)
 }
 
-fn optim() -> OptimSpec {
-    OptimSpec {
-        lr: 1e-3,
-        router_lr_mult: 10.0,
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        grad_clip: 1.0,
-        schedule: Schedule::Cosine,
-        warmup_frac: 0.05,
-    }
-}
-
 fn sets(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -58,7 +44,7 @@ pub fn preset(task: &str) -> Result<Preset> {
         model,
         batch_size: 64,
         lr: 1e-3,
-        optim: optim(),
+        optim: OptimSpec::default(),
         budget_flops: 1e13,
         train_pool: 0,
         n_val: 512,
@@ -78,7 +64,7 @@ pub fn preset(task: &str) -> Result<Preset> {
         "arith" => Preset {
             optim: OptimSpec {
                 schedule: Schedule::Linear,
-                ..optim()
+                ..OptimSpec::default()
             },
             budget_flops: 1.0e13,
             ..base("ops4", shape(32, 4, 4))
