@@ -287,21 +287,12 @@ pub fn flop_breakdown(cfg: &Config, seq_len: usize, mode: FlopMode) -> FlopBreak
     let mixing = k * t * 2 * dh * lime_router(cfg).0;
     // lime-dynamic as implemented in `lime.rs`: the static GEMM W_l·buffer, plus U_l·n_t, plus a
     // second, per-token mixing ΔW_l(x_t)·buffer (the two mixings are added, not fused).
-    let router = match cfg.variant {
-        Variant::LimeDynamic => 2 * mixing + k * t * d * blocks,
-        // lime_router gives 0 mixing for the variants without a router.
-        Variant::Llama
-        | Variant::Lime
-        | Variant::LimeAvg
-        | Variant::LimeLast2
-        | Variant::LimeFirst2
-        | Variant::LimeSameHead
-        | Variant::LimePerDim
-        | Variant::LimeRandomInit
-        | Variant::DenseFormer
-        | Variant::Hyper
-        | Variant::HyperStatic
-        | Variant::ResFormer => mixing,
+    // `mixing` is already per variant (lime_router matches every one, 0 without a router); only
+    // lime-dynamic adds to it.
+    let router = if cfg.variant == Variant::LimeDynamic {
+        2 * mixing + k * t * d * blocks
+    } else {
+        mixing
     };
 
     // Residual-stream connections.
