@@ -33,7 +33,7 @@ fn cpu_f32_matches_the_f64_reference_for_every_variant() {
 fn bf16_projections_stay_close_to_f32_and_really_run_in_bf16() {
     // On the CPU the projections then go through candle's bf16 matmul; every weight still gets a
     // gradient (check() fails otherwise) and the step stays within the bf16 tolerance.
-    let variants = [Variant::Llama, Variant::Lime, Variant::Hyper];
+    let variants = [Variant::LLAMA, Variant::LIME, Variant::HYPER];
     let checks = check(&variants, &Device::Cpu, Precision::Bf16).unwrap();
     assert_all_ok(&checks, Precision::Bf16);
     // ... and it is not silently f32: the logits move by more than f32 rounding would.
@@ -45,7 +45,7 @@ fn bf16_projections_stay_close_to_f32_and_really_run_in_bf16() {
 #[test]
 fn bf16_master_weights_and_gradients_stay_f32() {
     let cfg = models::Config {
-        variant: Variant::Lime,
+        variant: Variant::LIME,
         vocab_size: 17,
         d_model: 16,
         n_layers: 2,
@@ -85,7 +85,7 @@ fn cuda_matches_the_cpu_reference_in_f32_and_bf16() {
         &check(&Variant::ALL, &dev, Precision::F32).unwrap(),
         Precision::F32,
     );
-    let bf = check(&[Variant::Llama, Variant::Lime], &dev, Precision::Bf16).unwrap();
+    let bf = check(&[Variant::LLAMA, Variant::LIME], &dev, Precision::Bf16).unwrap();
     assert_all_ok(&bf, Precision::Bf16);
 }
 

@@ -11,7 +11,7 @@
 //!   `lime-avg` has no weights: it equals `lime` with W_l = [I … I]/(l+1);
 //! - `denseformer`: its init (α_ii = 1, else 0) → llama;
 //! - `hyper`, `hyper-static` (n = 4): their init with `norm_eps` = 0 → llama with unit norm gains;
-//! - `resformer`: λ = 0 (`Model::with_value_residual(0.0)`) → llama.
+//! - `resformer`: λ = 0 (`Model::with_def` with `ResFormer { lambda: 0.0 }`) → llama.
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -29,16 +29,16 @@ use crate::models_correctness::{
 
 /// Every variant this file covers.
 const RIVALS: [Variant; 10] = [
-    Variant::LimeAvg,
-    Variant::LimeLast2,
-    Variant::LimeFirst2,
-    Variant::LimeSameHead,
-    Variant::LimePerDim,
-    Variant::LimeRandomInit,
-    Variant::DenseFormer,
-    Variant::Hyper,
-    Variant::HyperStatic,
-    Variant::ResFormer,
+    Variant::LIME_AVG,
+    Variant::LIME_LAST_2,
+    Variant::LIME_FIRST_2,
+    Variant::LIME_SAME_HEAD,
+    Variant::LIME_PER_DIM,
+    Variant::LIME_RANDOM_INIT,
+    Variant::DENSEFORMER,
+    Variant::HYPER,
+    Variant::HYPER_STATIC,
+    Variant::RESFORMER,
 ];
 
 fn shapes() -> Vec<(usize, usize, usize, bool)> {
@@ -99,12 +99,19 @@ fn neutral_router(vm: &VarMap) -> Result<usize> {
 // 1. Exact reductions
 // ---------------------------------------------------------------------------------------------
 
+/// ResFormer with mixing weight λ over the weights of `vm`.
+fn with_lambda(vm: &VarMap, c: &Config, lambda: f64, dtype: DType) -> Result<Model> {
+    let vb = models::seeded_var_builder(vm, c.variant, 0, dtype, &Device::Cpu);
+    let def = models::resformer::ResFormer { lambda };
+    Ok(Model::with_def(c, vb, models::Backend::Reference, &def)?)
+}
+
 /// Builds `variant` and llama with the same shared weights (f64); returns both and the names
 /// only the variant has.
 fn pair(c: &Config, seed: u64) -> Result<(VarMap, Model, Model, Vec<String>)> {
     let (vm, model) = init_varmap(c, seed, DType::F64, &Device::Cpu)?;
     let (llama_vm, llama) =
-        init_varmap(&with(Variant::Llama, c), seed + 1, DType::F64, &Device::Cpu)?;
+        init_varmap(&with(Variant::LLAMA, c), seed + 1, DType::F64, &Device::Cpu)?;
     let own = copy_shared(&llama_vm, &vm)?;
     Ok((vm, model, llama, own))
 }
@@ -112,11 +119,11 @@ fn pair(c: &Config, seed: u64) -> Result<(VarMap, Model, Model, Vec<String>)> {
 #[test]
 fn router_ablations_reduce_to_llama_with_neutral_routers() -> Result<()> {
     for v in [
-        Variant::LimeLast2,
-        Variant::LimeFirst2,
-        Variant::LimeSameHead,
-        Variant::LimePerDim,
-        Variant::LimeRandomInit,
+        Variant::LIME_LAST_2,
+        Variant::LIME_FIRST_2,
+        Variant::LIME_SAME_HEAD,
+        Variant::LIME_PER_DIM,
+        Variant::LIME_RANDOM_INIT,
     ] {
         for (l, h, r, tie) in shapes() {
             let c = cfg(v, l, h, r, tie);
@@ -143,9 +150,9 @@ fn router_ablations_reduce_to_llama_with_neutral_routers() -> Result<()> {
 #[test]
 fn lime_avg_is_lime_with_a_uniform_router() -> Result<()> {
     for (l, h, r, tie) in shapes() {
-        let c = cfg(Variant::LimeAvg, l, h, r, tie);
+        let c = cfg(Variant::LIME_AVG, l, h, r, tie);
         let (avg_vm, avg) = init_varmap(&c, 5, DType::F64, &Device::Cpu)?;
-        let (lime_vm, lime) = init_varmap(&with(Variant::Lime, &c), 6, DType::F64, &Device::Cpu)?;
+        let (lime_vm, lime) = init_varmap(&with(Variant::LIME, &c), 6, DType::F64, &Device::Cpu)?;
         let own = copy_shared(&avg_vm, &lime_vm)?;
         ensure!(own.len() == l - 1, "lime-avg has no router params: {own:?}");
         ensure!(sorted_vars(&avg_vm).len() + l - 1 == sorted_vars(&lime_vm).len());
@@ -163,7 +170,7 @@ fn lime_avg_is_lime_with_a_uniform_router() -> Result<()> {
         let d = max_abs_diff(&lime.forward(&ids)?, &reference)?;
         ensure!(d <= 1e-6, "lime-avg vs lime with [I…I]/(l+1): {d}");
         // The dense router diagnostics show the uniform matrix.
-        let ws = avg.router_weights();
+        let ws = avg.mixing_weights()?;
         ensure!(ws.len() == l - 1);
         let w1: Vec<Vec<f64>> = ws[0].to_vec2()?;
         ensure!(w1[0][0] == 0.5 && w1[0][r] == 0.5);
@@ -174,7 +181,7 @@ fn lime_avg_is_lime_with_a_uniform_router() -> Result<()> {
 #[test]
 fn denseformer_at_init_equals_llama() -> Result<()> {
     for (l, h, r, tie) in shapes() {
-        let c = cfg(Variant::DenseFormer, l, h, r, tie);
+        let c = cfg(Variant::DENSEFORMER, l, h, r, tie);
         let (vm, model, llama, own) = pair(&c, 8)?;
         ensure!(own.len() == l && own.iter().all(|n| n.ends_with(".dwa.alpha")));
         let ids = random_ids(2, 9, c.vocab_size, 9)?;
@@ -190,21 +197,21 @@ fn denseformer_at_init_equals_llama() -> Result<()> {
 
 #[test]
 fn hyper_connections_at_init_equal_llama_without_eps() -> Result<()> {
-    for v in [Variant::Hyper, Variant::HyperStatic] {
+    for v in [Variant::HYPER, Variant::HYPER_STATIC] {
         for (l, h, r, tie) in shapes() {
             let c = Config {
                 norm_eps: 0.0,
                 ..cfg(v, l, h, r, tie)
             };
             let (vm, model, llama, own) = pair(&c, 10)?;
-            let per_conn = if v == Variant::Hyper { 6 } else { 2 };
+            let per_conn = if v == Variant::HYPER { 6 } else { 2 };
             ensure!(own.len() == 2 * l * per_conn, "{v:?}: {own:?}");
             // HC blocks have gain-free norms; llama's are ones at init (the neutral setting).
             let ids = random_ids(2, 9, c.vocab_size, 11)?;
             let reference = llama.forward(&ids)?;
             let d = max_abs_diff(&model.forward(&ids)?, &reference)?;
             ensure!(d <= 1e-6, "{v:?} {c:?} at init vs llama: {d}");
-            let pat = if v == Variant::Hyper {
+            let pat = if v == Variant::HYPER {
                 "dynamic_alpha_fn"
             } else {
                 "static_alpha"
@@ -218,7 +225,7 @@ fn hyper_connections_at_init_equal_llama_without_eps() -> Result<()> {
         }
     }
     // With eps > 0 the read-out n·x_L is normalised slightly differently (documented).
-    let c = cfg(Variant::Hyper, 2, 4, 2, false);
+    let c = cfg(Variant::HYPER, 2, 4, 2, false);
     let (_, model, llama, _) = pair(&c, 12)?;
     let ids = random_ids(1, 5, c.vocab_size, 13)?;
     let d = max_abs_diff(&model.forward(&ids)?, &llama.forward(&ids)?)?;
@@ -232,14 +239,14 @@ fn hyper_connections_at_init_equal_llama_without_eps() -> Result<()> {
 #[test]
 fn resformer_with_lambda_zero_equals_llama() -> Result<()> {
     for (l, h, r, tie) in shapes() {
-        let c = cfg(Variant::ResFormer, l, h, r, tie);
-        let (_, model, llama, own) = pair(&c, 14)?;
+        let c = cfg(Variant::RESFORMER, l, h, r, tie);
+        let (vm, model, llama, own) = pair(&c, 14)?;
         ensure!(own.is_empty(), "resformer has no new parameters");
         let ids = random_ids(2, 9, c.vocab_size, 15)?;
         let reference = llama.forward(&ids)?;
         let d0 = max_abs_diff(&model.forward(&ids)?, &reference)?;
         ensure!(d0 > 1e-5, "λ = ½ should change the logits ({d0})");
-        let model = model.with_value_residual(0.0);
+        let model = with_lambda(&vm, &c, 0.0, DType::F64)?;
         let d = max_abs_diff(&model.forward(&ids)?, &reference)?;
         ensure!(d <= 1e-6, "resformer λ = 0 vs llama: {d}");
     }
@@ -249,12 +256,12 @@ fn resformer_with_lambda_zero_equals_llama() -> Result<()> {
 /// ResFormer's values: layer l ≥ 1 uses exactly ½V_0 + ½V_l (checked against λ = 0 values).
 #[test]
 fn resformer_values_are_the_half_mix() -> Result<()> {
-    let c = cfg(Variant::ResFormer, 3, 4, 2, false);
-    let (_, model) = init_varmap(&c, 16, DType::F64, &Device::Cpu)?;
+    let c = cfg(Variant::RESFORMER, 3, 4, 2, false);
+    let (vm, model) = init_varmap(&c, 16, DType::F64, &Device::Cpu)?;
     let ids = random_ids(2, 6, c.vocab_size, 17)?;
     let (_, tr) = model.forward_trace(&ids)?;
-    // Own values of layer 2, from its input, with λ = 0 on a copy of the same weights.
-    let plain = model.clone().with_value_residual(0.0);
+    // Own values of layer 2, from its input, with λ = 0 on the same weights.
+    let plain = with_lambda(&vm, &c, 0.0, DType::F64)?;
     let (_, tr0) = plain.forward_trace(&ids)?;
     // Layer 0 is identical; layer 1's own values depend only on layer 1's input, which is the
     // same in both runs (layer 0 is unchanged).
@@ -305,15 +312,15 @@ fn formula_extra(c: &Config) -> i64 {
     let n = models::hyper::STREAMS as i64;
     let blocks = l * (l + 1) / 2 - 1;
     let window: i64 = (1..l).map(|i| i.min(2) + 1).sum();
-    match c.variant {
-        Variant::LimeAvg | Variant::ResFormer => 0,
-        Variant::LimeLast2 | Variant::LimeFirst2 => r * r * window,
-        Variant::LimeSameHead => r * blocks,
-        Variant::LimePerDim => r * r * dh * blocks,
-        Variant::LimeRandomInit => r * r * blocks,
-        Variant::DenseFormer => l * (l + 3) / 2, // N(N+3)/2
-        Variant::Hyper => 2 * l * (n * (n + 1) + n + d * (n + 1) + d + 2) - 2 * l * d,
-        Variant::HyperStatic => 2 * l * (n * (n + 1) + n) - 2 * l * d,
+    match c.variant.name() {
+        "lime-avg" | "resformer" => 0,
+        "lime-last-2" | "lime-first-2" => r * r * window,
+        "lime-same-head" => r * blocks,
+        "lime-per-dim" => r * r * dh * blocks,
+        "lime-random-init" => r * r * blocks,
+        "denseformer" => l * (l + 3) / 2, // N(N+3)/2
+        "hyper" => 2 * l * (n * (n + 1) + n + d * (n + 1) + d + 2) - 2 * l * d,
+        "hyper-static" => 2 * l * (n * (n + 1) + n) - 2 * l * d,
         v => panic!("{v:?} not a rival"),
     }
 }
@@ -330,7 +337,7 @@ fn num_params_match_built_tensors_and_formulas() -> Result<()> {
                 "{c:?}: built {built} vs accounting {}",
                 num_params(&c)
             );
-            let llama = num_params(&with(Variant::Llama, &c)) as i64;
+            let llama = num_params(&with(Variant::LLAMA, &c)) as i64;
             ensure!(
                 built as i64 - llama == formula_extra(&c),
                 "{c:?}: extra {} vs formula {}",
@@ -359,7 +366,11 @@ fn optimizer_groups_of_the_new_weights() -> Result<()> {
         let (vm, _) = init_varmap(&cfg(v, 3, 4, 2, false), 0, DType::F32, &Device::Cpu)?;
         for (name, _) in sorted_vars(&vm) {
             if let Some(g) = expect(&name) {
-                ensure!(param_group(&name) == g, "{name}: {:?}", param_group(&name));
+                ensure!(
+                    param_group(v, &name) == g,
+                    "{name}: {:?}",
+                    param_group(v, &name)
+                );
             }
         }
     }
@@ -374,38 +385,38 @@ fn optimizer_groups_of_the_new_weights() -> Result<()> {
 fn new_weights_match_finite_differences() -> Result<()> {
     let checks: [(Variant, &[(&str, &[usize])]); 10] = [
         (
-            Variant::LimeAvg,
+            Variant::LIME_AVG,
             &[("layers.0.attn.k_proj.weight", &[0, 33])],
         ),
         (
-            Variant::LimeLast2,
+            Variant::LIME_LAST_2,
             &[("layers.3.attn.router.w", &[0, 5, 11])],
         ),
         (
-            Variant::LimeFirst2,
+            Variant::LIME_FIRST_2,
             &[("layers.3.attn.router.w", &[1, 3, 10])],
         ),
         (
-            Variant::LimeSameHead,
+            Variant::LIME_SAME_HEAD,
             &[("layers.2.attn.router.w_head", &[0, 2, 5])],
         ),
         (
-            Variant::LimePerDim,
+            Variant::LIME_PER_DIM,
             &[("layers.2.attn.router.w_dim", &[0, 7, 45])],
         ),
         (
-            Variant::LimeRandomInit,
+            Variant::LIME_RANDOM_INIT,
             &[("layers.1.attn.router.w_rand", &[0, 3, 6])],
         ),
         (
-            Variant::DenseFormer,
+            Variant::DENSEFORMER,
             &[
                 ("layers.1.dwa.alpha", &[0, 1, 2]),
                 ("layers.3.dwa.alpha", &[4]),
             ],
         ),
         (
-            Variant::Hyper,
+            Variant::HYPER,
             &[
                 ("layers.1.hc_attn.dynamic_alpha_fn", &[0, 7, 40]),
                 ("layers.2.hc_mlp.dynamic_beta_fn", &[3]),
@@ -415,14 +426,14 @@ fn new_weights_match_finite_differences() -> Result<()> {
             ],
         ),
         (
-            Variant::HyperStatic,
+            Variant::HYPER_STATIC,
             &[
                 ("layers.2.hc_attn.static_alpha", &[1, 12]),
                 ("layers.0.hc_mlp.static_beta", &[0, 3]),
             ],
         ),
         (
-            Variant::ResFormer,
+            Variant::RESFORMER,
             &[("layers.0.attn.v_proj.weight", &[0, 21, 70])],
         ),
     ];
@@ -526,7 +537,7 @@ fn fused_f32_matches_composed_f64() -> Result<()> {
             randomize(&vm, "dynamic_", 0.2, 9)?;
             randomize(&vm, ".dwa.alpha", 0.3, 10)?;
             let logits = model.forward(&ids)?.reshape((18, c.vocab_size))?;
-            let l = models::fused::cross_entropy(&logits, &targets)?;
+            let l = model.cross_entropy(&logits, &targets)?;
             let grads = l.backward()?;
             let g = sorted_vars(&vm)
                 .into_iter()
@@ -580,7 +591,7 @@ fn names_round_trip_everywhere() -> Result<()> {
 #[test]
 fn golden_small_flop_table() {
     let base = Config {
-        variant: Variant::Llama,
+        variant: Variant::LLAMA,
         vocab_size: 64,
         d_model: 32,
         n_layers: 4,
@@ -768,7 +779,7 @@ const HC_N: usize = 4;
 /// Hyper-Connections (`hyper` dynamic, `hyper-static`) logits [t][vocab] of one sequence.
 fn ref_hyper(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
     let (n, d, tn) = (HC_N, c.d_model, ids.len());
-    let dynamic = c.variant == Variant::Hyper;
+    let dynamic = c.variant == Variant::HYPER;
     // hs[t][i]: stream i of token t; H_0 = (x, …, x).
     let mut hs: Vec<Seq> = ref_embed(c, w, ids)
         .into_iter()
@@ -915,9 +926,9 @@ fn reference_gap(c: &Config, seed: u64, bug: Bug) -> Result<f64> {
     let ids: Vec<Vec<u32>> = ids.to_vec2()?;
     let mut gap = 0.0f64;
     for (b, seq) in ids.iter().enumerate() {
-        let reference = match c.variant {
-            Variant::DenseFormer => ref_denseformer(c, &w, seq, bug),
-            Variant::Hyper | Variant::HyperStatic => ref_hyper(c, &w, seq, bug),
+        let reference = match c.variant.name() {
+            "denseformer" => ref_denseformer(c, &w, seq, bug),
+            "hyper" | "hyper-static" => ref_hyper(c, &w, seq, bug),
             v => anyhow::bail!("no scalar reference for {v:?}"),
         };
         ensure!(reference.len() == seq.len());
@@ -955,7 +966,7 @@ fn reference_configs(v: Variant) -> Vec<Config> {
 #[test]
 fn denseformer_and_hyper_connections_match_scalar_references_at_random_weights() -> Result<()> {
     assert_eq!(models::hyper::STREAMS, HC_N, "spec: n = 4 streams");
-    for v in [Variant::DenseFormer, Variant::Hyper, Variant::HyperStatic] {
+    for v in [Variant::DENSEFORMER, Variant::HYPER, Variant::HYPER_STATIC] {
         for (k, c) in reference_configs(v).into_iter().enumerate() {
             let gap = reference_gap(&c, 100 + k as u64, Bug::None)?;
             ensure!(
@@ -971,14 +982,14 @@ fn denseformer_and_hyper_connections_match_scalar_references_at_random_weights()
 #[test]
 fn scalar_references_catch_deliberate_bugs() -> Result<()> {
     let cases = [
-        (Variant::DenseFormer, Bug::AlphaReversed),
-        (Variant::Hyper, Bug::ArTransposed),
-        (Variant::Hyper, Bug::BetaStreamsSwapped),
-        (Variant::Hyper, Bug::AmOffByOne),
-        (Variant::Hyper, Bug::NoDynamicNorm),
-        (Variant::HyperStatic, Bug::ArTransposed),
-        (Variant::HyperStatic, Bug::BetaStreamsSwapped),
-        (Variant::HyperStatic, Bug::AmOffByOne),
+        (Variant::DENSEFORMER, Bug::AlphaReversed),
+        (Variant::HYPER, Bug::ArTransposed),
+        (Variant::HYPER, Bug::BetaStreamsSwapped),
+        (Variant::HYPER, Bug::AmOffByOne),
+        (Variant::HYPER, Bug::NoDynamicNorm),
+        (Variant::HYPER_STATIC, Bug::ArTransposed),
+        (Variant::HYPER_STATIC, Bug::BetaStreamsSwapped),
+        (Variant::HYPER_STATIC, Bug::AmOffByOne),
     ];
     for (v, bug) in cases {
         let c = tiny(v, 3, 2, 2, false);

@@ -92,7 +92,7 @@ fn model_fingerprint(variant: models::Variant, dtype: DType) -> BTreeMap<String,
     let ids = Tensor::from_vec(ids, (b, t), &dev).unwrap();
     let targets = Tensor::from_vec(targets, b * t, &dev).unwrap();
     let logits = model.forward(&ids).unwrap().reshape((b * t, 29)).unwrap(); // (B*T, V)
-    let loss = models::fused::cross_entropy(&logits, &targets).unwrap();
+    let loss = model.cross_entropy(&logits, &targets).unwrap();
     let scalar = |x: &Tensor| x.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
     let mut out = BTreeMap::new();
     out.insert("loss".to_string(), sig(scalar(&loss)));

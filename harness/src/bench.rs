@@ -173,7 +173,7 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
             let (varmap, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
             let model = model.with_matmul_dtype(a.precision.matmul_dtype());
             let optim = crate::presets::preset("mqar")?.optim;
-            let mut opt = crate::optim::AdamW::new(&varmap, &optim)?;
+            let mut opt = crate::optim::AdamW::new(&varmap, cfg.variant, &optim)?;
             let ids: Vec<u32> = (0..b * t).map(|i| (i * 7919 % v) as u32).collect();
             let input = Tensor::from_vec(ids.clone(), (b, t), dev)?;
             let targets = Tensor::from_vec(
@@ -185,7 +185,7 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
             let mut step = || -> Result<[f64; 4]> {
                 let t0 = Instant::now();
                 let logits = model.forward(&input)?.reshape((b * t, v))?;
-                let loss = models::fused::cross_entropy(&logits, &targets)?;
+                let loss = model.cross_entropy(&logits, &targets)?;
                 dev.synchronize()?;
                 let t1 = Instant::now();
                 let grads = loss.backward()?;

@@ -75,7 +75,7 @@ fn step(cfg: &models::Config, dtype: DType, dev: &Device, p: Precision) -> Resul
     let ids = Tensor::from_vec(ids, (b, t), dev)?;
     let targets = Tensor::from_vec(targets, b * t, dev)?;
     let logits = model.forward(&ids)?.reshape((b * t, v))?;
-    let loss = models::fused::cross_entropy(&logits, &targets)?;
+    let loss = model.cross_entropy(&logits, &targets)?;
     let grads = loss.backward()?;
     let mut named = Vec::new();
     for (name, var) in models::sorted_vars(&vm) {

@@ -111,7 +111,7 @@ pub fn table(a: &FlopsArgs) -> Result<String> {
         }
         Some(p) => bail!("unknown preset `{p}` (known: paper-1b)"),
         None => {
-            let base = models::Config::mha(models::Variant::Llama, 512, 64, 4, 4);
+            let base = models::Config::mha(models::Variant::LLAMA, 512, 64, 4, 4);
             let base =
                 crate::spec::shape_with_sets(&base, &crate::spec::parse_sets(&a.model_sets)?)?;
             let t = a.seq_len.unwrap_or(256);

@@ -65,11 +65,12 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(varmap: &VarMap, cfg: &OptimSpec) -> Result<Self> {
+    /// The optimizer of a `variant` model's parameters (their groups are the variant's).
+    pub fn new(varmap: &VarMap, variant: models::Variant, cfg: &OptimSpec) -> Result<Self> {
         let data = varmap.data().lock().expect("varmap lock");
         let mut params: Vec<(String, Var, models::ParamGroup)> = data
             .iter()
-            .map(|(n, v)| (n.clone(), v.clone(), models::param_group(n)))
+            .map(|(n, v)| (n.clone(), v.clone(), models::param_group(variant, n)))
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let mut m = BTreeMap::new();
@@ -329,7 +330,7 @@ mod tests {
 
     #[test]
     fn optimizer_state_holds_no_autograd_graph() {
-        for variant in [models::Variant::Llama, models::Variant::Lime] {
+        for variant in [models::Variant::LLAMA, models::Variant::LIME] {
             let cfg = models::Config {
                 variant,
                 vocab_size: 16,
@@ -343,7 +344,7 @@ mod tests {
                 norm_eps: 1e-5,
             };
             let (vm, model) = models::init_varmap(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
-            let mut opt = AdamW::new(&vm, &OptimSpec::default()).unwrap();
+            let mut opt = AdamW::new(&vm, cfg.variant, &OptimSpec::default()).unwrap();
             let ids = Tensor::from_vec(
                 (0..32u32).map(|i| i % 16).collect::<Vec<_>>(),
                 (2, 16),
@@ -358,7 +359,8 @@ mod tests {
             .unwrap();
             for _ in 0..2 {
                 let logits = model.forward(&ids).unwrap().reshape((32, 16)).unwrap();
-                let g = models::fused::cross_entropy(&logits, &t)
+                let g = model
+                    .cross_entropy(&logits, &t)
                     .unwrap()
                     .backward()
                     .unwrap();

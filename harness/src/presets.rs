@@ -26,7 +26,7 @@ pub struct Preset {
 
 fn shape(d_model: usize, n_layers: usize, n_heads: usize) -> models::Config {
     // vocab_size 0: each task sets its own.
-    models::Config::mha(models::Variant::Llama, 0, d_model, n_layers, n_heads)
+    models::Config::mha(models::Variant::LLAMA, 0, d_model, n_layers, n_heads)
 }
 
 fn sets(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

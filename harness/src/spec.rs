@@ -393,7 +393,7 @@ fn resolve_cell(
         validate_model(&base_shape)?;
         let llama_steps = (budget
             / flops_per_step(
-                &base_shape.clone().with_variant(models::Variant::Llama),
+                &base_shape.clone().with_variant(models::Variant::LLAMA),
                 seq_len,
                 batch_size,
             ))

@@ -490,7 +490,7 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
     let (varmap, model) = models::init_varmap(&spec.model_config, spec.seed, DType::F32, dev)?;
     let model = model.with_matmul_dtype(spec.precision.matmul_dtype());
     let params = models::accounting::num_params(&spec.model_config);
-    let mut opt = AdamW::new(&varmap, &spec.optim)?;
+    let mut opt = AdamW::new(&varmap, spec.model_config.variant, &spec.optim)?;
     let metrics_path = dir.join("metrics.jsonl");
 
     let mut st = TrainState {
@@ -544,7 +544,7 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
             dev,
         )?;
         let logits = supervised_logits(&model, &batch)?;
-        let loss = models::fused::cross_entropy(&logits, &batch.targets)?;
+        let loss = model.cross_entropy(&logits, &batch.targets)?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             diverged = true;

@@ -95,7 +95,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Variant};
+use crate::config::Config;
+use crate::variant::Variant;
 
 /// Whether `lime-dynamic`'s per-token router normalises x_t with a *learned* RMSNorm (adds D
 /// parameters per routed layer). Must agree with the model code in `lime.rs`.
@@ -134,53 +135,16 @@ fn u(x: usize) -> u64 {
     x as u64
 }
 
-/// Σ_{l=1}^{L-1} (l+1) = L(L+1)/2 − 1: the number of (layer, source-layer) blocks routed by LIMe.
-fn routed_blocks(n_layers: usize) -> u64 {
-    let l = u(n_layers);
-    if l == 0 {
-        0
-    } else {
-        l * (l + 1) / 2 - 1
+/// FLOPs per multiply-add in `mode`: 2, or 1 for fvcore.
+pub fn per_mac(mode: FlopMode) -> u64 {
+    match mode {
+        FlopMode::Causal | FlopMode::Full => 2,
+        FlopMode::Fvcore => 1,
     }
 }
 
-/// Σ_{l=1}^{L-1} (min(j,l)+1): the (layer, source-layer) blocks of a windowed router.
-fn window_blocks(n_layers: usize, j: usize) -> u64 {
-    (1..n_layers).map(|l| u(j.min(l) + 1)).sum()
-}
-
-/// A LIMe variant's router: (MACs per token per routed channel, i.e. Σ over layers l ≥ 1 of
-/// output heads × source rows; parameter count). Zero for non-LIMe variants.
-fn lime_router(cfg: &Config) -> (u64, u64) {
-    let (r, dh) = (u(cfg.n_kv_heads), u(cfg.head_dim()));
-    let nb = routed_blocks(cfg.n_layers);
-    match cfg.variant {
-        Variant::Lime | Variant::LimeRandomInit | Variant::LimeDynamic => (r * r * nb, r * r * nb),
-        Variant::LimeAvg => (r * r * nb, 0),
-        Variant::LimeSameHead => (r * nb, r * nb),
-        Variant::LimePerDim => (r * r * nb, r * r * nb * dh),
-        Variant::LimeLast2 | Variant::LimeFirst2 => match cfg.variant.lime_window() {
-            Some(crate::config::LimeWindow::Last(j) | crate::config::LimeWindow::First(j)) => {
-                let w = r * r * window_blocks(cfg.n_layers, j);
-                (w, w)
-            }
-            None => (0, 0), // every windowed variant has a window (config.rs)
-        },
-        Variant::Llama
-        | Variant::DenseFormer
-        | Variant::Hyper
-        | Variant::HyperStatic
-        | Variant::ResFormer => (0, 0),
-    }
-}
-
-/// Hyper-Connection parameters of one connection (static, dynamic).
-fn hyper_connection_params(cfg: &Config) -> (u64, u64) {
-    let (n, d) = (u(crate::hyper::STREAMS), u(cfg.d_model));
-    (n * (n + 1) + n, d * (n + 1) + d + 2)
-}
-
-/// Exact parameter count of the model `cfg` describes.
+/// Exact parameter count of the model `cfg` describes: llama's skeleton plus the variant's
+/// [`crate::VariantDef::extra_params`].
 pub fn num_params(cfg: &Config) -> u64 {
     let (v, d, f, l) = (
         u(cfg.vocab_size),
@@ -188,37 +152,14 @@ pub fn num_params(cfg: &Config) -> u64 {
         u(cfg.d_ff),
         u(cfg.n_layers),
     );
-    let r = u(cfg.n_kv_heads);
-    let kv = r * u(cfg.head_dim());
+    let kv = u(cfg.n_kv_heads) * u(cfg.head_dim());
     let embed = v * d;
     let head = if cfg.tie_embeddings { 0 } else { v * d };
     let attn = 2 * d * d + 2 * d * kv;
     let mlp = 3 * d * f;
-    let norms = if cfg.variant.is_hyper() { 0 } else { 2 * d };
+    let norms = 2 * d;
     let base = embed + head + l * (attn + mlp + norms) + d;
-    let routed = r * r * routed_blocks(cfg.n_layers);
-    let (hc_static, hc_dynamic) = hyper_connection_params(cfg);
-    base + match cfg.variant {
-        Variant::Llama | Variant::ResFormer => 0,
-        Variant::LimeDynamic => {
-            let norm = if LIME_DYNAMIC_NORM_HAS_WEIGHT {
-                d * l.saturating_sub(1)
-            } else {
-                0
-            };
-            routed + routed * d + norm
-        }
-        Variant::DenseFormer => l * (l + 3) / 2,
-        Variant::Hyper => 2 * l * (hc_static + hc_dynamic),
-        Variant::HyperStatic => 2 * l * hc_static,
-        Variant::Lime
-        | Variant::LimeAvg
-        | Variant::LimeLast2
-        | Variant::LimeFirst2
-        | Variant::LimeSameHead
-        | Variant::LimePerDim
-        | Variant::LimeRandomInit => lime_router(cfg).1,
-    }
+    base.saturating_add_signed(cfg.variant.def().extra_params(cfg))
 }
 
 /// Forward FLOPs of one sequence, by component. Sum with [`FlopBreakdown::total`].
@@ -262,14 +203,7 @@ pub fn flop_breakdown(cfg: &Config, seq_len: usize, mode: FlopMode) -> FlopBreak
         u(cfg.n_layers),
     );
     let (h, r, dh) = (u(cfg.n_heads), u(cfg.n_kv_heads), u(cfg.head_dim()));
-    let n = u(crate::hyper::STREAMS);
-    let hyper = cfg.variant.is_hyper();
-    let dynamic_hc = cfg.variant == Variant::Hyper;
-    // FLOPs per MAC for matmuls.
-    let k = match mode {
-        FlopMode::Causal | FlopMode::Full => 2,
-        FlopMode::Fvcore => 1,
-    };
+    let k = per_mac(mode);
 
     let projections = k * l * t * (2 * d * d + 2 * d * r * dh);
     let mlp = k * l * t * 3 * d * f;
@@ -281,48 +215,8 @@ pub fn flop_breakdown(cfg: &Config, seq_len: usize, mode: FlopMode) -> FlopBreak
         FlopMode::Fvcore => 4 * h * t * t * dh + 3 * h * t * t,
     };
 
-    // LIMe: layer l ≥ 1 mixes its buffered sources into R heads for keys and values (2·d_h per
-    // token). lime-dynamic additionally projects RMSNorm(x_t) to R·(l+1)R router corrections.
-    let blocks = r * r * routed_blocks(cfg.n_layers); // Σ_l R·(l+1)R
-    let mixing = k * t * 2 * dh * lime_router(cfg).0;
-    // lime-dynamic as implemented in `lime.rs`: the static GEMM W_l·buffer, plus U_l·n_t, plus a
-    // second, per-token mixing ΔW_l(x_t)·buffer (the two mixings are added, not fused).
-    // `mixing` is already per variant (lime_router matches every one, 0 without a router); only
-    // lime-dynamic adds to it.
-    let router = if cfg.variant == Variant::LimeDynamic {
-        2 * mixing + k * t * d * blocks
-    } else {
-        mixing
-    };
-
-    // Residual-stream connections.
-    let depth = match cfg.variant {
-        Variant::DenseFormer => k * t * d * (l * (l + 3) / 2),
-        Variant::Hyper | Variant::HyperStatic => {
-            // Per connection and token: width mix (n+1)·n·D, then B ⊗ T(h) n·D (Causal/Full) or
-            // fvcore's einsum count ⌊T·n·D/2⌋; dynamic: projections n·D·(n+1) + n·D.
-            let proj = if dynamic_hc {
-                n * d * (n + 1) + n * d
-            } else {
-                0
-            };
-            let outer = match mode {
-                FlopMode::Causal | FlopMode::Full => k * t * n * d,
-                FlopMode::Fvcore => t * n * d / 2,
-            };
-            2 * l * (k * t * (proj + (n + 1) * n * d) + outer)
-        }
-        Variant::Llama
-        | Variant::Lime
-        | Variant::LimeDynamic
-        | Variant::LimeAvg
-        | Variant::LimeLast2
-        | Variant::LimeFirst2
-        | Variant::LimeSameHead
-        | Variant::LimePerDim
-        | Variant::LimeRandomInit
-        | Variant::ResFormer => 0,
-    };
+    // The variant's own terms (its file documents them).
+    let extra = cfg.variant.def().extra_flops(cfg, seq_len, mode);
 
     let elementwise = match mode {
         FlopMode::Causal | FlopMode::Full => 0,
@@ -332,45 +226,17 @@ pub fn flop_breakdown(cfg: &Config, seq_len: usize, mode: FlopMode) -> FlopBreak
             let rotary_table = (dh / 2) * t + 32 * t * dh;
             let apply_rope = 7 * t * (h + r) * dh / 2;
             let swiglu = 2 * t * f;
-            let per_block = if hyper {
-                // Affine-free LayerNorms, no residual adds; each connection: (LayerNorm of H,
-                // tanh/scale/add of α and β when dynamic) + the depth add.
-                let dyn_ops = if dynamic_hc {
-                    4 * t * n * d + 3 * t * n * (n + 1) + 3 * t * n
-                } else {
-                    0
-                };
-                2 * 4 * td + apply_rope + swiglu + 2 * (dyn_ops + t * n * d)
-            } else {
-                2 * rms_norm + apply_rope + swiglu + 2 * td
-            };
-            let extra = match cfg.variant {
-                Variant::LimeDynamic => {
-                    let norm_w = if LIME_DYNAMIC_NORM_HAS_WEIGHT { td } else { 0 };
-                    l.saturating_sub(1) * (4 * td + 7 * t + norm_w + t * r * 2 * dh)
-                }
-                Variant::ResFormer => l.saturating_sub(1) * 3 * t * r * dh,
-                Variant::Llama
-                | Variant::Lime
-                | Variant::LimeAvg
-                | Variant::LimeLast2
-                | Variant::LimeFirst2
-                | Variant::LimeSameHead
-                | Variant::LimePerDim
-                | Variant::LimeRandomInit
-                | Variant::DenseFormer
-                | Variant::Hyper
-                | Variant::HyperStatic => 0,
-            };
-            l * per_block + rms_norm + rotary_table + extra
+            let per_block = 2 * rms_norm + apply_rope + swiglu + 2 * td;
+            let base = l * per_block + rms_norm + rotary_table;
+            base.saturating_add_signed(extra.elementwise)
         }
     };
 
     FlopBreakdown {
         projections,
         attention,
-        router,
-        depth,
+        router: extra.router,
+        depth: extra.depth,
         mlp,
         lm_head,
         elementwise,
@@ -427,7 +293,7 @@ fn pct(x: u64, base: u64) -> f64 {
 pub fn table(cfgs: &[Config], seq_len: usize, mode: FlopMode) -> Vec<Row> {
     cfgs.iter()
         .map(|cfg| {
-            let base = cfg.clone().with_variant(Variant::Llama);
+            let base = cfg.clone().with_variant(Variant::LLAMA);
             let (params, base_params) = (num_params(cfg), num_params(&base));
             let flops = forward_flops(cfg, seq_len, mode);
             let base_flops = forward_flops(&base, seq_len, mode);

@@ -112,17 +112,22 @@ pub fn gemm_kernels() -> &'static str {
     }
 }
 
-/// Whether the fused kernels apply to `t` (f32 on the CPU). Set `LIME_BENCH_NO_FUSED=1` to force
-/// the composed reference path everywhere (for A/B measurements).
+/// Whether the fused kernels apply to `t` (f32 on the CPU). Which implementation a model runs is
+/// decided once, by its [`crate::Backend`]; the kernels refuse other tensors.
 pub fn usable(t: &Tensor) -> bool {
-    t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu) && !disabled()
+    t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu)
 }
 
-fn disabled() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| {
-        std::env::var("LIME_BENCH_NO_FUSED").is_ok_and(|v| !v.is_empty() && v != "0")
-    })
+/// Errors unless every tensor is f32 on the CPU.
+fn require(op: &str, ts: &[&Tensor]) -> Result<()> {
+    match ts.iter().find(|t| !usable(t)) {
+        Some(t) => candle_core::bail!(
+            "fused {op}: f32 CPU tensors only, got {:?} on {:?} (use the reference backend)",
+            t.dtype(),
+            t.device().location()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Below this many output elements a kernel runs on the calling thread: handing a tiny job to the
@@ -839,12 +844,10 @@ impl CrossEntropyOp {
     }
 }
 
-/// Mean cross-entropy of logits (N, V) against targets (N,) u32 — fused on f32 CPU, otherwise
-/// `candle_nn::loss::cross_entropy`.
+/// Mean cross-entropy of logits (N, V) f32 CPU against targets (N,) u32 (the reference is
+/// `candle_nn::loss::cross_entropy`, [`crate::ops::cross_entropy`]).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    if !usable(logits) {
-        return candle_nn::loss::cross_entropy(logits, targets);
-    }
+    require("cross_entropy", &[logits])?;
     let t = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
     logits.contiguous()?.apply_op1(CrossEntropyOp {
         targets: std::sync::Arc::new(t),
@@ -948,11 +951,9 @@ fn sum_partials(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
     sum.into_iter().map(|v| v as f32).collect()
 }
 
-/// out (R, N) = w (R, S) · x (S, N): fused on f32 CPU, `matmul` otherwise.
+/// out (R, N) = w (R, S) · x (S, N), f32 CPU (the reference is `w.matmul(x)`).
 pub fn depth_mix(w: &Tensor, x: &Tensor) -> Result<Tensor> {
-    if !usable(x) || !usable(w) {
-        return w.matmul(x);
-    }
+    require("depth_mix", &[w, x])?;
     w.contiguous()?.apply_op2(&x.contiguous()?, MixOp)
 }
 
@@ -1324,6 +1325,37 @@ pub fn stack_route(
     }
 }
 
+/// The key and value stacks of one LIMe forward pass (the fused backend's buffer).
+#[derive(Debug)]
+pub struct KvStacks {
+    k: std::sync::Arc<KvStack>,
+    v: std::sync::Arc<KvStack>,
+}
+
+impl KvStacks {
+    /// Routes one layer's k and v (B,T,R,d_h) through the pass's stacks (created at layer 0,
+    /// `w = None`, with room for `rows` = L·R rows): returns (K_l, V_l), each (B,R,T,d_h), the
+    /// same numbers as the concatenated buffer of `lime.rs` with `W · buffer`.
+    pub fn route(
+        stacks: &mut Option<KvStacks>,
+        rows: usize,
+        w: Option<&Tensor>,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        require("lime stack", &[k, v])?;
+        if w.is_none() {
+            let (b, t, _, dh) = k.dims4()?;
+            let new = || std::sync::Arc::new(KvStack::with_capacity(rows, b * t * dh));
+            *stacks = Some(KvStacks { k: new(), v: new() });
+        }
+        let Some(s) = stacks else {
+            candle_core::bail!("lime stack: a layer routed before layer 0");
+        };
+        Ok((stack_route(&s.k, w, k)?, stack_route(&s.v, w, v)?))
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // SwiGLU product: y = silu(a) · b with silu(a) = a·σ(a) (a = W_gate x, b = W_up x).
 // Composed, this is silu (exp per element), mul, and a backward of five more elementwise ops,
@@ -1459,11 +1491,9 @@ impl CustomOp2 for SwiGlu {
     }
 }
 
-/// silu(a) · b, fused on f32 CPU, composed (`a.silu() * b`) otherwise.
+/// silu(a) · b, f32 CPU (the reference is `a.silu()? * b`).
 pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if !usable(a) || !usable(b) {
-        return a.silu()? * b;
-    }
+    require("swiglu", &[a, b])?;
     a.contiguous()?.apply_op2(&b.contiguous()?, SwiGlu)
 }
 

@@ -44,10 +44,18 @@
 //!
 //! Per-token mixing only, so the KV cache needs nothing extra. Residual memory is ×n.
 
-use candle_core::{Result, Tensor, D};
-use candle_nn::VarBuilder;
+use std::sync::Arc;
 
-use crate::config::{Config, Variant};
+use candle_core::{Result, Shape, Tensor, D};
+use candle_nn::VarBuilder;
+use rand_chacha::ChaCha8Rng;
+
+use crate::accounting::{per_mac, FlopMode};
+use crate::config::Config;
+use crate::init::{layer_of, ParamGroup};
+use crate::llama::{plain_kv, Blocks, Pass};
+use crate::ops::Backend;
+use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
 
 /// Number of residual streams (the paper's expansion rate n).
 pub const STREAMS: usize = 4;
@@ -86,9 +94,9 @@ pub struct Width {
 }
 
 impl HyperConnection {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, dynamic: bool, vb: VarBuilder) -> Result<Self> {
         let (n, d) = (STREAMS, cfg.d_model);
-        let dynamic = if cfg.variant == Variant::Hyper {
+        let dynamic = if dynamic {
             Some(Dynamic {
                 alpha_fn: vb.get((d, n + 1), "dynamic_alpha_fn")?,
                 alpha_scale: vb.get(1, "dynamic_alpha_scale")?,
@@ -169,10 +177,10 @@ pub struct HyperLayer {
 }
 
 impl HyperLayer {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, dynamic: bool, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            attn: HyperConnection::new(cfg, vb.pp("hc_attn"))?,
-            mlp: HyperConnection::new(cfg, vb.pp("hc_mlp"))?,
+            attn: HyperConnection::new(cfg, dynamic, vb.pp("hc_attn"))?,
+            mlp: HyperConnection::new(cfg, dynamic, vb.pp("hc_mlp"))?,
         })
     }
 }
@@ -188,4 +196,150 @@ pub fn expand(x: &Tensor) -> Result<Tensor> {
 /// Read-out: the sum of the streams (B,T,n,D) → (B,T,D).
 pub fn read_out(hs: &Tensor) -> Result<Tensor> {
     hs.sum(2)
+}
+
+/// `hyper` (`dynamic`) and `hyper-static`.
+pub struct Hyper {
+    dynamic: bool,
+}
+
+impl Variant {
+    pub const HYPER: Variant = Variant::new(&Hyper { dynamic: true });
+    pub const HYPER_STATIC: Variant = Variant::new(&Hyper { dynamic: false });
+}
+
+/// The hyper-connections of every block.
+#[derive(Debug)]
+struct Streams(Vec<HyperLayer>);
+
+impl Connection for Streams {
+    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+        let mut hs = expand(&x)?; // (B,T,n,D)
+        for (l, hc) in self.0.iter().enumerate() {
+            let (h, w) = hc.attn.width(&hs)?; // h = A_mᵀH (B,T,D)
+            hs = hc.attn.depth(&net.attn(l, &h, pass, &mut plain_kv)?, w)?; // (B,T,n,D)
+            let (h, w) = hc.mlp.width(&hs)?;
+            hs = hc.mlp.depth(&net.mlp(l, &h)?, w)?;
+            if pass.tracing() || l + 1 == self.0.len() {
+                x = read_out(&hs)?; // Σ_i h_i (B,T,D): trace and head
+                pass.record(&x);
+            }
+        }
+        Ok(x)
+    }
+}
+
+impl VariantDef for Hyper {
+    fn name(&self) -> &'static str {
+        if self.dynamic {
+            "hyper"
+        } else {
+            "hyper-static"
+        }
+    }
+    fn summary(&self) -> &'static str {
+        if self.dynamic {
+            "Hyper-Connections (Zhu et al. 2024), dynamic, n = 4 residual streams"
+        } else {
+            "Hyper-Connections without the dynamic (per-token) part"
+        }
+    }
+    fn build(&self, cfg: &Config, vb: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
+        let layers = (0..cfg.n_layers)
+            .map(|l| HyperLayer::new(cfg, self.dynamic, vb.pp("layers").pp(l)))
+            .collect::<Result<_>>()?;
+        Ok(Arc::new(Streams(layers)))
+    }
+    fn norm_gain(&self) -> bool {
+        false
+    }
+    fn init(&self, name: &str, shape: &Shape, _: &mut ChaCha8Rng) -> Option<Result<Vec<f64>>> {
+        if !(name.contains(".hc_attn.") || name.contains(".hc_mlp.")) {
+            return None;
+        }
+        let n = shape.elem_count();
+        Some(match name.rsplit('.').next().unwrap_or(name) {
+            "static_alpha" => static_alpha_init(name, shape),
+            "static_beta" => Ok(vec![1.0; n]),
+            "dynamic_alpha_fn" | "dynamic_beta_fn" => Ok(vec![0.0; n]),
+            "dynamic_alpha_scale" | "dynamic_beta_scale" => Ok(vec![SCALE_INIT; n]),
+            _ => Err(candle_core::Error::Msg(format!(
+                "no init rule for parameter `{name}`"
+            ))),
+        })
+    }
+    /// Static weights: no decay; the dynamic ones are decayed (the LIMe authors' HC baseline,
+    /// `train_utils.py`).
+    fn param_group(&self, name: &str) -> Option<ParamGroup> {
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        match leaf {
+            "static_alpha" | "static_beta" => Some(ParamGroup::NoDecay),
+            _ if leaf.starts_with("dynamic_") => Some(ParamGroup::Decay),
+            _ => None,
+        }
+    }
+    /// Per block 2 connections of n(n+1) + n static (+ D(n+1) + D + 2 dynamic), minus the 2·D
+    /// block-norm gains.
+    fn extra_params(&self, cfg: &Config) -> i64 {
+        let (n, d, l) = (STREAMS as i64, cfg.d_model as i64, cfg.n_layers as i64);
+        let dynamic = if self.dynamic { d * (n + 1) + d + 2 } else { 0 };
+        2 * l * (n * (n + 1) + n + dynamic) - 2 * l * d
+    }
+    fn extra_flops(&self, cfg: &Config, seq_len: usize, mode: FlopMode) -> ExtraFlops {
+        let (t, d, l, n) = (
+            seq_len as u64,
+            cfg.d_model as u64,
+            cfg.n_layers as u64,
+            STREAMS as u64,
+        );
+        let k = per_mac(mode);
+        // Per connection and token: width mix (n+1)·n·D, then B ⊗ T(h) n·D (Causal/Full) or
+        // fvcore's einsum count ⌊T·n·D/2⌋; dynamic: projections n·D·(n+1) + n·D.
+        let proj = if self.dynamic {
+            n * d * (n + 1) + n * d
+        } else {
+            0
+        };
+        let outer = match mode {
+            FlopMode::Causal | FlopMode::Full => k * t * n * d,
+            FlopMode::Fvcore => t * n * d / 2,
+        };
+        let depth = 2 * l * (k * t * (proj + (n + 1) * n * d) + outer);
+        let elementwise = match mode {
+            FlopMode::Causal | FlopMode::Full => 0,
+            FlopMode::Fvcore => {
+                // Per block: two affine-free LayerNorms (4·T·D each) instead of two RMSNorms
+                // (5·T·D + 7·T each), no residual adds (2·T·D), and per connection the LayerNorm
+                // of H, tanh/scale/add of α and β when dynamic, and the depth add.
+                let (td, tnd) = ((t * d) as i64, (t * n * d) as i64);
+                let dyn_ops = if self.dynamic {
+                    (4 * t * n * d + 3 * t * n * (n + 1) + 3 * t * n) as i64
+                } else {
+                    0
+                };
+                let rms_norm = 5 * td + 7 * t as i64;
+                l as i64 * (2 * 4 * td + 2 * (dyn_ops + tnd) - 2 * rms_norm - 2 * td)
+            }
+        };
+        ExtraFlops {
+            router: 0,
+            depth,
+            elementwise,
+        }
+    }
+}
+
+/// [A_m | A_r] (n, n+1) of block l: A_m = e_(l mod n), A_r = I.
+fn static_alpha_init(name: &str, shape: &Shape) -> Result<Vec<f64>> {
+    let (n_streams, cols) = shape.dims2()?;
+    if cols != n_streams + 1 {
+        candle_core::bail!("`{name}` has shape ({n_streams}, {cols}), expected (n, n+1)");
+    }
+    let layer = layer_of(name)?;
+    let mut w = vec![0.0; n_streams * cols];
+    w[(layer % n_streams) * cols] = 1.0; // A_m = e_(l mod n)
+    for i in 0..n_streams {
+        w[i * cols + 1 + i] = 1.0; // A_r = I
+    }
+    Ok(w)
 }

@@ -9,6 +9,10 @@
 //! `sqrt` is exact IEEE, `ln`/`cos` come from the platform libm, which is correctly rounded for
 //! practically all inputs on glibc.)
 //!
+//! Rules of the shared skeleton; each variant's file gives the init and group of its own
+//! parameters ([`crate::VariantDef::init`], [`crate::VariantDef::param_group`]), which are asked
+//! first:
+//!
 //! | parameter                                   | init                                                   |
 //! |---------------------------------------------|--------------------------------------------------------|
 //! | `embed_tokens.weight` (V, D)                | N(0, 0.02²)                                            |
@@ -16,30 +20,16 @@
 //! | `*.mlp.w_gate/w_up/w_down.weight`           | N(0, 0.02²)                                            |
 //! | `lm_head.weight` (V, D), untied only        | N(0, 0.02²)                                            |
 //! | `*_norm.weight`, `norm.weight` (D,)         | ones                                                   |
-//! | `layers.{l}.attn.router.w` (R, (l+1)R)      | U(−b, b), b = sqrt(3/((l+1)R)); then the last R×R block (current layer) = I |
-//! | `layers.{l}.attn.router.u` (R(l+1)R, D)     | zeros (lime-dynamic)                                   |
-//! | `layers.{l}.attn.router.w_rand` (R, S)      | U(−b, b), b = sqrt(3/S), no identity block (lime-random-init) |
-//! | `layers.{l}.attn.router.w_head` (R, l+1)    | U(−b, b), b = sqrt(3/(l+1)); last column = 1 (lime-same-head) |
-//! | `layers.{l}.attn.router.w_dim` (R, S, d_h)  | U(−b, b), b = sqrt(3/S); current-layer block = I for every channel (lime-per-dim) |
-//! | `layers.{l}.dwa.alpha` (l+2,)               | zeros, last entry 1 (denseformer: α_ii = 1)            |
-//! | `layers.{l}.hc_{attn,mlp}.static_alpha` (n, n+1) | column 0 = e_(l mod n) (A_m), columns 1.. = I (A_r) (hyper) |
-//! | `layers.{l}.hc_{attn,mlp}.static_beta` (n,) | ones (B)                                               |
-//! | `layers.{l}.hc_{attn,mlp}.dynamic_{alpha,beta}_fn` | zeros (hyper)                                   |
-//! | `layers.{l}.hc_{attn,mlp}.dynamic_{alpha,beta}_scale` (1,) | 0.01 (s_α, s_β)                         |
 //!
 //! No residual-projection rescaling is applied (plain N(0, 0.02) everywhere, as in the spec).
 //!
 //! ## Optimizer groups ([`param_group`])
-//! - [`ParamGroup::Router`]: every LIMe router parameter (`*.router.w`, `w_rand`, `w_head`,
-//!   `w_dim`, `u`) — lr × [`ROUTER_LR_MULT`], no weight decay (LIMe paper: decay on the router
-//!   hurts; the ablations are trained exactly like `lime` so that only the router differs).
-//! - [`ParamGroup::Decay`]: projection matrices, the untied `lm_head.weight`, and the dynamic
-//!   Hyper-Connection weights `dynamic_{alpha,beta}_{fn,scale}` (as in the LIMe authors' HC
-//!   baseline, `train_utils.py`: dynamic HC parameters are decayed, base lr).
-//! - [`ParamGroup::NoDecay`]: norms, `embed_tokens.weight`, the static Hyper-Connection weights
-//!   `static_{alpha,beta}` (authors' HC baseline: no decay, base lr) and the DenseFormer weights
-//!   `dwa.alpha` (base lr as in Pagliardini et al., who train α with the model; no decay, which
-//!   would pull α_ii = 1 toward 0 and so away from the identity path, as for the LIMe router).
+//! - [`ParamGroup::Router`]: every LIMe router parameter — lr × [`ROUTER_LR_MULT`], no weight
+//!   decay (LIMe paper: decay on the router hurts).
+//! - [`ParamGroup::Decay`]: projection matrices, the untied `lm_head.weight` (and variants'
+//!   parameters that say so, e.g. the dynamic Hyper-Connection weights).
+//! - [`ParamGroup::NoDecay`]: norms, `embed_tokens.weight` (and variants' parameters that say so:
+//!   static Hyper-Connection weights, DenseFormer's α).
 //!   **Tied embeddings:** the shared matrix exists once, under the name `embed_tokens.weight`,
 //!   and follows the embedding rule (not decayed), even though it also serves as the LM head.
 
@@ -54,70 +44,13 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::llama::Model;
+use crate::ops::Backend;
+use crate::variant::Variant;
 
 /// Standard deviation of the normal init of linear layers and embeddings.
 pub const INIT_STD: f64 = 0.02;
 /// Learning-rate multiplier of the router group (paper: 1e-2 vs base 1e-3).
 pub const ROUTER_LR_MULT: f64 = 10.0;
-
-/// What a parameter is, decided from its name alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamKind {
-    Embedding,
-    Norm,
-    Linear,
-    Router,
-    RouterDynamic,
-    /// `router.w_rand`: lime-random-init.
-    RouterRandom,
-    /// `router.w_head`: lime-same-head.
-    RouterSameHead,
-    /// `router.w_dim`: lime-per-dim.
-    RouterPerDim,
-    /// `dwa.alpha`: DenseFormer.
-    DenseAlpha,
-    /// `hc_*.static_alpha` (n, n+1).
-    HyperStaticAlpha,
-    /// `hc_*.static_beta` (n,).
-    HyperStaticBeta,
-    /// `hc_*.dynamic_alpha_fn`, `hc_*.dynamic_beta_fn`.
-    HyperDynamic,
-    /// `hc_*.dynamic_alpha_scale`, `hc_*.dynamic_beta_scale`.
-    HyperScale,
-}
-
-/// Classifies a parameter name of the checkpoint tree (see [`crate::llama`]).
-pub fn param_kind(name: &str) -> Option<ParamKind> {
-    let leaf = name.rsplit('.').next().unwrap_or(name);
-    if name.contains(".router.") {
-        match leaf {
-            "w" => Some(ParamKind::Router),
-            "u" => Some(ParamKind::RouterDynamic),
-            "w_rand" => Some(ParamKind::RouterRandom),
-            "w_head" => Some(ParamKind::RouterSameHead),
-            "w_dim" => Some(ParamKind::RouterPerDim),
-            _ => None,
-        }
-    } else if name.ends_with(".dwa.alpha") {
-        Some(ParamKind::DenseAlpha)
-    } else if name.contains(".hc_attn.") || name.contains(".hc_mlp.") {
-        match leaf {
-            "static_alpha" => Some(ParamKind::HyperStaticAlpha),
-            "static_beta" => Some(ParamKind::HyperStaticBeta),
-            "dynamic_alpha_fn" | "dynamic_beta_fn" => Some(ParamKind::HyperDynamic),
-            "dynamic_alpha_scale" | "dynamic_beta_scale" => Some(ParamKind::HyperScale),
-            _ => None,
-        }
-    } else if name == "embed_tokens.weight" {
-        Some(ParamKind::Embedding)
-    } else if name == "norm.weight" || name.ends_with("_norm.weight") {
-        Some(ParamKind::Norm)
-    } else if leaf == "weight" {
-        Some(ParamKind::Linear)
-    } else {
-        None
-    }
-}
 
 /// Optimizer parameter group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,34 +66,29 @@ pub enum ParamGroup {
     NoDecay,
 }
 
-/// The optimizer group of a parameter, by name (see module docs). Unknown names are `Decay`.
-pub fn param_group(name: &str) -> ParamGroup {
-    match param_kind(name) {
-        Some(
-            ParamKind::Router
-            | ParamKind::RouterDynamic
-            | ParamKind::RouterRandom
-            | ParamKind::RouterSameHead
-            | ParamKind::RouterPerDim,
-        ) => ParamGroup::Router,
-        Some(
-            ParamKind::Norm
-            | ParamKind::Embedding
-            | ParamKind::DenseAlpha
-            | ParamKind::HyperStaticAlpha
-            | ParamKind::HyperStaticBeta,
-        ) => ParamGroup::NoDecay,
-        Some(ParamKind::Linear | ParamKind::HyperDynamic | ParamKind::HyperScale) | None => {
-            ParamGroup::Decay
-        }
+/// The optimizer group of parameter `name` of a `variant` model (see module docs).
+pub fn param_group(variant: Variant, name: &str) -> ParamGroup {
+    if let Some(g) = variant.def().param_group(name) {
+        return g;
+    }
+    if is_norm(name) || name == "embed_tokens.weight" {
+        ParamGroup::NoDecay
+    } else {
+        ParamGroup::Decay
     }
 }
 
+fn is_norm(name: &str) -> bool {
+    name == "norm.weight" || name.ends_with("_norm.weight")
+}
+
 /// All Vars of `varmap` split by group, each list sorted by name.
-pub fn param_groups(varmap: &VarMap) -> BTreeMap<ParamGroup, Vec<(String, Var)>> {
+pub fn param_groups(varmap: &VarMap, variant: Variant) -> BTreeMap<ParamGroup, Vec<(String, Var)>> {
     let mut out: BTreeMap<ParamGroup, Vec<(String, Var)>> = BTreeMap::new();
     for (name, var) in sorted_vars(varmap) {
-        out.entry(param_group(&name)).or_default().push((name, var));
+        out.entry(param_group(variant, &name))
+            .or_default()
+            .push((name, var));
     }
     out
 }
@@ -196,7 +124,7 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
 }
 
 /// The layer index l of a name `layers.{l}.…`.
-fn layer_of(name: &str) -> Result<usize> {
+pub fn layer_of(name: &str) -> Result<usize> {
     match name
         .strip_prefix("layers.")
         .and_then(|r| r.split('.').next())
@@ -208,82 +136,26 @@ fn layer_of(name: &str) -> Result<usize> {
     }
 }
 
-/// The initial value of parameter `name` with `shape` for `seed`, as an f64 tensor on the host.
-pub fn init_tensor(name: &str, shape: &Shape, seed: u64) -> Result<Tensor> {
-    let Some(kind) = param_kind(name) else {
-        bail!("no init rule for parameter `{name}`")
-    };
-    let n = shape.elem_count();
+/// The initial value of parameter `name` with `shape` of a `variant` model for `seed`, as an f64
+/// tensor on the host: the variant's rule if it has one for `name`, else the skeleton's.
+pub fn init_tensor(variant: Variant, name: &str, shape: &Shape, seed: u64) -> Result<Tensor> {
     let mut rng = rng_for(seed, name);
-    let vals = match kind {
-        ParamKind::Embedding | ParamKind::Linear => normal(&mut rng, n, INIT_STD),
-        ParamKind::Norm => vec![1.0; n],
-        ParamKind::RouterDynamic => vec![0.0; n],
-        ParamKind::Router => {
-            let (r, s) = shape.dims2()?;
-            if s % r != 0 || s < r {
-                bail!("router `{name}` has shape ({r}, {s}), expected (R, (l+1)·R)");
-            }
-            let b = (3.0 / s as f64).sqrt();
-            let mut w: Vec<f64> = (0..n).map(|_| rng.gen_range(-b..b)).collect();
-            // Current layer = the last R source rows: identity block.
-            for i in 0..r {
-                for j in 0..r {
-                    w[i * s + (s - r) + j] = if i == j { 1.0 } else { 0.0 };
-                }
-            }
-            w
-        }
-        ParamKind::RouterRandom => {
-            let (_, s) = shape.dims2()?;
-            let b = (3.0 / s as f64).sqrt();
-            (0..n).map(|_| rng.gen_range(-b..b)).collect()
-        }
-        ParamKind::RouterSameHead => {
-            let (_, s) = shape.dims2()?; // (R, l+1)
-            let b = (3.0 / s as f64).sqrt();
-            let mut w: Vec<f64> = (0..n).map(|_| rng.gen_range(-b..b)).collect();
-            w.chunks_mut(s).for_each(|row| row[s - 1] = 1.0);
-            w
-        }
-        ParamKind::RouterPerDim => {
-            let (r, s, dh) = shape.dims3()?;
-            if s % r != 0 || s < r {
-                bail!("router `{name}` has shape ({r}, {s}, {dh}), expected (R, (l+1)·R, d_h)");
-            }
-            let b = (3.0 / s as f64).sqrt();
-            let mut w: Vec<f64> = (0..n).map(|_| rng.gen_range(-b..b)).collect();
-            for i in 0..r {
-                for j in 0..r {
-                    for c in 0..dh {
-                        w[(i * s + (s - r) + j) * dh + c] = if i == j { 1.0 } else { 0.0 };
-                    }
-                }
-            }
-            w
-        }
-        ParamKind::DenseAlpha => {
-            let mut w = vec![0.0; n];
-            w[n - 1] = 1.0;
-            w
-        }
-        ParamKind::HyperStaticAlpha => {
-            let (n_streams, cols) = shape.dims2()?;
-            if cols != n_streams + 1 {
-                bail!("`{name}` has shape ({n_streams}, {cols}), expected (n, n+1)");
-            }
-            let layer = layer_of(name)?;
-            let mut w = vec![0.0; n];
-            w[(layer % n_streams) * cols] = 1.0; // A_m = e_(l mod n)
-            for i in 0..n_streams {
-                w[i * cols + 1 + i] = 1.0; // A_r = I
-            }
-            w
-        }
-        ParamKind::HyperStaticBeta => vec![1.0; n],
-        ParamKind::HyperDynamic => vec![0.0; n],
-        ParamKind::HyperScale => vec![crate::hyper::SCALE_INIT; n],
+    let vals = match variant.def().init(name, shape, &mut rng) {
+        Some(vals) => vals?,
+        None if name == "embed_tokens.weight" => normal(&mut rng, shape.elem_count(), INIT_STD),
+        None if is_norm(name) => vec![1.0; shape.elem_count()],
+        None if name.ends_with(".weight") => normal(&mut rng, shape.elem_count(), INIT_STD),
+        None => bail!(
+            "no init rule for parameter `{name}` of `{}`",
+            variant.name()
+        ),
     };
+    if vals.len() != shape.elem_count() {
+        bail!(
+            "init of `{name}`: {} values for shape {shape:?}",
+            vals.len()
+        );
+    }
     Tensor::from_vec(vals, shape.clone(), &Device::Cpu)
 }
 
@@ -292,6 +164,7 @@ pub fn init_tensor(name: &str, shape: &Shape, seed: u64) -> Result<Tensor> {
 struct SeededBackend {
     varmap: VarMap,
     seed: u64,
+    variant: Variant,
 }
 
 impl SimpleBackend for SeededBackend {
@@ -310,7 +183,7 @@ impl SimpleBackend for SeededBackend {
             }
             return Ok(var.as_tensor().clone());
         }
-        let t = init_tensor(name, &s, self.seed)?
+        let t = init_tensor(self.variant, name, &s, self.seed)?
             .to_dtype(dtype)?
             .to_device(dev)?;
         let var = Var::from_tensor(&t)?;
@@ -333,10 +206,11 @@ impl SimpleBackend for SeededBackend {
     }
 }
 
-/// A `VarBuilder` that creates every missing parameter deterministically from `seed` (by name)
-/// and registers it as a trainable Var in `varmap`.
+/// A `VarBuilder` that creates every missing parameter of a `variant` model deterministically
+/// from `seed` (by name) and registers it as a trainable Var in `varmap`.
 pub fn seeded_var_builder(
     varmap: &VarMap,
+    variant: Variant,
     seed: u64,
     dtype: DType,
     device: &Device,
@@ -344,19 +218,33 @@ pub fn seeded_var_builder(
     let backend = SeededBackend {
         varmap: varmap.clone(),
         seed,
+        variant,
     };
     VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
 }
 
-/// Builds a model whose parameters are fresh Vars initialised from `seed` (see module docs).
+/// Builds a model whose parameters are fresh Vars initialised from `seed` (see module docs), with
+/// the default [`Backend`] (fused where it applies).
 pub fn init_varmap(
     cfg: &Config,
     seed: u64,
     dtype: DType,
     device: &Device,
 ) -> Result<(VarMap, Model)> {
+    init_model(cfg, seed, dtype, device, Backend::default())
+}
+
+/// [`init_varmap`] with the backend chosen.
+pub fn init_model(
+    cfg: &Config,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+    backend: Backend,
+) -> Result<(VarMap, Model)> {
     let varmap = VarMap::new();
-    let model = Model::new(cfg, seeded_var_builder(&varmap, seed, dtype, device))?;
+    let vb = seeded_var_builder(&varmap, cfg.variant, seed, dtype, device);
+    let model = Model::new(cfg, vb, backend)?;
     Ok((varmap, model))
 }
 
@@ -420,36 +308,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_and_groups_by_name() {
+    fn groups_and_rules_by_name() {
+        let lime = Variant::LIME;
         assert_eq!(
-            param_kind("layers.3.attn.router.w"),
-            Some(ParamKind::Router)
+            param_group(lime, "layers.3.attn.router.w"),
+            ParamGroup::Router
         );
         assert_eq!(
-            param_kind("layers.3.attn.router.u"),
-            Some(ParamKind::RouterDynamic)
+            param_group(lime, "layers.0.attn_norm.weight"),
+            ParamGroup::NoDecay
         );
         assert_eq!(
-            param_kind("layers.0.attn_norm.weight"),
-            Some(ParamKind::Norm)
+            param_group(lime, "layers.1.mlp.w_down.weight"),
+            ParamGroup::Decay
         );
-        assert_eq!(param_kind("norm.weight"), Some(ParamKind::Norm));
         assert_eq!(
-            param_kind("embed_tokens.weight"),
-            Some(ParamKind::Embedding)
+            param_group(lime, "embed_tokens.weight"),
+            ParamGroup::NoDecay
         );
-        assert_eq!(param_kind("lm_head.weight"), Some(ParamKind::Linear));
-        assert_eq!(param_kind("layers.0.attn.router.bias"), None);
-        assert_eq!(param_group("layers.1.mlp.w_down.weight"), ParamGroup::Decay);
-        assert_eq!(param_group("embed_tokens.weight"), ParamGroup::NoDecay);
-        assert!(init_tensor("layers.0.attn.router.bias", &Shape::from((2, 2)), 0).is_err());
+        assert_eq!(param_group(lime, "lm_head.weight"), ParamGroup::Decay);
+        // A name no rule knows has no init.
+        assert!(init_tensor(lime, "layers.0.attn.router.bias", &Shape::from((2, 2)), 0).is_err());
+        // A router name of another variant is not llama's.
+        assert!(init_tensor(
+            Variant::LLAMA,
+            "layers.1.attn.router.w",
+            &Shape::from((2, 4)),
+            0
+        )
+        .is_err());
     }
 
     #[test]
     fn router_init_block_structure() -> Result<()> {
         // l = 2, R = 3: (3, 9), identity in columns 6..9, the rest in (−b, b), b = sqrt(3/9).
-        let w: Vec<Vec<f64>> =
-            init_tensor("layers.2.attn.router.w", &Shape::from((3, 9)), 5)?.to_vec2()?;
+        let w: Vec<Vec<f64>> = init_tensor(
+            Variant::LIME,
+            "layers.2.attn.router.w",
+            &Shape::from((3, 9)),
+            5,
+        )?
+        .to_vec2()?;
         let b = (3.0f64 / 9.0).sqrt();
         for (i, row) in w.iter().enumerate() {
             for (j, &x) in row.iter().enumerate() {
@@ -461,22 +360,31 @@ mod tests {
             }
         }
         // Not a (R, (l+1)R) shape.
-        assert!(init_tensor("layers.2.attn.router.w", &Shape::from((3, 8)), 5).is_err());
+        assert!(init_tensor(
+            Variant::LIME,
+            "layers.2.attn.router.w",
+            &Shape::from((3, 8)),
+            5
+        )
+        .is_err());
         Ok(())
     }
 
     #[test]
     fn normal_init_statistics() -> Result<()> {
-        let v: Vec<f64> = init_tensor("x.weight", &Shape::from(40_000), 1)?.to_vec1()?;
+        let v: Vec<f64> =
+            init_tensor(Variant::LLAMA, "x.weight", &Shape::from(40_000), 1)?.to_vec1()?;
         let n = v.len() as f64;
         let mean = v.iter().sum::<f64>() / n;
         let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
         assert!(mean.abs() < 3.0 * INIT_STD / n.sqrt() * 2.0, "mean {mean}");
         assert!((std / INIT_STD - 1.0).abs() < 0.02, "std {std}");
         // Same (seed, name) ⇒ same values; another name ⇒ different values.
-        let again: Vec<f64> = init_tensor("x.weight", &Shape::from(40_000), 1)?.to_vec1()?;
+        let again: Vec<f64> =
+            init_tensor(Variant::LLAMA, "x.weight", &Shape::from(40_000), 1)?.to_vec1()?;
         assert_eq!(v, again);
-        let other: Vec<f64> = init_tensor("y.weight", &Shape::from(40_000), 1)?.to_vec1()?;
+        let other: Vec<f64> =
+            init_tensor(Variant::LLAMA, "y.weight", &Shape::from(40_000), 1)?.to_vec1()?;
         assert_ne!(v, other);
         Ok(())
     }

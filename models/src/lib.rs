@@ -1,7 +1,14 @@
-//! models — candle implementations of the LLaMA-style baseline ([`llama`]), LIMe ([`lime`]:
-//! `lime`, our `lime-dynamic` extension and the `lime-*` router ablations) and the rivals:
-//! DenseFormer ([`denseformer`]), Hyper-Connections ([`hyper`]) and ResFormer ([`resformer`]),
-//! with deterministic name-keyed initialisation ([`init`]). [`Variant::ALL`] lists every model.
+//! models — candle implementations of the LLaMA-style baseline ([`llama`]), LIMe ([`lime`]; our
+//! [`lime_dynamic`] extension and the [`lime_ablations`]) and the rivals: DenseFormer
+//! ([`denseformer`]), Hyper-Connections ([`hyper`]) and ResFormer ([`resformer`]), with
+//! deterministic name-keyed initialisation ([`init`]) and analytic counts ([`accounting`]).
+//!
+//! Design: one shared decoder skeleton (`llama.rs`) and, per variant, one file holding everything
+//! that variant is — its parameters and their init, its optimizer groups, its parameter and FLOP
+//! counts, and the [`Connection`] that drives the skeleton's blocks — behind the [`VariantDef`]
+//! trait. [`Variant::ALL`] (`registry.rs`) lists the built-ins, one line each; nothing else
+//! matches on variants. The numerics come from [`ops`] in one [`Backend`] chosen when the model
+//! is built: the composed candle reference or the fused f32 CPU kernels of [`fused`].
 //!
 //! ```ignore
 //! let (varmap, model) = models::init_varmap(&cfg, seed, DType::F32, &Device::Cpu)?;
@@ -27,14 +34,20 @@ pub mod fused;
 pub mod hyper;
 pub mod init;
 pub mod lime;
+pub mod lime_ablations;
+pub mod lime_dynamic;
 pub mod llama;
+pub mod ops;
+mod registry;
 pub mod resformer;
+pub mod variant;
 
-pub use config::{Config, LimeWindow, Variant};
+pub use config::Config;
 pub use init::{
-    count_params, init_tensor, init_varmap, load_state_dict, load_weights, param_group,
-    param_groups, param_kind, save_weights, seeded_var_builder, sorted_vars, state_dict,
-    ParamGroup, ParamKind, INIT_STD, ROUTER_LR_MULT,
+    count_params, init_model, init_tensor, init_varmap, load_state_dict, load_weights, param_group,
+    param_groups, save_weights, seeded_var_builder, sorted_vars, state_dict, ParamGroup, INIT_STD,
+    ROUTER_LR_MULT,
 };
-pub use lime::{LimeBuffer, LimeRouter};
-pub use llama::{validate_config, KvCache, Model, Trace};
+pub use llama::{plain_kv, validate_config, Blocks, KvCache, KvRoute, Model, Pass, Trace};
+pub use ops::Backend;
+pub use variant::{register, Connection, ExtraFlops, Variant, VariantDef};

@@ -1,314 +1,297 @@
-//! LIMe (Layer-Integrated Memory, arXiv 2502.09245): the router that mixes the pre-RoPE keys and
-//! values of all layers so far. This is the whole diff to [`crate::llama`]; the attention layer
-//! calls [`LimeRouter::route`] in its block marked `LIMe routed path` and is otherwise unchanged.
+//! LIMe (Layer-Integrated Memory, arXiv 2502.09245; reference code corl-team/lime
+//! `src/lm/lime.py`): each attention layer mixes the pre-RoPE keys and values of all layers so
+//! far through a small learned router. As a diff of [`crate::llama`] it is one [`KvRoute`]: the
+//! blocks, norms, projections and RoPE are llama's.
 //!
-//! ## Static router (`lime`, the paper's method)
-//! Layer l computes its per-kv-head keys k_l and values v_l from its own input as in llama, and
-//! appends them (before RoPE) to a buffer of all layers so far: S = (l+1)·R rows, row
-//! `j·R + r` = (source layer j, kv head r). For l ≥ 1 the router W_l (R × S) mixes the buffer,
-//! shared by keys and values, with no softmax:
+//! Layer l computes its per-kv-head keys k_l and values v_l as in llama and appends them (before
+//! RoPE) to a buffer of all layers so far: S = (l+1)·R rows, row `j·R + r` = (source layer j, kv
+//! head r). For l ≥ 1 the router W_l (R × S) mixes the buffer, shared by keys and values, with no
+//! softmax:
 //!
 //! ```text
 //! K_l = W_l · K_buf,   V_l = W_l · V_buf          (per token and channel)
 //! ```
 //!
 //! RoPE is applied to the routed keys afterwards; queries are not routed; layer 0 only appends.
-//! With W_l = [0 … 0 | I] the model is exactly llama with the same weights.
+//! With W_l = [0 … 0 | I] the model is exactly llama with the same weights (tested).
 //!
-//! **Representation.** The buffer is stored source-major, `(S, B, T, 2·d_h)`, with keys and values
-//! concatenated on the last dim. Routing a layer is then a single GEMM over the whole buffer:
-//! `(R, S) @ (S, B·T·2·d_h)`, and appending a layer is a contiguous concatenation on dim 0.
+//! **Representation.** The buffer is source-major, `(S, B, T, 2·d_h)`, keys and values
+//! concatenated on the last dim, so routing a layer is one product `(R, S) @ (S, B·T·2·d_h)`.
+//! With the fused backend and a full (R, S) router the buffer is instead a pair of in-place
+//! stacks ([`crate::fused::KvStacks`]: no O(L²) concatenation; same numbers, tested).
 //!
-//! ## Dynamic router (`lime-dynamic`, **our extension**, not from the paper)
-//! A per-token correction of the static router:
-//!
-//! ```text
-//! W_l(x_t) = W_l + reshape_{R×S}(U_l · RMSNorm(x_t)),   U_l ∈ R^{(R·S) × D}, U_l = 0 at init
-//! ```
-//!
-//! RMSNorm(x_t) is a *parameter-free* RMSNorm (no gain, eps = `norm_eps`) of the block's input
-//! x_t (the residual stream before `attn_norm`), so U_l is the only extra parameter
-//! (this matches `accounting::LIME_DYNAMIC_NORM_HAS_WEIGHT = false`); row `r·S + s` of U_l
-//! produces entry (r, s). At init the model is
-//! exactly static LIMe. (The paper's v1 "dynamic" variant instead routed hidden states with a
-//! softmax over layers; this is different.) The per-token part is a batched matmul
-//! `(B,T,R,S) @ (B,T,S,2·d_h)`.
-//!
-//! ## Parameters (l ≥ 1 only)
 //! | name                        | shape          | init                                              |
 //! |-----------------------------|----------------|---------------------------------------------------|
 //! | `layers.{l}.attn.router.w`  | (R, (l+1)·R)   | U(−b, b), b = sqrt(3/((l+1)·R)); last R×R block = I |
-//! | `layers.{l}.attn.router.u`  | (R·(l+1)·R, D) | zeros (lime-dynamic only)                         |
 //!
-//! Extra parameters: static R²·(L(L+1)/2 − 1); dynamic adds R²·D·(L(L+1)/2 − 1).
-//! Optimizer group [`crate::ParamGroup::Router`]: lr ×10, no weight decay.
-//!
-//! ## Router ablations (paper appendix D and reviewers' requests)
-//! Each replaces the (R, S) matrix W_l by a restricted or fixed one; the rest is unchanged.
-//!
-//! | variant            | parameter (l ≥ 1)                 | K_l = … (same for V)                               |
-//! |--------------------|-----------------------------------|----------------------------------------------------|
-//! | `lime-avg`         | none                              | (1/(l+1)) Σ_j K_j, per kv head (W = [I … I]/(l+1)) |
-//! | `lime-last-j`      | `router.w` (R, (m+1)·R), m=min(j,l) | W · [K_{l−m}; …; K_l]                            |
-//! | `lime-first-j`     | `router.w` (R, (m+1)·R), m=min(j,l) | W · [K_0; …; K_{m−1}; K_l]                       |
-//! | `lime-same-head`   | `router.w_head` (R, l+1)          | K_l[r] = Σ_j w[r, j] · K_j[r]                      |
-//! | `lime-per-dim`     | `router.w_dim` (R, S, d_h)        | K_l[r, c] = Σ_s w[r, s, c] · K_buf[s, c]           |
-//! | `lime-random-init` | `router.w_rand` (R, S)            | as `lime`; init U(−b, b) everywhere, no identity   |
-//!
-//! `lime-avg` averages over layers per kv head (not over all (l+1)·R rows, which would give every
-//! head the same vector). Init follows `lime`: U(−b, b) with b = sqrt(3 / fan-in) (fan-in = number
-//! of sources a weight mixes), current layer = identity (`w_head`: last column 1; `w_dim`: the
-//! identity block for every channel). So every ablation except `lime-avg` and `lime-random-init`
-//! reduces to llama with the current-layer identity and zeros elsewhere.
+//! Extra parameters R²·(L(L+1)/2 − 1); router FLOPs 2·T·2d_h·R²·(L(L+1)/2 − 1) per sequence
+//! (causal mode). Optimizer group [`ParamGroup::Router`]: lr × 10, no weight decay (the paper: decay
+//! on the router hurts). The router variants share this file's buffer and loop:
+//! `lime-dynamic` ([`crate::lime_dynamic`]) and the ablations ([`crate::lime_ablations`]).
 
-use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use std::sync::Arc;
 
-use crate::config::{Config, LimeWindow, Variant};
+use candle_core::{Result, Shape, Tensor, D};
+use candle_nn::VarBuilder;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
-/// The pre-RoPE K|V of all layers processed so far in one forward pass: a `(S, B, T, 2·d_h)`
-/// tensor grown by concatenation (the reference path), or, for the full-matrix routers on the
-/// f32 CPU path, a [`crate::fused::KvStack`] appended in place (no O(L²) copies).
-#[derive(Clone, Debug, Default)]
-pub struct LimeBuffer {
-    kv: Option<Tensor>,
-    /// The key and value stacks of the in-place path.
-    stacks: Option<(
-        std::sync::Arc<crate::fused::KvStack>,
-        std::sync::Arc<crate::fused::KvStack>,
-    )>,
+use crate::accounting::{per_mac, FlopMode};
+use crate::config::Config;
+use crate::init::ParamGroup;
+use crate::llama::{Blocks, Pass};
+use crate::ops::{self, Backend};
+use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+
+/// `lime`: the paper's static router.
+pub struct Lime;
+
+impl Variant {
+    pub const LIME: Variant = Variant::new(&Lime);
 }
 
-/// How a layer l ≥ 1 mixes the buffer (see the module docs).
-#[derive(Clone, Debug)]
-enum Mix {
-    /// `lime`, `lime-dynamic`, `lime-random-init` (W trainable) and `lime-avg` (W constant):
-    /// W (R, S) over the whole buffer.
-    Full(Tensor),
-    /// `lime-last-j` / `lime-first-j`: W (R, k·R) over the source layers `sources` (k of them).
-    Window { w: Tensor, sources: Vec<usize> },
-    /// `lime-same-head`: w (R, l+1).
-    SameHead(Tensor),
-    /// `lime-per-dim`: w (R, S, d_h).
-    PerDim(Tensor),
-}
-
-/// The router of one layer.
-#[derive(Clone, Debug)]
-pub struct LimeRouter {
-    layer: usize,
-    n_kv_heads: usize,
-    /// `None` for layer 0.
-    mix: Option<Mix>,
-    /// Whether the mixing weights are a Var (false for `lime-avg`).
-    trainable: bool,
-    /// U_l as a linear map D → R·(l+1)·R; lime-dynamic, l ≥ 1.
-    u: Option<Linear>,
-    norm_eps: f64,
-    /// Every layer's router is a full (R, S) matrix (`lime`, `lime-avg`, `lime-random-init`),
-    /// so f32 CPU passes may use the in-place K|V stack.
-    stackable: bool,
-    n_layers: usize,
-}
-
-/// The source layers of a windowed router at layer l.
-fn window_sources(window: LimeWindow, layer: usize) -> Vec<usize> {
-    match window {
-        LimeWindow::Last(j) => (layer.saturating_sub(j)..=layer).collect(),
-        LimeWindow::First(j) => (0..j.min(layer)).chain([layer]).collect(),
+impl VariantDef for Lime {
+    fn name(&self) -> &'static str {
+        "lime"
     }
-}
-
-impl LimeRouter {
-    pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
-        let (r, s) = (cfg.n_kv_heads, (layer + 1) * cfg.n_kv_heads);
-        let mut trainable = true;
-        let mix = if layer == 0 {
-            None
-        } else {
-            Some(match cfg.variant {
-                Variant::LimeAvg => {
-                    // W = [I … I] / (l+1): a constant, not a Var.
-                    trainable = false;
-                    let eye = Tensor::eye(r, DType::F64, &candle_core::Device::Cpu)?;
-                    let w = Tensor::cat(&vec![eye; layer + 1], 1)? / (layer + 1) as f64;
-                    Mix::Full(w?.to_dtype(vb.dtype())?.to_device(vb.device())?)
-                }
-                Variant::LimeRandomInit => Mix::Full(vb.get((r, s), "w_rand")?),
-                Variant::LimeSameHead => Mix::SameHead(vb.get((r, layer + 1), "w_head")?),
-                Variant::LimePerDim => Mix::PerDim(vb.get((r, s, cfg.head_dim()), "w_dim")?),
-                v => match v.lime_window() {
-                    Some(win) => {
-                        let sources = window_sources(win, layer);
-                        let w = vb.get((r, sources.len() * r), "w")?;
-                        Mix::Window { w, sources }
-                    }
-                    None => Mix::Full(vb.get((r, s), "w")?),
-                },
-            })
-        };
-        let u = match cfg.variant {
-            Variant::LimeDynamic if layer > 0 => {
-                Some(Linear::new(vb.get((r * s, cfg.d_model), "u")?, None))
-            }
-            _ => None,
-        };
-        Ok(Self {
-            layer,
-            n_kv_heads: r,
-            mix,
-            trainable,
-            u,
-            norm_eps: cfg.norm_eps,
-            stackable: matches!(
-                cfg.variant,
-                Variant::Lime | Variant::LimeAvg | Variant::LimeRandomInit
-            ),
-            n_layers: cfg.n_layers,
-        })
+    fn summary(&self) -> &'static str {
+        "LIMe: static router over the pre-RoPE K/V of all earlier layers"
     }
-
-    pub fn layer(&self) -> usize {
-        self.layer
-    }
-
-    /// The trainable router parameter of this layer as stored (`w` (R, S) or (R, k·R),
-    /// `w_rand` (R, S), `w_head` (R, l+1) or `w_dim` (R, S, d_h)); `None` for layer 0 and
-    /// `lime-avg`.
-    pub fn weight(&self) -> Option<&Tensor> {
-        if !self.trainable {
-            return None;
-        }
-        self.mix.as_ref().map(|m| match m {
-            Mix::Full(w) | Mix::Window { w, .. } | Mix::SameHead(w) | Mix::PerDim(w) => w,
-        })
-    }
-
-    /// The static mixing as a dense (R, (l+1)·R) matrix over the whole buffer, for diagnostics:
-    /// zeros outside a window, block-diagonal for `lime-same-head`, the mean over channels for
-    /// `lime-per-dim`, the constant for `lime-avg`. `None` for layer 0.
-    pub fn dense_weight(&self) -> Result<Option<Tensor>> {
-        let r = self.n_kv_heads;
-        let Some(mix) = &self.mix else {
-            return Ok(None);
-        };
-        let n_src = self.layer + 1;
-        Ok(Some(match mix {
-            Mix::Full(w) => w.clone(),
-            Mix::Window { w, sources } => {
-                let zeros = w.narrow(1, 0, r)?.zeros_like()?;
-                let blocks: Vec<Tensor> = (0..n_src)
-                    .map(|j| match sources.iter().position(|&s| s == j) {
-                        Some(k) => w.narrow(1, k * r, r),
-                        None => Ok(zeros.clone()),
-                    })
-                    .collect::<Result<_>>()?;
-                Tensor::cat(&blocks, 1)?
-            }
-            Mix::SameHead(w) => {
-                // (R, l+1, 1) * (R, 1, R) eye → (R, l+1, R) → (R, S).
-                let eye = Tensor::eye(r, w.dtype(), w.device())?.unsqueeze(1)?;
-                w.unsqueeze(2)?
-                    .broadcast_mul(&eye)?
-                    .reshape((r, n_src * r))?
-            }
-            Mix::PerDim(w) => w.mean(D::Minus1)?,
-        }))
-    }
-
-    /// The dynamic router U_l, (R·(l+1)·R, D); `None` unless lime-dynamic and l ≥ 1.
-    pub fn dynamic_weight(&self) -> Option<&Tensor> {
-        self.u.as_ref().map(|u| u.weight())
-    }
-
-    /// Appends this layer's k, v (B,T,R,d_h) to `buf` and returns the routed (K_l, V_l), each
-    /// (B,R,T,d_h), still without RoPE. `x` (B,T,D) is the block input x_t (dynamic router only).
-    pub fn route(
+    fn build(
         &self,
-        k: &Tensor,
-        v: &Tensor,
+        cfg: &Config,
+        vb: &VarBuilder,
+        backend: Backend,
+    ) -> Result<Arc<dyn Connection>> {
+        let r = cfg.n_kv_heads;
+        build(cfg, vb, backend, |l, vb| {
+            Ok(Box::new(Full(vb.get((r, (l + 1) * r), "w")?)))
+        })
+    }
+    fn init(&self, name: &str, shape: &Shape, rng: &mut ChaCha8Rng) -> Option<Result<Vec<f64>>> {
+        router_leaf(name, "w").then(|| identity_block_init(shape, rng))
+    }
+    fn param_group(&self, name: &str) -> Option<ParamGroup> {
+        router_group(name)
+    }
+    fn extra_params(&self, cfg: &Config) -> i64 {
+        (routed_blocks(cfg.n_layers) * sq(cfg.n_kv_heads)) as i64
+    }
+    fn extra_flops(&self, cfg: &Config, seq_len: usize, mode: FlopMode) -> ExtraFlops {
+        let macs = routed_blocks(cfg.n_layers) * sq(cfg.n_kv_heads);
+        router_flops(cfg, seq_len, mode, macs)
+    }
+}
+
+/// How one layer l ≥ 1 mixes its buffer.
+pub trait Mix: std::fmt::Debug + Send + Sync {
+    /// `all` (S,B,T,2d_h) of the layers so far, `x` (B,T,D) the block input → (R,B,T,2d_h).
+    fn mix(&self, all: &Tensor, x: &Tensor, backend: Backend) -> Result<Tensor>;
+    /// The static mixing as a dense (R, S) matrix over the whole buffer (diagnostics).
+    fn dense(&self) -> Result<Tensor>;
+    /// The (R, S) matrix when the mixing is exactly one full matrix (the in-place stack path).
+    fn full(&self) -> Option<&Tensor> {
+        None
+    }
+}
+
+/// A full (R, S) router (`lime`; also the constant of `lime-avg`).
+#[derive(Debug)]
+pub struct Full(pub Tensor);
+
+impl Mix for Full {
+    fn mix(&self, all: &Tensor, _x: &Tensor, backend: Backend) -> Result<Tensor> {
+        let (s, b, t, kv) = all.dims4()?;
+        let r = self.0.dim(0)?;
+        let routed = ops::depth_mix(backend, &self.0, &all.reshape((s, b * t * kv))?)?; // (R,N)
+        routed.reshape((r, b, t, kv))
+    }
+    fn dense(&self) -> Result<Tensor> {
+        Ok(self.0.clone())
+    }
+    fn full(&self) -> Option<&Tensor> {
+        Some(&self.0)
+    }
+}
+
+/// The LIMe connection: llama's residual loop, each layer's k/v routed through its [`Mix`].
+#[derive(Debug)]
+pub struct LimeConnection {
+    /// `None` at layer 0 (it only appends).
+    mixes: Vec<Option<Box<dyn Mix>>>,
+    n_kv_heads: usize,
+    backend: Backend,
+    /// Every router is a full matrix and the backend is fused: in-place stacks.
+    stacked: bool,
+}
+
+/// Builds a LIMe-family connection; `mix(l, vb)` creates layer l's router (l ≥ 1) under
+/// `layers.{l}.attn.router`.
+pub fn build(
+    cfg: &Config,
+    vb: &VarBuilder,
+    backend: Backend,
+    mix: impl Fn(usize, VarBuilder) -> Result<Box<dyn Mix>>,
+) -> Result<Arc<dyn Connection>> {
+    let mixes = (0..cfg.n_layers)
+        .map(|l| match l {
+            0 => Ok(None),
+            _ => mix(l, vb.pp("layers").pp(l).pp("attn").pp("router")).map(Some),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let stacked = backend.is_fused() && mixes.iter().flatten().all(|m| m.full().is_some());
+    Ok(Arc::new(LimeConnection {
+        mixes,
+        n_kv_heads: cfg.n_kv_heads,
+        backend,
+        stacked,
+    }))
+}
+
+/// The pre-RoPE K|V of the layers so far in one forward pass.
+#[derive(Default)]
+struct Buffer {
+    /// (S,B,T,2d_h), grown by concatenation (the reference path).
+    kv: Option<Tensor>,
+    /// The fused backend's in-place key and value stacks.
+    stacks: Option<crate::fused::KvStacks>,
+}
+
+impl LimeConnection {
+    /// Layer l: appends k, v (B,T,R,d_h) to the buffer, returns the routed (K_l, V_l), each
+    /// (B,R,T,d_h), still without RoPE.
+    fn route(
+        &self,
+        l: usize,
+        k: Tensor,
+        v: Tensor,
         x: &Tensor,
-        buf: &mut LimeBuffer,
+        buf: &mut Buffer,
     ) -> Result<(Tensor, Tensor)> {
-        let (b, t, r, dh) = k.dims4()?;
-        if self.stackable && crate::fused::usable(k) {
-            // Same maths as the `Mix::Full` arm below, keys and values on their own in-place
-            // stacks, straight from (B,T,R,d_h) to (B,R,T,d_h) (see fused.rs).
-            let w = match &self.mix {
-                None => None,
-                Some(Mix::Full(w)) => Some(w),
-                Some(_) => candle_core::bail!("lime stack: only full routers are stacked"),
-            };
-            if w.is_none() {
-                let new = || {
-                    let rows = self.n_layers * r;
-                    std::sync::Arc::new(crate::fused::KvStack::with_capacity(rows, b * t * dh))
-                };
-                buf.stacks = Some((new(), new()));
-            }
-            let Some((ks, vs)) = &buf.stacks else {
-                candle_core::bail!("lime stack: layer {} routed before layer 0", self.layer);
-            };
-            let k = crate::fused::stack_route(ks, w, k)?; // (B,R,T,d_h)
-            let v = crate::fused::stack_route(vs, w, v)?; // (B,R,T,d_h)
-            return Ok((k, v));
+        let mix = self.mixes[l].as_deref();
+        if self.stacked {
+            let rows = self.mixes.len() * self.n_kv_heads;
+            return crate::fused::KvStacks::route(
+                &mut buf.stacks,
+                rows,
+                mix.and_then(|m| m.full()),
+                &k,
+                &v,
+            );
         }
-        let kv = Tensor::cat(&[k, v], D::Minus1)?; // (B,T,R,2d_h)
-        let kv = kv.permute((2, 0, 1, 3))?.contiguous()?; // (R,B,T,2d_h)
+        let dh = k.dim(D::Minus1)?;
+        let kv = Tensor::cat(&[k, v], D::Minus1)?
+            .permute((2, 0, 1, 3))?
+            .contiguous()?; // (R,B,T,2d_h)
         let all = match buf.kv.take() {
             None => kv.clone(),
             Some(prev) => Tensor::cat(&[&prev, &kv], 0)?, // (S,B,T,2d_h), S = (l+1)·R
         };
         buf.kv = Some(all.clone());
-        let s = all.dim(0)?;
-        let n = b * t * 2 * dh;
-        let routed = match &self.mix {
-            None => kv, // layer 0: unrouted, (R,B,T,2d_h)
-            // One GEMM over the buffer: (R,S) @ (S, B·T·2d_h).
-            Some(Mix::Full(w)) => {
-                crate::fused::depth_mix(w, &all.reshape((s, n))?)?.reshape((r, b, t, 2 * dh))?
-            }
-            Some(Mix::Window { w, sources }) => {
-                let rows: Vec<Tensor> = sources
-                    .iter()
-                    .map(|&j| all.narrow(0, j * r, r))
-                    .collect::<Result<_>>()?;
-                let sub = Tensor::cat(&rows, 0)?.reshape((sources.len() * r, n))?; // (k·R, N)
-                crate::fused::depth_mix(w, &sub)?.reshape((r, b, t, 2 * dh))?
-            }
-            Some(Mix::SameHead(w)) => {
-                let per_head = all.reshape((s / r, r, n))?.transpose(0, 1)?.contiguous()?; // (R, l+1, N)
-                let w = w.unsqueeze(1)?; // (R, 1, l+1)
-                w.matmul(&per_head)?.reshape((r, b, t, 2 * dh))?
-            }
-            Some(Mix::PerDim(w)) => {
-                // Batched over the d_h channels: (d_h, R, S) @ (d_h, S, B·T·2).
-                let src = all
-                    .reshape((s, b * t * 2, dh))?
-                    .permute((2, 0, 1))?
-                    .contiguous()?; // (d_h, S, B·T·2)
-                let w = w.permute((2, 0, 1))?.contiguous()?; // (d_h, R, S)
-                w.matmul(&src)? // (d_h, R, B·T·2)
-                    .permute((1, 2, 0))?
-                    .contiguous()?
-                    .reshape((r, b, t, 2 * dh))?
-            }
-        };
-        let routed = match &self.u {
-            None => routed,
-            Some(u) => {
-                // Parameter-free RMSNorm of x_t, then ΔW_l(x_t) = reshape(U_l · n_t).
-                let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // (B,T,1)
-                let nx = x.broadcast_div(&(ms + self.norm_eps)?.sqrt()?)?; // (B,T,D)
-                let dw = u.forward(&nx)?.reshape((b, t, r, s))?; // (B,T,R,S)
-                let per_tok = all.permute((1, 2, 0, 3))?.contiguous()?; // (B,T,S,2d_h)
-                let dyn_part = dw.matmul(&per_tok)?; // (B,T,R,2d_h)
-                (routed + dyn_part.permute((2, 0, 1, 3))?)? // (R,B,T,2d_h)
-            }
+        let routed = match mix {
+            None => kv,                               // layer 0: unrouted
+            Some(m) => m.mix(&all, x, self.backend)?, // (R,B,T,2d_h)
         };
         let routed = routed.transpose(0, 1)?; // (B,R,T,2d_h)
-        let k = routed.narrow(D::Minus1, 0, dh)?; // (B,R,T,d_h)
-        let v = routed.narrow(D::Minus1, dh, dh)?; // (B,R,T,d_h)
-        Ok((k, v))
+        Ok((
+            routed.narrow(D::Minus1, 0, dh)?,
+            routed.narrow(D::Minus1, dh, dh)?,
+        ))
+    }
+}
+
+impl Connection for LimeConnection {
+    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+        let mut buf = Buffer::default();
+        for l in 0..net.len() {
+            let input = x.clone(); // the block input x_t (lime-dynamic's router reads it)
+            let mut route = |k, v| self.route(l, k, v, &input, &mut buf); // ← the diff to llama
+            x = net.block(l, &x, pass, &mut route)?; // (B,T,D)
+            pass.record(&x);
+        }
+        Ok(x)
+    }
+
+    fn mixing_weights(&self) -> Result<Vec<Tensor>> {
+        self.mixes.iter().flatten().map(|m| m.dense()).collect()
+    }
+
+    /// For every layer l the mean |W_l| over each source layer j ≤ l (a block of R×R entries),
+    /// normalised to sum 1; row 0 is `[1]` (layer 0 sees only itself).
+    fn heatmap(&self, cfg: &Config) -> Result<Vec<Vec<f64>>> {
+        let r = cfg.n_kv_heads;
+        let mut rows = vec![vec![1.0]];
+        for w in self.mixing_weights()? {
+            let w = w.abs()?.to_dtype(candle_core::DType::F64)?; // (R,(l+1)R)
+            let mut row = (0..w.dim(1)? / r)
+                .map(|j| w.narrow(1, j * r, r)?.mean_all()?.to_scalar::<f64>())
+                .collect::<Result<Vec<f64>>>()?;
+            let s: f64 = row.iter().sum();
+            if s > 0.0 {
+                row.iter_mut().for_each(|x| *x /= s);
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}
+
+// ---- shared by the LIMe family: names, init, groups, counts ----
+
+/// Whether `name` is the router parameter `leaf` (`layers.{l}.attn.router.<leaf>`).
+pub fn router_leaf(name: &str, leaf: &str) -> bool {
+    name.contains(".router.") && name.rsplit('.').next() == Some(leaf)
+}
+
+/// Every router parameter is in [`ParamGroup::Router`].
+pub fn router_group(name: &str) -> Option<ParamGroup> {
+    name.contains(".router.").then_some(ParamGroup::Router)
+}
+
+/// U(−b, b) with b = sqrt(3 / S) for a (R, S) router (or (R, S, d_h) per channel), then the
+/// current layer's (last) R×R block set to the identity.
+pub fn identity_block_init(shape: &Shape, rng: &mut ChaCha8Rng) -> Result<Vec<f64>> {
+    let dims = shape.dims();
+    let (r, s, c) = match *dims {
+        [r, s] => (r, s, 1),
+        [r, s, c] => (r, s, c),
+        _ => candle_core::bail!("router of shape {dims:?}, expected (R, S) or (R, S, d_h)"),
+    };
+    if s % r != 0 || s < r {
+        candle_core::bail!("router of shape {dims:?}, expected (R, (l+1)·R, …)");
+    }
+    let mut w = uniform(shape.elem_count(), s, rng);
+    for i in 0..r {
+        for j in 0..r {
+            for ch in 0..c {
+                w[(i * s + (s - r) + j) * c + ch] = if i == j { 1.0 } else { 0.0 };
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// n draws of U(−b, b), b = sqrt(3 / fan_in).
+pub fn uniform(n: usize, fan_in: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let b = (3.0 / fan_in as f64).sqrt();
+    (0..n).map(|_| rng.gen_range(-b..b)).collect()
+}
+
+/// Σ_{l=1}^{L-1} (l+1) = L(L+1)/2 − 1: the (layer, source-layer) blocks a full router mixes.
+pub fn routed_blocks(n_layers: usize) -> u64 {
+    let l = n_layers as u64;
+    (l * (l + 1) / 2).saturating_sub(1)
+}
+
+pub fn sq(x: usize) -> u64 {
+    (x * x) as u64
+}
+
+/// Router FLOPs of `macs` multiply-adds per token and routed channel (keys and values: 2·d_h).
+pub fn router_flops(cfg: &Config, seq_len: usize, mode: FlopMode, macs: u64) -> ExtraFlops {
+    let k = per_mac(mode) * seq_len as u64 * 2 * cfg.head_dim() as u64;
+    ExtraFlops {
+        router: k * macs,
+        ..ExtraFlops::default()
     }
 }

@@ -1,4 +1,5 @@
-//! The shared LLaMA-style decoder (pre-norm, RoPE, SwiGLU, optional GQA), read top to bottom.
+//! The shared LLaMA-style decoder (pre-norm, RoPE, SwiGLU, optional GQA), read top to bottom, and
+//! the `llama` variant itself: the plain residual loop.
 //!
 //! ```text
 //! ids (B,T) ─ embed_tokens ─► x (B,T,D)
@@ -7,16 +8,14 @@
 //! logits = lm_head(norm(x))                          (lm_head = embed_tokens when tied)
 //! ```
 //!
-//! The LIMe variants (`lime`, `lime-dynamic` and the `lime-*` router ablations) differ from this
-//! file only inside [`Attention::forward`], in the block marked `LIMe routed path`: the
-//! per-kv-head keys and values (pre-RoPE) are routed through [`crate::lime::LimeRouter`] before
-//! RoPE is applied. `resformer` differs only in the block marked `ResFormer value residual` right
-//! after it ([`crate::resformer`]). The two residual-stream variants change only the loop in
-//! [`Model::run`] (marked `depth connection`): `denseformer` averages block outputs
-//! ([`crate::denseformer`]), `hyper`/`hyper-static` carry n streams around each sub-layer
-//! ([`crate::hyper`]; their block norms have no gain). Everything else is shared.
+//! A variant ([`crate::variant`]) changes only what happens between the embedding and the final
+//! norm: its [`Connection::run`] drives the blocks of [`Blocks`] — a whole block
+//! ([`Blocks::block`]) or its two sub-layers ([`Blocks::attn`], [`Blocks::mlp`]) — and may route
+//! each attention layer's keys and values before RoPE through a [`KvRoute`] (LIMe,
+//! ResFormer). `llama` is [`Residual`], the loop at the end of this file.
 //!
-//! Checkpoint tree (the names of the `VarBuilder` paths, used verbatim in safetensors files):
+//! Checkpoint tree (the names of the `VarBuilder` paths, used verbatim in safetensors files); each
+//! variant's file lists the parameters it adds:
 //!
 //! | name                               | shape            | notes                         |
 //! |------------------------------------|------------------|-------------------------------|
@@ -26,32 +25,28 @@
 //! | `layers.{l}.attn.k_proj.weight`    | (R·d_h, D)       |                               |
 //! | `layers.{l}.attn.v_proj.weight`    | (R·d_h, D)       |                               |
 //! | `layers.{l}.attn.o_proj.weight`    | (D, H·d_h)       |                               |
-//! | `layers.{l}.attn.router.w`         | (R, (l+1)·R)     | lime, lime-dynamic; l ≥ 1     |
-//! | `layers.{l}.attn.router.u`         | (R·(l+1)·R, D)   | lime-dynamic only; l ≥ 1      |
-//! | `layers.{l}.attn.router.*`         | see `lime.rs`    | router ablations; l ≥ 1       |
 //! | `layers.{l}.mlp_norm.weight`       | (D,)             | not for hyper*                |
 //! | `layers.{l}.mlp.w_gate.weight`     | (F, D)           |                               |
 //! | `layers.{l}.mlp.w_up.weight`       | (F, D)           |                               |
 //! | `layers.{l}.mlp.w_down.weight`     | (D, F)           |                               |
-//! | `layers.{l}.dwa.alpha`             | (l+2,)           | denseformer                   |
-//! | `layers.{l}.hc_{attn,mlp}.*`       | see `hyper.rs`   | hyper, hyper-static           |
 //! | `norm.weight`                      | (D,)             | final norm                    |
 //! | `lm_head.weight`                   | (V, D)           | only when `tie_embeddings` is false |
 //!
 //! Notation: B batch, T tokens, D `d_model`, H `n_heads`, R `n_kv_heads`, d_h = D/H, F `d_ff`,
-//! V `vocab_size`, g = H/R query heads per kv head.
-//!
-//! Only primitive candle ops are used (see `shared/notes/candle.md` §1): the fused candle-nn
-//! `rms_norm`, `softmax_last_dim` and `rope*` kernels have no backward on CPU.
+//! V `vocab_size`, g = H/R query heads per kv head. The numerics are those of [`crate::ops`],
+//! in the [`Backend`] the model was built with.
 
-use candle_core::{bail, DType, Device, Module, Result, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{bail, DType, Device, Module, Result, Shape, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
+use rand_chacha::ChaCha8Rng;
 
-use crate::config::{Config, Variant};
-use crate::denseformer::DepthWeightedAverage;
-use crate::hyper::HyperLayer;
-use crate::lime::{LimeBuffer, LimeRouter};
-use crate::resformer::{ValueResidual, RESFORMER_LAMBDA};
+use crate::accounting::FlopMode;
+use crate::config::Config;
+use crate::init::ParamGroup;
+use crate::ops::{self, Backend};
+use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
 
 /// Checks the shape constraints that the model code relies on.
 #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; MSRV is 1.80
@@ -120,36 +115,34 @@ impl Module for Proj {
     }
 }
 
-/// RMSNorm from primitive ops: `x / sqrt(mean(x²) + eps) * weight` over the last dim.
+/// RMSNorm: `x / sqrt(mean(x²) + eps) * weight` over the last dim.
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    backend: Backend,
 }
 
 impl RmsNorm {
-    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder, backend: Backend) -> Result<Self> {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
             eps,
+            backend,
         })
     }
 
     /// A gain-free RMSNorm (weight fixed to ones, not a parameter): the block norms of `hyper*`.
-    pub fn unit(dim: usize, eps: f64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn unit(dim: usize, eps: f64, vb: &VarBuilder, backend: Backend) -> Result<Self> {
         Ok(Self {
-            weight: Tensor::ones(dim, dtype, device)?,
+            weight: Tensor::ones(dim, vb.dtype(), vb.device())?,
             eps,
+            backend,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if crate::fused::usable(x) {
-            return crate::fused::rms_norm(x, &self.weight, self.eps); // one pass, same maths
-        }
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
-        let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?; // (..., D)
-        x.broadcast_mul(&self.weight)
+        ops::rms_norm(self.backend, x, &self.weight, self.eps)
     }
 }
 
@@ -193,21 +186,6 @@ impl Rope {
         };
         Ok((mk(cos)?, mk(sin)?))
     }
-
-    /// x: (B, n, T, d_h) with cos/sin (T, d_h/2) → (B, n, T, d_h).
-    pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        if crate::fused::usable(x) {
-            return crate::fused::rope(x, cos, sin); // one pass, same maths
-        }
-        let half = x.dim(D::Minus1)? / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?; // (B,n,T,d_h/2)
-        let x2 = x.narrow(D::Minus1, half, half)?; // (B,n,T,d_h/2)
-        let cos = cos.unsqueeze(0)?.unsqueeze(0)?; // (1,1,T,d_h/2)
-        let sin = sin.unsqueeze(0)?.unsqueeze(0)?; // (1,1,T,d_h/2)
-        let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[r1, r2], D::Minus1) // (B,n,T,d_h)
-    }
 }
 
 /// Additive causal mask (t_new, t_total): 0 where key j ≤ query position `start + i`, −inf after.
@@ -235,21 +213,23 @@ pub struct Mlp {
     w_gate: Proj,
     w_up: Proj,
     w_down: Proj,
+    backend: Backend,
 }
 
 impl Mlp {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, vb: VarBuilder, backend: Backend) -> Result<Self> {
         Ok(Self {
             w_gate: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("w_gate"))?,
             w_up: linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("w_up"))?,
             w_down: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("w_down"))?,
+            backend,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.w_gate.forward(x)?; // (B,T,F)
         let up = self.w_up.forward(x)?; // (B,T,F)
-        self.w_down.forward(&crate::fused::swiglu(&gate, &up)?) // silu(gate)·up, then (B,T,D)
+        self.w_down.forward(&ops::swiglu(self.backend, &gate, &up)?) // silu(gate)·up → (B,T,D)
     }
 }
 
@@ -303,20 +283,13 @@ impl LayerCache {
     }
 }
 
-/// What one layer's attention reads and writes of the decoding cache in one pass.
-pub(crate) struct CacheSlot<'a> {
-    layer: &'a mut Option<LayerCache>,
-    len: usize,
-    min_capacity: usize,
-}
+/// A variant's hook between the k/v projections and RoPE: receives the layer's keys and values
+/// (B,T,R,d_h), pre-RoPE, and returns those attention uses, (B,R,T,d_h). [`plain_kv`] is llama's.
+pub type KvRoute<'a> = &'a mut dyn FnMut(Tensor, Tensor) -> Result<(Tensor, Tensor)>;
 
-/// State shared by the layers of one forward pass (all of it per token of this pass).
-#[derive(Debug, Default)]
-pub struct PassState {
-    /// LIMe: the pre-RoPE K|V of the layers so far.
-    pub lime: LimeBuffer,
-    /// ResFormer: the values V_0 of layer 0, (B,R,T,d_h).
-    pub v0: Option<Tensor>,
+/// llama's keys and values: unchanged, (B,T,R,d_h) → (B,R,T,d_h).
+pub fn plain_kv(k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((k.transpose(1, 2)?, v.transpose(1, 2)?))
 }
 
 /// Causal multi-head attention with RoPE and grouped-query attention.
@@ -329,25 +302,12 @@ pub struct Attention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    /// `Some` for the LIMe variants (every layer, layer 0 only appends to the buffer).
-    router: Option<LimeRouter>,
-    /// ResFormer's value residual (`Off` for every other variant).
-    value_residual: ValueResidual,
+    backend: Backend,
 }
 
 impl Attention {
-    pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, vb: VarBuilder, backend: Backend) -> Result<Self> {
         let (d, h, r, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim());
-        let router = if cfg.variant.is_lime() {
-            Some(LimeRouter::new(cfg, layer, vb.pp("router"))?)
-        } else {
-            None
-        };
-        let value_residual = match (cfg.variant, layer) {
-            (Variant::ResFormer, 0) => ValueResidual::Store,
-            (Variant::ResFormer, _) => ValueResidual::Mix(RESFORMER_LAMBDA),
-            _ => ValueResidual::Off,
-        };
         Ok(Self {
             q_proj: linear_no_bias(d, h * dh, vb.pp("q_proj"))?,
             k_proj: linear_no_bias(d, r * dh, vb.pp("k_proj"))?,
@@ -356,31 +316,21 @@ impl Attention {
             n_heads: h,
             n_kv_heads: r,
             head_dim: dh,
-            router,
-            value_residual,
+            backend,
         })
     }
 
-    /// The LIMe router of this layer, if any.
-    pub fn router(&self) -> Option<&LimeRouter> {
-        self.router.as_ref()
-    }
-
-    /// `x`: block input (B,T,D) (read only by lime-dynamic's router); `h`: normalised input
-    /// (B,T,D). `rope`: cos/sin for the T new positions. `mask`: (T, T_total).
-    /// Returns the attention output (B,T,D) and the values used, (B,R,T_total,d_h).
+    /// `h`: normalised input (B,T,D); `route`: the variant's k/v hook. Returns the attention
+    /// output (B,T,D) and the values used, (B,R,T_total,d_h).
     fn forward(
         &self,
-        x: &Tensor,
         h: &Tensor,
-        rope: &(Tensor, Tensor),
-        mask: &Tensor,
-        pass: &mut PassState,
-        cache: Option<CacheSlot>,
+        pass: &mut Pass,
+        layer: usize,
+        route: KvRoute,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = h.dims3()?;
         let (nh, r, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let g = nh / r;
         let q = self
             .q_proj
             .forward(h)?
@@ -388,44 +338,20 @@ impl Attention {
             .transpose(1, 2)?; // (B,H,T,d_h)
         let k = self.k_proj.forward(h)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
         let v = self.v_proj.forward(h)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
+        let (k, v) = route(k, v)?; // (B,R,T,d_h) each: the variant's hook, pre-RoPE
 
-        // ---------------- LIMe routed path (the only difference to llama) ----------------
-        let (k, v) = match &self.router {
-            None => (k.transpose(1, 2)?, v.transpose(1, 2)?), // (B,R,T,d_h)
-            // K_l = W_l · K_buf, V_l = W_l · V_buf over every earlier (layer, kv-head), pre-RoPE.
-            Some(router) => router.route(&k, &v, x, &mut pass.lime)?, // (B,R,T,d_h)
-        };
-        // -----------------------------------------------------------------------------------
-        // ---------------- ResFormer value residual: V_l ← λV_0 + (1−λ)V_l, l ≥ 1 -------------
-        let v = self.value_residual.apply(v, &mut pass.v0)?; // (B,R,T,d_h)
-                                                             // -----------------------------------------------------------------------------------
-
-        let (cos, sin) = rope;
-        let q = Rope::apply(&q, cos, sin)?; // (B,H,T,d_h), contiguous
-        let k = Rope::apply(&k, cos, sin)?; // (B,R,T,d_h), contiguous
+        let (cos, sin) = &pass.rope;
+        let q = ops::rope(self.backend, &q, cos, sin)?; // (B,H,T,d_h), contiguous
+        let k = ops::rope(self.backend, &k, cos, sin)?; // (B,R,T,d_h), contiguous
         let v = v.contiguous()?; // (B,R,T,d_h)
-        let (k, v) = match cache {
+        let (k, v) = match pass.cache.as_deref_mut() {
             None => (k, v),
             // (B,R,T_total,d_h) views of the preallocated cache.
-            Some(c) => LayerCache::append(c.layer, c.len, c.min_capacity, &k, &v)?,
+            Some(c) => LayerCache::append(&mut c.layers[layer], c.len, c.capacity, &k, &v)?,
         };
-        let tk = k.dim(2)?;
-
-        if crate::fused::usable(&q) {
-            // Same maths in one kernel per (batch, kv head): no T×T mask or score copies.
-            let y = crate::fused::causal_attention(&q, &k, &v, 1.0 / (dh as f64).sqrt())?; // (B,H,T,d_h)
-            let y = y.transpose(1, 2)?.reshape((b, t, nh * dh))?; // (B,T,H·d_h)
-            return Ok((self.o_proj.forward(&y)?, v));
-        }
-        // Grouped-query attention without copying K/V: query head n = r·g + j uses kv head r.
-        let (k, v) = (k.contiguous()?, v.contiguous()?); // cache views are strided
-        let q = q.reshape((b, r, g * t, dh))?; // (B,R,g·T,d_h)
-        let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?; // (B,R,g·T,T_total)
-        let scores = scores.reshape((b, nh, t, tk))?.broadcast_add(mask)?; // (B,H,T,T_total)
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?; // (B,H,T,T_total)
-        let y = probs.reshape((b, r, g * t, tk))?.matmul(&v)?; // (B,R,g·T,d_h)
-        let y = y.reshape((b, nh, t, dh))?.transpose(1, 2)?; // (B,T,H,d_h)
-        let y = y.reshape((b, t, nh * dh))?; // (B,T,H·d_h)
+        let scale = 1.0 / (dh as f64).sqrt();
+        let y = ops::attention(self.backend, &q, &k, &v, &pass.mask, scale)?; // (B,H,T,d_h)
+        let y = y.transpose(1, 2)?.reshape((b, t, nh * dh))?; // (B,T,H·d_h)
         Ok((self.o_proj.forward(&y)?, v))
     }
 }
@@ -440,69 +366,84 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(cfg: &Config, layer: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Config, vb: VarBuilder, backend: Backend) -> Result<Self> {
         let norm = |name: &str| {
-            if cfg.variant.is_hyper() {
-                RmsNorm::unit(cfg.d_model, cfg.norm_eps, vb.dtype(), vb.device())
-            // no gain
+            if cfg.variant.def().norm_gain() {
+                RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp(name), backend)
             } else {
-                RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp(name))
+                RmsNorm::unit(cfg.d_model, cfg.norm_eps, &vb, backend)
             }
         };
         Ok(Self {
             attn_norm: norm("attn_norm")?,
-            attn: Attention::new(cfg, layer, vb.pp("attn"))?,
+            attn: Attention::new(cfg, vb.pp("attn"), backend)?,
             mlp_norm: norm("mlp_norm")?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), backend)?,
         })
-    }
-
-    pub fn attn(&self) -> &Attention {
-        &self.attn
-    }
-
-    /// The attention sub-layer without its residual: (Attn(attn_norm(x)), values used).
-    pub(crate) fn attn_branch(
-        &self,
-        x: &Tensor,
-        rope: &(Tensor, Tensor),
-        mask: &Tensor,
-        pass: &mut PassState,
-        cache: Option<CacheSlot>,
-    ) -> Result<(Tensor, Tensor)> {
-        let h = self.attn_norm.forward(x)?; // (B,T,D)
-        self.attn.forward(x, &h, rope, mask, pass, cache)
-    }
-
-    /// The MLP sub-layer without its residual: MLP(mlp_norm(x)).
-    pub(crate) fn mlp_branch(&self, x: &Tensor) -> Result<Tensor> {
-        self.mlp.forward(&self.mlp_norm.forward(x)?)
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &(Tensor, Tensor),
-        mask: &Tensor,
-        pass: &mut PassState,
-        cache: Option<CacheSlot>,
-    ) -> Result<(Tensor, Tensor)> {
-        let (a, v) = self.attn_branch(x, rope, mask, pass, cache)?;
-        let x = (x + a)?; // (B,T,D)
-        let x = (&x + self.mlp_branch(&x)?)?; // (B,T,D)
-        Ok((x, v))
     }
 }
 
-/// How blocks are connected across depth (see the module docs).
+/// The decoder blocks, as a variant's [`Connection`] drives them.
 #[derive(Clone, Debug)]
-enum DepthConnection {
-    /// `x_{l+1} = Block_l(x_l)`: llama, LIMe, ResFormer.
-    Residual,
-    /// DenseFormer: a depth-weighted average after every block.
-    Dense(Vec<DepthWeightedAverage>),
-    /// Hyper-Connections: n streams, a connection around every sub-layer.
-    Hyper(Vec<HyperLayer>),
+pub struct Blocks(Vec<Block>);
+
+impl Blocks {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Block l's attention sub-layer without its residual: Attn_l(attn_norm_l(x)), (B,T,D),
+    /// with the keys and values routed by `route`.
+    pub fn attn(&self, l: usize, x: &Tensor, pass: &mut Pass, route: KvRoute) -> Result<Tensor> {
+        let block = &self.0[l];
+        let h = block.attn_norm.forward(x)?; // (B,T,D)
+        let (y, v) = block.attn.forward(&h, pass, l, route)?;
+        if let Some(tr) = pass.trace.as_deref_mut() {
+            tr.values.push(v);
+        }
+        Ok(y)
+    }
+
+    /// Block l's MLP sub-layer without its residual: MLP_l(mlp_norm_l(x)), (B,T,D).
+    pub fn mlp(&self, l: usize, x: &Tensor) -> Result<Tensor> {
+        let block = &self.0[l];
+        block.mlp.forward(&block.mlp_norm.forward(x)?)
+    }
+
+    /// The whole pre-norm block l: `x += Attn(attn_norm(x)); x += MLP(mlp_norm(x))`.
+    pub fn block(&self, l: usize, x: &Tensor, pass: &mut Pass, route: KvRoute) -> Result<Tensor> {
+        let x = (x + self.attn(l, x, pass, route)?)?; // (B,T,D)
+        &x + self.mlp(l, &x)? // (B,T,D)
+    }
+}
+
+/// What the blocks of one forward pass share: RoPE tables and the mask for its T new positions,
+/// the decoding cache, and the trace being recorded.
+pub struct Pass<'a> {
+    /// cos/sin, each (T, d_h/2).
+    rope: (Tensor, Tensor),
+    /// (T, T_total).
+    mask: Tensor,
+    cache: Option<&'a mut KvCache>,
+    trace: Option<&'a mut Trace>,
+}
+
+impl Pass<'_> {
+    /// Whether per-layer hidden states are being recorded ([`Model::forward_trace`]).
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Records the residual stream after a block (`Trace::hidden`).
+    pub fn record(&mut self, x: &Tensor) {
+        if let Some(tr) = self.trace.as_deref_mut() {
+            tr.hidden.push(x.clone());
+        }
+    }
 }
 
 /// Incremental-decoding cache: per layer the post-RoPE keys and values of all past positions.
@@ -564,44 +505,47 @@ pub struct Trace {
     pub values: Vec<Tensor>,
 }
 
-/// The decoder. Variant-specific parts live in the attention layers (see module docs).
+/// The decoder: the shared skeleton around a variant's [`Connection`].
 #[derive(Clone, Debug)]
 pub struct Model {
     embed_tokens: Embedding,
-    layers: Vec<Block>,
+    blocks: Blocks,
     norm: RmsNorm,
     lm_head: Proj,
-    depth: DepthConnection,
+    connection: Arc<dyn Connection>,
     rope: Rope,
     cfg: Config,
     dtype: DType,
     device: Device,
+    backend: Backend,
 }
 
 impl Model {
-    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// The model `cfg` describes, its parameters taken from `vb`, running `backend`
+    /// ([`Backend::resolve`]d for `vb`'s dtype and device).
+    pub fn new(cfg: &Config, vb: VarBuilder, backend: Backend) -> Result<Self> {
+        Self::with_def(cfg, vb, backend, cfg.variant.def())
+    }
+
+    /// Like [`Model::new`] with another definition of the variant (a variant's knobs that are
+    /// not part of its name, e.g. ResFormer's λ in the reduction test).
+    pub fn with_def(
+        cfg: &Config,
+        vb: VarBuilder,
+        backend: Backend,
+        def: &dyn VariantDef,
+    ) -> Result<Self> {
         validate_config(cfg)?;
+        let backend = backend.resolve(vb.dtype(), vb.device());
         let embed_w = vb
             .pp("embed_tokens")
             .get((cfg.vocab_size, cfg.d_model), "weight")?;
         let embed_tokens = Embedding::new(embed_w.clone(), cfg.d_model);
-        let layers = (0..cfg.n_layers)
-            .map(|l| Block::new(cfg, l, vb.pp("layers").pp(l)))
+        let blocks = (0..cfg.n_layers)
+            .map(|l| Block::new(cfg, vb.pp("layers").pp(l), backend))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("norm"))?;
-        let depth = match cfg.variant {
-            Variant::DenseFormer => DepthConnection::Dense(
-                (0..cfg.n_layers)
-                    .map(|l| DepthWeightedAverage::new(l, vb.pp("layers").pp(l).pp("dwa")))
-                    .collect::<Result<_>>()?,
-            ),
-            v if v.is_hyper() => DepthConnection::Hyper(
-                (0..cfg.n_layers)
-                    .map(|l| HyperLayer::new(cfg, vb.pp("layers").pp(l)))
-                    .collect::<Result<_>>()?,
-            ),
-            _ => DepthConnection::Residual,
-        };
+        let connection = def.build(cfg, &vb, backend)?;
+        let norm = RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("norm"), backend)?;
         let lm_head = if cfg.tie_embeddings {
             Proj::new(embed_w)
         } else {
@@ -610,14 +554,15 @@ impl Model {
         let rope = Rope::new(cfg.head_dim(), cfg.rope_theta, vb.dtype(), vb.device());
         Ok(Self {
             embed_tokens,
-            layers,
+            blocks: Blocks(blocks),
             norm,
             lm_head,
-            depth,
+            connection,
             rope,
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            backend,
         })
     }
 
@@ -633,26 +578,17 @@ impl Model {
         &self.device
     }
 
-    pub fn layers(&self) -> &[Block] {
-        &self.layers
-    }
-
-    /// Sets ResFormer's λ in V_l ← λV_0 + (1−λ)V_l (default [`RESFORMER_LAMBDA`]); λ = 0 is
-    /// llama. No effect on other variants. For the reduction test and ablations.
-    pub fn with_value_residual(mut self, lambda: f64) -> Self {
-        for block in &mut self.layers {
-            if let ValueResidual::Mix(_) = block.attn.value_residual {
-                block.attn.value_residual = ValueResidual::Mix(lambda);
-            }
-        }
-        self
+    /// The backend this model runs (after [`Backend::resolve`]).
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Mixed precision: run every projection (q, k, v, o, the MLP and the LM head) in `dt`
     /// (e.g. bf16 on a GPU) with f32 master weights; `None` (or the weights' dtype) turns it off.
-    /// Attention scores, softmax, norms, the LIMe router and the loss stay in the model's dtype.
+    /// Attention scores, softmax, norms, the variants' mixing and the loss stay in the model's
+    /// dtype.
     pub fn with_matmul_dtype(mut self, dt: Option<DType>) -> Self {
-        for block in &mut self.layers {
+        for block in &mut self.blocks.0 {
             let a = &mut block.attn;
             for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
                 p.set_compute(dt);
@@ -664,14 +600,6 @@ impl Model {
         }
         self.lm_head.set_compute(dt);
         self
-    }
-
-    /// DenseFormer's α per block (each (l+2,)); empty for other variants.
-    pub fn dwa_weights(&self) -> Vec<Tensor> {
-        match &self.depth {
-            DepthConnection::Dense(d) => d.iter().map(|a| a.alpha().clone()).collect(),
-            _ => Vec::new(),
-        }
     }
 
     /// ids (B,T) u32 → logits (B,T,V).
@@ -690,6 +618,11 @@ impl Model {
         self.lm_head.forward(hidden)
     }
 
+    /// Mean cross-entropy of logits (N, V) against targets (N,) u32, in this model's backend.
+    pub fn cross_entropy(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        ops::cross_entropy(self.backend, logits, targets)
+    }
+
     /// Like [`Model::forward`] and also returns per-layer hidden states and values.
     pub fn forward_trace(&self, ids: &Tensor) -> Result<(Tensor, Trace)> {
         let mut trace = Trace {
@@ -702,11 +635,11 @@ impl Model {
 
     /// Incremental decoding: ids (B,t_new) at positions `cache.len()..`, logits (B,t_new,V).
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        if cache.layers.len() != self.layers.len() {
+        if cache.layers.len() != self.blocks.len() {
             bail!(
                 "KvCache has {} layers, model has {}",
                 cache.layers.len(),
-                self.layers.len()
+                self.blocks.len()
             );
         }
         let t_new = ids.dim(1)?;
@@ -719,104 +652,81 @@ impl Model {
     fn run(
         &self,
         ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
-        mut trace: Option<&mut Trace>,
+        cache: Option<&mut KvCache>,
+        trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let rope = self.rope.tables(start, t)?; // (T,d_h/2) each
-        let mask = causal_mask(start, t, self.dtype, &self.device)?; // (T,T_total)
-        let mut x = self.embed_tokens.forward(ids)?; // (B,T,D)
-        let mut pass = PassState::default();
-        if let Some(tr) = trace.as_deref_mut() {
-            tr.hidden.push(x.clone());
-        }
-        // Depth-connection state: DenseFormer's block outputs Y_0..Y_l, HC's streams (B,T,n,D).
-        let mut ys = vec![x.clone()];
-        let mut hs = match &self.depth {
-            DepthConnection::Hyper(_) => Some(crate::hyper::expand(&x)?),
-            _ => None,
+        let mut pass = Pass {
+            rope: self.rope.tables(start, t)?, // (T,d_h/2) each
+            mask: causal_mask(start, t, self.dtype, &self.device)?, // (T,T_total)
+            cache,
+            trace,
         };
-        for (l, block) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| CacheSlot {
-                layer: &mut c.layers[l],
-                len: c.len,
-                min_capacity: c.capacity,
-            });
-            let read_out = trace.is_some() || l + 1 == self.layers.len();
-            // ---------------- depth connection ----------------
-            let v = match (&self.depth, hs.as_mut()) {
-                (DepthConnection::Hyper(hc), Some(hs)) => {
-                    let (h, w) = hc[l].attn.width(hs)?; // h = A_mᵀH (B,T,D)
-                    let (a, v) = block.attn_branch(&h, &rope, &mask, &mut pass, slot)?;
-                    *hs = hc[l].attn.depth(&a, w)?; // (B,T,n,D)
-                    let (h, w) = hc[l].mlp.width(hs)?;
-                    *hs = hc[l].mlp.depth(&block.mlp_branch(&h)?, w)?;
-                    if read_out {
-                        x = crate::hyper::read_out(hs)?; // Σ_i h_i (B,T,D): trace and head
-                    }
-                    v
-                }
-                (DepthConnection::Dense(dwa), _) => {
-                    let (y, v) = block.forward(&x, &rope, &mask, &mut pass, slot)?;
-                    ys.push(y);
-                    x = dwa[l].forward(&ys)?; // Σ_j α_lj Y_j (B,T,D)
-                    v
-                }
-                _ => {
-                    let (y, v) = block.forward(&x, &rope, &mask, &mut pass, slot)?;
-                    x = y;
-                    v
-                }
-            };
-            // ---------------------------------------------------
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.hidden.push(x.clone());
-                tr.values.push(v);
-            }
-        }
+        let x = self.embed_tokens.forward(ids)?; // (B,T,D)
+        pass.record(&x);
+        let x = self.connection.run(&self.blocks, x, &mut pass)?; // the variant's depth loop
         self.norm.forward(&x) // (B,T,D)
     }
 
-    /// The static LIMe router matrices W_l, l = 1..L−1, each (R, (l+1)·R) (the ablations'
-    /// routers as dense matrices, see [`LimeRouter::dense_weight`]); empty for non-LIMe variants.
-    pub fn router_weights(&self) -> Vec<Tensor> {
-        self.layers
-            .iter()
-            .filter_map(|b| {
-                b.attn
-                    .router()
-                    .and_then(|r| r.dense_weight().ok().flatten())
-            })
-            .collect()
+    /// The variant's mixing weights per layer ([`Connection::mixing_weights`]): LIMe's static
+    /// routers as dense (R, (l+1)·R) matrices for l ≥ 1, DenseFormer's α; empty for llama.
+    pub fn mixing_weights(&self) -> Result<Vec<Tensor>> {
+        self.connection.mixing_weights()
     }
 
-    /// Heatmap rows for the paper's Figure 5: for every layer l, the mean |W_l| over each source
-    /// layer j ≤ l (a block of R×R entries), normalised so that the row sums to 1. Row 0 is `[1]`
-    /// (layer 0 only sees itself). Static part only for lime-dynamic; empty for llama.
+    /// Heatmap rows of the variant's mixing weights ([`Connection::heatmap`]); for LIMe the
+    /// paper's Figure 5. Empty for variants without any.
     pub fn router_heatmap(&self) -> Result<Vec<Vec<f64>>> {
-        let r = self.cfg.n_kv_heads;
-        let mut rows = Vec::new();
-        for block in &self.layers {
-            let Some(router) = block.attn.router() else {
-                continue;
-            };
-            let Some(w) = router.dense_weight()? else {
-                rows.push(vec![1.0]);
-                continue;
-            };
-            let w = w.abs()?.to_dtype(DType::F64)?; // (R,(l+1)R)
-            let n_src = w.dim(1)? / r;
-            let mut row = Vec::with_capacity(n_src);
-            for j in 0..n_src {
-                row.push(w.narrow(1, j * r, r)?.mean_all()?.to_scalar::<f64>()?);
-            }
-            let s: f64 = row.iter().sum();
-            if s > 0.0 {
-                row.iter_mut().for_each(|x| *x /= s);
-            }
-            rows.push(row);
+        self.connection.heatmap(&self.cfg)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The `llama` variant: the plain residual loop, nothing added.
+// ------------------------------------------------------------------------------------------------
+
+/// `llama`: `x_{l+1} = Block_l(x_l)`.
+pub struct Llama;
+
+impl Variant {
+    pub const LLAMA: Variant = Variant::new(&Llama);
+}
+
+/// The plain residual stream (llama's connection).
+#[derive(Debug)]
+pub struct Residual;
+
+impl Connection for Residual {
+    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+        for l in 0..net.len() {
+            x = net.block(l, &x, pass, &mut plain_kv)?; // (B,T,D)
+            pass.record(&x);
         }
-        Ok(rows)
+        Ok(x)
+    }
+}
+
+impl VariantDef for Llama {
+    fn name(&self) -> &'static str {
+        "llama"
+    }
+    fn summary(&self) -> &'static str {
+        "baseline: pre-norm decoder, RoPE attention, SwiGLU MLP"
+    }
+    fn build(&self, _: &Config, _: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
+        Ok(Arc::new(Residual))
+    }
+    fn init(&self, _: &str, _: &Shape, _: &mut ChaCha8Rng) -> Option<Result<Vec<f64>>> {
+        None
+    }
+    fn param_group(&self, _: &str) -> Option<ParamGroup> {
+        None
+    }
+    fn extra_params(&self, _: &Config) -> i64 {
+        0
+    }
+    fn extra_flops(&self, _: &Config, _: usize, _: FlopMode) -> ExtraFlops {
+        ExtraFlops::default()
     }
 }
