@@ -473,7 +473,7 @@ fn flops_cli_reproduces_table_8() {
 }
 
 /// Main-job flags for 3 steps of a tiny model (d=16, 2 heads) on `task`.
-fn three_tiny_steps(
+pub fn three_tiny_steps(
     task: &str,
     models: &[String],
     sets: &[&str],
@@ -532,7 +532,7 @@ fn every_task_has_a_default_and_trains_through_the_main_job() {
 }
 
 /// Runs `spec` on the CPU (quiet, no --force) to completion; panics on any other outcome.
-fn train_to_done(spec: &harness::spec::RunSpec, out: &Path) -> harness::records::RunResult {
+pub fn train_to_done(spec: &harness::spec::RunSpec, out: &Path) -> harness::records::RunResult {
     let opts = harness::train::RunOptions {
         quiet: true,
         ..Default::default()

@@ -42,7 +42,7 @@ pub struct ExtraFlops {
 }
 
 /// One model variant (see the module docs). Implementations are plain `static` values.
-pub trait VariantDef: Send + Sync + 'static {
+pub trait VariantDef: std::any::Any + Send + Sync {
     /// The name on the command line, in configs and run specs (`lime`, `lime-last-2`, ...).
     fn name(&self) -> &'static str;
     /// One line for `harness models` and error messages.
@@ -124,8 +124,8 @@ fn registered() -> &'static RwLock<Vec<Variant>> {
 }
 
 /// Makes a variant defined outside this crate known by name (to [`Variant::from_name`], configs
-/// and the harness). Registering the same definition twice is a no-op; another variant under a
-/// taken name is an error.
+/// and the harness). Registering the same definition (same name and type) twice is a no-op;
+/// another variant under a taken name is an error.
 pub fn register(v: Variant) -> Result<()> {
     let mut extra = registered().write().unwrap_or_else(|e| e.into_inner());
     match Variant::ALL
@@ -133,13 +133,18 @@ pub fn register(v: Variant) -> Result<()> {
         .chain(extra.iter())
         .find(|o| o.name() == v.name())
     {
-        Some(o) if std::ptr::addr_eq(o.0, v.0) => Ok(()),
+        Some(o) if same_type(o.0, v.0) => Ok(()),
         Some(_) => candle_core::bail!("a variant named `{}` already exists", v.name()),
         None => {
             extra.push(v);
             Ok(())
         }
     }
+}
+
+fn same_type(a: &dyn VariantDef, b: &dyn VariantDef) -> bool {
+    let (a, b): (&dyn std::any::Any, &dyn std::any::Any) = (a, b);
+    a.type_id() == b.type_id()
 }
 
 impl PartialEq for Variant {
