@@ -521,7 +521,12 @@ fn every_task_has_a_default_and_trains_through_the_main_job() {
         let tiny = three_tiny_steps(name, &[], &[], 2, dir.path());
         for spec in harness::spec::resolve(&tiny).unwrap() {
             let r = train_to_done(&spec, dir.path());
-            assert_eq!(r.status, "ok", "{name} {}", r.model);
+            assert_eq!(
+                r.status,
+                harness::records::RunStatus::Ok,
+                "{name} {}",
+                r.model
+            );
             assert!(
                 r.test_acc.is_some_and(|a| (0.0..=1.0).contains(&a)),
                 "{name}"
@@ -564,7 +569,7 @@ fn every_model_trains_through_the_main_job() {
     assert_eq!(specs.len(), names.len());
     for spec in &specs {
         let r = train_to_done(spec, dir.path());
-        assert_eq!(r.status, "ok", "{}", r.model);
+        assert_eq!(r.status, harness::records::RunStatus::Ok, "{}", r.model);
         assert!(r.final_loss.is_some_and(f64::is_finite), "{}", r.model);
         assert_eq!(
             r.params,
@@ -650,4 +655,38 @@ fn a_plan_sets_what_the_flags_set() {
     let bad: Result<harness::sweep::Plan, _> =
         toml::from_str("tasks = [\"mqar\"]\nmatch = \"tokens\"\n");
     assert!(bad.is_err());
+}
+
+/// `--backend reference` runs the composed candle ops instead of the fused kernels: the same
+/// training to float rounding, recorded in the spec (a different run id), while a default run's
+/// spec does not mention the backend (so fused runs keep the ids they had before the flag).
+#[test]
+fn the_reference_backend_trains_like_the_fused_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = three_tiny_steps(
+        "mqar",
+        &["llama".into(), "lime".into()],
+        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
+        3,
+        dir.path(),
+    );
+    let fused = harness::spec::resolve(&args).unwrap();
+    args.backend = models::Backend::Reference;
+    let reference = harness::spec::resolve(&args).unwrap();
+    for (f, r) in fused.iter().zip(&reference) {
+        assert!(!serde_json::to_string(f).unwrap().contains("backend"));
+        assert_ne!(f.id(), r.id());
+        assert_eq!(r.backend, models::Backend::Reference);
+        let (lf, lr) = (
+            train_to_done(f, dir.path()).final_loss.unwrap(),
+            train_to_done(r, dir.path()).final_loss.unwrap(),
+        );
+        assert!(
+            (lf - lr).abs() <= 1e-4 * lf.abs(),
+            "{}: fused {lf} vs reference {lr}",
+            f.model
+        );
+    }
+    let err = harness::spec::parse_backend("fast").unwrap_err();
+    assert_eq!(err, "unknown backend `fast` (expected reference or fused)");
 }

@@ -3,6 +3,7 @@
 //! table. Records are written directly from resolved specs (no training), as `run_one` would.
 
 use crate::cli::{run, stderr};
+use harness::records::RunStatus;
 use harness::spec::{RunArgs, RunSpec};
 use serde_json::Value;
 use std::path::Path;
@@ -22,11 +23,11 @@ fn specs(models: &str, seeds: u64, lrs: &[f64], budget: Option<f64>, level: &str
 }
 
 /// Writes `spec`'s run folder (config.json + result.json) with the given accuracies.
-fn write_run(out: &Path, spec: &RunSpec, val: f64, test: f64, status: &str) {
-    let ok = status == "ok";
+fn write_run(out: &Path, spec: &RunSpec, val: f64, test: f64, status: RunStatus) {
+    let ok = status == RunStatus::Ok;
     let r = harness::records::RunResult {
         id: spec.id(),
-        status: status.into(),
+        status,
         task: spec.task.clone(),
         level: spec.level.clone(),
         model: spec.model.clone(),
@@ -89,13 +90,13 @@ fn leaderboard_renders_fixed_records() {
     .enumerate()
     {
         let s = s as u64;
-        write_run(dir.path(), find("llama", s, 1e-3), *vl, *tl, "ok");
-        write_run(dir.path(), find("lime", s, 1e-3), *vm, *tm, "ok");
+        write_run(dir.path(), find("llama", s, 1e-3), *vl, *tl, RunStatus::Ok);
+        write_run(dir.path(), find("lime", s, 1e-3), *vm, *tm, RunStatus::Ok);
         // A worse learning rate (on val) that must not be selected.
-        write_run(dir.path(), find("lime", s, 1e-2), 0.5, 0.99, "ok");
+        write_run(dir.path(), find("lime", s, 1e-2), 0.5, 0.99, RunStatus::Ok);
     }
     let kv8 = specs("llama", 1, &[1e-3], None, "kv8");
-    write_run(dir.path(), &kv8[0], 0.0, 0.0, "diverged");
+    write_run(dir.path(), &kv8[0], 0.0, 0.0, RunStatus::Diverged);
     let rows = json_rows(dir.path());
     // lime at lr 1e-3: test mean 0.97, sd 0.01, t(2) = 4.303 → ±0.0248.
     let lime = rows.iter().find(|r| r["model"] == "lime").unwrap();
@@ -125,7 +126,7 @@ fn leaderboard_cells_are_one_spec_each() {
     };
     // Seed 0 of each budget: two llama rows of one seed.
     for s in small.iter().chain(&large).filter(|s| s.seed == 0) {
-        write_run(dir.path(), s, acc(s), acc(s), "ok");
+        write_run(dir.path(), s, acc(s), acc(s), RunStatus::Ok);
     }
     let one_seed = leaderboard(dir.path(), "md");
     let rows = json_rows(dir.path());
@@ -142,7 +143,7 @@ fn leaderboard_cells_are_one_spec_each() {
     );
     // All three seeds: still two llama rows, three seeds each, means of their own budget.
     for s in small.iter().chain(&large) {
-        write_run(dir.path(), s, acc(s), acc(s), "ok");
+        write_run(dir.path(), s, acc(s), acc(s), RunStatus::Ok);
     }
     let three_seeds = leaderboard(dir.path(), "md");
     let rows = json_rows(dir.path());
@@ -197,7 +198,7 @@ fn leaderboard_cells_are_one_spec_each() {
 fn results_of_older_code_are_separate_rows() {
     let dir = tempfile::tempdir().unwrap();
     let now = specs("llama", 1, &[1e-3], Some(2e11), "kv4");
-    write_run(dir.path(), &now[0], 0.5, 0.5, "ok");
+    write_run(dir.path(), &now[0], 0.5, 0.5, RunStatus::Ok);
     let mut old = now[0].clone();
     old.code_version = "harness-0.1.0+gen1".into();
     assert_ne!(
@@ -205,7 +206,7 @@ fn results_of_older_code_are_separate_rows() {
         now[0].id(),
         "the code version is part of the run id"
     );
-    write_run(dir.path(), &old, 0.9, 0.9, "ok");
+    write_run(dir.path(), &old, 0.9, 0.9, RunStatus::Ok);
     let rows = json_rows(dir.path());
     assert_eq!(rows.len(), 2);
     let settings: Vec<&str> = rows

@@ -166,7 +166,7 @@ fn a_sweep_leaves_a_run_held_by_another_process_to_it() {
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let run_dir = out.join("runs").join(&id);
     // This test process holds the run, as another sweep shard would.
-    let claim = harness::train::claim_run(&run_dir, harness::train::WhenBusy::Skip, true)
+    let claim = harness::claim::claim_run(&run_dir, harness::claim::WhenBusy::Skip, true)
         .unwrap()
         .expect("free");
     let o = harness().args(["sweep", p, "--quiet"]).output().unwrap();

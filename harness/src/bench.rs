@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Matmul precision for `train`/`decode` (bf16 needs a GPU).
     #[arg(long, value_enum, default_value_t = crate::spec::Precision::F32)]
     pub precision: crate::spec::Precision,
+    /// `fused` or `reference` building blocks (`bench train`, `bench generate`).
+    #[arg(long, default_value = "fused", value_parser = crate::spec::parse_backend)]
+    pub backend: models::Backend,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -170,36 +173,26 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
         let (l, d, h, v, t, b) = train_config(c)?;
         for m in &model_names {
             let cfg = model_cfg(crate::spec::parse_variant(m)?, l, d, h, v);
-            let (varmap, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
+            let (varmap, model) = models::init_model(&cfg, 0, DType::F32, dev, a.backend)?;
             let model = model.with_matmul_dtype(a.precision.matmul_dtype());
             let optim = crate::presets::preset("mqar")?.optim;
             let mut opt = crate::optim::AdamW::new(&varmap, cfg.variant, &optim)?;
             let ids: Vec<u32> = (0..b * t).map(|i| (i * 7919 % v) as u32).collect();
-            let input = Tensor::from_vec(ids.clone(), (b, t), dev)?;
-            let targets = Tensor::from_vec(
-                ids.iter().map(|x| (x + 1) % v as u32).collect::<Vec<_>>(),
-                b * t,
-                dev,
-            )?;
-            // (total, forward, backward, optimizer) seconds of one step.
+            // Every position supervised: the LM head and the loss over all B·T rows.
+            let batch = crate::eval::Batch {
+                input: Tensor::from_vec(ids.clone(), (b, t), dev)?,
+                rows: Tensor::arange(0u32, (b * t) as u32, dev)?,
+                targets: Tensor::from_vec(
+                    ids.iter().map(|x| (x + 1) % v as u32).collect::<Vec<_>>(),
+                    b * t,
+                    dev,
+                )?,
+                per_example: vec![t; b],
+            };
+            // (total, forward, backward, optimizer) seconds of the training step itself.
             let mut step = || -> Result<[f64; 4]> {
-                let t0 = Instant::now();
-                let logits = model.forward(&input)?.reshape((b * t, v))?;
-                let loss = model.cross_entropy(&logits, &targets)?;
-                dev.synchronize()?;
-                let t1 = Instant::now();
-                let grads = loss.backward()?;
-                dev.synchronize()?;
-                let t2 = Instant::now();
-                opt.apply(&grads, 1e-3)?; // the training step's own optimiser half
-                dev.synchronize()?;
-                let t3 = Instant::now();
-                Ok([
-                    (t3 - t0).as_secs_f64(),
-                    (t1 - t0).as_secs_f64(),
-                    (t2 - t1).as_secs_f64(),
-                    (t3 - t2).as_secs_f64(),
-                ])
+                let [f, bw, o] = crate::train::step(&model, &mut opt, &batch, 1e-3, true)?.seconds;
+                Ok([f + bw + o, f, bw, o])
             };
             for _ in 0..a.warmup {
                 step()?;
@@ -238,8 +231,9 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
         ],
         rows,
     ) + &format!(
-        "device: {}; CPU: {}; GEMM kernels: {}; median of {} steps after {} warm-up; GEMM rate (best 1024^3 f32 matmul) {:.0} GFLOP/s\n",
-        crate::train::device_name(dev),
+        "device: {}; backend: {}; CPU: {}; GEMM kernels: {}; median of {} steps after {} warm-up; GEMM rate (best 1024^3 f32 matmul) {:.0} GFLOP/s\n",
+        crate::device::device_name(dev),
+        a.backend.name(),
         cpu_model(),
         models::fused::gemm_kernels(),
         a.repeats,
@@ -258,13 +252,13 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
     let mut rows = Vec::new();
     for m in &model_names {
         let cfg = model_cfg(crate::spec::parse_variant(m)?, l, d, h, v);
-        let (_vm, model) = models::init_varmap(&cfg, 0, DType::F32, dev)?;
+        let (_vm, model) = models::init_model(&cfg, 0, DType::F32, dev, a.backend)?;
         let model = model.with_matmul_dtype(a.precision.matmul_dtype());
         let prompt: Vec<u32> = (0..8u32).collect();
         let new = t - prompt.len();
         let cached_once = || -> Result<f64> {
             let t0 = Instant::now();
-            let g = crate::train::greedy(&model, &prompt, None, new, dev)?;
+            let g = crate::eval::greedy(&model, &prompt, None, new, dev)?;
             Ok(g.len() as f64 / t0.elapsed().as_secs_f64())
         };
         // No cache: re-run the full forward over the growing sequence.
@@ -301,11 +295,11 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
         ]);
     }
     Ok(md(&["model", "tokens/s (KV cache)", "tokens/s (no cache)", "speed-up"], rows)
-        + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt, median of {} after a warm-up; device {}\n", t - 8, a.repeats.clamp(1, 5), crate::train::device_name(dev)))
+        + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt, median of {} after a warm-up; device {}; backend {}\n", t - 8, a.repeats.clamp(1, 5), crate::device::device_name(dev), a.backend.name()))
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let dev = crate::train::device(&a.device)?;
+    let dev = crate::device::device(&a.device)?;
     a.precision.check_device(&dev)?;
     let out = match a.what {
         BenchWhat::Gen => bench_gen(a)?,

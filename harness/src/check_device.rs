@@ -118,7 +118,7 @@ pub fn check(variants: &[models::Variant], dev: &Device, p: Precision) -> Result
 }
 
 pub fn run(a: &CheckArgs) -> Result<()> {
-    let dev = crate::train::device(&a.device)?;
+    let dev = crate::device::device(&a.device)?;
     a.precision.check_device(&dev)?;
     let variants = if a.models.is_empty() {
         models::Variant::ALL.to_vec()
@@ -132,7 +132,7 @@ pub fn run(a: &CheckArgs) -> Result<()> {
     let mut failed = 0;
     println!(
         "device {} ({}) vs CPU f64 reference, one forward+backward step per model:",
-        crate::train::device_name(&dev),
+        crate::device::device_name(&dev),
         match a.precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16 projections",

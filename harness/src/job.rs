@@ -3,8 +3,9 @@
 //! plots — for the whole results folder. The top of the chain: flags → [`crate::spec`] →
 //! [`crate::train`] → [`crate::leaderboard`] / [`crate::plots`].
 
+use crate::device::device;
 use crate::spec::{RunArgs, RunSpec};
-use crate::train::{device, run_one, Outcome, RunOptions, WhenBusy};
+use crate::train::{run_one, Outcome, RunOptions, WhenBusy};
 use anyhow::{Context, Result};
 use std::path::Path;
 

@@ -6,7 +6,7 @@
 //! `config.json` and `result.json`, so shards of a sweep merge by copying their run folders
 //! together; a folder that cannot be read is named under the table and the rest still render.
 
-use crate::records::RunResult;
+use crate::records::{RunResult, RunStatus};
 use crate::spec::RunSpec;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -212,7 +212,11 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
             .iter()
             .map(|r| &r.result)
             .collect();
-        let ok: Vec<&RunResult> = best.iter().copied().filter(|r| r.status == "ok").collect();
+        let ok: Vec<&RunResult> = best
+            .iter()
+            .copied()
+            .filter(|r| r.status == RunStatus::Ok)
+            .collect();
         let test: Vec<f64> = ok.iter().filter_map(|r| r.test_acc).collect();
         let val: Vec<f64> = ok.iter().filter_map(|r| r.val_acc).collect();
         let macro_: Vec<f64> = ok.iter().filter_map(|r| r.test_macro_acc).collect();

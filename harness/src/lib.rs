@@ -33,6 +33,10 @@ pub fn one_line(e: &anyhow::Error) -> String {
 }
 pub mod bench;
 pub mod check_device;
+pub mod checkpoint;
+pub mod claim;
+pub mod device;
+pub mod eval;
 pub mod flops_cmd;
 pub mod job;
 pub mod leaderboard;

@@ -3,13 +3,31 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How a run ended (`"ok"` / `"diverged"` in `result.json`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Trained to its step count and evaluated.
+    Ok,
+    /// A NaN/inf loss stopped training; no accuracy is reported.
+    Diverged,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Diverged => "diverged",
+        })
+    }
+}
+
 /// What a finished run records (`result.json`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RunResult {
     pub id: String,
-    /// `ok` or `diverged` (NaN/inf loss; no accuracy is reported then).
-    pub status: String,
+    pub status: RunStatus,
     pub task: String,
     pub level: String,
     pub model: String,

@@ -65,6 +65,10 @@ pub struct RunArgs {
     /// f32 norms/softmax/loss/optimizer; the CPU stays f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// Implementation of the model's building blocks: `fused` (the f32 CPU kernels where they
+    /// apply; elsewhere the reference) or `reference` (composed candle ops, for A/B runs).
+    #[arg(long, default_value = "fused", value_parser = parse_backend)]
+    pub backend: models::Backend,
     /// Train for this many epochs of the fixed train pool (needs a pool: --train-pool or the
     /// preset's). Implies --match steps with steps = ceil(epochs x pool / batch); batches are
     /// drawn from the pool, so an epoch is pool-many examples seen.
@@ -169,6 +173,10 @@ pub struct RunSpec {
     /// Omitted when f32, so f32 runs keep the ids they had before the flag existed.
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Omitted when fused (the default), so fused runs keep the ids they had before the flag.
+    /// The two backends agree to float rounding, not bit for bit, so they are different runs.
+    #[serde(default, skip_serializing_if = "models::Backend::is_fused")]
+    pub backend: models::Backend,
 }
 
 impl RunSpec {
@@ -463,12 +471,21 @@ fn resolve_cell(
                         eval_every,
                         ckpt_every: eval_every,
                         precision: a.precision,
+                        backend: a.backend,
                     });
                 }
             }
         }
     }
     Ok(specs)
+}
+
+/// `--backend NAME`.
+pub fn parse_backend(s: &str) -> Result<models::Backend, String> {
+    models::Backend::from_name(s).ok_or_else(|| {
+        let names: Vec<_> = models::Backend::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown backend `{s}` (expected {})", names.join(" or "))
+    })
 }
 
 /// The named experiments of `--experiment`: flags the user did not give are filled in.

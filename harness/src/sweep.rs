@@ -47,6 +47,9 @@ pub struct Plan {
     /// `"f32"` (default) or `"bf16"` (GPU), as `--precision`.
     #[serde(default)]
     pub precision: crate::spec::Precision,
+    /// `"fused"` (default) or `"reference"`, as `--backend`.
+    #[serde(default)]
+    pub backend: models::Backend,
     pub batch_size: Option<usize>,
     pub train_pool: Option<u64>,
     pub n_val: Option<u64>,
@@ -117,6 +120,7 @@ pub fn cells(plan: &Plan) -> Result<Vec<crate::spec::RunSpec>> {
                 steps: plan.steps,
                 epochs: plan.epochs,
                 precision: plan.precision,
+                backend: plan.backend,
                 seeds: plan.seeds.unwrap_or(1),
                 lr: plan.lrs.clone(),
                 batch_size: plan.batch_size,
@@ -165,7 +169,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let dev = crate::train::device(&plan.device)?;
+    let dev = crate::device::device(&plan.device)?;
     plan.precision.check_device(&dev)?;
     std::fs::create_dir_all(&plan.out)
         .with_context(|| format!("cannot create {}", plan.out.display()))?;

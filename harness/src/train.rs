@@ -1,4 +1,7 @@
-//! Training and evaluation of one run spec, with run directories, checkpoints and resume.
+//! Training one run spec into its run directory, with resume: [`run_one`] drives the loop, [`step`]
+//! is the one training step (also what `harness bench train` times). Batches and scores are in
+//! [`crate::eval`], the checkpoint folder in [`crate::checkpoint`], the one-writer lock in
+//! [`crate::claim`].
 //!
 //! Run directory `<out>/runs/<id>/`: `config.json` (the [`RunSpec`], written before step 0),
 //! `metrics.jsonl` (one line per logged step and per evaluation), `ckpt/` (weights, optimizer
@@ -6,29 +9,28 @@
 //! Every batch is a pure function of (spec, step), so a resumed run ends bit-for-bit where an
 //! uninterrupted one would.
 
+use crate::checkpoint::{
+    find_checkpoint, load_tensors, save_checkpoint, save_tensors, set_weights, temp_checkpoints,
+    weights_of, TrainState,
+};
+use crate::claim::claim_run;
+pub use crate::claim::WhenBusy;
+use crate::device::device_name;
+use crate::eval::{
+    generation_accuracy, make_batch, supervised_logits, teacher_forced, val_score, Batch,
+};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::optim::{lr_at, AdamW};
-use crate::records::RunResult;
+use crate::records::{RunResult, RunStatus};
 use crate::spec::RunSpec;
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tasks::{Example, Split, Task};
-
-/// Trainer state saved with each checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TrainState {
-    step: u64,
-    best_val: Option<f64>,
-    best_step: Option<u64>,
-    elapsed_s: f64,
-    last_loss: Option<f64>,
-}
 
 #[derive(Serialize, Deserialize)]
 struct MetricLine {
@@ -43,99 +45,6 @@ struct MetricLine {
     tokens_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     val_acc: Option<f64>,
-}
-
-/// Parse `--device`.
-pub fn device(spec: &str) -> Result<Device> {
-    let cuda = |i: usize| -> Result<Device> {
-        if !cfg!(feature = "cuda") {
-            bail!(
-                "--device {spec}: this binary was built without CUDA (build with --features cuda)"
-            );
-        }
-        Device::new_cuda(i).with_context(|| format!("--device {spec}: no usable CUDA device {i}"))
-    };
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        // The first GPU if one can be opened (a CUDA build on a machine without a driver, or
-        // with a broken one, falls back to the CPU), else the CPU.
-        "auto" => Ok(if cfg!(feature = "cuda") {
-            cuda(0).unwrap_or(Device::Cpu)
-        } else {
-            Device::Cpu
-        }),
-        "cuda" => cuda(0),
-        s if s.starts_with("cuda:") => cuda(
-            s[5..]
-                .parse()
-                .with_context(|| format!("bad device `{s}`"))?,
-        ),
-        s => bail!("unknown device `{s}` (expected cpu, cuda, cuda:N or auto)"),
-    }
-}
-
-pub fn device_name(d: &Device) -> String {
-    match d {
-        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
-        other => format!("{other:?}"),
-    }
-}
-
-/// A batch: padded inputs and the supervised positions.
-pub struct Batch {
-    /// (B, T) u32 token ids.
-    pub input: Tensor,
-    /// (N,) u32 flat indices b*T + p of supervised positions.
-    pub rows: Tensor,
-    /// (N,) u32 expected tokens.
-    pub targets: Tensor,
-    /// Number of supervised positions per example (to score whole sequences).
-    pub per_example: Vec<usize>,
-}
-
-pub fn make_batch(
-    task: &dyn Task,
-    examples: &[Example],
-    seq_len: usize,
-    device: &Device,
-) -> Result<Batch> {
-    let b = examples.len();
-    let mut input = vec![task.pad_id(); b * seq_len];
-    let mut rows = Vec::new();
-    let mut targets = Vec::new();
-    let mut per_example = Vec::with_capacity(b);
-    for (i, ex) in examples.iter().enumerate() {
-        let n = ex.tokens.len().min(seq_len);
-        input[i * seq_len..i * seq_len + n].copy_from_slice(&ex.tokens[..n]);
-        let mut k = 0;
-        for &(p, t) in &ex.targets {
-            if (p as usize) < seq_len {
-                rows.push((i * seq_len + p as usize) as u32);
-                targets.push(t);
-                k += 1;
-            }
-        }
-        per_example.push(k);
-    }
-    if rows.is_empty() {
-        bail!("batch has no supervised positions");
-    }
-    let n = rows.len();
-    Ok(Batch {
-        input: Tensor::from_vec(input, (b, seq_len), device)?,
-        rows: Tensor::from_vec(rows, n, device)?,
-        targets: Tensor::from_vec(targets, n, device)?,
-        per_example,
-    })
-}
-
-/// Logits at the supervised positions, (N, V).
-pub fn supervised_logits(model: &models::Model, batch: &Batch) -> Result<Tensor> {
-    // The LM head runs on the supervised rows only (MQAR supervises a few positions of 64+).
-    let hidden = model.forward_hidden(&batch.input)?; // (B, T, D)
-    let (b, t, d) = hidden.dims3()?;
-    let rows = hidden.reshape((b * t, d))?.index_select(&batch.rows, 0)?; // (N, D)
-    Ok(model.lm_head(&rows)?) // (N, V)
 }
 
 /// Indices of the train examples of `step` (fresh stream or draws from a fixed pool).
@@ -159,248 +68,6 @@ fn train_batch(task: &dyn Task, digest: &[u8; 32], spec: &RunSpec, step: u64) ->
         .into_par_iter()
         .map(|i| tasks::generate_with(task, digest, Split::Train, i))
         .collect()
-}
-
-/// Teacher-forced scores over supervised positions.
-#[derive(Clone, Copy, Debug)]
-pub struct TfScores {
-    /// Micro accuracy: fraction of supervised positions predicted right.
-    pub token_acc: f64,
-    /// Fraction of examples with every supervised position right.
-    pub seq_acc: f64,
-    /// Macro accuracy: mean over target classes of each class's accuracy (MAD's torchmetrics
-    /// default), reported as a second figure.
-    pub macro_acc: f64,
-}
-
-/// Teacher-forced accuracy of `examples` (batched by `bs`).
-pub fn teacher_forced(
-    model: &models::Model,
-    task: &dyn Task,
-    examples: &[Example],
-    seq_len: usize,
-    device: &Device,
-    bs: usize,
-) -> Result<TfScores> {
-    let (mut right, mut total, mut seq_right) = (0usize, 0usize, 0usize);
-    let mut pairs: Vec<(u32, u32)> = Vec::new();
-    for chunk in examples.chunks(bs.max(1)) {
-        let batch = make_batch(task, chunk, seq_len, device)?;
-        let pred = supervised_logits(model, &batch)?.argmax(D::Minus1)?;
-        let (pv, tv): (Vec<u32>, Vec<u32>) = (pred.to_vec1()?, batch.targets.to_vec1()?);
-        pairs.extend(tv.into_iter().zip(pv));
-        let ok: Vec<u8> = pred.eq(&batch.targets)?.to_vec1()?;
-        right += ok.iter().map(|&x| x as usize).sum::<usize>();
-        total += ok.len();
-        let mut off = 0;
-        for &k in &batch.per_example {
-            if ok[off..off + k].iter().all(|&x| x == 1) {
-                seq_right += 1;
-            }
-            off += k;
-        }
-    }
-    Ok(TfScores {
-        token_acc: right as f64 / total.max(1) as f64,
-        seq_acc: seq_right as f64 / examples.len().max(1) as f64,
-        macro_acc: tasks::mad::macro_accuracy(&pairs),
-    })
-}
-
-/// Greedy decoding with the KV cache from `prompt` until EOS or `max_new` tokens.
-pub fn greedy(
-    model: &models::Model,
-    prompt: &[u32],
-    eos: Option<u32>,
-    max_new: usize,
-    device: &Device,
-) -> Result<Vec<u32>> {
-    let mut cache = models::KvCache::with_capacity(model.config(), prompt.len() + max_new);
-    let mut out = Vec::new();
-    let mut input = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), device)?;
-    for _ in 0..max_new {
-        let logits = model.forward_cached(&input, &mut cache)?; // (1, t, V)
-        let t = logits.dim(1)?;
-        let next = logits
-            .i((0, t - 1))?
-            .argmax(D::Minus1)?
-            .to_scalar::<u32>()?;
-        out.push(next);
-        if Some(next) == eos {
-            break;
-        }
-        input = Tensor::from_vec(vec![next], (1, 1), device)?;
-    }
-    Ok(out)
-}
-
-/// Verifier accuracy of greedy generations.
-pub fn generation_accuracy(
-    model: &models::Model,
-    task: &dyn Task,
-    examples: &[Example],
-    device: &Device,
-) -> Result<f64> {
-    let mut right = 0usize;
-    for ex in examples {
-        let max_new = task
-            .max_new_tokens()
-            .min(task.max_len().saturating_sub(ex.prompt_len).max(1));
-        let gen = greedy(model, ex.prompt(), task.eos_id(), max_new, device)?;
-        if task.score(ex, &gen) {
-            right += 1;
-        }
-    }
-    Ok(right as f64 / examples.len().max(1) as f64)
-}
-
-/// The validation score used for model selection (cheap: teacher-forced).
-fn val_score(task: &dyn Task, tf: TfScores) -> f64 {
-    match task.metric() {
-        tasks::Metric::TeacherForced => tf.token_acc,
-        tasks::Metric::Generate => tf.seq_acc,
-    }
-}
-
-fn weights_of(varmap: &candle_nn::VarMap) -> Result<HashMap<String, Tensor>> {
-    let data = varmap.data().lock().expect("varmap lock");
-    data.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
-        .collect()
-}
-
-fn set_weights(varmap: &candle_nn::VarMap, w: &HashMap<String, Tensor>) -> Result<()> {
-    let data = varmap.data().lock().expect("varmap lock");
-    for (k, v) in data.iter() {
-        let t = w.get(k).with_context(|| format!("checkpoint lacks {k}"))?;
-        v.set(&t.to_device(v.device())?)?;
-    }
-    Ok(())
-}
-
-fn save_tensors(path: &Path, map: &HashMap<String, Tensor>) -> Result<()> {
-    let cpu: HashMap<String, Tensor> = map
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?)))
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v)), None)
-        .context("serialize safetensors")?;
-    write_atomic(path, &bytes)
-}
-
-fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, device)
-        .with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// Write a checkpoint: into `ckpt-new-<pid>/` (a folder of this process's own), then swap it in
-/// for `ckpt/`. `state.json` is written last and marks a folder complete, so a kill at any point
-/// leaves either `ckpt/` or a complete `ckpt-new-<pid>/` (found by [`find_checkpoint`]).
-fn save_checkpoint(
-    dir: &Path,
-    varmap: &candle_nn::VarMap,
-    opt: &AdamW,
-    best: &Option<HashMap<String, Tensor>>,
-    st: &TrainState,
-) -> Result<()> {
-    let new = dir.join(format!("{CKPT_NEW}{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&new);
-    std::fs::create_dir_all(&new).with_context(|| format!("cannot create {}", new.display()))?;
-    save_tensors(&new.join("weights.safetensors"), &weights_of(varmap)?)?;
-    save_tensors(&new.join("optim.safetensors"), &opt.state())?;
-    if let Some(b) = best {
-        save_tensors(&new.join("best.safetensors"), b)?;
-    }
-    write_json(&new.join("state.json"), st)?; // last: marks the folder complete
-    let cur = dir.join("ckpt");
-    let _ = std::fs::remove_dir_all(&cur);
-    std::fs::rename(&new, &cur)
-        .with_context(|| format!("cannot move checkpoint into {}", cur.display()))?;
-    Ok(())
-}
-
-/// Prefix of the per-process temporary checkpoint folders.
-const CKPT_NEW: &str = "ckpt-new-";
-
-/// The checkpoint to resume from: `ckpt/`, else the newest complete temporary folder (a process
-/// killed between removing `ckpt/` and renaming its new one). Called under the run's lock.
-fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
-    let cur = dir.join("ckpt");
-    if cur.join("state.json").is_file() {
-        return Some(cur);
-    }
-    let step_of = |p: &Path| {
-        read_json::<TrainState>(&p.join("state.json"))
-            .ok()
-            .map(|s| s.step)
-    };
-    temp_checkpoints(dir)
-        .into_iter()
-        .filter_map(|p| step_of(&p).map(|s| (s, p)))
-        .max_by_key(|(s, _)| *s)
-        .map(|(_, p)| p)
-}
-
-/// Temporary checkpoint folders left in `dir` (by this or a killed process).
-fn temp_checkpoints(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(CKPT_NEW))
-        .map(|e| e.path())
-        .collect()
-}
-
-/// A run folder claimed by this process: an exclusive OS lock (`flock`) on `<run>/lock`, held
-/// until drop. The OS drops it when the process dies, however it dies (kill -9 included), so a
-/// claim never outlives its writer and a rerun resumes as usual.
-pub struct RunClaim {
-    _file: std::fs::File,
-}
-
-/// What [`run_one`] does when another process holds the run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum WhenBusy {
-    /// Wait for the other process, then use its result (or resume, if it stopped early).
-    #[default]
-    Wait,
-    /// Return [`Outcome::Busy`] at once (sweeps: the other process is doing that run).
-    Skip,
-}
-
-/// Claim run folder `dir` (created if missing). `Ok(None)` if it is held and `when` is
-/// [`WhenBusy::Skip`].
-pub fn claim_run(dir: &Path, when: WhenBusy, quiet: bool) -> Result<Option<RunClaim>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            if when == WhenBusy::Skip {
-                return Ok(None);
-            }
-            if !quiet {
-                eprintln!(
-                    "{}: another process is training this run; waiting for it",
-                    dir.file_name().unwrap_or_default().to_string_lossy()
-                );
-            }
-            file.lock()
-                .with_context(|| format!("cannot lock {}", path.display()))?;
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-    Ok(Some(RunClaim { _file: file }))
 }
 
 /// Keep only metric lines up to `step` (after resuming from a checkpoint at `step`).
@@ -430,6 +97,57 @@ fn append_metric(path: &Path, m: &MetricLine) -> Result<()> {
     writeln!(f, "{}", serde_json::to_string(m)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// What one training [`step`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct StepReport {
+    /// The batch's mean cross-entropy before the update.
+    pub loss: f64,
+    /// Seconds of (forward and loss, backward, optimiser); measured only when `timed`.
+    pub seconds: [f64; 3],
+}
+
+/// One training step: logits at the batch's supervised positions, cross-entropy, backward, then
+/// AdamW at `lr` (which checks that every trainable weight received a gradient and clips the
+/// global norm). A non-finite loss returns before backward with the weights untouched (the caller
+/// records the divergence). `timed` waits for the device between phases, for `harness bench`.
+pub fn step(
+    model: &models::Model,
+    opt: &mut AdamW,
+    batch: &Batch,
+    lr: f64,
+    timed: bool,
+) -> Result<StepReport> {
+    let dev = batch.input.device();
+    let sync = || if timed { dev.synchronize() } else { Ok(()) };
+    let t0 = Instant::now();
+    let logits = supervised_logits(model, batch)?;
+    let loss = model.cross_entropy(&logits, &batch.targets)?;
+    let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut seconds = [0.0; 3];
+    if !loss_v.is_finite() {
+        return Ok(StepReport {
+            loss: loss_v,
+            seconds,
+        });
+    }
+    sync()?;
+    let t1 = Instant::now();
+    let grads = loss.backward()?;
+    sync()?;
+    let t2 = Instant::now();
+    opt.apply(&grads, lr)?;
+    sync()?;
+    seconds = [
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        t2.elapsed().as_secs_f64(),
+    ];
+    Ok(StepReport {
+        loss: loss_v,
+        seconds,
+    })
 }
 
 /// Outcome of [`run_one`].
@@ -487,7 +205,8 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
     let task = task.as_ref();
     let digest = tasks::config_digest(task);
     let val = tasks::generate_range(task, Split::Val, 0, spec.n_val);
-    let (varmap, model) = models::init_varmap(&spec.model_config, spec.seed, DType::F32, dev)?;
+    let (varmap, model) =
+        models::init_model(&spec.model_config, spec.seed, DType::F32, dev, spec.backend)?;
     let model = model.with_matmul_dtype(spec.precision.matmul_dtype());
     let params = models::accounting::num_params(&spec.model_config);
     let mut opt = AdamW::new(&varmap, spec.model_config.variant, &spec.optim)?;
@@ -543,9 +262,8 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
             spec.seq_len,
             dev,
         )?;
-        let logits = supervised_logits(&model, &batch)?;
-        let loss = model.cross_entropy(&logits, &batch.targets)?;
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let lr = lr_at(&spec.optim, spec.optim.lr, step, spec.steps);
+        let loss_v = self::step(&model, &mut opt, &batch, lr, false)?.loss;
         if !loss_v.is_finite() {
             diverged = true;
             append_metric(
@@ -562,9 +280,6 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
             .ok();
             break;
         }
-        let grads = loss.backward()?;
-        let lr = lr_at(&spec.optim, spec.optim.lr, step, spec.steps);
-        opt.apply(&grads, lr)?; // checks that every weight got a gradient, clips, steps
         st.step += 1;
         st.last_loss = Some(loss_v);
         window_tokens += (spec.batch_size * spec.seq_len) as u64;
@@ -619,9 +334,9 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
     let mut result = RunResult {
         id,
         status: if diverged {
-            "diverged".into()
+            RunStatus::Diverged
         } else {
-            "ok".into()
+            RunStatus::Ok
         },
         task: spec.task.clone(),
         level: spec.level.clone(),

@@ -44,8 +44,8 @@ impl Backend {
         }
     }
 
-    pub fn is_fused(self) -> bool {
-        self == Backend::Fused
+    pub fn is_fused(&self) -> bool {
+        *self == Backend::Fused
     }
 }
 
