@@ -479,11 +479,11 @@ pub fn three_tiny_steps(
     sets: &[&str],
     n_layers: usize,
     out: &Path,
-) -> harness::spec::RunArgs {
-    harness::spec::RunArgs {
+) -> harness::overrides::Overrides {
+    harness::overrides::Overrides {
         task: vec![task.to_string()],
         models: models.to_vec(),
-        seeds: 1,
+        seeds: Some(1),
         sets: sets.iter().map(|s| s.to_string()).collect(),
         model_sets: vec![
             "d_model=16".into(),
@@ -496,8 +496,7 @@ pub fn three_tiny_steps(
         batch_size: Some(4),
         n_val: Some(4),
         n_test: Some(4),
-        out: out.to_path_buf(),
-        quiet: true,
+        out: Some(out.to_path_buf()),
         ..Default::default()
     }
 }
@@ -508,9 +507,9 @@ pub fn three_tiny_steps(
 fn every_task_has_a_default_and_trains_through_the_main_job() {
     let dir = tempfile::tempdir().unwrap();
     for name in tasks::task_names() {
-        let defaults = harness::spec::RunArgs {
+        let defaults = harness::overrides::Overrides {
             task: vec![name.to_string()],
-            seeds: 1,
+            seeds: Some(1),
             ..Default::default()
         };
         let specs = harness::spec::resolve(&defaults).unwrap_or_else(|e| panic!("{name}: {e:#}"));
@@ -641,10 +640,10 @@ fn a_plan_sets_what_the_flags_set() {
     )
     .unwrap();
     let from_plan = harness::sweep::cells(&plan).unwrap();
-    let from_flags = harness::spec::resolve(&harness::spec::RunArgs {
+    let from_flags = harness::spec::resolve(&harness::overrides::Overrides {
         task: vec!["mqar".into()],
         models: vec!["llama".into(), "lime".into()],
-        seeds: 1,
+        seeds: Some(1),
         match_mode: harness::spec::MatchMode::Steps,
         steps: Some(7),
         ..Default::default()
@@ -687,6 +686,106 @@ fn the_reference_backend_trains_like_the_fused_one() {
             f.model
         );
     }
-    let err = harness::spec::parse_backend("fast").unwrap_err();
+    let err = harness::overrides::parse_backend("fast").unwrap_err();
     assert_eq!(err, "unknown backend `fast` (expected reference or fused)");
+}
+
+/// Flags and plan keys are one type: every flag of a run, given on the command line, equals the
+/// same setting written as a plan key (so a plan can set everything a flag can, by construction).
+#[test]
+fn every_run_flag_is_a_plan_key() {
+    let cli = harness::cli::parse_from([
+        "harness",
+        "--task",
+        "mqar",
+        "--models",
+        "llama,lime",
+        "--level",
+        "kv8",
+        "--set",
+        "num_kv_pairs=8",
+        "--model-set",
+        "n_layers=3",
+        "--budget-flops",
+        "1e12",
+        "--match",
+        "steps",
+        "--steps",
+        "7",
+        "--epochs",
+        "3",
+        "--seeds",
+        "2",
+        "--lr",
+        "0.001,0.003",
+        "--batch-size",
+        "16",
+        "--train-pool",
+        "100",
+        "--n-val",
+        "8",
+        "--n-test",
+        "9",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--backend",
+        "reference",
+        "--experiment",
+        "arith-paper",
+        "--out",
+        "elsewhere",
+    ])
+    .unwrap();
+    let plan: harness::sweep::Plan = toml::from_str(
+        r#"
+        tasks = ["mqar"]
+        models = ["llama", "lime"]
+        levels = ["kv8"]
+        set = { num_kv_pairs = 8 }
+        model_set = { n_layers = 3 }
+        budget_flops = 1e12
+        match = "steps"
+        steps = 7
+        epochs = 3
+        seeds = 2
+        lrs = [0.001, 0.003]
+        batch_size = 16
+        train_pool = 100
+        n_val = 8
+        n_test = 9
+        device = "cpu"
+        precision = "bf16"
+        backend = "reference"
+        experiment = "arith-paper"
+        out = "elsewhere"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(cli.run.run, plan);
+    assert_eq!(plan.seeds(), 2);
+    assert_ne!(plan, harness::sweep::Plan::default());
+    let bad: Result<harness::sweep::Plan, _> =
+        toml::from_str("tasks = [\"mqar\"]\nbackend = \"fast\"\n");
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("unknown backend `fast`"));
+}
+
+/// `harness models` lists every built-in variant with its parameter count at the small shape.
+#[test]
+fn models_lists_every_variant() {
+    let o = run(&["models"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for v in models::Variant::ALL {
+        let params = models::accounting::num_params(&models::Config::mha(v, 256, 64, 2, 2));
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} ", v.name())))
+            .unwrap_or_else(|| panic!("{} missing from\n{out}", v.name()));
+        assert!(row.contains(&format!("| {params} ")), "{row}");
+    }
 }

@@ -3,18 +3,19 @@
 //! table. Records are written directly from resolved specs (no training), as `run_one` would.
 
 use crate::cli::{run, stderr};
+use harness::overrides::Overrides;
 use harness::records::RunStatus;
-use harness::spec::{RunArgs, RunSpec};
+use harness::spec::RunSpec;
 use serde_json::Value;
 use std::path::Path;
 
 /// The specs of the main job for these flags on the default MQAR preset.
 fn specs(models: &str, seeds: u64, lrs: &[f64], budget: Option<f64>, level: &str) -> Vec<RunSpec> {
-    harness::spec::resolve(&RunArgs {
+    harness::spec::resolve(&Overrides {
         task: vec!["mqar".into()],
         models: models.split(',').map(String::from).collect(),
         level: vec![level.into()],
-        seeds,
+        seeds: Some(seeds),
         lr: lrs.to_vec(),
         budget_flops: budget,
         ..Default::default()

@@ -130,10 +130,10 @@ fn model_fingerprints() -> BTreeMap<String, BTreeMap<String, BTreeMap<String, f6
 
 fn train_fingerprints() -> BTreeMap<String, Vec<f64>> {
     let dir = tempfile::tempdir().unwrap();
-    let args = harness::spec::RunArgs {
+    let args = harness::overrides::Overrides {
         task: vec!["mqar".into()],
         models: vec!["llama".into(), "lime".into()],
-        seeds: 1,
+        seeds: Some(1),
         sets: ["vocab_size=32", "seq_len=16", "num_kv_pairs=2"]
             .iter()
             .map(|s| s.to_string())
@@ -148,8 +148,7 @@ fn train_fingerprints() -> BTreeMap<String, Vec<f64>> {
         n_val: Some(8),
         n_test: Some(8),
         lr: vec![3e-3],
-        out: dir.path().to_path_buf(),
-        quiet: true,
+        out: Some(dir.path().to_path_buf()),
         ..Default::default()
     };
     let mut out = BTreeMap::new();

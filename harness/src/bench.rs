@@ -32,7 +32,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = crate::spec::Precision::F32)]
     pub precision: crate::spec::Precision,
     /// `fused` or `reference` building blocks (`bench train`, `bench generate`).
-    #[arg(long, default_value = "fused", value_parser = crate::spec::parse_backend)]
+    #[arg(long, default_value = "fused", value_parser = crate::overrides::parse_backend)]
     pub backend: models::Backend,
 }
 

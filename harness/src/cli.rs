@@ -15,7 +15,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub run: crate::spec::RunArgs,
+    pub run: crate::job::RunArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -24,6 +24,8 @@ pub enum Command {
     Gen(GenArgs),
     /// List every task with its knobs, defaults, levels and chance level.
     Tasks,
+    /// List every model variant (built-in or registered) with its summary and parameter counts.
+    Models,
     /// Parameter and forward-FLOP table per model (`--preset paper-1b` reproduces the paper's Table 8).
     Flops(crate::flops_cmd::FlopsArgs),
     /// Tables (Markdown, CSV, JSON) and plots from saved runs.
@@ -107,6 +109,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Gen(a)) => gen(&a),
         Some(Command::Tasks) => {
             print!("{}", tasks_table());
+            Ok(())
+        }
+        Some(Command::Models) => {
+            print!("{}", models_table());
             Ok(())
         }
         Some(Command::Flops(a)) => crate::flops_cmd::run(&a),
@@ -210,4 +216,37 @@ pub fn tasks_table() -> String {
     let mut t = Table::new(rows);
     t.with(Style::markdown());
     format!("{t}\n(* = default level; knobs are set with --set key=value)\n")
+}
+
+/// Every model variant with its summary and its parameters beyond llama's at two shapes: the
+/// MQAR default experiment's and the paper's 1B (Markdown).
+pub fn models_table() -> String {
+    use tabled::{settings::Style, Table, Tabled};
+    #[derive(Tabled)]
+    struct Row {
+        model: &'static str,
+        about: &'static str,
+        #[tabled(rename = "params (d=64, 2 layers)")]
+        small: String,
+        #[tabled(rename = "extra vs llama (paper 1B)")]
+        extra_1b: String,
+    }
+    let small = |v| models::Config::mha(v, 256, 64, 2, 2);
+    let big = |v| models::accounting::paper_1b(v, false);
+    let llama_1b = models::accounting::num_params(&big(models::Variant::LLAMA)) as i64;
+    let rows: Vec<Row> = models::Variant::all()
+        .into_iter()
+        .map(|v| Row {
+            model: v.name(),
+            about: v.def().summary(),
+            small: models::accounting::num_params(&small(v)).to_string(),
+            extra_1b: format!(
+                "{:+}",
+                models::accounting::num_params(&big(v)) as i64 - llama_1b
+            ),
+        })
+        .collect();
+    let mut t = Table::new(rows);
+    t.with(Style::markdown());
+    format!("{t}\n(vocab 256 and 2 heads for the small shape; use with --models a,b,...)\n")
 }

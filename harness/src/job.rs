@@ -4,10 +4,31 @@
 //! [`crate::train`] → [`crate::leaderboard`] / [`crate::plots`].
 
 use crate::device::device;
-use crate::spec::{RunArgs, RunSpec};
+use crate::overrides::Overrides;
+use crate::spec::RunSpec;
 use crate::train::{run_one, Outcome, RunOptions, WhenBusy};
 use anyhow::{Context, Result};
+use clap::Args;
 use std::path::Path;
+
+/// Flags of the main job (`harness --task mqar ...`): the run settings, then this process's switches.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub run: Overrides,
+    /// Print the resolved runs (id, steps, batch, FLOPs, ...) and exit without training.
+    #[arg(long)]
+    pub plan: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Recompute runs whose result already exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Testing aid: stop (as if killed) after this many steps of each run, leaving its checkpoint.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
 
 /// The main job: resolve, run every cell (skipping finished ones), print the leaderboard.
 /// `--plan`: the resolved runs, one row each, without training.
@@ -42,15 +63,15 @@ fn plan_table(specs: &[RunSpec]) -> String {
 }
 
 pub fn main_job(a: &RunArgs) -> Result<()> {
-    let specs = crate::spec::resolve(a)?;
+    let specs = crate::spec::resolve(&a.run)?;
     if a.plan {
         print!("{}", plan_table(&specs));
         return Ok(());
     }
-    let dev = device(&a.device)?;
-    a.precision.check_device(&dev)?;
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let dev = device(a.run.device())?;
+    a.run.precision.check_device(&dev)?;
+    let out = a.run.out();
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     for spec in &specs {
         let opts = RunOptions {
             quiet: a.quiet,
@@ -58,7 +79,7 @@ pub fn main_job(a: &RunArgs) -> Result<()> {
             stop_after: a.stop_after,
             when_busy: WhenBusy::Wait,
         };
-        match run_one(spec, &a.out, &dev, opts)? {
+        match run_one(spec, &out, &dev, opts)? {
             Outcome::Done(r) if !a.quiet => eprintln!(
                 "{}: {} test acc {} in {:.0}s",
                 r.id,
@@ -79,7 +100,7 @@ pub fn main_job(a: &RunArgs) -> Result<()> {
         }
     }
     // One pass over the run folders: write every table and plot, print this job's tasks.
-    let (mut rows, unreadable) = write_report(&a.out)?;
+    let (mut rows, unreadable) = write_report(&out)?;
     rows.retain(|r| specs.iter().any(|s| s.task == r.task));
     println!(
         "{}{}",

@@ -41,6 +41,7 @@ pub mod flops_cmd;
 pub mod job;
 pub mod leaderboard;
 pub mod optim;
+pub mod overrides;
 pub mod plots;
 pub mod presets;
 pub mod records;

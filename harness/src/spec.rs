@@ -1,145 +1,17 @@
 //! From raw CLI flags to validated run specs.
 //!
-//! [`RunArgs`] is what the user typed; [`resolve`] turns it, with each task's embedded
+//! [`Overrides`] is what the user set (flags, a plan or an experiment); [`resolve`] turns it, with each task's embedded
 //! [`crate::presets::Preset`], into one [`RunSpec`] per (task, model, lr, seed) cell. Everything a
 //! run needs is decided here — including the step count derived from the FLOP budget — so that a
 //! bad flag fails before any training starts, and so that the spec's hash identifies the run.
 
+pub use crate::optim::{OptimSpec, Schedule};
+use crate::overrides::Overrides;
+pub use crate::overrides::{MatchMode, Precision};
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
-
-/// Flags of the main job (`harness --task mqar ...`).
-#[derive(Args, Debug, Clone, Default)]
-pub struct RunArgs {
-    /// Task(s), comma-separated (see `harness tasks`). Each has an embedded default experiment.
-    #[arg(long, value_delimiter = ',')]
-    pub task: Vec<String>,
-    /// Models, comma-separated [default: llama,lime].
-    #[arg(long, value_delimiter = ',')]
-    pub models: Vec<String>,
-    /// Difficulty level(s) of the task, comma-separated: one run per level, so the leaderboard
-    /// and the accuracy-vs-level plot break results down by level [default: the preset's level].
-    #[arg(long, value_delimiter = ',')]
-    pub level: Vec<String>,
-    /// Override a task knob (repeatable), e.g. `--set num_kv_pairs=8`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-    /// Override a model-shape key (repeatable): d_model, n_layers, n_heads, n_kv_heads, d_ff,
-    /// tie_embeddings, rope_theta, norm_eps.
-    #[arg(long = "model-set", value_name = "KEY=VALUE")]
-    pub model_sets: Vec<String>,
-    /// Training FLOP budget per run (3 x forward, 2 FLOPs per multiply-add) [default: preset].
-    #[arg(long)]
-    pub budget_flops: Option<f64>,
-    /// Match models on the FLOP budget or on the step count.
-    #[arg(long = "match", value_enum, default_value_t = MatchMode::Flops)]
-    pub match_mode: MatchMode,
-    /// Steps per run with `--match steps` [default: the budget's step count for llama].
-    #[arg(long)]
-    pub steps: Option<u64>,
-    /// Number of seeds (0..N) per cell.
-    #[arg(long, default_value_t = 1)]
-    pub seeds: u64,
-    /// Base learning rate(s), comma-separated; the best on val is reported [default: preset].
-    #[arg(long, value_delimiter = ',')]
-    pub lr: Vec<f64>,
-    /// Sequences per batch [default: preset].
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Train on a fixed pool of N train examples (0 = fresh examples every step) [default: preset].
-    #[arg(long)]
-    pub train_pool: Option<u64>,
-    /// Validation / test set sizes [default: preset].
-    #[arg(long)]
-    pub n_val: Option<u64>,
-    #[arg(long)]
-    pub n_test: Option<u64>,
-    /// Device: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Matmul precision: f32, or bf16 (GPU only: bf16 projections with f32 master weights,
-    /// f32 norms/softmax/loss/optimizer; the CPU stays f32).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub precision: Precision,
-    /// Implementation of the model's building blocks: `fused` (the f32 CPU kernels where they
-    /// apply; elsewhere the reference) or `reference` (composed candle ops, for A/B runs).
-    #[arg(long, default_value = "fused", value_parser = parse_backend)]
-    pub backend: models::Backend,
-    /// Train for this many epochs of the fixed train pool (needs a pool: --train-pool or the
-    /// preset's). Implies --match steps with steps = ceil(epochs x pool / batch); batches are
-    /// drawn from the pool, so an epoch is pool-many examples seen.
-    #[arg(long)]
-    pub epochs: Option<u64>,
-    /// A named experiment that fills in every flag not given (see `harness --help` and the
-    /// README): `arith-paper` = the LIMe paper's arithmetic runs (levels ops4,ops5,ops6, 50,000
-    /// train examples each, 200 epochs, batch 256, lr 1e-3 linear decay; llama vs lime).
-    #[arg(long)]
-    pub experiment: Option<String>,
-    /// Folder for runs and the leaderboard.
-    #[arg(long, default_value = "runs")]
-    pub out: PathBuf,
-    /// Print the resolved runs (id, steps, batch, FLOPs, ...) and exit without training.
-    #[arg(long)]
-    pub plan: bool,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Recompute runs whose result already exists.
-    #[arg(long)]
-    pub force: bool,
-    /// Testing aid: stop (as if killed) after this many steps of each run, leaving its checkpoint.
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MatchMode {
-    /// Every model trains floor(budget / training FLOPs per step) steps.
-    #[default]
-    Flops,
-    /// Every model trains the same number of steps.
-    Steps,
-}
-
-/// Matmul precision of a run (see `models::Model::with_matmul_dtype`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// f32 everywhere.
-    #[default]
-    F32,
-    /// bf16 projections (q, k, v, o, MLP, LM head), f32 master weights and everything else f32.
-    Bf16,
-}
-
-impl Precision {
-    pub fn is_f32(&self) -> bool {
-        *self == Precision::F32
-    }
-
-    /// Errors unless this precision can run on `dev`: bf16 needs a GPU, the CPU trains in f32.
-    pub fn check_device(self, dev: &candle_core::Device) -> Result<()> {
-        if self != Precision::F32 && dev.is_cpu() {
-            bail!("--precision bf16 needs a GPU (--device cuda, or auto on a GPU machine); the device is the CPU, where training stays f32");
-        }
-        Ok(())
-    }
-
-    /// The dtype of the projections' matmuls, `None` for plain f32.
-    pub fn matmul_dtype(self) -> Option<candle_core::DType> {
-        match self {
-            Precision::F32 => None,
-            Precision::Bf16 => Some(candle_core::DType::BF16),
-        }
-    }
-}
-
-pub use crate::optim::{OptimSpec, Schedule};
 
 /// Everything that determines a run's result. Its hash is the run id.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -299,12 +171,12 @@ pub fn flops_per_step(cfg: &models::Config, seq_len: usize, batch: usize) -> f64
 }
 
 /// Resolve the main job's flags into run specs (all cells, in a stable order).
-pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
+pub fn resolve(a: &Overrides) -> Result<Vec<RunSpec>> {
     let with_experiment;
     let a = match &a.experiment {
         None => a,
         Some(name) => {
-            with_experiment = experiment(name, a)?;
+            with_experiment = crate::overrides::experiment(name, a)?;
             &with_experiment
         }
     };
@@ -314,7 +186,7 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
             tasks::task_names().join(", ")
         );
     }
-    if a.seeds == 0 || a.seeds > 1000 {
+    if a.seeds() == 0 || a.seeds() > 1000 {
         bail!("--seeds must be between 1 and 1000");
     }
     if a.epochs == Some(0) || a.epochs.is_some_and(|e| e > 1_000_000) {
@@ -349,7 +221,7 @@ pub fn resolve(a: &RunArgs) -> Result<Vec<RunSpec>> {
 
 /// The runs of one (task, level): every model x lr x seed.
 fn resolve_cell(
-    a: &RunArgs,
+    a: &Overrides,
     task_name: &str,
     level: &str,
     preset: &crate::presets::Preset,
@@ -446,7 +318,7 @@ fn resolve_cell(
             };
             let eval_every = (steps / preset.evals_per_run.max(1)).max(1);
             for &lr in &lrs {
-                for seed in 0..a.seeds {
+                for seed in 0..a.seeds() {
                     specs.push(RunSpec {
                         code_version: code_version(),
                         task: task_name.to_string(),
@@ -478,41 +350,4 @@ fn resolve_cell(
         }
     }
     Ok(specs)
-}
-
-/// `--backend NAME`.
-pub fn parse_backend(s: &str) -> Result<models::Backend, String> {
-    models::Backend::from_name(s).ok_or_else(|| {
-        let names: Vec<_> = models::Backend::ALL.iter().map(|b| b.name()).collect();
-        format!("unknown backend `{s}` (expected {})", names.join(" or "))
-    })
-}
-
-/// The named experiments of `--experiment`: flags the user did not give are filled in.
-pub fn experiment(name: &str, given: &RunArgs) -> Result<RunArgs> {
-    let mut a = given.clone();
-    match name {
-        // The LIMe paper's arithmetic experiment (arXiv 2502.09245, section 4): one model per
-        // operand count (4/5/6), 4 layers, 4 heads, d=32 (the `arith` preset's shape), 50,000
-        // examples per operand count, 200 epochs, lr 1e-3 with linear decay. The paper gives no
-        // batch size; 256 keeps a GPU busy (39,063 steps per run).
-        "arith-paper" => {
-            if a.task.is_empty() {
-                a.task = vec!["arith".into()];
-            }
-            if a.level.is_empty() {
-                a.level = vec!["ops4".into(), "ops5".into(), "ops6".into()];
-            }
-            a.train_pool.get_or_insert(50_000);
-            a.batch_size.get_or_insert(256);
-            if a.steps.is_none() {
-                a.epochs.get_or_insert(200);
-            }
-            if a.lr.is_empty() {
-                a.lr = vec![1e-3];
-            }
-        }
-        other => bail!("unknown experiment `{other}` (known: arith-paper)"),
-    }
-    Ok(a)
 }

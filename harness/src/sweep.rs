@@ -3,10 +3,9 @@
 //! (a Slurm array index or a Kubernetes completion index), and shards merge by collecting run
 //! folders into one `runs/`.
 
+use crate::overrides::Overrides;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -23,55 +22,9 @@ pub struct SweepArgs {
     pub quiet: bool,
 }
 
-/// A sweep plan. Every key is optional except `tasks`; unset keys use each task's preset.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Plan {
-    pub tasks: Vec<String>,
-    #[serde(default)]
-    pub levels: Vec<String>,
-    #[serde(default)]
-    pub models: Vec<String>,
-    #[serde(default)]
-    pub seeds: Option<u64>,
-    #[serde(default)]
-    pub lrs: Vec<f64>,
-    pub budget_flops: Option<f64>,
-    /// `"flops"` (default) or `"steps"`, as `--match`.
-    #[serde(default, rename = "match")]
-    pub match_mode: crate::spec::MatchMode,
-    /// Steps per run with `match = "steps"`, as `--steps`.
-    pub steps: Option<u64>,
-    /// Epochs of the fixed train pool, as `--epochs`.
-    pub epochs: Option<u64>,
-    /// `"f32"` (default) or `"bf16"` (GPU), as `--precision`.
-    #[serde(default)]
-    pub precision: crate::spec::Precision,
-    /// `"fused"` (default) or `"reference"`, as `--backend`.
-    #[serde(default)]
-    pub backend: models::Backend,
-    pub batch_size: Option<usize>,
-    pub train_pool: Option<u64>,
-    pub n_val: Option<u64>,
-    pub n_test: Option<u64>,
-    #[serde(default = "default_out")]
-    pub out: PathBuf,
-    #[serde(default = "default_device")]
-    pub device: String,
-    /// Task knobs, as `--set`.
-    #[serde(default)]
-    pub set: BTreeMap<String, toml::Value>,
-    /// Model-shape keys, as `--model-set`.
-    #[serde(default)]
-    pub model_set: BTreeMap<String, toml::Value>,
-}
-
-fn default_out() -> PathBuf {
-    PathBuf::from("runs")
-}
-fn default_device() -> String {
-    "cpu".into()
-}
+/// A sweep plan (TOML): the main job's settings under their plan keys (see [`Overrides`]). Every
+/// key is optional except `tasks`; unset keys use each task's preset.
+pub type Plan = Overrides;
 
 fn parse_shard(s: &str) -> Result<(usize, usize)> {
     let (i, n) = s
@@ -87,51 +40,32 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
     Ok((i, n))
 }
 
-fn toml_sets(m: &BTreeMap<String, toml::Value>) -> Vec<String> {
-    m.iter()
-        .map(|(k, v)| match v {
-            toml::Value::String(s) => format!("{k}={s}"),
-            other => format!("{k}={other}"),
-        })
-        .collect()
-}
-
 /// The plan's cells as run specs, in a stable order.
 pub fn cells(plan: &Plan) -> Result<Vec<crate::spec::RunSpec>> {
-    if plan.tasks.is_empty() {
+    let plan = match &plan.experiment {
+        Some(name) => Overrides {
+            experiment: None,
+            ..crate::overrides::experiment(name, plan)?
+        },
+        None => plan.clone(),
+    };
+    if plan.task.is_empty() {
         bail!("the plan lists no tasks");
     }
-    let levels: Vec<Vec<String>> = if plan.levels.is_empty() {
+    let levels: Vec<Vec<String>> = if plan.level.is_empty() {
         vec![vec![]]
     } else {
-        plan.levels.iter().map(|l| vec![l.clone()]).collect()
+        plan.level.iter().map(|l| vec![l.clone()]).collect()
     };
     let mut out = Vec::new();
-    for task in &plan.tasks {
+    for task in &plan.task {
         for level in &levels {
-            let args = crate::spec::RunArgs {
+            let cell = Overrides {
                 task: vec![task.clone()],
-                models: plan.models.clone(),
                 level: level.clone(),
-                sets: toml_sets(&plan.set),
-                model_sets: toml_sets(&plan.model_set),
-                budget_flops: plan.budget_flops,
-                match_mode: plan.match_mode,
-                steps: plan.steps,
-                epochs: plan.epochs,
-                precision: plan.precision,
-                backend: plan.backend,
-                seeds: plan.seeds.unwrap_or(1),
-                lr: plan.lrs.clone(),
-                batch_size: plan.batch_size,
-                train_pool: plan.train_pool,
-                n_val: plan.n_val,
-                n_test: plan.n_test,
-                device: plan.device.clone(),
-                out: plan.out.clone(),
-                ..Default::default()
+                ..plan.clone()
             };
-            out.extend(crate::spec::resolve(&args).with_context(|| {
+            out.extend(crate::spec::resolve(&cell).with_context(|| {
                 format!(
                     "cell {task}{}",
                     level
@@ -169,10 +103,10 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let dev = crate::device::device(&plan.device)?;
+    let dev = crate::device::device(plan.device())?;
     plan.precision.check_device(&dev)?;
-    std::fs::create_dir_all(&plan.out)
-        .with_context(|| format!("cannot create {}", plan.out.display()))?;
+    let out = plan.out();
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     eprintln!(
         "sweep: {} of {} cells in shard {i}/{n}",
         mine.len(),
@@ -187,7 +121,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     };
     let mut busy = Vec::new();
     for s in mine {
-        if let crate::train::Outcome::Busy = crate::train::run_one(s, &plan.out, &dev, opts)? {
+        if let crate::train::Outcome::Busy = crate::train::run_one(s, &out, &dev, opts)? {
             busy.push(s.id());
         }
     }

@@ -1,0 +1,202 @@
+//! What a user can set about a run: [`Overrides`], the one type behind the main job's flags, a
+//! sweep plan's keys and the named experiments of `--experiment`. No I/O and no validation here:
+//! [`crate::spec::resolve`] checks the values against each task's preset.
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Every setting of a run that a flag, a sweep plan or a named experiment can give; unset fields
+/// take the task's preset. Flags and plan keys are one list (a plan key is the flag's name with
+/// `_`, plural where the flag takes a list: `tasks`, `levels`, `lrs`; `--set`/`--model-set` are
+/// TOML tables `set`/`model_set`), so a plan can set everything a flag can.
+#[derive(Args, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overrides {
+    /// Task(s), comma-separated (see `harness tasks`). Each has an embedded default experiment.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(rename = "tasks")]
+    pub task: Vec<String>,
+    /// Models, comma-separated [default: llama,lime].
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Difficulty level(s) of the task, comma-separated: one run per level, so the leaderboard
+    /// and the accuracy-vs-level plot break results down by level [default: the preset's level].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(rename = "levels")]
+    pub level: Vec<String>,
+    /// Override a task knob (repeatable), e.g. `--set num_kv_pairs=8`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[serde(rename = "set", deserialize_with = "table_sets")]
+    pub sets: Vec<String>,
+    /// Override a model-shape key (repeatable): d_model, n_layers, n_heads, n_kv_heads, d_ff,
+    /// tie_embeddings, rope_theta, norm_eps.
+    #[arg(long = "model-set", value_name = "KEY=VALUE")]
+    #[serde(rename = "model_set", deserialize_with = "table_sets")]
+    pub model_sets: Vec<String>,
+    /// Training FLOP budget per run (3 x forward, 2 FLOPs per multiply-add) [default: preset].
+    #[arg(long)]
+    pub budget_flops: Option<f64>,
+    /// Match models on the FLOP budget or on the step count.
+    #[arg(long = "match", value_enum, default_value_t = MatchMode::Flops)]
+    #[serde(rename = "match")]
+    pub match_mode: MatchMode,
+    /// Steps per run with `--match steps` [default: the budget's step count for llama].
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Number of seeds (0..N) per cell [default: 1].
+    #[arg(long)]
+    pub seeds: Option<u64>,
+    /// Base learning rate(s), comma-separated; the best on val is reported [default: preset].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(rename = "lrs")]
+    pub lr: Vec<f64>,
+    /// Sequences per batch [default: preset].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Train on a fixed pool of N train examples (0 = fresh examples every step) [default: preset].
+    #[arg(long)]
+    pub train_pool: Option<u64>,
+    /// Validation / test set sizes [default: preset].
+    #[arg(long)]
+    pub n_val: Option<u64>,
+    #[arg(long)]
+    pub n_test: Option<u64>,
+    /// Device: cpu, cuda, cuda:N or auto [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Matmul precision: f32, or bf16 (GPU only: bf16 projections with f32 master weights,
+    /// f32 norms/softmax/loss/optimizer; the CPU stays f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Implementation of the model's building blocks: `fused` (the f32 CPU kernels where they
+    /// apply; elsewhere the reference) or `reference` (composed candle ops, for A/B runs).
+    #[arg(long, default_value = "fused", value_parser = parse_backend)]
+    #[serde(deserialize_with = "backend_name")]
+    pub backend: models::Backend,
+    /// Train for this many epochs of the fixed train pool (needs a pool: --train-pool or the
+    /// preset's). Implies --match steps with steps = ceil(epochs x pool / batch); batches are
+    /// drawn from the pool, so an epoch is pool-many examples seen.
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// A named experiment that fills in every flag not given (see `harness --help` and the
+    /// README): `arith-paper` = the LIMe paper's arithmetic runs (levels ops4,ops5,ops6, 50,000
+    /// train examples each, 200 epochs, batch 256, lr 1e-3 linear decay; llama vs lime).
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// Folder for runs and the leaderboard [default: runs].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl Overrides {
+    pub fn seeds(&self) -> u64 {
+        self.seeds.unwrap_or(1)
+    }
+
+    pub fn device(&self) -> &str {
+        self.device.as_deref().unwrap_or("cpu")
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from("runs"))
+    }
+}
+
+/// A plan's `set = { num_kv_pairs = 8 }` table as the flags' `KEY=VALUE` strings.
+fn table_sets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let table = std::collections::BTreeMap::<String, toml::Value>::deserialize(d)?;
+    Ok(table
+        .into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect())
+}
+
+/// A plan's `backend = "reference"`, with `--backend`'s error.
+fn backend_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<models::Backend, D::Error> {
+    parse_backend(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// `--backend NAME`.
+pub fn parse_backend(s: &str) -> Result<models::Backend, String> {
+    models::Backend::from_name(s).ok_or_else(|| {
+        let names: Vec<_> = models::Backend::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown backend `{s}` (expected {})", names.join(" or "))
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchMode {
+    /// Every model trains floor(budget / training FLOPs per step) steps.
+    #[default]
+    Flops,
+    /// Every model trains the same number of steps.
+    Steps,
+}
+
+/// Matmul precision of a run (see `models::Model::with_matmul_dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// bf16 projections (q, k, v, o, MLP, LM head), f32 master weights and everything else f32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// Errors unless this precision can run on `dev`: bf16 needs a GPU, the CPU trains in f32.
+    pub fn check_device(self, dev: &candle_core::Device) -> Result<()> {
+        if self != Precision::F32 && dev.is_cpu() {
+            bail!("--precision bf16 needs a GPU (--device cuda, or auto on a GPU machine); the device is the CPU, where training stays f32");
+        }
+        Ok(())
+    }
+
+    /// The dtype of the projections' matmuls, `None` for plain f32.
+    pub fn matmul_dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(candle_core::DType::BF16),
+        }
+    }
+}
+
+/// The named experiments of `--experiment`: flags the user did not give are filled in.
+pub fn experiment(name: &str, given: &Overrides) -> Result<Overrides> {
+    let mut a = given.clone();
+    match name {
+        // The LIMe paper's arithmetic experiment (arXiv 2502.09245, section 4): one model per
+        // operand count (4/5/6), 4 layers, 4 heads, d=32 (the `arith` preset's shape), 50,000
+        // examples per operand count, 200 epochs, lr 1e-3 with linear decay. The paper gives no
+        // batch size; 256 keeps a GPU busy (39,063 steps per run).
+        "arith-paper" => {
+            if a.task.is_empty() {
+                a.task = vec!["arith".into()];
+            }
+            if a.level.is_empty() {
+                a.level = vec!["ops4".into(), "ops5".into(), "ops6".into()];
+            }
+            a.train_pool.get_or_insert(50_000);
+            a.batch_size.get_or_insert(256);
+            if a.steps.is_none() {
+                a.epochs.get_or_insert(200);
+            }
+            if a.lr.is_empty() {
+                a.lr = vec![1e-3];
+            }
+        }
+        other => bail!("unknown experiment `{other}` (known: arith-paper)"),
+    }
+    Ok(a)
+}
