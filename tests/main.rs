@@ -4,6 +4,7 @@
 
 mod cli;
 mod device;
+mod layering;
 mod leaderboard;
 mod models_accounting;
 mod models_correctness;
