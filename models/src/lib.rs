@@ -36,6 +36,7 @@ pub mod init;
 pub mod lime;
 pub mod lime_ablations;
 pub mod lime_dynamic;
+pub mod lime_family;
 pub mod llama;
 pub mod ops;
 mod registry;

@@ -26,19 +26,23 @@
 //!
 //! Extra parameters R²·(L(L+1)/2 − 1); router FLOPs 2·T·2d_h·R²·(L(L+1)/2 − 1) per sequence
 //! (causal mode). Optimizer group [`ParamGroup::Router`]: lr × 10, no weight decay (the paper: decay
-//! on the router hurts). The router variants share this file's buffer and loop:
+//! on the router hurts). The router variants share this file's buffer and loop, built through
+//! [`crate::lime_family`] (the [`Mix`] trait, router names, init, groups and counts):
 //! `lime-dynamic` ([`crate::lime_dynamic`]) and the ablations ([`crate::lime_ablations`]).
 
 use std::sync::Arc;
 
 use candle_core::{Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::accounting::{per_mac, FlopMode};
+use crate::accounting::FlopMode;
 use crate::config::Config;
 use crate::init::ParamGroup;
+pub use crate::lime_family::{build, Mix};
+use crate::lime_family::{
+    heatmap, identity_block_init, routed_blocks, router_flops, router_group, router_leaf, sq,
+};
 use crate::llama::{Blocks, Pass};
 use crate::ops::{self, Backend};
 use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
@@ -83,18 +87,6 @@ impl VariantDef for Lime {
     }
 }
 
-/// How one layer l ≥ 1 mixes its buffer.
-pub trait Mix: std::fmt::Debug + Send + Sync {
-    /// `all` (S,B,T,2d_h) of the layers so far, `x` (B,T,D) the block input → (R,B,T,2d_h).
-    fn mix(&self, all: &Tensor, x: &Tensor, backend: Backend) -> Result<Tensor>;
-    /// The static mixing as a dense (R, S) matrix over the whole buffer (diagnostics).
-    fn dense(&self) -> Result<Tensor>;
-    /// The (R, S) matrix when the mixing is exactly one full matrix (the in-place stack path).
-    fn full(&self) -> Option<&Tensor> {
-        None
-    }
-}
-
 /// A full (R, S) router (`lime`; also the constant of `lime-avg`).
 #[derive(Debug)]
 pub struct Full(pub Tensor);
@@ -118,34 +110,11 @@ impl Mix for Full {
 #[derive(Debug)]
 pub struct LimeConnection {
     /// `None` at layer 0 (it only appends).
-    mixes: Vec<Option<Box<dyn Mix>>>,
-    n_kv_heads: usize,
-    backend: Backend,
+    pub(crate) mixes: Vec<Option<Box<dyn Mix>>>,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) backend: Backend,
     /// Every router is a full matrix and the backend is fused: in-place stacks.
-    stacked: bool,
-}
-
-/// Builds a LIMe-family connection; `mix(l, vb)` creates layer l's router (l ≥ 1) under
-/// `layers.{l}.attn.router`.
-pub fn build(
-    cfg: &Config,
-    vb: &VarBuilder,
-    backend: Backend,
-    mix: impl Fn(usize, VarBuilder) -> Result<Box<dyn Mix>>,
-) -> Result<Arc<dyn Connection>> {
-    let mixes = (0..cfg.n_layers)
-        .map(|l| match l {
-            0 => Ok(None),
-            _ => mix(l, vb.pp("layers").pp(l).pp("attn").pp("router")).map(Some),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let stacked = backend.is_fused() && mixes.iter().flatten().all(|m| m.full().is_some());
-    Ok(Arc::new(LimeConnection {
-        mixes,
-        n_kv_heads: cfg.n_kv_heads,
-        backend,
-        stacked,
-    }))
+    pub(crate) stacked: bool,
 }
 
 /// The pre-RoPE K|V of the layers so far in one forward pass.
@@ -216,82 +185,7 @@ impl Connection for LimeConnection {
         self.mixes.iter().flatten().map(|m| m.dense()).collect()
     }
 
-    /// For every layer l the mean |W_l| over each source layer j ≤ l (a block of R×R entries),
-    /// normalised to sum 1; row 0 is `[1]` (layer 0 sees only itself).
     fn heatmap(&self, cfg: &Config) -> Result<Vec<Vec<f64>>> {
-        let r = cfg.n_kv_heads;
-        let mut rows = vec![vec![1.0]];
-        for w in self.mixing_weights()? {
-            let w = w.abs()?.to_dtype(candle_core::DType::F64)?; // (R,(l+1)R)
-            let mut row = (0..w.dim(1)? / r)
-                .map(|j| w.narrow(1, j * r, r)?.mean_all()?.to_scalar::<f64>())
-                .collect::<Result<Vec<f64>>>()?;
-            let s: f64 = row.iter().sum();
-            if s > 0.0 {
-                row.iter_mut().for_each(|x| *x /= s);
-            }
-            rows.push(row);
-        }
-        Ok(rows)
-    }
-}
-
-// ---- shared by the LIMe family: names, init, groups, counts ----
-
-/// Whether `name` is the router parameter `leaf` (`layers.{l}.attn.router.<leaf>`).
-pub fn router_leaf(name: &str, leaf: &str) -> bool {
-    name.contains(".router.") && name.rsplit('.').next() == Some(leaf)
-}
-
-/// Every router parameter is in [`ParamGroup::Router`].
-pub fn router_group(name: &str) -> Option<ParamGroup> {
-    name.contains(".router.").then_some(ParamGroup::Router)
-}
-
-/// U(−b, b) with b = sqrt(3 / S) for a (R, S) router (or (R, S, d_h) per channel), then the
-/// current layer's (last) R×R block set to the identity.
-pub fn identity_block_init(shape: &Shape, rng: &mut ChaCha8Rng) -> Result<Vec<f64>> {
-    let dims = shape.dims();
-    let (r, s, c) = match *dims {
-        [r, s] => (r, s, 1),
-        [r, s, c] => (r, s, c),
-        _ => candle_core::bail!("router of shape {dims:?}, expected (R, S) or (R, S, d_h)"),
-    };
-    if s % r != 0 || s < r {
-        candle_core::bail!("router of shape {dims:?}, expected (R, (l+1)·R, …)");
-    }
-    let mut w = uniform(shape.elem_count(), s, rng);
-    for i in 0..r {
-        for j in 0..r {
-            for ch in 0..c {
-                w[(i * s + (s - r) + j) * c + ch] = if i == j { 1.0 } else { 0.0 };
-            }
-        }
-    }
-    Ok(w)
-}
-
-/// n draws of U(−b, b), b = sqrt(3 / fan_in).
-pub fn uniform(n: usize, fan_in: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
-    let b = (3.0 / fan_in as f64).sqrt();
-    (0..n).map(|_| rng.gen_range(-b..b)).collect()
-}
-
-/// Σ_{l=1}^{L-1} (l+1) = L(L+1)/2 − 1: the (layer, source-layer) blocks a full router mixes.
-pub fn routed_blocks(n_layers: usize) -> u64 {
-    let l = n_layers as u64;
-    (l * (l + 1) / 2).saturating_sub(1)
-}
-
-pub fn sq(x: usize) -> u64 {
-    (x * x) as u64
-}
-
-/// Router FLOPs of `macs` multiply-adds per token and routed channel (keys and values: 2·d_h).
-pub fn router_flops(cfg: &Config, seq_len: usize, mode: FlopMode, macs: u64) -> ExtraFlops {
-    let k = per_mac(mode) * seq_len as u64 * 2 * cfg.head_dim() as u64;
-    ExtraFlops {
-        router: k * macs,
-        ..ExtraFlops::default()
+        heatmap(&self.mixing_weights()?, cfg.n_kv_heads)
     }
 }

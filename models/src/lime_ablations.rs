@@ -32,7 +32,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::accounting::FlopMode;
 use crate::config::Config;
 use crate::init::ParamGroup;
-use crate::lime::{self, routed_blocks, router_flops, router_group, router_leaf, sq, Full, Mix};
+use crate::lime::{self, Full, Mix};
+use crate::lime_family::{self, routed_blocks, router_flops, router_group, router_leaf, sq};
 use crate::ops::{self, Backend};
 use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
 
@@ -229,17 +230,16 @@ impl VariantDef for Ablation {
         match self.kind {
             Kind::Avg => None,
             Kind::Window(_) => {
-                router_leaf(name, "w").then(|| lime::identity_block_init(shape, rng))
+                router_leaf(name, "w").then(|| lime_family::identity_block_init(shape, rng))
             }
             Kind::PerDim => {
-                router_leaf(name, "w_dim").then(|| lime::identity_block_init(shape, rng))
+                router_leaf(name, "w_dim").then(|| lime_family::identity_block_init(shape, rng))
             }
-            Kind::RandomInit => {
-                router_leaf(name, "w_rand").then(|| Ok(lime::uniform(n, shape.dims()[1], rng)))
-            }
+            Kind::RandomInit => router_leaf(name, "w_rand")
+                .then(|| Ok(lime_family::uniform(n, shape.dims()[1], rng))),
             Kind::SameHead => router_leaf(name, "w_head").then(|| {
                 let s = shape.dims()[1]; // (R, l+1)
-                let mut w = lime::uniform(n, s, rng);
+                let mut w = lime_family::uniform(n, s, rng);
                 w.chunks_mut(s).for_each(|row| row[s - 1] = 1.0);
                 Ok(w)
             }),

@@ -29,6 +29,7 @@ use crate::accounting::{per_mac, FlopMode, LIME_DYNAMIC_NORM_HAS_WEIGHT};
 use crate::config::Config;
 use crate::init::ParamGroup;
 use crate::lime::{self, Full, Mix};
+use crate::lime_family;
 use crate::ops::Backend;
 use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
 
@@ -88,16 +89,16 @@ impl VariantDef for LimeDynamic {
         })
     }
     fn init(&self, name: &str, shape: &Shape, rng: &mut ChaCha8Rng) -> Option<Result<Vec<f64>>> {
-        if lime::router_leaf(name, "u") {
+        if lime_family::router_leaf(name, "u") {
             return Some(Ok(vec![0.0; shape.elem_count()]));
         }
         lime::Lime.init(name, shape, rng)
     }
     fn param_group(&self, name: &str) -> Option<ParamGroup> {
-        lime::router_group(name)
+        lime_family::router_group(name)
     }
     fn extra_params(&self, cfg: &Config) -> i64 {
-        let routed = lime::routed_blocks(cfg.n_layers) * lime::sq(cfg.n_kv_heads);
+        let routed = lime_family::routed_blocks(cfg.n_layers) * lime_family::sq(cfg.n_kv_heads);
         let norm = if LIME_DYNAMIC_NORM_HAS_WEIGHT {
             cfg.d_model * cfg.n_layers.saturating_sub(1)
         } else {
@@ -112,8 +113,8 @@ impl VariantDef for LimeDynamic {
             cfg.n_kv_heads as u64,
             cfg.head_dim() as u64,
         );
-        let blocks = lime::routed_blocks(cfg.n_layers) * r * r;
-        let mixing = lime::router_flops(cfg, seq_len, mode, blocks).router;
+        let blocks = lime_family::routed_blocks(cfg.n_layers) * r * r;
+        let mixing = lime_family::router_flops(cfg, seq_len, mode, blocks).router;
         let elementwise = match mode {
             FlopMode::Causal | FlopMode::Full => 0,
             // Per routed layer: the parameter-free RMSNorm 4·T·D + 7·T, the static + dynamic add.
