@@ -21,16 +21,10 @@ fn tiny(
     tied: bool,
 ) -> Config {
     Config {
-        variant,
-        vocab_size: 37,
-        d_model: 8 * n_heads,
-        n_layers,
-        n_heads,
-        n_kv_heads,
-        d_ff: 20,
         tie_embeddings: tied,
-        rope_theta: 10000.0,
-        norm_eps: 1e-5,
+        ..Config::mha(variant, 37, 8 * n_heads, n_layers, n_heads)
+            .with_kv_heads(n_kv_heads)
+            .with_d_ff(20)
     }
 }
 

@@ -62,18 +62,9 @@ fn attention_ref(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
 
 /// The 3-layer model the whole-model tests use: vocab 23, d 32, 4 heads, `kv` kv heads.
 fn small_cfg(variant: models::Variant, kv: usize) -> models::Config {
-    models::Config {
-        variant,
-        vocab_size: 23,
-        d_model: 32,
-        n_layers: 3,
-        n_heads: 4,
-        n_kv_heads: kv,
-        d_ff: 48,
-        tie_embeddings: false,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-    }
+    models::Config::mha(variant, 23, 32, 3, 4)
+        .with_kv_heads(kv)
+        .with_d_ff(48)
 }
 
 /// Token ids of the given shape for [`small_cfg`]'s vocabulary (23): element i is (a·i + c) mod 23.

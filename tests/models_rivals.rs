@@ -904,16 +904,11 @@ fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> {
 /// Tiny configs: (layers, heads, kv heads, tied); d = 8, vocab 11, F = 12.
 fn tiny(variant: Variant, l: usize, h: usize, r: usize, tie: bool) -> Config {
     Config {
-        variant,
-        vocab_size: 11,
-        d_model: 8,
-        n_layers: l,
-        n_heads: h,
-        n_kv_heads: r,
-        d_ff: 12,
         tie_embeddings: tie,
-        rope_theta: 10_000.0,
         norm_eps: 1e-3,
+        ..Config::mha(variant, 11, 8, l, h)
+            .with_kv_heads(r)
+            .with_d_ff(12)
     }
 }
 

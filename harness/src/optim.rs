@@ -331,18 +331,7 @@ mod tests {
     #[test]
     fn optimizer_state_holds_no_autograd_graph() {
         for variant in [models::Variant::LLAMA, models::Variant::LIME] {
-            let cfg = models::Config {
-                variant,
-                vocab_size: 16,
-                d_model: 16,
-                n_layers: 3,
-                n_heads: 2,
-                n_kv_heads: 2,
-                d_ff: 32,
-                tie_embeddings: false,
-                rope_theta: 1e4,
-                norm_eps: 1e-5,
-            };
+            let cfg = models::Config::mha(variant, 16, 16, 3, 2).with_d_ff(32);
             let (vm, model) = models::init_varmap(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
             let mut opt = AdamW::new(&vm, cfg.variant, &OptimSpec::default()).unwrap();
             let ids = Tensor::from_vec(
