@@ -38,7 +38,7 @@ pub(crate) fn cfg(
 }
 
 /// The variants this file covers (the rivals and router ablations: `models_rivals.rs`).
-const COVERED: [Variant; 3] = [Variant::LLAMA, Variant::LIME, Variant::LIME_DYNAMIC];
+pub const COVERED: [Variant; 3] = [Variant::LLAMA, Variant::LIME, Variant::LIME_DYNAMIC];
 
 /// The configurations most tests sweep: the covered variants, MHA and GQA, tied and untied.
 fn sweep() -> Vec<Config> {
