@@ -284,7 +284,7 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
         st.last_loss = Some(loss_v);
         window_tokens += (spec.batch_size * spec.seq_len) as u64;
         pb.set_position(st.step);
-        if st.step % log_every == 0 || st.step == spec.steps {
+        if st.step.is_multiple_of(log_every) || st.step == spec.steps {
             let tps = window_tokens as f64 / window.elapsed().as_secs_f64().max(1e-9);
             pb.set_message(format!("loss {loss_v:.4}"));
             append_metric(
@@ -301,7 +301,7 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
             window = Instant::now();
             window_tokens = 0;
         }
-        if st.step % spec.eval_every == 0 || st.step == spec.steps {
+        if st.step.is_multiple_of(spec.eval_every) || st.step == spec.steps {
             let score = val_score(
                 task,
                 teacher_forced(&model, task, &val, spec.seq_len, dev, spec.batch_size)?,
@@ -323,7 +323,7 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
                 best = Some(weights_of(&varmap)?);
             }
             st.elapsed_s = t0.elapsed().as_secs_f64();
-            if st.step % spec.ckpt_every == 0 && st.step < spec.steps {
+            if st.step.is_multiple_of(spec.ckpt_every) && st.step < spec.steps {
                 save_checkpoint(&dir, &varmap, &opt, &best, &st)?;
             }
         }
