@@ -33,9 +33,9 @@
 //! number tokens (rendered `0`, `1`, …), then `names` variable tokens (rendered `X0`, `X1`, …).
 //! Every example has exactly `4·(chains·(hops+1) + distractors) + filler + 3 + 2` tokens.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::draw::{distinct, shuffle};
+use crate::knobs::{parse_config, to_config_value, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -109,28 +109,6 @@ pub struct Vartrack {
     cfg: VartrackConfig,
 }
 
-/// `n` distinct ids from `0..range`, uniformly, in draw order.
-fn distinct(rng: &mut ChaCha8Rng, range: u32, n: usize) -> Vec<u32> {
-    if n * 4 <= range as usize {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let x = rng.gen_range(0..range);
-            if !out.contains(&x) {
-                out.push(x);
-            }
-        }
-        out
-    } else {
-        let mut pool: Vec<u32> = (0..range).collect();
-        for i in 0..n {
-            let j = rng.gen_range(i..range as usize);
-            pool.swap(i, j);
-        }
-        pool.truncate(n);
-        pool
-    }
-}
-
 impl Vartrack {
     pub fn from_json(cfg: Value) -> Result<Self, TaskError> {
         let c: VartrackConfig = parse_config(NAME, cfg)?;
@@ -138,32 +116,21 @@ impl Vartrack {
     }
 
     pub fn new(c: VartrackConfig) -> Result<Self, TaskError> {
-        check(NAME, (1..=64).contains(&c.hops), || {
-            format!("hops = {} must be in 1..=64", c.hops)
-        })?;
-        check(NAME, (1..=32).contains(&c.chains), || {
-            format!("chains = {} must be in 1..=32", c.chains)
-        })?;
-        check(NAME, c.distractors <= 256, || {
-            format!("distractors = {} must be in 0..=256", c.distractors)
-        })?;
-        check(NAME, c.filler <= 4096, || {
-            format!("filler = {} must be in 0..=4096", c.filler)
-        })?;
-        check(NAME, (2..=10_000).contains(&c.values), || {
-            format!("values = {} must be in 2..=10000", c.values)
-        })?;
-        check(NAME, c.chains <= c.values, || {
+        let k = Knobs::new(NAME);
+        k.int("hops", c.hops, 1..=64)?;
+        k.int("chains", c.chains, 1..=32)?;
+        k.int("distractors", c.distractors, 0..=256)?;
+        k.int("filler", c.filler, 0..=4096)?;
+        k.int("values", c.values, 2..=10_000)?;
+        k.require(c.chains <= c.values, || {
             format!(
                 "chains = {} must not exceed values = {} (chain values are distinct)",
                 c.chains, c.values
             )
         })?;
-        check(NAME, (2..=10_000).contains(&c.names), || {
-            format!("names = {} must be in 2..=10000", c.names)
-        })?;
+        k.int("names", c.names, 2..=10_000)?;
         let vars = c.chains * (c.hops + 1) + c.distractors;
-        check(NAME, vars <= c.names, || {
+        k.require(vars <= c.names, || {
             format!(
                 "names = {} must be at least chains*(hops+1)+distractors = {vars} (every variable is distinct)",
                 c.names
@@ -224,8 +191,8 @@ impl Task for Vartrack {
         let c = &self.cfg;
         let (chains, links) = (c.chains as usize, c.hops as usize + 1);
         let n_stmt = self.statements();
-        let names = distinct(rng, c.names, n_stmt);
-        let chain_values = distinct(rng, c.values, chains);
+        let names = distinct(rng, 0, c.names, n_stmt);
+        let chain_values = distinct(rng, 0, c.values, chains);
         let distractor_values: Vec<u32> = (0..c.distractors)
             .map(|_| rng.gen_range(0..c.values))
             .collect();
@@ -238,10 +205,7 @@ impl Task for Vartrack {
             .flat_map(|k| (0..links).map(move |_| k))
             .chain((0..c.distractors as usize).map(|j| chains + j))
             .collect();
-        for i in (1..labels.len()).rev() {
-            let j = rng.gen_range(0..=i);
-            labels.swap(i, j);
-        }
+        shuffle(rng, &mut labels);
         // Filler: each word goes to gap g in 0..=n_stmt (gap g precedes statement g).
         let mut gaps: Vec<Vec<u32>> = vec![Vec::new(); n_stmt + 1];
         for _ in 0..c.filler {
@@ -280,9 +244,7 @@ impl Task for Vartrack {
         tokens.push(self.value_id(chain_values[q]));
         tokens.push(EOS);
         debug_assert_eq!(tokens.len(), self.max_len());
-        let targets = (prompt_len - 1..tokens.len() - 1)
-            .map(|p| (p as u32, tokens[p + 1]))
-            .collect();
+        let targets = crate::answer_targets(&tokens, prompt_len);
 
         let name_str = |i: u32| self.token_str(self.name_id(i));
         let mut meta = Map::new();
@@ -325,15 +287,10 @@ impl Task for Vartrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::sets;
     use crate::{build, generate, Split};
     use rand::SeedableRng;
     use std::collections::HashMap;
-
-    fn sets(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
 
     /// Independent resolver over the rendered prompt text: parse `NAME = RHS ;` statements
     /// (ignoring any other word), then follow the query variable until a number is reached.
