@@ -25,9 +25,8 @@
 //! **Metric.** Greedy generation; [`Task::score`] cuts the generation at the first `<eos>` (if any)
 //! and accepts iff the part after the last `=` is exactly the answer number.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::knobs::{parse_config, to_config_value, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -170,15 +169,12 @@ impl Arith {
     }
 
     pub fn new(c: ArithConfig) -> Result<Self, TaskError> {
-        check(NAME, is_prime(c.modulus) && c.modulus <= 997, || {
+        let k = Knobs::new(NAME);
+        k.require(is_prime(c.modulus) && c.modulus <= 997, || {
             format!("modulus = {} must be a prime in 2..=997", c.modulus)
         })?;
-        check(NAME, (1..=99_999).contains(&c.max_value), || {
-            format!("max_value = {} must be in 1..=99999", c.max_value)
-        })?;
-        check(NAME, (1..=64).contains(&c.ops), || {
-            format!("ops = {} must be in 1..=64", c.ops)
-        })?;
+        k.int("max_value", c.max_value, 1..=99_999)?;
+        k.int("ops", c.ops, 1..=64)?;
         Ok(Arith { cfg: c })
     }
 
@@ -452,9 +448,7 @@ impl Task for Arith {
         }
         tokens.push(EOS);
         debug_assert!(tokens.len() <= self.max_len());
-        let targets = (prompt_len - 1..tokens.len() - 1)
-            .map(|p| (p as u32, tokens[p + 1]))
-            .collect();
+        let targets = crate::answer_targets(&tokens, prompt_len);
         let mut meta = Map::new();
         meta.insert(
             "mode".into(),
@@ -515,6 +509,7 @@ impl Task for Arith {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::sets;
     use crate::{build, generate, Split};
     use rand::SeedableRng;
 
@@ -633,20 +628,15 @@ mod tests {
     }
 
     fn configs() -> Vec<(Option<&'static str>, Vec<(String, String)>)> {
-        let s = |v: &[(&str, &str)]| {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect::<Vec<_>>()
-        };
         vec![
-            (Some("ops4"), s(&[])),
-            (Some("ops6"), s(&[("output", "cot")])),
-            (Some("ops5"), s(&[("modulus", "97"), ("output", "cot")])),
-            (Some("ops4"), s(&[("mode", "int")])),
-            (Some("ops6"), s(&[("mode", "int"), ("output", "cot")])),
+            (Some("ops4"), sets(&[])),
+            (Some("ops6"), sets(&[("output", "cot")])),
+            (Some("ops5"), sets(&[("modulus", "97"), ("output", "cot")])),
+            (Some("ops4"), sets(&[("mode", "int")])),
+            (Some("ops6"), sets(&[("mode", "int"), ("output", "cot")])),
             (
                 Some("ops8"),
-                s(&[("mode", "int"), ("output", "cot"), ("max_value", "1000")]),
+                sets(&[("mode", "int"), ("output", "cot"), ("max_value", "1000")]),
             ),
         ]
     }
@@ -782,13 +772,14 @@ mod tests {
     fn max_len_is_a_true_bound() {
         for ops in [1u32, 2, 3, 6] {
             for out in ["direct", "cot"] {
-                let sets = vec![
-                    ("mode".to_string(), "int".to_string()),
-                    ("ops".to_string(), ops.to_string()),
-                    ("output".to_string(), out.to_string()),
-                    ("max_value".to_string(), "99".to_string()),
-                ];
-                let t = build(NAME, None, &sets).unwrap();
+                let ops = ops.to_string();
+                let s = sets(&[
+                    ("mode", "int"),
+                    ("ops", &ops),
+                    ("output", out),
+                    ("max_value", "99"),
+                ]);
+                let t = build(NAME, None, &s).unwrap();
                 let longest = (0..2000)
                     .map(|i| generate(t.as_ref(), Split::Train, i).tokens.len())
                     .max()

@@ -17,9 +17,8 @@
 //! [`Task::score`] takes the model's predictions at the target positions, in target order, one token
 //! per target, and accepts iff all are right.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::knobs::{parse_config, to_config_value, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -78,21 +77,11 @@ impl Hopk {
     }
 
     pub fn new(c: HopkConfig) -> Result<Self, TaskError> {
-        check(NAME, (3..=26).contains(&c.alphabet), || {
-            format!("alphabet = {} must be in 3..=26", c.alphabet)
-        })?;
-        check(NAME, (8..=8192).contains(&c.length), || {
-            format!("length = {} must be in 8..=8192", c.length)
-        })?;
-        check(NAME, c.max_hops <= MAX_HOPS, || {
-            format!("max_hops = {} must be in 0..={MAX_HOPS}", c.max_hops)
-        })?;
-        check(NAME, c.min_hops <= c.max_hops, || {
-            format!(
-                "min_hops = {} must be in 0..=max_hops = {}",
-                c.min_hops, c.max_hops
-            )
-        })?;
+        let k = Knobs::new(NAME);
+        k.int("alphabet", c.alphabet, 3..=26)?;
+        k.int("length", c.length, 8..=8192)?;
+        k.int("max_hops", c.max_hops, 0..=MAX_HOPS)?;
+        k.int_in("min_hops", c.min_hops, "0..=max_hops", 0..=c.max_hops)?;
         Ok(Hopk { cfg: c })
     }
 
