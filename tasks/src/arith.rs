@@ -25,7 +25,7 @@
 //! **Metric.** Greedy generation; [`Task::score`] cuts the generation at the first `<eos>` (if any)
 //! and accepts iff the part after the last `=` is exactly the answer number.
 
-use crate::knobs::{parse_config, to_config_value, Knobs};
+use crate::knobs::{parse_config, pinned, to_config_value, Knobs};
 use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -102,12 +102,7 @@ pub fn info() -> TaskInfo {
         name: NAME,
         about: "arithmetic expressions (Feng et al. 2023): evaluate mod p or over integers, direct or CoT",
         defaults: to_config_value(&ArithConfig::default()),
-        levels: vec![
-            ("ops4", json!({"ops": 4})),
-            ("ops5", json!({"ops": 5})),
-            ("ops6", json!({"ops": 6})),
-            ("ops8", json!({"ops": 8})),
-        ],
+        levels: pinned(&["ops"], &[("ops4", 4), ("ops5", 5), ("ops6", 6), ("ops8", 8)]),
         default_level: "ops4",
     }
 }
@@ -509,7 +504,7 @@ impl Task for Arith {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::knobs::sets;
+    use crate::knobs::{assert_rejected, sets};
     use crate::{build, generate, Split};
     use rand::SeedableRng;
 
@@ -795,25 +790,19 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        for (k, v, needle) in [
-            ("modulus", "12", "modulus"),
-            ("modulus", "1009", "modulus"),
-            ("max_value", "0", "max_value"),
-            ("ops", "0", "ops"),
-            ("ops", "65", "ops"),
-            ("mode", "float", "mode"),
-            ("output", "steps", "output"),
-        ] {
-            let e = build(NAME, None, &[(k.into(), v.into())])
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(
-                e.contains(needle) || e.contains("unknown variant"),
-                "{k}={v}: {e}"
-            );
-            assert!(!e.contains('\n'));
-        }
+        assert_rejected(
+            NAME,
+            None,
+            &[
+                ("modulus", "12", "modulus"),
+                ("modulus", "1009", "modulus"),
+                ("max_value", "0", "max_value"),
+                ("ops", "0", "ops"),
+                ("ops", "65", "ops"),
+                ("mode", "float", "unknown variant `float`"),
+                ("output", "steps", "unknown variant `steps`"),
+            ],
+        );
         let mut c = info().defaults;
         c["depth"] = json!(3);
         assert!(Arith::from_json(c)

@@ -60,6 +60,23 @@ pub fn resolve_config(
     Ok(cfg)
 }
 
+/// Difficulty levels that each pin the same knobs to one value: with keys
+/// `["min_hops", "max_hops"]`, `("k4", 4)` is the level `k4 = {"min_hops": 4, "max_hops": 4}`.
+/// Level names stay spelled out at the call site (they are what users type and what manifests
+/// record); only the override objects are built here.
+pub fn pinned<V: Into<Value> + Copy>(
+    keys: &[&str],
+    levels: &[(&'static str, V)],
+) -> Vec<(&'static str, Value)> {
+    levels
+        .iter()
+        .map(|&(name, v)| {
+            let set = keys.iter().map(|k| (k.to_string(), v.into())).collect();
+            (name, Value::Object(set))
+        })
+        .collect()
+}
+
 /// Apply `key=value` overrides to an existing JSON object. A value is parsed as JSON when it can
 /// be (`4`, `0.01`, `true`, `"x"`), otherwise taken as a bare string. Only existing keys may be
 /// set: the first unknown key is returned as the error (nothing after it is applied).
@@ -213,6 +230,28 @@ pub(crate) fn sets(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
+}
+
+/// The error of building `task` at `level` with overrides `s`, checked to be one line that names
+/// the task (panics if the build succeeds). For the modules' range-validation tests.
+#[cfg(test)]
+pub(crate) fn rejection(task: &str, level: Option<&str>, s: &[(&str, &str)]) -> String {
+    let e = crate::build(task, level, &sets(s))
+        .err()
+        .unwrap_or_else(|| panic!("{task} {s:?} accepted"))
+        .to_string();
+    assert!(e.contains(task) && !e.contains('\n'), "{task} {s:?}: {e}");
+    e
+}
+
+/// Each `(key, value, needle)`: the single override `key=value` is rejected ([`rejection`]) with
+/// a message containing `needle` (normally the knob's name).
+#[cfg(test)]
+pub(crate) fn assert_rejected(task: &str, level: Option<&str>, bad: &[(&str, &str, &str)]) {
+    for &(k, v, needle) in bad {
+        let e = rejection(task, level, &[(k, v)]);
+        assert!(e.contains(needle), "{task} {k}={v}: {e}");
+    }
 }
 
 #[cfg(test)]

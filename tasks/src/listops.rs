@@ -30,7 +30,7 @@
 //! `8 … 17` the digits 0 … 9.
 
 use crate::draw::first_accepted;
-use crate::knobs::{parse_config, to_config_value, Edge, Knobs};
+use crate::knobs::{parse_config, pinned, to_config_value, Edge, Knobs};
 use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -90,20 +90,22 @@ impl Default for ListopsConfig {
 }
 
 pub fn info() -> TaskInfo {
-    let d = |d: u32| json!({"min_depth": d, "max_depth": d});
+    let depth = pinned(&["min_depth", "max_depth"], &[("depth2", 2), ("depth4", 4)]);
     TaskInfo {
         name: NAME,
         about: "ListOps (LRA, seeded): evaluate a nested MIN/MAX/MED/SM expression over digits",
         defaults: to_config_value(&ListopsConfig::default()),
-        levels: vec![
-            ("depth2", d(2)),
-            ("depth4", d(4)),
-            (
-                "depth6",
-                json!({"min_depth": 6, "max_depth": 6, "max_tokens": 256}),
-            ),
-            ("mixed", json!({})),
-        ],
+        levels: [
+            depth,
+            vec![
+                (
+                    "depth6",
+                    json!({"min_depth": 6, "max_depth": 6, "max_tokens": 256}),
+                ),
+                ("mixed", json!({})),
+            ],
+        ]
+        .concat(),
         default_level: "depth2",
     }
 }
@@ -318,7 +320,7 @@ impl Task for Listops {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::knobs::sets;
+    use crate::knobs::{assert_rejected, rejection, sets};
     use crate::{build, generate, Split};
     use rand::SeedableRng;
 
@@ -459,45 +461,36 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        let bad = [
-            ("max_depth", "0", "max_depth"),
-            ("max_depth", "21", "max_depth"),
-            ("min_depth", "0", "min_depth"),
-            ("min_depth", "5", "min_depth"),
-            ("max_args", "1", "max_args"),
-            ("max_args", "11", "max_args"),
-            ("op_prob", "0", "op_prob"),
-            ("op_prob", "1.5", "op_prob"),
-            ("max_tokens", "3", "max_tokens"),
-            ("min_tokens", "129", "min_tokens"),
-        ];
-        for (k, v, needle) in bad {
-            let e = build(NAME, Some("mixed"), &[(k.into(), v.into())])
-                .err()
-                .unwrap_or_else(|| panic!("{k}={v} accepted"))
-                .to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{k}={v}: {e}");
-        }
-        let e = build(NAME, Some("depth6"), &sets(&[("max_tokens", "12")]))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("smallest tree"), "{e}");
-        // Feasible by size but (practically) never drawn: a depth-8 spine that must be long.
-        let e = build(
+        assert_rejected(
             NAME,
             Some("mixed"),
-            &sets(&[
+            &[
+                ("max_depth", "0", "max_depth"),
+                ("max_depth", "21", "max_depth"),
+                ("min_depth", "0", "min_depth"),
+                ("min_depth", "5", "min_depth"),
+                ("max_args", "1", "max_args"),
+                ("max_args", "11", "max_args"),
+                ("op_prob", "0", "op_prob"),
+                ("op_prob", "1.5", "op_prob"),
+                ("max_tokens", "3", "max_tokens"),
+                ("min_tokens", "129", "min_tokens"),
+            ],
+        );
+        let e = rejection(NAME, Some("depth6"), &[("max_tokens", "12")]);
+        assert!(e.contains("smallest tree"), "{e}");
+        // Feasible by size but (practically) never drawn: a depth-8 spine that must be long.
+        let e = rejection(
+            NAME,
+            Some("mixed"),
+            &[
                 ("max_depth", "8"),
                 ("min_depth", "8"),
                 ("op_prob", "0.01"),
                 ("max_args", "2"),
                 ("max_tokens", "30"),
-            ]),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+            ],
+        );
         assert!(e.contains("no tree accepted"), "{e}");
         let e = Listops::from_json(json!({"min_depth": 1, "max_depth": 4, "max_args": 5,
             "op_prob": 0.25, "min_tokens": 0, "max_tokens": 128, "max_length": 5}))

@@ -24,7 +24,7 @@
 //! positions, in target order* (one token per target) and accepts iff all are right.
 
 use crate::draw::distinct;
-use crate::knobs::{parse_config, to_config_value, Edge, Knobs};
+use crate::knobs::{parse_config, pinned, to_config_value, Edge, Knobs};
 use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -70,13 +70,16 @@ pub fn info() -> TaskInfo {
         name: NAME,
         about: "multi-query associative recall (Zoology): recall each re-queried key's value",
         defaults: to_config_value(&MqarConfig::default()),
-        levels: vec![
-            ("kv4", json!({"num_kv_pairs": 4})),
-            ("kv8", json!({"num_kv_pairs": 8})),
-            ("kv16", json!({"num_kv_pairs": 16})),
-            ("kv32", json!({"num_kv_pairs": 32})),
-            ("kv64", json!({"num_kv_pairs": 64})),
-        ],
+        levels: pinned(
+            &["num_kv_pairs"],
+            &[
+                ("kv4", 4),
+                ("kv8", 8),
+                ("kv16", 16),
+                ("kv32", 32),
+                ("kv64", 64),
+            ],
+        ),
         default_level: "kv16",
     }
 }
@@ -285,7 +288,7 @@ impl Task for Mqar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::knobs::sets;
+    use crate::knobs::{assert_rejected, rejection, sets};
     use crate::{build, generate, generate_range, Split};
     use rand::SeedableRng;
     use std::collections::HashMap;
@@ -411,26 +414,20 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        let bad = [
-            ("vocab_size", "4", "vocab_size"),
-            ("seq_len", "255", "seq_len"),
-            ("seq_len", "6", "seq_len"),
-            ("num_kv_pairs", "0", "num_kv_pairs"),
-            ("num_kv_pairs", "65", "num_kv_pairs"),
-            ("power_a", "0", "power_a"),
-            ("power_a", "1.5", "power_a"),
-        ];
-        for (k, v, needle) in bad {
-            let e = build(NAME, None, &[(k.into(), v.into())])
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{k}={v}: {e}");
-        }
-        let e = build(NAME, None, &[("vocab_size".into(), "16".into())])
-            .err()
-            .unwrap()
-            .to_string();
+        assert_rejected(
+            NAME,
+            None,
+            &[
+                ("vocab_size", "4", "vocab_size"),
+                ("seq_len", "255", "seq_len"),
+                ("seq_len", "6", "seq_len"),
+                ("num_kv_pairs", "0", "num_kv_pairs"),
+                ("num_kv_pairs", "65", "num_kv_pairs"),
+                ("power_a", "0", "power_a"),
+                ("power_a", "1.5", "power_a"),
+            ],
+        );
+        let e = rejection(NAME, None, &[("vocab_size", "16")]);
         assert!(e.contains("vocab_size/2"), "{e}");
         let e = Mqar::from_json(
             json!({"vocab_size": 8192, "seq_len": 256, "num_kv_pairs": 16, "power_a": 0.01, "train_power_a": 0.1}),

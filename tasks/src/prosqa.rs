@@ -33,7 +33,7 @@
 //! (symbolic). Anything before that (CoT steps, even wrong ones) is ignored by `score`;
 //! [`Prosqa::path_valid`] checks the steps.
 use crate::draw::first_accepted;
-use crate::knobs::{parse_config, to_config_value, Knobs};
+use crate::knobs::{parse_config, pinned, to_config_value, Knobs};
 use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -152,12 +152,15 @@ impl Default for ProsqaConfig {
 }
 
 pub fn info() -> TaskInfo {
-    let hops = |h: usize| json!({ "min_hops": h, "max_hops": h });
+    let hops = pinned(
+        &["min_hops", "max_hops"],
+        &[("hops3", 3), ("hops4", 4), ("hops5", 5), ("hops6", 6)],
+    );
     TaskInfo {
         name: NAME,
         about: "ProsQA (Coconut): is <person> a <X> or <Y>? — exactly one is reachable in a DAG of facts",
         defaults: to_config_value(&ProsqaConfig::default()),
-        levels: vec![("mixed", json!({})), ("hops3", hops(3)), ("hops4", hops(4)), ("hops5", hops(5)), ("hops6", hops(6))],
+        levels: [vec![("mixed", json!({}))], hops].concat(),
         default_level: "mixed",
     }
 }

@@ -34,7 +34,7 @@
 //! Every example has exactly `4·(chains·(hops+1) + distractors) + filler + 3 + 2` tokens.
 
 use crate::draw::{distinct, shuffle};
-use crate::knobs::{parse_config, to_config_value, Knobs};
+use crate::knobs::{parse_config, pinned, to_config_value, Knobs};
 use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -95,12 +95,10 @@ pub fn info() -> TaskInfo {
         name: NAME,
         about: "variable tracking (RULER): follow a chain of `X = Y` copies to the assigned value",
         defaults: to_config_value(&VartrackConfig::default()),
-        levels: vec![
-            ("hops1", json!({"hops": 1})),
-            ("hops2", json!({"hops": 2})),
-            ("hops4", json!({"hops": 4})),
-            ("hops8", json!({"hops": 8})),
-        ],
+        levels: pinned(
+            &["hops"],
+            &[("hops1", 1), ("hops2", 2), ("hops4", 4), ("hops8", 8)],
+        ),
         default_level: "hops2",
     }
 }
@@ -287,7 +285,7 @@ impl Task for Vartrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::knobs::sets;
+    use crate::knobs::{assert_rejected, rejection, sets};
     use crate::{build, generate, Split};
     use rand::SeedableRng;
     use std::collections::HashMap;
@@ -430,32 +428,23 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        let bad = [
-            ("hops", "0", "hops"),
-            ("hops", "65", "hops"),
-            ("chains", "0", "chains"),
-            ("chains", "33", "chains"),
-            ("distractors", "257", "distractors"),
-            ("filler", "5000", "filler"),
-            ("values", "1", "values"),
-            ("names", "1", "names"),
-        ];
-        for (k, v, needle) in bad {
-            let e = build(NAME, None, &[(k.into(), v.into())])
-                .err()
-                .unwrap_or_else(|| panic!("{k}={v} accepted"))
-                .to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{k}={v}: {e}");
-        }
-        let e = build(NAME, Some("hops8"), &sets(&[("chains", "8")]))
-            .err()
-            .unwrap()
-            .to_string();
+        assert_rejected(
+            NAME,
+            None,
+            &[
+                ("hops", "0", "hops"),
+                ("hops", "65", "hops"),
+                ("chains", "0", "chains"),
+                ("chains", "33", "chains"),
+                ("distractors", "257", "distractors"),
+                ("filler", "5000", "filler"),
+                ("values", "1", "values"),
+                ("names", "1", "names"),
+            ],
+        );
+        let e = rejection(NAME, Some("hops8"), &[("chains", "8")]);
         assert!(e.contains("chains*(hops+1)+distractors = 74"), "{e}");
-        let e = build(NAME, None, &sets(&[("chains", "3"), ("values", "2")]))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = rejection(NAME, None, &[("chains", "3"), ("values", "2")]);
         assert!(e.contains("distinct"), "{e}");
         let e = Vartrack::from_json(
             json!({"hops": 2, "chains": 2, "distractors": 2, "filler": 8,
