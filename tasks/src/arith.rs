@@ -108,7 +108,10 @@ pub fn info() -> TaskInfo {
 }
 
 fn is_prime(p: u32) -> bool {
-    p >= 2 && (2..).take_while(|d| d * d <= p).all(|d| p % d != 0)
+    p >= 2
+        && (2..)
+            .take_while(|d| d * d <= p)
+            .all(|d| !p.is_multiple_of(d))
 }
 
 fn digits(mut v: u64) -> usize {
@@ -261,7 +264,7 @@ impl Arith {
                     Op::Mul => {
                         let divs: Vec<u64> = (1..=n)
                             .take_while(|d| d * d <= n)
-                            .filter(|d| n % d == 0)
+                            .filter(|d| n.is_multiple_of(*d))
                             .collect();
                         // Each divisor d ≤ √n pairs with n/d; count both orders once each.
                         let mut all = divs.clone();
@@ -622,7 +625,10 @@ mod tests {
         }
     }
 
-    fn configs() -> Vec<(Option<&'static str>, Vec<(String, String)>)> {
+    /// A level and its `key=value` overrides.
+    type Case = (Option<&'static str>, Vec<(String, String)>);
+
+    fn configs() -> Vec<Case> {
         vec![
             (Some("ops4"), sets(&[])),
             (Some("ops6"), sets(&[("output", "cot")])),
