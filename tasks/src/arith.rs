@@ -25,9 +25,8 @@
 //! **Metric.** Greedy generation; [`Task::score`] cuts the generation at the first `<eos>` (if any)
 //! and accepts iff the part after the last `=` is exactly the answer number.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::knobs::{parse_config, pinned, to_config_value, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -103,18 +102,16 @@ pub fn info() -> TaskInfo {
         name: NAME,
         about: "arithmetic expressions (Feng et al. 2023): evaluate mod p or over integers, direct or CoT",
         defaults: to_config_value(&ArithConfig::default()),
-        levels: vec![
-            ("ops4", json!({"ops": 4})),
-            ("ops5", json!({"ops": 5})),
-            ("ops6", json!({"ops": 6})),
-            ("ops8", json!({"ops": 8})),
-        ],
+        levels: pinned(&["ops"], &[("ops4", 4), ("ops5", 5), ("ops6", 6), ("ops8", 8)]),
         default_level: "ops4",
     }
 }
 
 fn is_prime(p: u32) -> bool {
-    p >= 2 && (2..).take_while(|d| d * d <= p).all(|d| p % d != 0)
+    p >= 2
+        && (2..)
+            .take_while(|d| d * d <= p)
+            .all(|d| !p.is_multiple_of(d))
 }
 
 fn digits(mut v: u64) -> usize {
@@ -170,15 +167,12 @@ impl Arith {
     }
 
     pub fn new(c: ArithConfig) -> Result<Self, TaskError> {
-        check(NAME, is_prime(c.modulus) && c.modulus <= 997, || {
+        let k = Knobs::new(NAME);
+        k.require(is_prime(c.modulus) && c.modulus <= 997, || {
             format!("modulus = {} must be a prime in 2..=997", c.modulus)
         })?;
-        check(NAME, (1..=99_999).contains(&c.max_value), || {
-            format!("max_value = {} must be in 1..=99999", c.max_value)
-        })?;
-        check(NAME, (1..=64).contains(&c.ops), || {
-            format!("ops = {} must be in 1..=64", c.ops)
-        })?;
+        k.int("max_value", c.max_value, 1..=99_999)?;
+        k.int("ops", c.ops, 1..=64)?;
         Ok(Arith { cfg: c })
     }
 
@@ -270,7 +264,7 @@ impl Arith {
                     Op::Mul => {
                         let divs: Vec<u64> = (1..=n)
                             .take_while(|d| d * d <= n)
-                            .filter(|d| n % d == 0)
+                            .filter(|d| n.is_multiple_of(*d))
                             .collect();
                         // Each divisor d ≤ √n pairs with n/d; count both orders once each.
                         let mut all = divs.clone();
@@ -452,9 +446,7 @@ impl Task for Arith {
         }
         tokens.push(EOS);
         debug_assert!(tokens.len() <= self.max_len());
-        let targets = (prompt_len - 1..tokens.len() - 1)
-            .map(|p| (p as u32, tokens[p + 1]))
-            .collect();
+        let targets = crate::answer_targets(&tokens, prompt_len);
         let mut meta = Map::new();
         meta.insert(
             "mode".into(),
@@ -515,6 +507,7 @@ impl Task for Arith {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::{assert_rejected, sets};
     use crate::{build, generate, Split};
     use rand::SeedableRng;
 
@@ -632,21 +625,19 @@ mod tests {
         }
     }
 
-    fn configs() -> Vec<(Option<&'static str>, Vec<(String, String)>)> {
-        let s = |v: &[(&str, &str)]| {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect::<Vec<_>>()
-        };
+    /// A level and its `key=value` overrides.
+    type Case = (Option<&'static str>, Vec<(String, String)>);
+
+    fn configs() -> Vec<Case> {
         vec![
-            (Some("ops4"), s(&[])),
-            (Some("ops6"), s(&[("output", "cot")])),
-            (Some("ops5"), s(&[("modulus", "97"), ("output", "cot")])),
-            (Some("ops4"), s(&[("mode", "int")])),
-            (Some("ops6"), s(&[("mode", "int"), ("output", "cot")])),
+            (Some("ops4"), sets(&[])),
+            (Some("ops6"), sets(&[("output", "cot")])),
+            (Some("ops5"), sets(&[("modulus", "97"), ("output", "cot")])),
+            (Some("ops4"), sets(&[("mode", "int")])),
+            (Some("ops6"), sets(&[("mode", "int"), ("output", "cot")])),
             (
                 Some("ops8"),
-                s(&[("mode", "int"), ("output", "cot"), ("max_value", "1000")]),
+                sets(&[("mode", "int"), ("output", "cot"), ("max_value", "1000")]),
             ),
         ]
     }
@@ -782,13 +773,14 @@ mod tests {
     fn max_len_is_a_true_bound() {
         for ops in [1u32, 2, 3, 6] {
             for out in ["direct", "cot"] {
-                let sets = vec![
-                    ("mode".to_string(), "int".to_string()),
-                    ("ops".to_string(), ops.to_string()),
-                    ("output".to_string(), out.to_string()),
-                    ("max_value".to_string(), "99".to_string()),
-                ];
-                let t = build(NAME, None, &sets).unwrap();
+                let ops = ops.to_string();
+                let s = sets(&[
+                    ("mode", "int"),
+                    ("ops", &ops),
+                    ("output", out),
+                    ("max_value", "99"),
+                ]);
+                let t = build(NAME, None, &s).unwrap();
                 let longest = (0..2000)
                     .map(|i| generate(t.as_ref(), Split::Train, i).tokens.len())
                     .max()
@@ -804,25 +796,19 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        for (k, v, needle) in [
-            ("modulus", "12", "modulus"),
-            ("modulus", "1009", "modulus"),
-            ("max_value", "0", "max_value"),
-            ("ops", "0", "ops"),
-            ("ops", "65", "ops"),
-            ("mode", "float", "mode"),
-            ("output", "steps", "output"),
-        ] {
-            let e = build(NAME, None, &[(k.into(), v.into())])
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(
-                e.contains(needle) || e.contains("unknown variant"),
-                "{k}={v}: {e}"
-            );
-            assert!(!e.contains('\n'));
-        }
+        assert_rejected(
+            NAME,
+            None,
+            &[
+                ("modulus", "12", "modulus"),
+                ("modulus", "1009", "modulus"),
+                ("max_value", "0", "max_value"),
+                ("ops", "0", "ops"),
+                ("ops", "65", "ops"),
+                ("mode", "float", "unknown variant `float`"),
+                ("output", "steps", "unknown variant `steps`"),
+            ],
+        );
         let mut c = info().defaults;
         c["depth"] = json!(3);
         assert!(Arith::from_json(c)

@@ -17,9 +17,8 @@
 //! [`Task::score`] takes the model's predictions at the target positions, in target order, one token
 //! per target, and accepts iff all are right.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::knobs::{parse_config, pinned, to_config_value, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -57,12 +56,15 @@ impl Default for HopkConfig {
 }
 
 pub fn info() -> TaskInfo {
-    let k = |k: u32| json!({"min_hops": k, "max_hops": k});
+    let k = pinned(
+        &["min_hops", "max_hops"],
+        &[("k1", 1), ("k2", 2), ("k4", 4), ("k8", 8), ("k16", 16)],
+    );
     TaskInfo {
         name: NAME,
         about: "k-hop induction heads (Sanford, Hsu, Telgarsky 2024): follow the induction pointer k times",
         defaults: to_config_value(&HopkConfig::default()),
-        levels: vec![("k1", k(1)), ("k2", k(2)), ("k4", k(4)), ("k8", k(8)), ("k16", k(16)), ("mix", json!({}))],
+        levels: [k, vec![("mix", json!({}))]].concat(),
         default_level: "k4",
     }
 }
@@ -78,21 +80,11 @@ impl Hopk {
     }
 
     pub fn new(c: HopkConfig) -> Result<Self, TaskError> {
-        check(NAME, (3..=26).contains(&c.alphabet), || {
-            format!("alphabet = {} must be in 3..=26", c.alphabet)
-        })?;
-        check(NAME, (8..=8192).contains(&c.length), || {
-            format!("length = {} must be in 8..=8192", c.length)
-        })?;
-        check(NAME, c.max_hops <= MAX_HOPS, || {
-            format!("max_hops = {} must be in 0..={MAX_HOPS}", c.max_hops)
-        })?;
-        check(NAME, c.min_hops <= c.max_hops, || {
-            format!(
-                "min_hops = {} must be in 0..=max_hops = {}",
-                c.min_hops, c.max_hops
-            )
-        })?;
+        let k = Knobs::new(NAME);
+        k.int("alphabet", c.alphabet, 3..=26)?;
+        k.int("length", c.length, 8..=8192)?;
+        k.int("max_hops", c.max_hops, 0..=MAX_HOPS)?;
+        k.int_in("min_hops", c.min_hops, "0..=max_hops", 0..=c.max_hops)?;
         Ok(Hopk { cfg: c })
     }
 
@@ -300,17 +292,17 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        for (k, v, needle) in [
-            ("alphabet", "2", "alphabet"),
-            ("alphabet", "27", "alphabet"),
-            ("length", "7", "length"),
-            ("max_hops", "17", "max_hops"),
-            ("min_hops", "5", "min_hops"),
-        ] {
-            let sets = vec![(k.to_string(), v.to_string())];
-            let e = build(NAME, Some("k4"), &sets).err().unwrap().to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{k}={v}: {e}");
-        }
+        crate::knobs::assert_rejected(
+            NAME,
+            Some("k4"),
+            &[
+                ("alphabet", "2", "alphabet"),
+                ("alphabet", "27", "alphabet"),
+                ("length", "7", "length"),
+                ("max_hops", "17", "max_hops"),
+                ("min_hops", "5", "min_hops"),
+            ],
+        );
         assert!(Hopk::from_json(
             json!({"alphabet": 4, "length": 100, "min_hops": 0, "max_hops": 1, "k": 2})
         )

@@ -13,22 +13,28 @@
 //!
 //! A task is a [`Task`] trait object built from a serde config (`deny_unknown_fields`, validated
 //! ranges) by [`build`], optionally through a named difficulty level and `key=value` overrides.
+//! Resolving those and checking the knobs is one shared path ([`knobs`]); so are the rng draws
+//! several generators need ([`draw`]), each pinned to the exact rng calls it makes.
 //! The crate does no I/O and never depends on candle: the harness owns files, models own tensors.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub mod arith;
+pub mod draw;
 pub mod hopk;
+pub mod knobs;
 pub mod listops;
 pub mod mad;
 pub mod mqar;
 pub mod prosqa;
 pub mod vartrack;
+
+pub use knobs::{check, parse_config, resolve_config, set_keys, to_config_value};
 
 /// Bump when any generator's output for an existing config changes.
 pub const GENERATOR_VERSION: u32 = 1;
@@ -186,6 +192,14 @@ pub fn until_eos(generated: &[u32], eos: u32) -> &[u32] {
     }
 }
 
+/// Targets of answer tasks: every answer token is supervised, each predicted from the position
+/// before it (`(p, tokens[p + 1])` for `p` in `prompt_len − 1 .. len − 1`), EOS included.
+pub fn answer_targets(tokens: &[u32], prompt_len: usize) -> Vec<(u32, u32)> {
+    (prompt_len - 1..tokens.len() - 1)
+        .map(|p| (p as u32, tokens[p + 1]))
+        .collect()
+}
+
 /// Verifier of teacher-forced tasks: `generated` holds the model's prediction at each target
 /// position, in order; the example is right iff every one equals its target.
 pub fn targets_match(ex: &Example, generated: &[u32]) -> bool {
@@ -258,85 +272,6 @@ pub fn build(
         }
         "memorize" => mad::Memorize::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
         _ => unreachable!("registry and build disagree on {name}"),
-    }
-}
-
-/// Defaults ← level overrides ← `sets`, as a JSON object (not yet deserialized or validated).
-pub fn resolve_config(
-    info: &TaskInfo,
-    level: Option<&str>,
-    sets: &[(String, String)],
-) -> Result<Value, TaskError> {
-    let mut cfg = info.defaults.clone();
-    let level = level.unwrap_or(info.default_level);
-    let (_, overrides) = info
-        .levels
-        .iter()
-        .find(|(n, _)| *n == level)
-        .ok_or_else(|| TaskError::UnknownLevel {
-            task: info.name.into(),
-            level: level.into(),
-            known: info
-                .levels
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let obj = cfg
-        .as_object_mut()
-        .expect("task defaults serialize to a JSON object");
-    let known = || obj_keys(&info.defaults);
-    if let Some(o) = overrides.as_object() {
-        for (k, v) in o {
-            obj.insert(k.clone(), v.clone());
-        }
-    }
-    set_keys(obj, sets).map_err(|key| TaskError::UnknownKey {
-        task: info.name.into(),
-        key,
-        known: known(),
-    })?;
-    Ok(cfg)
-}
-
-/// Apply `key=value` overrides to an existing JSON object. A value is parsed as JSON when it can
-/// be (`4`, `0.01`, `true`, `"x"`), otherwise taken as a bare string. Only existing keys may be
-/// set: the first unknown key is returned as the error (nothing after it is applied).
-pub fn set_keys(obj: &mut Map<String, Value>, sets: &[(String, String)]) -> Result<(), String> {
-    for (k, v) in sets {
-        if !obj.contains_key(k) {
-            return Err(k.clone());
-        }
-        let parsed = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.clone()));
-        obj.insert(k.clone(), parsed);
-    }
-    Ok(())
-}
-
-fn obj_keys(v: &Value) -> String {
-    v.as_object()
-        .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
-}
-
-/// Deserialize a task config from JSON (serde errors become one-line [`TaskError::Config`]).
-pub fn parse_config<C: DeserializeOwned>(task: &str, cfg: Value) -> Result<C, TaskError> {
-    serde_json::from_value(cfg).map_err(|e| TaskError::Config {
-        task: task.into(),
-        msg: e.to_string(),
-    })
-}
-
-/// Range check helper for `validate` functions.
-pub fn check(task: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<(), TaskError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(TaskError::Config {
-            task: task.into(),
-            msg: msg(),
-        })
     }
 }
 
@@ -426,11 +361,6 @@ pub fn generate_range(task: &dyn Task, split: Split, start: u64, n: u64) -> Vec<
         .into_par_iter()
         .map(|i| generate_with(task, &digest, split, i))
         .collect()
-}
-
-/// Serialize a config struct to the canonical JSON `Value` stored by a task.
-pub fn to_config_value<C: Serialize>(c: &C) -> Value {
-    serde_json::to_value(c).expect("configs serialize to JSON")
 }
 
 #[cfg(test)]

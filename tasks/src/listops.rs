@@ -29,9 +29,9 @@
 //! **Tokens.** `0 _` (pad), `1 <eos>`, `2 =`, `3 ]`, `4 [MIN`, `5 [MAX`, `6 [MED`, `7 [SM`,
 //! `8 … 17` the digits 0 … 9.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::draw::first_accepted;
+use crate::knobs::{parse_config, pinned, to_config_value, Edge, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -90,20 +90,22 @@ impl Default for ListopsConfig {
 }
 
 pub fn info() -> TaskInfo {
-    let d = |d: u32| json!({"min_depth": d, "max_depth": d});
+    let depth = pinned(&["min_depth", "max_depth"], &[("depth2", 2), ("depth4", 4)]);
     TaskInfo {
         name: NAME,
         about: "ListOps (LRA, seeded): evaluate a nested MIN/MAX/MED/SM expression over digits",
         defaults: to_config_value(&ListopsConfig::default()),
-        levels: vec![
-            ("depth2", d(2)),
-            ("depth4", d(4)),
-            (
-                "depth6",
-                json!({"min_depth": 6, "max_depth": 6, "max_tokens": 256}),
-            ),
-            ("mixed", json!({})),
-        ],
+        levels: [
+            depth,
+            vec![
+                (
+                    "depth6",
+                    json!({"min_depth": 6, "max_depth": 6, "max_tokens": 256}),
+                ),
+                ("mixed", json!({})),
+            ],
+        ]
+        .concat(),
         default_level: "depth2",
     }
 }
@@ -145,34 +147,20 @@ impl Listops {
     }
 
     pub fn new(c: ListopsConfig) -> Result<Self, TaskError> {
-        check(NAME, (1..=20).contains(&c.max_depth), || {
-            format!("max_depth = {} must be in 1..=20", c.max_depth)
-        })?;
-        check(NAME, (1..=c.max_depth).contains(&c.min_depth), || {
-            format!(
-                "min_depth = {} must be in 1..=max_depth = {}",
-                c.min_depth, c.max_depth
-            )
-        })?;
-        check(NAME, (2..=10).contains(&c.max_args), || {
-            format!("max_args = {} must be in 2..=10", c.max_args)
-        })?;
-        check(
-            NAME,
-            c.op_prob.is_finite() && (0.01..=1.0).contains(&c.op_prob),
-            || format!("op_prob = {} must be in [0.01, 1]", c.op_prob),
+        let k = Knobs::new(NAME);
+        k.int("max_depth", c.max_depth, 1..=20)?;
+        k.int_in("min_depth", c.min_depth, "1..=max_depth", 1..=c.max_depth)?;
+        k.int("max_args", c.max_args, 2..=10)?;
+        k.real("op_prob", c.op_prob, Edge::Closed(0.01), Edge::Closed(1.0))?;
+        k.int("max_tokens", c.max_tokens, 4..=8192)?;
+        k.int_in(
+            "min_tokens",
+            c.min_tokens,
+            "0..=max_tokens",
+            0..=c.max_tokens,
         )?;
-        check(NAME, (4..=8192).contains(&c.max_tokens), || {
-            format!("max_tokens = {} must be in 4..=8192", c.max_tokens)
-        })?;
-        check(NAME, c.min_tokens <= c.max_tokens, || {
-            format!(
-                "min_tokens = {} must be in 0..=max_tokens = {}",
-                c.min_tokens, c.max_tokens
-            )
-        })?;
         // The smallest tree of depth d is a spine of d binary operators: 3d + 1 tokens.
-        check(NAME, 3 * c.min_depth < c.max_tokens, || {
+        k.require(3 * c.min_depth < c.max_tokens, || {
             format!(
                 "max_tokens = {} is below {} tokens, the smallest tree of depth min_depth = {}",
                 c.max_tokens,
@@ -183,8 +171,8 @@ impl Listops {
         let t = Listops { cfg: c };
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let mut buf = Vec::new();
-        let ok = (0..CHECK_DRAWS).any(|_| t.draw(&mut rng, &mut buf).is_some());
-        check(NAME, ok, || {
+        let ok = first_accepted(CHECK_DRAWS, || t.draw(&mut rng, &mut buf)).is_some();
+        k.require(ok, || {
             format!(
                 "no tree accepted in {CHECK_DRAWS} draws: widen the depth or token window (or raise op_prob)"
             )
@@ -288,26 +276,19 @@ impl Task for Listops {
     }
     fn sample(&self, rng: &mut ChaCha8Rng) -> Sample {
         let mut tokens = Vec::with_capacity(self.max_len());
-        let mut redraws = 0u32;
-        let drawn = loop {
-            if let Some(d) = self.draw(rng, &mut tokens) {
-                break d;
-            }
-            redraws += 1;
-            assert!(
-                redraws < MAX_DRAWS,
-                "listops: no tree accepted in {MAX_DRAWS} draws for {}",
-                self.config()
-            );
-        };
+        let drawn =
+            first_accepted(MAX_DRAWS, || self.draw(rng, &mut tokens)).unwrap_or_else(|| {
+                panic!(
+                    "listops: no tree accepted in {MAX_DRAWS} draws for {}",
+                    self.config()
+                )
+            });
         let tree_len = tokens.len();
         tokens.push(EQ);
         let prompt_len = tokens.len();
         tokens.push(DIG0 + drawn.value);
         tokens.push(EOS);
-        let targets = (prompt_len - 1..tokens.len() - 1)
-            .map(|p| (p as u32, tokens[p + 1]))
-            .collect();
+        let targets = crate::answer_targets(&tokens, prompt_len);
         let mut meta = Map::new();
         meta.insert("depth".into(), json!(drawn.depth));
         meta.insert("ops".into(), json!(drawn.ops));
@@ -339,14 +320,9 @@ impl Task for Listops {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::{assert_rejected, rejection, sets};
     use crate::{build, generate, Split};
     use rand::SeedableRng;
-
-    fn sets(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
 
     /// Independent evaluator over the rendered text: a stack machine. Returns (value, depth,
     /// operator count, max argument count).
@@ -485,45 +461,36 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        let bad = [
-            ("max_depth", "0", "max_depth"),
-            ("max_depth", "21", "max_depth"),
-            ("min_depth", "0", "min_depth"),
-            ("min_depth", "5", "min_depth"),
-            ("max_args", "1", "max_args"),
-            ("max_args", "11", "max_args"),
-            ("op_prob", "0", "op_prob"),
-            ("op_prob", "1.5", "op_prob"),
-            ("max_tokens", "3", "max_tokens"),
-            ("min_tokens", "129", "min_tokens"),
-        ];
-        for (k, v, needle) in bad {
-            let e = build(NAME, Some("mixed"), &[(k.into(), v.into())])
-                .err()
-                .unwrap_or_else(|| panic!("{k}={v} accepted"))
-                .to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{k}={v}: {e}");
-        }
-        let e = build(NAME, Some("depth6"), &sets(&[("max_tokens", "12")]))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("smallest tree"), "{e}");
-        // Feasible by size but (practically) never drawn: a depth-8 spine that must be long.
-        let e = build(
+        assert_rejected(
             NAME,
             Some("mixed"),
-            &sets(&[
+            &[
+                ("max_depth", "0", "max_depth"),
+                ("max_depth", "21", "max_depth"),
+                ("min_depth", "0", "min_depth"),
+                ("min_depth", "5", "min_depth"),
+                ("max_args", "1", "max_args"),
+                ("max_args", "11", "max_args"),
+                ("op_prob", "0", "op_prob"),
+                ("op_prob", "1.5", "op_prob"),
+                ("max_tokens", "3", "max_tokens"),
+                ("min_tokens", "129", "min_tokens"),
+            ],
+        );
+        let e = rejection(NAME, Some("depth6"), &[("max_tokens", "12")]);
+        assert!(e.contains("smallest tree"), "{e}");
+        // Feasible by size but (practically) never drawn: a depth-8 spine that must be long.
+        let e = rejection(
+            NAME,
+            Some("mixed"),
+            &[
                 ("max_depth", "8"),
                 ("min_depth", "8"),
                 ("op_prob", "0.01"),
                 ("max_args", "2"),
                 ("max_tokens", "30"),
-            ]),
-        )
-        .err()
-        .unwrap()
-        .to_string();
+            ],
+        );
         assert!(e.contains("no tree accepted"), "{e}");
         let e = Listops::from_json(json!({"min_depth": 1, "max_depth": 4, "max_args": 5,
             "op_prob": 0.25, "min_tokens": 0, "max_tokens": 128, "max_length": 5}))

@@ -31,9 +31,9 @@
 //! numpy RNG in selective copying is replaced by the example's own rng, and generator edge cases
 //! that could emit an unanswerable target are closed (see each task).
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::draw::{distinct_by_rejection, distinct_by_shuffle};
+use crate::knobs::{parse_config, pinned, to_config_value, Edge, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -71,30 +71,8 @@ pub fn micro_accuracy(pairs: &[(u32, u32)]) -> f64 {
     pairs.iter().filter(|(t, p)| t == p).count() as f64 / pairs.len() as f64
 }
 
-/// A uniform ordered tuple of `n` distinct ids from `lo..hi` (a uniform permutation of size `n`).
-fn motif(rng: &mut ChaCha8Rng, lo: u32, hi: u32, n: usize) -> Vec<u32> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let x = rng.gen_range(lo..hi);
-        if !out.contains(&x) {
-            out.push(x);
-        }
-    }
-    out
-}
-
-fn seq_len_ok(task: &str, seq_len: u32, lo: u32, even: bool) -> Result<(), TaskError> {
-    check(
-        task,
-        (lo..=65_536).contains(&seq_len) && (!even || seq_len % 2 == 0),
-        || {
-            format!(
-                "seq_len = {seq_len} must be {}in {lo}..=65536",
-                if even { "even and " } else { "" }
-            )
-        },
-    )
-}
+/// Largest `seq_len` and `vocab_size` of every MAD task.
+const MAX_KNOB: u32 = 65_536;
 
 // ---------------------------------------------------------------------------------------------
 // recall and noisy-recall
@@ -151,15 +129,15 @@ pub fn recall_info() -> TaskInfo {
         name: "recall",
         about: "MAD in-context recall: recall the value bound to each repeated key",
         defaults: to_config_value(&RecallConfig::default()),
-        levels: vec![
-            ("base", json!({})),
-            ("v32", json!({"vocab_size": 32})),
-            ("v64", json!({"vocab_size": 64})),
-            ("v128", json!({"vocab_size": 128})),
-            ("t256", json!({"seq_len": 256})),
-            ("t512", json!({"seq_len": 512})),
-            ("t1024", json!({"seq_len": 1024})),
-        ],
+        levels: [
+            vec![("base", json!({}))],
+            pinned(&["vocab_size"], &[("v32", 32), ("v64", 64), ("v128", 128)]),
+            pinned(
+                &["seq_len"],
+                &[("t256", 256), ("t512", 512), ("t1024", 1024)],
+            ),
+        ]
+        .concat(),
         default_level: "base",
     }
 }
@@ -169,16 +147,13 @@ pub fn noisy_recall_info() -> TaskInfo {
         name: "noisy-recall",
         about: "MAD noisy in-context recall: recall with noise-token pairs interleaved",
         defaults: to_config_value(&NoisyRecallConfig::default()),
-        levels: vec![
-            ("f20", json!({})),
-            ("f40", json!({"frac_noise": 0.4})),
-            ("f60", json!({"frac_noise": 0.6})),
-            ("f80", json!({"frac_noise": 0.8})),
-            ("v48", json!({"vocab_size": 48})),
-            ("v80", json!({"vocab_size": 80})),
-            ("t256", json!({"seq_len": 256})),
-            ("t512", json!({"seq_len": 512})),
-        ],
+        levels: [
+            vec![("f20", json!({}))],
+            pinned(&["frac_noise"], &[("f40", 0.4), ("f60", 0.6), ("f80", 0.8)]),
+            pinned(&["vocab_size"], &[("v48", 48), ("v80", 80)]),
+            pinned(&["seq_len"], &[("t256", 256), ("t512", 512)]),
+        ]
+        .concat(),
         default_level: "f20",
     }
 }
@@ -207,10 +182,9 @@ pub struct Recall {
 impl Recall {
     pub fn from_json(cfg: Value) -> Result<Self, TaskError> {
         let c: RecallConfig = parse_config("recall", cfg)?;
-        check("recall", (4..=65_536).contains(&c.vocab_size), || {
-            format!("vocab_size = {} must be in 4..=65536", c.vocab_size)
-        })?;
-        seq_len_ok("recall", c.seq_len, 4, true)?;
+        let k = Knobs::new("recall");
+        k.int("vocab_size", c.vocab_size, 4..=MAX_KNOB)?;
+        k.even("seq_len", c.seq_len, 4..=MAX_KNOB)?;
         Ok(Recall {
             name: "recall",
             cfg: to_config_value(&c),
@@ -224,25 +198,21 @@ impl Recall {
     pub fn noisy_from_json(cfg: Value) -> Result<Self, TaskError> {
         let n = "noisy-recall";
         let c: NoisyRecallConfig = parse_config(n, cfg)?;
-        check(n, (8..=65_536).contains(&c.vocab_size), || {
-            format!("vocab_size = {} must be in 8..=65536", c.vocab_size)
+        let k = Knobs::new(n);
+        k.int("vocab_size", c.vocab_size, 8..=MAX_KNOB)?;
+        k.even("seq_len", c.seq_len, 4..=MAX_KNOB)?;
+        k.require((1..=c.vocab_size - 4).contains(&c.noise_vocab_size), || {
+            format!(
+                "noise_vocab_size = {} must be in 1..=vocab_size-4 = 1..={} (at least 2 keys and 2 values)",
+                c.noise_vocab_size,
+                c.vocab_size - 4
+            )
         })?;
-        seq_len_ok(n, c.seq_len, 4, true)?;
-        check(
-            n,
-            c.noise_vocab_size >= 1 && c.noise_vocab_size + 4 <= c.vocab_size,
-            || {
-                format!(
-                    "noise_vocab_size = {} must be in 1..=vocab_size-4 = {} (at least 2 keys and 2 values)",
-                    c.noise_vocab_size,
-                    c.vocab_size - 4
-                )
-            },
-        )?;
-        check(
-            n,
-            c.frac_noise.is_finite() && (0.0..1.0).contains(&c.frac_noise),
-            || format!("frac_noise = {} must be in [0, 1)", c.frac_noise),
+        k.real(
+            "frac_noise",
+            c.frac_noise,
+            Edge::Closed(0.0),
+            Edge::Open(1.0),
         )?;
         Ok(Recall {
             name: "noisy-recall",
@@ -393,14 +363,12 @@ pub fn fuzzy_recall_info() -> TaskInfo {
         about:
             "MAD fuzzy in-context recall: keys and values are multi-token motifs of varying length",
         defaults: to_config_value(&FuzzyRecallConfig::default()),
-        levels: vec![
-            ("base", json!({})),
-            ("v32", json!({"vocab_size": 32})),
-            ("v64", json!({"vocab_size": 64})),
-            ("v128", json!({"vocab_size": 128})),
-            ("t256", json!({"seq_len": 256})),
-            ("t512", json!({"seq_len": 512})),
-        ],
+        levels: [
+            vec![("base", json!({}))],
+            pinned(&["vocab_size"], &[("v32", 32), ("v64", 64), ("v128", 128)]),
+            pinned(&["seq_len"], &[("t256", 256), ("t512", 512)]),
+        ]
+        .concat(),
         default_level: "base",
     }
 }
@@ -427,18 +395,12 @@ impl FuzzyRecall {
     pub fn from_json(cfg: Value) -> Result<Self, TaskError> {
         let n = "fuzzy-recall";
         let c: FuzzyRecallConfig = parse_config(n, cfg)?;
-        check(n, (1..=8).contains(&c.k_motif_size), || {
-            format!("k_motif_size = {} must be in 1..=8", c.k_motif_size)
-        })?;
-        check(n, (1..=8).contains(&c.v_motif_size), || {
-            format!("v_motif_size = {} must be in 1..=8", c.v_motif_size)
-        })?;
-        check(n, (6..=65_536).contains(&c.vocab_size), || {
-            format!("vocab_size = {} must be in 6..=65536", c.vocab_size)
-        })?;
+        let k = Knobs::new(n);
+        k.int("k_motif_size", c.k_motif_size, 1..=8)?;
+        k.int("v_motif_size", c.v_motif_size, 1..=8)?;
+        k.int("vocab_size", c.vocab_size, 6..=MAX_KNOB)?;
         let cc = c.vocab_size - 1;
-        check(
-            n,
+        k.require(
             cc / 2 >= c.k_motif_size && cc - cc / 2 >= c.v_motif_size,
             || {
                 format!(
@@ -451,9 +413,9 @@ impl FuzzyRecall {
                 )
             },
         )?;
-        seq_len_ok(n, c.seq_len, 8, false)?;
+        k.int("seq_len", c.seq_len, 8..=MAX_KNOB)?;
         let m = c.k_motif_size + c.v_motif_size;
-        check(n, c.seq_len > 4 * m, || {
+        k.require(c.seq_len > 4 * m, || {
             format!(
                 "seq_len = {} must exceed 4*(k_motif_size+v_motif_size) = {}",
                 c.seq_len,
@@ -517,11 +479,11 @@ impl Task for FuzzyRecall {
         let t = self.cfg.seq_len as usize;
         let draw_key = |rng: &mut ChaCha8Rng| {
             let n = rng.gen_range(1..=kmax) as usize;
-            motif(rng, klo, mid, n)
+            distinct_by_rejection(rng, klo, mid, n)
         };
         let draw_value = |rng: &mut ChaCha8Rng| {
             let n = rng.gen_range(1..=vmax) as usize;
-            motif(rng, mid, end, n)
+            distinct_by_rejection(rng, mid, end, n)
         };
         let kp = draw_key(rng);
         let vp = draw_value(rng);
@@ -637,15 +599,16 @@ pub fn selective_copy_info() -> TaskInfo {
         name: "selective-copy",
         about: "MAD selective copying: copy the non-blank tokens, in order, after the copy token",
         defaults: to_config_value(&SelectiveCopyConfig::default()),
-        levels: vec![
-            ("copy16", json!({})),
-            ("copy32", json!({"num_tokens_to_copy": 32})),
-            ("copy64", json!({"num_tokens_to_copy": 64})),
-            ("copy96", json!({"num_tokens_to_copy": 96})),
-            ("v32", json!({"vocab_size": 32})),
-            ("t512", json!({"seq_len": 512})),
-            ("t1024", json!({"seq_len": 1024})),
-        ],
+        levels: [
+            vec![("copy16", json!({}))],
+            pinned(
+                &["num_tokens_to_copy"],
+                &[("copy32", 32), ("copy64", 64), ("copy96", 96)],
+            ),
+            pinned(&["vocab_size"], &[("v32", 32)]),
+            pinned(&["seq_len"], &[("t512", 512), ("t1024", 1024)]),
+        ]
+        .concat(),
         default_level: "copy16",
     }
 }
@@ -668,17 +631,11 @@ impl SelectiveCopy {
     pub fn from_json(cfg: Value) -> Result<Self, TaskError> {
         let n = "selective-copy";
         let c: SelectiveCopyConfig = parse_config(n, cfg)?;
-        check(n, (4..=65_536).contains(&c.vocab_size), || {
-            format!("vocab_size = {} must be in 4..=65536", c.vocab_size)
-        })?;
-        check(n, (1..=4096).contains(&c.num_tokens_to_copy), || {
-            format!(
-                "num_tokens_to_copy = {} must be in 1..=4096",
-                c.num_tokens_to_copy
-            )
-        })?;
-        seq_len_ok(n, c.seq_len, 4, false)?;
-        check(n, c.seq_len > 2 * c.num_tokens_to_copy + 1, || {
+        let k = Knobs::new(n);
+        k.int("vocab_size", c.vocab_size, 4..=MAX_KNOB)?;
+        k.int("num_tokens_to_copy", c.num_tokens_to_copy, 1..=4096)?;
+        k.int("seq_len", c.seq_len, 4..=MAX_KNOB)?;
+        k.require(c.seq_len > 2 * c.num_tokens_to_copy + 1, || {
             format!(
                 "seq_len = {} must exceed 2*num_tokens_to_copy+1 = {}",
                 c.seq_len,
@@ -728,12 +685,7 @@ impl Task for SelectiveCopy {
             .map(|_| 1 + rng.gen_range(0..self.cfg.vocab_size - 2))
             .collect();
         // n distinct positions of 0..region (partial Fisher–Yates), then in increasing order.
-        let mut pool: Vec<u32> = (0..region as u32).collect();
-        for i in 0..n {
-            let j = rng.gen_range(i..region);
-            pool.swap(i, j);
-        }
-        let mut pos = pool[..n].to_vec();
+        let mut pos = distinct_by_shuffle(rng, 0, region as u32, n);
         pos.sort_unstable();
         let mut tokens = vec![self.blank(); t];
         for (&p, &c) in pos.iter().zip(&content) {
@@ -802,14 +754,20 @@ pub fn memorize_info() -> TaskInfo {
         name: "memorize",
         about: "MAD memorization: recall a fixed key-to-value map from the weights (nothing in context)",
         defaults: to_config_value(&MemorizeConfig::default()),
-        levels: vec![
-            ("v256", json!({})),
-            ("v512", json!({"vocab_size": 512})),
-            ("v1024", json!({"vocab_size": 1024})),
-            ("v2048", json!({"vocab_size": 2048})),
-            ("v4096", json!({"vocab_size": 4096})),
-            ("v8192", json!({"vocab_size": 8192})),
-        ],
+        levels: [
+            vec![("v256", json!({}))],
+            pinned(
+                &["vocab_size"],
+                &[
+                    ("v512", 512),
+                    ("v1024", 1024),
+                    ("v2048", 2048),
+                    ("v4096", 4096),
+                    ("v8192", 8192),
+                ],
+            ),
+        ]
+        .concat(),
         default_level: "v256",
     }
 }
@@ -834,26 +792,17 @@ impl Memorize {
     pub fn from_json(cfg: Value) -> Result<Self, TaskError> {
         let n = "memorize";
         let c: MemorizeConfig = parse_config(n, cfg)?;
-        check(n, (6..=65_536).contains(&c.vocab_size), || {
-            format!("vocab_size = {} must be in 6..=65536", c.vocab_size)
-        })?;
-        seq_len_ok(n, c.seq_len, 2, true)?;
+        let k = Knobs::new(n);
+        k.int("vocab_size", c.vocab_size, 6..=MAX_KNOB)?;
+        k.even("seq_len", c.seq_len, 2..=MAX_KNOB)?;
         let mut h = Sha256::new();
         h.update(b"lime-bench memorize kv map\0");
         h.update(crate::canonical_json(&to_config_value(&c)).as_bytes());
         let mut rng = ChaCha8Rng::from_seed(h.finalize().into());
         let cc = c.vocab_size - 1;
-        let (nk, vlo) = (cc / 2, cc / 2);
-        let mut values: Vec<u32> = (vlo..cc).collect();
-        for i in 0..nk as usize {
-            let j = rng.gen_range(i..values.len());
-            values.swap(i, j);
-        }
-        values.truncate(nk as usize);
-        Ok(Memorize {
-            cfg: c,
-            map: values,
-        })
+        // Keys 0..cc/2 get distinct values from cc/2..cc (cc/2 ≤ cc − cc/2 values).
+        let map = distinct_by_shuffle(&mut rng, cc / 2, cc, (cc / 2) as usize);
+        Ok(Memorize { cfg: c, map })
     }
     /// The fixed map: `kv_map()[k]` is the value (MAD id) of key `k` (MAD id).
     pub fn kv_map(&self) -> &[u32] {
@@ -927,14 +876,9 @@ impl Task for Memorize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::sets;
     use crate::{build, generate, generate_range, Split};
     use std::collections::HashSet;
-
-    fn sets(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
 
     const TASKS: [&str; 5] = [
         "recall",
@@ -1292,14 +1236,7 @@ mod tests {
             ("recall", "seq_len", "70000", "seq_len"),
         ];
         for (task, k, v, needle) in bad {
-            let e = build(task, None, &[(k.into(), v.into())])
-                .err()
-                .unwrap_or_else(|| panic!("{task} {k}={v} accepted"))
-                .to_string();
-            assert!(
-                e.contains(needle) && !e.contains('\n') && e.contains(task),
-                "{task} {k}={v}: {e}"
-            );
+            crate::knobs::assert_rejected(task, None, &[(k, v, needle)]);
         }
         for task in TASKS {
             let mut cfg = infos()

@@ -23,9 +23,9 @@
 //! [`Task::score`] for this teacher-forced task takes the model's predictions *at the target
 //! positions, in target order* (one token per target) and accepts iff all are right.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::draw::distinct;
+use crate::knobs::{parse_config, pinned, to_config_value, Edge, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -70,13 +70,16 @@ pub fn info() -> TaskInfo {
         name: NAME,
         about: "multi-query associative recall (Zoology): recall each re-queried key's value",
         defaults: to_config_value(&MqarConfig::default()),
-        levels: vec![
-            ("kv4", json!({"num_kv_pairs": 4})),
-            ("kv8", json!({"num_kv_pairs": 8})),
-            ("kv16", json!({"num_kv_pairs": 16})),
-            ("kv32", json!({"num_kv_pairs": 32})),
-            ("kv64", json!({"num_kv_pairs": 64})),
-        ],
+        levels: pinned(
+            &["num_kv_pairs"],
+            &[
+                ("kv4", 4),
+                ("kv8", 8),
+                ("kv16", 16),
+                ("kv32", 32),
+                ("kv64", 64),
+            ],
+        ),
         default_level: "kv16",
     }
 }
@@ -128,37 +131,23 @@ impl Mqar {
     }
 
     pub fn new(c: MqarConfig) -> Result<Self, TaskError> {
-        check(NAME, (8..=1_000_000).contains(&c.vocab_size), || {
-            format!("vocab_size = {} must be in 8..=1000000", c.vocab_size)
-        })?;
-        check(
-            NAME,
-            (8..=65_536).contains(&c.seq_len) && c.seq_len % 2 == 0,
-            || format!("seq_len = {} must be even and in 8..=65536", c.seq_len),
+        let k = Knobs::new(NAME);
+        k.int("vocab_size", c.vocab_size, 8..=1_000_000)?;
+        k.even("seq_len", c.seq_len, 8..=65_536)?;
+        k.int_in(
+            "num_kv_pairs",
+            c.num_kv_pairs,
+            "1..=seq_len/4",
+            1..=c.seq_len / 4,
         )?;
-        check(
-            NAME,
-            c.num_kv_pairs >= 1 && 4 * c.num_kv_pairs <= c.seq_len,
-            || {
-                format!(
-                    "num_kv_pairs = {} must be in 1..=seq_len/4 = {}",
-                    c.num_kv_pairs,
-                    c.seq_len / 4
-                )
-            },
-        )?;
-        check(NAME, c.num_kv_pairs < c.vocab_size / 2, || {
+        k.require(c.num_kv_pairs < c.vocab_size / 2, || {
             format!(
                 "num_kv_pairs = {} must be below vocab_size/2 = {} (distinct keys from 1..vocab_size/2)",
                 c.num_kv_pairs,
                 c.vocab_size / 2
             )
         })?;
-        check(
-            NAME,
-            c.power_a.is_finite() && c.power_a > 0.0 && c.power_a <= 1.0,
-            || format!("power_a = {} must be in (0, 1]", c.power_a),
-        )?;
+        k.real("power_a", c.power_a, Edge::Open(0.0), Edge::Closed(1.0))?;
         let space = ((c.seq_len - 2 * c.num_kv_pairs) / 2) as usize;
         let weights = gap_weights(space, c.power_a);
         let fenwick = fenwick_build(&weights);
@@ -189,28 +178,6 @@ impl Mqar {
     }
     fn is_key(&self, id: u32) -> bool {
         id >= self.key_lo() && id < self.key_hi()
-    }
-
-    /// `n` distinct ids from `lo..hi`, uniformly (ordered draws). Rejection against the ids drawn
-    /// so far when `n` is small relative to the range, partial Fisher–Yates otherwise.
-    fn distinct(rng: &mut ChaCha8Rng, lo: u32, hi: u32, n: usize, out: &mut Vec<u32>) {
-        let range = (hi - lo) as usize;
-        out.clear();
-        if n * 4 <= range {
-            while out.len() < n {
-                let x = rng.gen_range(lo..hi);
-                if !out.contains(&x) {
-                    out.push(x);
-                }
-            }
-        } else {
-            let mut pool: Vec<u32> = (lo..hi).collect();
-            for i in 0..n {
-                let j = rng.gen_range(i..range);
-                pool.swap(i, j);
-            }
-            out.extend_from_slice(&pool[..n]);
-        }
     }
 
     /// `n` distinct gap slots in `0..space`, successive power-law draws without replacement.
@@ -277,11 +244,9 @@ impl Task for Mqar {
         let n = self.cfg.num_kv_pairs as usize;
         let t = self.cfg.seq_len as usize;
         let ctx = 2 * n;
-        let mut keys = Vec::with_capacity(n);
-        let mut values = Vec::with_capacity(n);
+        let keys = distinct(rng, self.key_lo(), self.key_hi(), n);
+        let values = distinct(rng, self.key_hi(), self.cfg.vocab_size, n);
         let mut gaps = Vec::with_capacity(n);
-        Self::distinct(rng, self.key_lo(), self.key_hi(), n, &mut keys);
-        Self::distinct(rng, self.key_hi(), self.cfg.vocab_size, n, &mut values);
         self.gaps(rng, n, &mut gaps);
 
         let mut tokens = vec![FILLER; t];
@@ -323,16 +288,13 @@ impl Task for Mqar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::{assert_rejected, rejection, sets};
     use crate::{build, generate, generate_range, Split};
     use rand::SeedableRng;
     use std::collections::HashMap;
 
-    fn task(sets: &[(&str, &str)]) -> Box<dyn Task> {
-        let sets: Vec<(String, String)> = sets
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        build(NAME, None, &sets).unwrap()
+    fn task(s: &[(&str, &str)]) -> Box<dyn Task> {
+        build(NAME, None, &sets(s)).unwrap()
     }
 
     /// Recompute the answer of an MQAR sequence from its tokens alone: the value that follows each
@@ -452,26 +414,20 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        let bad = [
-            ("vocab_size", "4", "vocab_size"),
-            ("seq_len", "255", "seq_len"),
-            ("seq_len", "6", "seq_len"),
-            ("num_kv_pairs", "0", "num_kv_pairs"),
-            ("num_kv_pairs", "65", "num_kv_pairs"),
-            ("power_a", "0", "power_a"),
-            ("power_a", "1.5", "power_a"),
-        ];
-        for (k, v, needle) in bad {
-            let e = build(NAME, None, &[(k.into(), v.into())])
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{k}={v}: {e}");
-        }
-        let e = build(NAME, None, &[("vocab_size".into(), "16".into())])
-            .err()
-            .unwrap()
-            .to_string();
+        assert_rejected(
+            NAME,
+            None,
+            &[
+                ("vocab_size", "4", "vocab_size"),
+                ("seq_len", "255", "seq_len"),
+                ("seq_len", "6", "seq_len"),
+                ("num_kv_pairs", "0", "num_kv_pairs"),
+                ("num_kv_pairs", "65", "num_kv_pairs"),
+                ("power_a", "0", "power_a"),
+                ("power_a", "1.5", "power_a"),
+            ],
+        );
+        let e = rejection(NAME, None, &[("vocab_size", "16")]);
         assert!(e.contains("vocab_size/2"), "{e}");
         let e = Mqar::from_json(
             json!({"vocab_size": 8192, "seq_len": 256, "num_kv_pairs": 16, "power_a": 0.01, "train_power_a": 0.1}),

@@ -32,9 +32,9 @@
 //! reference's final statement: the sentence `Name is a X.` (sentences) or the token `X`
 //! (symbolic). Anything before that (CoT steps, even wrong ones) is ignored by `score`;
 //! [`Prosqa::path_valid`] checks the steps.
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::draw::first_accepted;
+use crate::knobs::{parse_config, pinned, to_config_value, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -152,12 +152,15 @@ impl Default for ProsqaConfig {
 }
 
 pub fn info() -> TaskInfo {
-    let hops = |h: usize| json!({ "min_hops": h, "max_hops": h });
+    let hops = pinned(
+        &["min_hops", "max_hops"],
+        &[("hops3", 3), ("hops4", 4), ("hops5", 5), ("hops6", 6)],
+    );
     TaskInfo {
         name: NAME,
         about: "ProsQA (Coconut): is <person> a <X> or <Y>? — exactly one is reachable in a DAG of facts",
         defaults: to_config_value(&ProsqaConfig::default()),
-        levels: vec![("mixed", json!({})), ("hops3", hops(3)), ("hops4", hops(4)), ("hops5", hops(5)), ("hops6", hops(6))],
+        levels: [vec![("mixed", json!({}))], hops].concat(),
         default_level: "mixed",
     }
 }
@@ -174,67 +177,28 @@ impl Prosqa {
     }
 
     pub fn new(c: ProsqaConfig) -> Result<Self, TaskError> {
-        check(NAME, (6..=64).contains(&c.min_nodes), || {
-            format!("min_nodes must be in 6..=64, got {}", c.min_nodes)
-        })?;
-        check(
-            NAME,
-            c.max_nodes >= c.min_nodes && c.max_nodes <= 64,
-            || {
-                format!(
-                    "max_nodes must be in min_nodes..=64 ({}..=64), got {}",
-                    c.min_nodes, c.max_nodes
-                )
-            },
+        let k = Knobs::new(NAME);
+        k.int("min_nodes", c.min_nodes, 6..=64)?;
+        k.int_in("max_nodes", c.max_nodes, "min_nodes..=64", c.min_nodes..=64)?;
+        k.int_in(
+            "max_edges",
+            c.max_edges,
+            "max_nodes..=4*max_nodes",
+            c.max_nodes..=4 * c.max_nodes,
         )?;
-        check(
-            NAME,
-            c.max_edges >= c.max_nodes && c.max_edges <= 4 * c.max_nodes,
-            || {
-                format!(
-                    "max_edges must be in max_nodes..=4*max_nodes ({}..={}), got {}",
-                    c.max_nodes,
-                    4 * c.max_nodes,
-                    c.max_edges
-                )
-            },
+        k.int_in("min_hops", c.min_hops, "1..=max_hops", 1..=c.max_hops)?;
+        k.int_in(
+            "max_hops",
+            c.max_hops,
+            "min_hops..=min(8, max_nodes-6)",
+            c.min_hops..=8.min(c.max_nodes - 6),
         )?;
-        check(NAME, c.min_hops >= 1 && c.min_hops <= c.max_hops, || {
-            format!(
-                "min_hops must be in 1..=max_hops ({}), got {}",
-                c.max_hops, c.min_hops
-            )
-        })?;
-        check(
-            NAME,
-            c.max_hops <= 8 && c.max_hops + 6 <= c.max_nodes,
-            || {
-                format!(
-                    "max_hops must be at most 8 and at most max_nodes - 6 ({}), got {}",
-                    c.max_nodes.saturating_sub(6),
-                    c.max_hops
-                )
-            },
-        )?;
-        check(NAME, (4..=PERSONS.len()).contains(&c.person_pool), || {
-            format!(
-                "person_pool must be in 4..={}, got {}",
-                PERSONS.len(),
-                c.person_pool
-            )
-        })?;
-        check(
-            NAME,
-            c.concept_pool + 2 >= c.max_nodes && c.concept_pool <= CONCEPTS.len(),
-            || {
-                format!(
-                    "concept_pool must be in max_nodes-2..={} ({}..={}), got {}",
-                    CONCEPTS.len(),
-                    c.max_nodes - 2,
-                    CONCEPTS.len(),
-                    c.concept_pool
-                )
-            },
+        k.int("person_pool", c.person_pool, 4..=PERSONS.len())?;
+        k.int_in(
+            "concept_pool",
+            c.concept_pool,
+            "max_nodes-2..=64",
+            c.max_nodes - 2..=CONCEPTS.len(),
         )?;
         Ok(Prosqa { cfg: c })
     }
@@ -252,15 +216,12 @@ impl Prosqa {
 
     /// Draw one graph with its question (rejection sampling until the hop count is in range).
     pub fn draw(&self, rng: &mut ChaCha8Rng) -> Item {
-        for _ in 0..MAX_GRAPH_TRIES {
-            if let Some(it) = self.try_draw(rng) {
-                return it;
-            }
-        }
-        panic!(
-            "prosqa: no graph with {}..={} hops in {MAX_GRAPH_TRIES} tries",
-            self.cfg.min_hops, self.cfg.max_hops
-        )
+        first_accepted(MAX_GRAPH_TRIES, || self.try_draw(rng)).unwrap_or_else(|| {
+            panic!(
+                "prosqa: no graph with {}..={} hops in {MAX_GRAPH_TRIES} tries",
+                self.cfg.min_hops, self.cfg.max_hops
+            )
+        })
     }
 
     fn try_draw(&self, rng: &mut ChaCha8Rng) -> Option<Item> {
@@ -720,9 +681,7 @@ impl Task for Prosqa {
         let (mut tokens, answer) = self.encode(&it);
         let prompt_len = tokens.len();
         tokens.extend(answer);
-        let targets = (prompt_len - 1..tokens.len() - 1)
-            .map(|p| (p as u32, tokens[p + 1]))
-            .collect();
+        let targets = crate::answer_targets(&tokens, prompt_len);
         let nm = |v: usize| Value::String(self.token_str(it.names[v]));
         let mut meta = Map::new();
         meta.insert("hops".into(), json!(it.hops));
@@ -774,16 +733,12 @@ impl Task for Prosqa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::sets;
     use crate::{generate, Split};
     use rand::SeedableRng;
 
-    fn task(sets: &[(&str, &str)]) -> Prosqa {
-        let info = info();
-        let sets: Vec<(String, String)> = sets
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Prosqa::from_json(crate::resolve_config(&info, None, &sets).unwrap()).unwrap()
+    fn task(s: &[(&str, &str)]) -> Prosqa {
+        Prosqa::from_json(crate::resolve_config(&info(), None, &sets(s)).unwrap()).unwrap()
     }
 
     /// Writes drawn items in the released data's JSON layout for `bench/prosqa_stats.py`:

@@ -33,9 +33,9 @@
 //! number tokens (rendered `0`, `1`, …), then `names` variable tokens (rendered `X0`, `X1`, …).
 //! Every example has exactly `4·(chains·(hops+1) + distractors) + filler + 3 + 2` tokens.
 
-use crate::{
-    check, parse_config, to_config_value, Example, Metric, Sample, Task, TaskError, TaskInfo,
-};
+use crate::draw::{distinct, shuffle};
+use crate::knobs::{parse_config, pinned, to_config_value, Knobs};
+use crate::{Example, Metric, Sample, Task, TaskError, TaskInfo};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -95,40 +95,16 @@ pub fn info() -> TaskInfo {
         name: NAME,
         about: "variable tracking (RULER): follow a chain of `X = Y` copies to the assigned value",
         defaults: to_config_value(&VartrackConfig::default()),
-        levels: vec![
-            ("hops1", json!({"hops": 1})),
-            ("hops2", json!({"hops": 2})),
-            ("hops4", json!({"hops": 4})),
-            ("hops8", json!({"hops": 8})),
-        ],
+        levels: pinned(
+            &["hops"],
+            &[("hops1", 1), ("hops2", 2), ("hops4", 4), ("hops8", 8)],
+        ),
         default_level: "hops2",
     }
 }
 
 pub struct Vartrack {
     cfg: VartrackConfig,
-}
-
-/// `n` distinct ids from `0..range`, uniformly, in draw order.
-fn distinct(rng: &mut ChaCha8Rng, range: u32, n: usize) -> Vec<u32> {
-    if n * 4 <= range as usize {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let x = rng.gen_range(0..range);
-            if !out.contains(&x) {
-                out.push(x);
-            }
-        }
-        out
-    } else {
-        let mut pool: Vec<u32> = (0..range).collect();
-        for i in 0..n {
-            let j = rng.gen_range(i..range as usize);
-            pool.swap(i, j);
-        }
-        pool.truncate(n);
-        pool
-    }
 }
 
 impl Vartrack {
@@ -138,32 +114,21 @@ impl Vartrack {
     }
 
     pub fn new(c: VartrackConfig) -> Result<Self, TaskError> {
-        check(NAME, (1..=64).contains(&c.hops), || {
-            format!("hops = {} must be in 1..=64", c.hops)
-        })?;
-        check(NAME, (1..=32).contains(&c.chains), || {
-            format!("chains = {} must be in 1..=32", c.chains)
-        })?;
-        check(NAME, c.distractors <= 256, || {
-            format!("distractors = {} must be in 0..=256", c.distractors)
-        })?;
-        check(NAME, c.filler <= 4096, || {
-            format!("filler = {} must be in 0..=4096", c.filler)
-        })?;
-        check(NAME, (2..=10_000).contains(&c.values), || {
-            format!("values = {} must be in 2..=10000", c.values)
-        })?;
-        check(NAME, c.chains <= c.values, || {
+        let k = Knobs::new(NAME);
+        k.int("hops", c.hops, 1..=64)?;
+        k.int("chains", c.chains, 1..=32)?;
+        k.int("distractors", c.distractors, 0..=256)?;
+        k.int("filler", c.filler, 0..=4096)?;
+        k.int("values", c.values, 2..=10_000)?;
+        k.require(c.chains <= c.values, || {
             format!(
                 "chains = {} must not exceed values = {} (chain values are distinct)",
                 c.chains, c.values
             )
         })?;
-        check(NAME, (2..=10_000).contains(&c.names), || {
-            format!("names = {} must be in 2..=10000", c.names)
-        })?;
+        k.int("names", c.names, 2..=10_000)?;
         let vars = c.chains * (c.hops + 1) + c.distractors;
-        check(NAME, vars <= c.names, || {
+        k.require(vars <= c.names, || {
             format!(
                 "names = {} must be at least chains*(hops+1)+distractors = {vars} (every variable is distinct)",
                 c.names
@@ -224,8 +189,8 @@ impl Task for Vartrack {
         let c = &self.cfg;
         let (chains, links) = (c.chains as usize, c.hops as usize + 1);
         let n_stmt = self.statements();
-        let names = distinct(rng, c.names, n_stmt);
-        let chain_values = distinct(rng, c.values, chains);
+        let names = distinct(rng, 0, c.names, n_stmt);
+        let chain_values = distinct(rng, 0, c.values, chains);
         let distractor_values: Vec<u32> = (0..c.distractors)
             .map(|_| rng.gen_range(0..c.values))
             .collect();
@@ -238,10 +203,7 @@ impl Task for Vartrack {
             .flat_map(|k| (0..links).map(move |_| k))
             .chain((0..c.distractors as usize).map(|j| chains + j))
             .collect();
-        for i in (1..labels.len()).rev() {
-            let j = rng.gen_range(0..=i);
-            labels.swap(i, j);
-        }
+        shuffle(rng, &mut labels);
         // Filler: each word goes to gap g in 0..=n_stmt (gap g precedes statement g).
         let mut gaps: Vec<Vec<u32>> = vec![Vec::new(); n_stmt + 1];
         for _ in 0..c.filler {
@@ -280,9 +242,7 @@ impl Task for Vartrack {
         tokens.push(self.value_id(chain_values[q]));
         tokens.push(EOS);
         debug_assert_eq!(tokens.len(), self.max_len());
-        let targets = (prompt_len - 1..tokens.len() - 1)
-            .map(|p| (p as u32, tokens[p + 1]))
-            .collect();
+        let targets = crate::answer_targets(&tokens, prompt_len);
 
         let name_str = |i: u32| self.token_str(self.name_id(i));
         let mut meta = Map::new();
@@ -325,15 +285,10 @@ impl Task for Vartrack {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::{assert_rejected, rejection, sets};
     use crate::{build, generate, Split};
     use rand::SeedableRng;
     use std::collections::HashMap;
-
-    fn sets(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
 
     /// Independent resolver over the rendered prompt text: parse `NAME = RHS ;` statements
     /// (ignoring any other word), then follow the query variable until a number is reached.
@@ -473,32 +428,23 @@ mod tests {
 
     #[test]
     fn range_validation() {
-        let bad = [
-            ("hops", "0", "hops"),
-            ("hops", "65", "hops"),
-            ("chains", "0", "chains"),
-            ("chains", "33", "chains"),
-            ("distractors", "257", "distractors"),
-            ("filler", "5000", "filler"),
-            ("values", "1", "values"),
-            ("names", "1", "names"),
-        ];
-        for (k, v, needle) in bad {
-            let e = build(NAME, None, &[(k.into(), v.into())])
-                .err()
-                .unwrap_or_else(|| panic!("{k}={v} accepted"))
-                .to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{k}={v}: {e}");
-        }
-        let e = build(NAME, Some("hops8"), &sets(&[("chains", "8")]))
-            .err()
-            .unwrap()
-            .to_string();
+        assert_rejected(
+            NAME,
+            None,
+            &[
+                ("hops", "0", "hops"),
+                ("hops", "65", "hops"),
+                ("chains", "0", "chains"),
+                ("chains", "33", "chains"),
+                ("distractors", "257", "distractors"),
+                ("filler", "5000", "filler"),
+                ("values", "1", "values"),
+                ("names", "1", "names"),
+            ],
+        );
+        let e = rejection(NAME, Some("hops8"), &[("chains", "8")]);
         assert!(e.contains("chains*(hops+1)+distractors = 74"), "{e}");
-        let e = build(NAME, None, &sets(&[("chains", "3"), ("values", "2")]))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = rejection(NAME, None, &[("chains", "3"), ("values", "2")]);
         assert!(e.contains("distinct"), "{e}");
         let e = Vartrack::from_json(
             json!({"hops": 2, "chains": 2, "distractors": 2, "filler": 8,
