@@ -24,7 +24,7 @@ fn specs(models: &str, seeds: u64, lrs: &[f64], budget: Option<f64>, level: &str
 }
 
 /// Writes `spec`'s run folder (config.json + result.json) with the given accuracies.
-fn write_run(out: &Path, spec: &RunSpec, val: f64, test: f64, status: RunStatus) {
+pub(crate) fn write_run(out: &Path, spec: &RunSpec, val: f64, test: f64, status: RunStatus) {
     let ok = status == RunStatus::Ok;
     let r = harness::records::RunResult {
         id: spec.id(),

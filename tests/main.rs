@@ -12,6 +12,7 @@ mod models_fused;
 mod models_rivals;
 mod models_variant;
 mod numerics;
+mod reproduce;
 mod runs;
 mod task_contract;
 mod tasks_common;

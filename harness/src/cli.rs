@@ -32,6 +32,8 @@ pub enum Command {
     Leaderboard(crate::leaderboard::LeaderboardArgs),
     /// Run a grid of cells from a TOML plan (tasks x levels x models x seeds x lrs), optionally one shard of it.
     Sweep(crate::sweep::SweepArgs),
+    /// The paper's claims as protocols: train what is missing, then render REPRODUCTION.md from the committed results.
+    Reproduce(crate::reproduce::ReproduceArgs),
     /// Throughput benchmarks: `gen` (examples/s per task), `train` (tokens/s), `decode`.
     Bench(crate::bench::BenchArgs),
     /// One forward+backward step of every model on --device vs the CPU f64 reference (the CUDA test subset, shipped in the binary).
@@ -119,6 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Leaderboard(a)) => crate::leaderboard::run(&a),
         Some(Command::Sweep(a)) => crate::sweep::run(&a),
         Some(Command::Bench(a)) => crate::bench::run(&a),
+        Some(Command::Reproduce(a)) => crate::reproduce::run(&a),
         Some(Command::CheckDevice(a)) => crate::check_device::run(&a),
     }
 }

@@ -45,7 +45,9 @@ pub mod overrides;
 pub mod plots;
 pub mod presets;
 pub mod records;
+pub mod reproduce;
 pub mod spec;
+pub mod stats;
 pub mod sweep;
 pub mod train;
 

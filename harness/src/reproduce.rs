@@ -1,0 +1,314 @@
+//! `harness reproduce`: the LIMe paper's claims as named protocols, trained as ordinary runs and
+//! judged from committed results.
+//!
+//! A [`Claim`] is a set of [`Overrides`] (tasks, levels, shape, budget, ≥ 3 seeds, ≥ 3 learning
+//! rates, the models compared) at CPU scale, and optionally at the paper's GPU scale. Its runs go
+//! through the main job's [`crate::train::run_one`] into `results/reproduction/runs/<id>/`, so each
+//! is cached and resumable, and `reproduce` skips every run already there. The verdict is
+//! rendered only from those folders' `config.json` and `result.json` ([`render`], no clock, no
+//! machine state), so `--render-only` re-renders `REPRODUCTION.md` byte for byte (tested) and the
+//! verdict survives a change of machine. Per (task, level): each model's learning rate is chosen
+//! on val, its test accuracy is the mean ± 95% CI over seeds at that lr, and the challenger's
+//! difference to the baseline gets Welch's t-test ([`crate::stats::welch`]).
+
+use crate::device::device;
+use crate::leaderboard::{load_results, rows, Record, Row};
+use crate::overrides::Overrides;
+use crate::records::RunStatus;
+use crate::spec::RunSpec;
+use crate::stats::welch;
+use crate::train::{run_one, Outcome, RunOptions, WhenBusy};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// Claims, comma-separated [default: every claim].
+    #[arg(long, value_delimiter = ',')]
+    pub claims: Vec<String>,
+    /// Protocol size: `cpu` (fits a 2-core machine) or `gpu` (the paper's sizes, where defined).
+    #[arg(long, value_enum, default_value_t = Scale::Cpu)]
+    pub scale: Scale,
+    /// Train nothing: render the report from the committed results only.
+    #[arg(long)]
+    pub render_only: bool,
+    /// The committed results (run folders under `<results>/runs/`).
+    #[arg(long, default_value = "results/reproduction")]
+    pub results: PathBuf,
+    /// The report.
+    #[arg(long, default_value = "REPRODUCTION.md")]
+    pub out: PathBuf,
+    /// Device for training: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    Cpu,
+    Gpu,
+}
+
+/// One claim of the paper, as a protocol and a comparison.
+pub struct Claim {
+    pub name: &'static str,
+    pub title: &'static str,
+    /// What the paper (or the suite's earlier evidence) reports.
+    pub reported: &'static str,
+    pub baseline: &'static str,
+    pub challenger: &'static str,
+    pub cpu: fn() -> Overrides,
+    /// The paper-sized protocol, for a machine with a GPU.
+    pub gpu: Option<fn() -> Overrides>,
+}
+
+/// Seeds and learning rates of every CPU-scale protocol (the minimum the verdict needs).
+const SEEDS: u64 = 3;
+const LRS: [f64; 3] = [3e-4, 1e-3, 3e-3];
+
+fn mqar_cpu() -> Overrides {
+    Overrides {
+        task: vec!["mqar".into()],
+        level: vec!["kv4".into(), "kv8".into()],
+        models: vec!["llama".into(), "lime".into()],
+        seeds: Some(SEEDS),
+        lr: LRS.to_vec(),
+        ..Overrides::default()
+    }
+}
+
+/// Every claim, in report order.
+pub fn claims() -> Vec<Claim> {
+    vec![Claim {
+        name: "mqar",
+        title: "MQAR: does LIMe recall better than llama at equal FLOPs?",
+        reported: "not a table of the paper; a one-seed PyTorch time-to-99% run of a nearby \
+                   setting took llama 2,850 steps and lime 300",
+        baseline: "llama",
+        challenger: "lime",
+        // The MQAR preset (V256, T64, 2 layers, d=64, 2 heads, batch 128, 6e12 FLOPs per run).
+        cpu: mqar_cpu,
+        gpu: None,
+    }]
+}
+
+fn selected(names: &[String]) -> Result<Vec<Claim>> {
+    let all = claims();
+    if names.is_empty() {
+        return Ok(all);
+    }
+    let known: Vec<&str> = all.iter().map(|c| c.name).collect();
+    for n in names {
+        if !known.contains(&n.as_str()) {
+            bail!("unknown claim `{n}` (known: {})", known.join(", "));
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter(|c| names.iter().any(|n| n == c.name))
+        .collect())
+}
+
+/// The claim's runs at `scale` (`None`: no protocol at that scale).
+pub fn protocol(claim: &Claim, scale: Scale) -> Result<Option<Vec<RunSpec>>> {
+    let o = match scale {
+        Scale::Cpu => Some((claim.cpu)()),
+        Scale::Gpu => claim.gpu.map(|f| f()),
+    };
+    o.map(|o| crate::spec::resolve(&o).with_context(|| format!("claim {}", claim.name)))
+        .transpose()
+}
+
+pub fn run(a: &ReproduceArgs) -> Result<()> {
+    let claims = selected(&a.claims)?;
+    if !a.render_only {
+        let dev = device(&a.device)?;
+        for c in &claims {
+            let Some(specs) = protocol(c, a.scale)? else {
+                eprintln!("claim {}: no {:?}-scale protocol", c.name, a.scale);
+                continue;
+            };
+            for (i, spec) in specs.iter().enumerate() {
+                let opts = RunOptions {
+                    quiet: a.quiet,
+                    when_busy: WhenBusy::Skip,
+                    ..RunOptions::default()
+                };
+                match run_one(spec, &a.results, &dev, opts)? {
+                    Outcome::Done(r) if !a.quiet => eprintln!(
+                        "claim {} run {}/{}: {} {}",
+                        c.name,
+                        i + 1,
+                        specs.len(),
+                        r.id,
+                        r.status
+                    ),
+                    Outcome::Busy => {
+                        eprintln!("{}: held by another process, left to it", spec.id())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let text = render(&claims, &a.results)?;
+    crate::io::write_atomic(&a.out, text.as_bytes())?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// Test accuracies of the row's finished, non-diverged runs (its task, level, model, chosen lr).
+fn accs(records: &[&Record], row: &Row) -> Vec<f64> {
+    records
+        .iter()
+        .filter(|r| r.result.task == row.task && r.result.level == row.level)
+        .filter(|r| r.result.model == row.model && r.result.lr == row.lr)
+        .filter(|r| r.result.status == RunStatus::Ok)
+        .filter_map(|r| r.result.test_acc)
+        .collect()
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map(|v| format!("{:.1}", 100.0 * v))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The verdict of one comparison.
+fn verdict(missing: usize, w: Option<crate::stats::Welch>) -> String {
+    match (missing, w) {
+        (0, Some(w)) if w.diff > 0.0 && w.p < 0.05 => "**reproduced** (same sign, p < 0.05)".into(),
+        (0, Some(w)) if w.diff > 0.0 => "same sign, not significant".into(),
+        (0, Some(w)) if w.diff == 0.0 => "**not reproduced** (no difference)".into(),
+        (0, Some(_)) => "**not reproduced**".into(),
+        (0, None) => "too few runs for a test".into(),
+        (m, _) => format!("incomplete: {m} run(s) of the protocol not yet committed"),
+    }
+}
+
+/// `REPRODUCTION.md` from the committed results of `claims` (a pure function of the files).
+pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
+    let loaded = if results.join("runs").is_dir() {
+        load_results(results)?
+    } else {
+        Default::default()
+    };
+    let mut md = String::from(
+        "# Reproduction: the LIMe paper's claims at matched FLOPs\n\n\
+         Rendered by `harness reproduce --render-only` from the run folders committed under \
+         `results/reproduction/runs/` (each run's `config.json`, `result.json`, `metrics.jsonl`); \
+         re-rendering gives this file byte for byte, and `harness reproduce --claims NAME` trains \
+         whatever a protocol still lacks. Per task and level, each model's learning rate is chosen \
+         on val; test accuracy is the mean ± 95% Student-t CI over seeds at that lr; the \
+         difference challenger − baseline has Welch's 95% CI and two-sided p-value. Verdicts: \
+         *reproduced* (same sign as reported, p < 0.05), *same sign, not significant*, *not \
+         reproduced*.\n",
+    );
+    for c in claims {
+        md += &format!(
+            "\n## {} (`{}`)\n\nReported: {}.\n\n",
+            c.title, c.name, c.reported
+        );
+        let specs = protocol(c, Scale::Cpu)?.unwrap_or_default();
+        let ids: BTreeSet<String> = specs.iter().map(|s| s.id()).collect();
+        let mine: Vec<&Record> = loaded
+            .records
+            .iter()
+            .filter(|r| ids.contains(&r.result.id))
+            .collect();
+        let mut lrs: Vec<f64> = specs.iter().map(|s| s.optim.lr).collect();
+        lrs.sort_by(f64::total_cmp);
+        lrs.dedup();
+        let lrs: Vec<String> = lrs.iter().map(|l| format!("{l:e}")).collect();
+        let seeds: BTreeSet<u64> = specs.iter().map(|s| s.seed).collect();
+        md += &format!(
+            "Protocol (CPU scale): {} runs — tasks {}, models {} vs {}, seeds {}, learning rates \
+             {}, {} per run; {} of them committed.{}\n\n",
+            specs.len(),
+            specs.iter().map(|s| format!("{} {}", s.task, s.level)).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", "),
+            c.challenger,
+            c.baseline,
+            seeds.len(),
+            lrs.join(", "),
+            specs.first().map(|s| format!("{:.1e} FLOPs", s.budget_flops)).unwrap_or_default(),
+            mine.len(),
+            match c.gpu {
+                Some(_) => format!(
+                    " The paper-sized protocol: `harness reproduce --claims {} --scale gpu --device cuda`.",
+                    c.name
+                ),
+                None => String::new(),
+            }
+        );
+        md += "| task | level | model | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | params | FLOPs | wall-clock s |\n";
+        md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+        let owned: Vec<Record> = mine.iter().map(|r| (*r).clone()).collect();
+        let table = rows(&owned);
+        let mut by_level: BTreeMap<(String, String), Vec<&Row>> = BTreeMap::new();
+        for r in &table {
+            by_level
+                .entry((r.task.clone(), r.level.clone()))
+                .or_default()
+                .push(r);
+            md += &format!(
+                "| {} | {} | {} | {:e} | {} | {} ± {} | {} | {} | {:.2e} | {:.0} |\n",
+                r.task,
+                r.level,
+                r.model,
+                r.lr,
+                r.seeds,
+                pct(r.test_mean),
+                pct(r.test_ci95),
+                pct(r.val_mean),
+                r.params,
+                r.flops,
+                r.wall_clock_s
+            );
+        }
+        md += "\n| task | level | difference (pts, 95% CI) | Welch t, df | p | verdict |\n|---|---|---:|---:|---:|---|\n";
+        let levels: BTreeSet<(String, String)> = specs
+            .iter()
+            .map(|s| (s.task.clone(), s.level.clone()))
+            .collect();
+        for (task, level) in levels {
+            let want = specs
+                .iter()
+                .filter(|s| s.task == task && s.level == level)
+                .count();
+            let have = mine
+                .iter()
+                .filter(|r| r.result.task == task && r.result.level == level)
+                .count();
+            let rows_here = by_level.get(&(task.clone(), level.clone()));
+            let pick = |m: &str| rows_here.and_then(|rs| rs.iter().find(|r| r.model == m).copied());
+            let w = match (pick(c.challenger), pick(c.baseline)) {
+                (Some(a), Some(b)) => welch(&accs(&mine, a), &accs(&mine, b)),
+                _ => None,
+            };
+            let (diff, tdf, p) = match w {
+                Some(w) => (
+                    format!("{:+.1} ± {:.1}", 100.0 * w.diff, 100.0 * w.ci95),
+                    format!("{:.2}, {:.1}", w.t, w.df),
+                    format!("{:.3}", w.p),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            md += &format!(
+                "| {task} | {level} | {diff} | {tdf} | {p} | {} |\n",
+                verdict(want - have, w)
+            );
+        }
+        let devices: BTreeSet<&str> = mine.iter().map(|r| r.result.device.as_str()).collect();
+        if !devices.is_empty() {
+            md += &format!(
+                "\nRuns made on: {}.\n",
+                devices.into_iter().collect::<Vec<_>>().join("; ")
+            );
+        }
+    }
+    Ok(md)
+}

@@ -1,0 +1,104 @@
+//! `harness reproduce`: verdicts from committed run folders, rendered byte for byte.
+
+use crate::leaderboard::write_run;
+use harness::records::RunStatus;
+use harness::reproduce::{claims, protocol, render, Scale};
+use std::path::Path;
+
+/// Writes every run of the MQAR claim's protocol, with test accuracy `acc(model, level, seed)` at
+/// lr 1e-3 (best on val) and 0.1 at the other learning rates.
+fn fake_mqar(dir: &Path, acc: impl Fn(&str, &str, u64) -> f64, skip: usize) {
+    let c = &claims()[0];
+    let specs = protocol(c, Scale::Cpu).unwrap().unwrap();
+    for s in specs.iter().skip(skip) {
+        let (val, test) = if s.optim.lr == 1e-3 {
+            (0.9, acc(&s.model, &s.level, s.seed))
+        } else {
+            (0.2, 0.1)
+        };
+        write_run(dir, s, val, test, RunStatus::Ok);
+    }
+}
+
+fn verdict_lines(md: &str) -> Vec<String> {
+    md.lines()
+        .filter(|l| l.starts_with("| mqar | kv") && l.matches('|').count() == 7)
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_mqar_protocol_has_three_seeds_and_three_lrs_per_model() {
+    let specs = protocol(&claims()[0], Scale::Cpu).unwrap().unwrap();
+    for level in ["kv4", "kv8"] {
+        for model in ["llama", "lime"] {
+            let mine: Vec<_> = specs
+                .iter()
+                .filter(|s| s.level == level && s.model == model)
+                .collect();
+            assert_eq!(mine.len(), 9, "{level} {model}");
+            let seeds: std::collections::BTreeSet<u64> = mine.iter().map(|s| s.seed).collect();
+            assert_eq!(seeds.len(), 3);
+        }
+    }
+}
+
+#[test]
+fn verdicts_follow_the_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    // kv4: lime clearly better on every seed; kv8: lime better on average but noisy.
+    fake_mqar(
+        dir.path(),
+        |m, level, seed| match (m, level) {
+            ("lime", "kv4") => 0.9 + 0.01 * seed as f64,
+            ("llama", "kv4") => 0.5 + 0.01 * seed as f64,
+            ("lime", "kv8") => [0.3, 0.9, 0.5][seed as usize],
+            _ => [0.4, 0.45, 0.5][seed as usize],
+        },
+        0,
+    );
+    let md = render(&claims(), dir.path()).unwrap();
+    let v = verdict_lines(&md);
+    assert_eq!(v.len(), 2, "{md}");
+    // se = sqrt(2 · 0.01² / 3), df 4: 2.776 · 0.816 = 2.3 points.
+    assert!(v[0].contains("| +40.0 ± 2.3 |"), "{}", v[0]);
+    assert!(v[0].contains("**reproduced**"), "{}", v[0]);
+    assert!(v[1].contains("same sign, not significant"), "{}", v[1]);
+    // The chosen lr is the one best on val, with its three seeds.
+    assert!(
+        md.contains("| mqar | kv4 | lime | 1e-3 | 3 | 91.0 ± "),
+        "{md}"
+    );
+    // Byte-identical on a second render.
+    assert_eq!(md, render(&claims(), dir.path()).unwrap());
+}
+
+#[test]
+fn a_worse_challenger_is_not_reproduced_and_missing_runs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_mqar(
+        dir.path(),
+        |m, _, seed| if m == "lime" { 0.3 } else { 0.6 } + 0.01 * seed as f64,
+        0,
+    );
+    let v = verdict_lines(&render(&claims(), dir.path()).unwrap());
+    assert!(v.iter().all(|l| l.contains("**not reproduced**")), "{v:?}");
+
+    let partial = tempfile::tempdir().unwrap();
+    fake_mqar(partial.path(), |_, _, _| 0.5, 3);
+    let v = verdict_lines(&render(&claims(), partial.path()).unwrap());
+    assert!(v[0].contains("incomplete: 3 run(s)"), "{v:?}");
+}
+
+/// The committed REPRODUCTION.md is exactly what the committed results render to (nobody edits
+/// it, or a result, by hand; re-render with `harness reproduce --render-only` after committing runs).
+#[test]
+fn committed_reproduction_md_re_renders_byte_for_byte() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let committed = std::fs::read_to_string(root.join("REPRODUCTION.md")).unwrap();
+    let fresh = render(&claims(), &root.join("results/reproduction")).unwrap();
+    assert!(
+        committed == fresh,
+        "REPRODUCTION.md differs from a render of results/reproduction: run `harness reproduce --render-only`"
+    );
+}
