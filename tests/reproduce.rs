@@ -102,3 +102,34 @@ fn committed_reproduction_md_re_renders_byte_for_byte() {
         "REPRODUCTION.md differs from a render of results/reproduction: run `harness reproduce --render-only`"
     );
 }
+
+/// `harness rerun` retrains a run from its config.json alone: equal to the saved result, and a
+/// saved figure that no training produced is reported as a difference (non-zero exit).
+#[test]
+fn rerun_checks_a_saved_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = crate::cli::three_tiny_steps(
+        "mqar",
+        &["lime".to_string()],
+        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
+        2,
+        dir.path(),
+    );
+    let spec = &harness::spec::resolve(&args).unwrap()[0];
+    crate::cli::train_to_done(spec, dir.path());
+    let run_dir = dir.path().join("runs").join(spec.id());
+    let o = crate::cli::run(&["rerun", run_dir.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("reproduced"));
+
+    let path = run_dir.join("result.json");
+    let mut r: harness::records::RunResult =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    r.test_acc = r.test_acc.map(|x| x + 0.25);
+    std::fs::write(&path, serde_json::to_string(&r).unwrap()).unwrap();
+    let o = crate::cli::run(&["rerun", run_dir.to_str().unwrap(), "--quiet"]);
+    assert!(!o.status.success());
+    let err = crate::cli::stderr(&o);
+    assert!(err.contains("the rerun differs: test_acc: saved"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -34,6 +34,8 @@ pub enum Command {
     Sweep(crate::sweep::SweepArgs),
     /// The paper's claims as protocols: train what is missing, then render REPRODUCTION.md from the committed results.
     Reproduce(crate::reproduce::ReproduceArgs),
+    /// Retrain a saved run from its config.json alone and check the result equals the saved one.
+    Rerun(crate::rerun::RerunArgs),
     /// Throughput benchmarks: `gen` (examples/s per task), `train` (tokens/s), `decode`.
     Bench(crate::bench::BenchArgs),
     /// One forward+backward step of every model on --device vs the CPU f64 reference (the CUDA test subset, shipped in the binary).
@@ -122,6 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Sweep(a)) => crate::sweep::run(&a),
         Some(Command::Bench(a)) => crate::bench::run(&a),
         Some(Command::Reproduce(a)) => crate::reproduce::run(&a),
+        Some(Command::Rerun(a)) => crate::rerun::run(&a),
         Some(Command::CheckDevice(a)) => crate::check_device::run(&a),
     }
 }

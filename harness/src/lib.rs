@@ -46,6 +46,7 @@ pub mod plots;
 pub mod presets;
 pub mod records;
 pub mod reproduce;
+pub mod rerun;
 pub mod spec;
 pub mod stats;
 pub mod sweep;
