@@ -159,6 +159,14 @@ pub fn run(a: &ReproduceArgs) -> Result<()> {
     let text = render(&claims, &a.results)?;
     crate::io::write_atomic(&a.out, text.as_bytes())?;
     eprintln!("wrote {}", a.out.display());
+    if a.results.join("runs").is_dir() {
+        // The leaderboard and its figures of every committed run, beside the run folders.
+        crate::job::write_report(&a.results)?;
+        eprintln!(
+            "wrote {}/leaderboard.md and its figures",
+            a.results.display()
+        );
+    }
     Ok(())
 }
 
@@ -301,6 +309,21 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
                 "| {task} | {level} | {diff} | {tdf} | {p} | {} |\n",
                 verdict(want - have, w)
             );
+        }
+        if !mine.is_empty() {
+            let tasks: BTreeSet<&str> = specs.iter().map(|s| s.task.as_str()).collect();
+            md += "\nFigures (all committed runs, written by the same command): ";
+            md += &tasks
+                .iter()
+                .map(|t| {
+                    format!(
+                        "[{t} accuracy by level](results/reproduction/{t}-accuracy-vs-level.svg), \
+                         [{t} loss vs FLOPs](results/reproduction/{t}-loss-vs-flops.svg)"
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            md += ".\n";
         }
         let devices: BTreeSet<&str> = mine.iter().map(|r| r.result.device.as_str()).collect();
         if !devices.is_empty() {
