@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Commit the finished runs under results/reproduction/runs/ (config.json, result.json,
+# metrics.jsonl; never checkpoints) together with the REPRODUCTION.md, leaderboard and figures
+# rendered from exactly that set — so the committed report always re-renders byte for byte
+# (tests/reproduce.rs), even while `harness reproduce` is still training the next run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${HARNESS:-target/release/harness}
+snap=$(mktemp -d)
+trap 'rm -rf "$snap"' EXIT
+mkdir -p "$snap/runs"
+n=0
+for d in results/reproduction/runs/*/; do
+  [ -f "$d/result.json" ] || continue # still training
+  id=$(basename "$d")
+  mkdir -p "$snap/runs/$id"
+  cp "$d/config.json" "$d/result.json" "$d/metrics.jsonl" "$snap/runs/$id/"
+  n=$((n + 1))
+done
+"$bin" reproduce --render-only --results "$snap" --out REPRODUCTION.md
+cp "$snap"/leaderboard.* "$snap"/*.svg results/reproduction/ 2>/dev/null || true
+git add REPRODUCTION.md results/reproduction/leaderboard.* results/reproduction/*.svg
+for d in "$snap"/runs/*/; do
+  id=$(basename "$d")
+  [ -f "$d/router-heatmap.svg" ] && cp "$d/router-heatmap.svg" "results/reproduction/runs/$id/"
+  git add results/reproduction/runs/"$id"/{config.json,result.json,metrics.jsonl}
+  [ -f "$d/router-heatmap.svg" ] && git add "results/reproduction/runs/$id/router-heatmap.svg"
+done
+git commit -q -m "results: $n finished reproduction runs and the REPRODUCTION.md they render to" \
+  -m "Rendered by scripts/commit-reproduction.sh (harness reproduce --render-only) from exactly the committed run folders."
+echo "committed $n runs"
