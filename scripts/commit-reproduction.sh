@@ -22,9 +22,11 @@ cp "$snap"/leaderboard.* "$snap"/*.svg results/reproduction/ 2>/dev/null || true
 git add REPRODUCTION.md results/reproduction/leaderboard.* results/reproduction/*.svg
 for d in "$snap"/runs/*/; do
   id=$(basename "$d")
-  [ -f "$d/router-heatmap.svg" ] && cp "$d/router-heatmap.svg" "results/reproduction/runs/$id/"
   git add results/reproduction/runs/"$id"/{config.json,result.json,metrics.jsonl}
-  [ -f "$d/router-heatmap.svg" ] && git add "results/reproduction/runs/$id/router-heatmap.svg"
+  if [ -f "$d/router-heatmap.svg" ]; then
+    cp "$d/router-heatmap.svg" "results/reproduction/runs/$id/"
+    git add "results/reproduction/runs/$id/router-heatmap.svg"
+  fi
 done
 git commit -q -m "results: $n finished reproduction runs and the REPRODUCTION.md they render to" \
   -m "Rendered by scripts/commit-reproduction.sh (harness reproduce --render-only) from exactly the committed run folders."
