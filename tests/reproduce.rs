@@ -66,7 +66,7 @@ fn verdicts_follow_the_evidence() {
     assert!(v[1].contains("same sign, not significant"), "{}", v[1]);
     // The chosen lr is the one best on val, with its three seeds.
     assert!(
-        md.contains("| mqar | kv4 | lime | 1e-3 | 3 | 91.0 ± "),
+        md.contains("| mqar | kv4 | lime | 3 | 1e-3 | 3 | 91.0 ± "),
         "{md}"
     );
     // Byte-identical on a second render.

@@ -252,8 +252,8 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
                 None => String::new(),
             }
         );
-        md += "| task | level | model | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | params | FLOPs | wall-clock s |\n";
-        md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+        md += "| task | level | model | lrs tried | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | params | FLOPs | wall-clock s |\n";
+        md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         let owned: Vec<Record> = mine.iter().map(|r| (*r).clone()).collect();
         let table = rows(&owned);
         let mut by_level: BTreeMap<(String, String), Vec<&Row>> = BTreeMap::new();
@@ -262,11 +262,18 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
                 .entry((r.task.clone(), r.level.clone()))
                 .or_default()
                 .push(r);
+            let tried: BTreeSet<String> = mine
+                .iter()
+                .filter(|x| x.result.task == r.task && x.result.level == r.level)
+                .filter(|x| x.result.model == r.model)
+                .map(|x| format!("{:e}", x.result.lr))
+                .collect();
             md += &format!(
-                "| {} | {} | {} | {:e} | {} | {} ± {} | {} | {} | {:.2e} | {:.0} |\n",
+                "| {} | {} | {} | {} | {:e} | {} | {} ± {} | {} | {} | {:.2e} | {:.0} |\n",
                 r.task,
                 r.level,
                 r.model,
+                tried.len(),
                 r.lr,
                 r.seeds,
                 pct(r.test_mean),
