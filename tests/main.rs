@@ -9,6 +9,7 @@ mod leaderboard;
 mod models_accounting;
 mod models_correctness;
 mod models_fused;
+mod models_pack;
 mod models_rivals;
 mod models_variant;
 mod numerics;

@@ -8,7 +8,8 @@
 //! counts, and the [`Connection`] that drives the skeleton's blocks — behind the [`VariantDef`]
 //! trait. [`Variant::ALL`] (`registry.rs`) lists the built-ins, one line each; nothing else
 //! matches on variants. The numerics come from [`ops`] in one [`Backend`] chosen when the model
-//! is built: the composed candle reference or the fused f32 CPU kernels of [`fused`].
+//! is built: the composed candle reference or the fused f32 CPU kernels of [`fused`]. Runs of one
+//! shape can be trained as one model ([`pack`]: a leading run axis on every parameter).
 //!
 //! ```ignore
 //! let (varmap, model) = models::init_varmap(&cfg, seed, DType::F32, &Device::Cpu)?;
@@ -39,6 +40,7 @@ pub mod lime_dynamic;
 pub mod lime_family;
 pub mod llama;
 pub mod ops;
+pub mod pack;
 mod registry;
 pub mod resformer;
 pub mod variant;

@@ -78,6 +78,9 @@ impl VariantDef for Lime {
     fn param_group(&self, name: &str) -> Option<ParamGroup> {
         router_group(name)
     }
+    fn packable(&self) -> bool {
+        true // `Full` mixes per run
+    }
     fn extra_params(&self, cfg: &Config) -> i64 {
         (routed_blocks(cfg.n_layers) * sq(cfg.n_kv_heads)) as i64
     }
@@ -94,6 +97,13 @@ pub struct Full(pub Tensor);
 impl Mix for Full {
     fn mix(&self, all: &Tensor, _x: &Tensor, backend: Backend) -> Result<Tensor> {
         let (s, b, t, kv) = all.dims4()?;
+        if self.0.rank() == 3 {
+            // Packed (crate::pack): W (P,R,S), rows b run-major; one batched product per run.
+            let (p, r, _) = self.0.dims3()?;
+            let per_run = all.reshape((s, p, (b / p) * t * kv))?.transpose(0, 1)?; // (P,S,N)
+            let routed = self.0.matmul(&per_run.contiguous()?)?; // (P,R,N)
+            return routed.transpose(0, 1)?.reshape((r, b, t, kv)); // (R,P·B,T,2d_h)
+        }
         let r = self.0.dim(0)?;
         let routed = ops::depth_mix(backend, &self.0, &all.reshape((s, b * t * kv))?)?; // (R,N)
         routed.reshape((r, b, t, kv))
@@ -102,7 +112,7 @@ impl Mix for Full {
         Ok(self.0.clone())
     }
     fn full(&self) -> Option<&Tensor> {
-        Some(&self.0)
+        (self.0.rank() == 2).then_some(&self.0) // packed routers take the composed path
     }
 }
 

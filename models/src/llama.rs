@@ -104,8 +104,35 @@ impl Proj {
     }
 }
 
+impl Proj {
+    /// Run `p`'s projection of a packed weight (P, out, in).
+    fn run(&self, p: usize) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.get(p)?,
+            compute: self.compute,
+        })
+    }
+}
+
 impl Module for Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.weight.rank() == 3 {
+            // Packed (crate::pack): weight (P,out,in); x (P·B, …, in), run-major rows.
+            let (p, out_dim, in_dim) = self.weight.dims3()?;
+            let mut dims = x.dims().to_vec();
+            let rows = x.elem_count() / (p * in_dim);
+            let x = x.reshape((p, rows, in_dim))?; // (P, rows, in)
+            let w = self.weight.transpose(1, 2)?; // (P, in, out)
+            let y = match self.compute {
+                None => x.matmul(&w)?,
+                Some(dt) => x
+                    .to_dtype(dt)?
+                    .matmul(&w.to_dtype(dt)?)?
+                    .to_dtype(x.dtype())?,
+            }; // (P, rows, out)
+            *dims.last_mut().expect("rank ≥ 1") = out_dim;
+            return y.reshape(dims);
+        }
         match self.compute {
             None => Linear::new(self.weight.clone(), None).forward(x),
             Some(dt) => Linear::new(self.weight.to_dtype(dt)?, None)
@@ -518,6 +545,8 @@ pub struct Model {
     dtype: DType,
     device: Device,
     backend: Backend,
+    /// Runs packed into this model ([`crate::pack`]): 1 for an ordinary model.
+    pack: usize,
 }
 
 impl Model {
@@ -540,6 +569,18 @@ impl Model {
         let embed_w = vb
             .pp("embed_tokens")
             .get((cfg.vocab_size, cfg.d_model), "weight")?;
+        // A packed var builder hands out every parameter with a leading run axis (crate::pack).
+        let pack = if embed_w.rank() == 3 {
+            embed_w.dim(0)?
+        } else {
+            1
+        };
+        if pack > 1 && !def.packable() {
+            bail!(
+                "model `{}` cannot be trained packed (its connection has no run axis); run it without --pack",
+                def.name()
+            );
+        }
         let embed_tokens = Embedding::new(embed_w.clone(), cfg.d_model);
         let blocks = (0..cfg.n_layers)
             .map(|l| Block::new(cfg, vb.pp("layers").pp(l), backend))
@@ -563,6 +604,7 @@ impl Model {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             backend,
+            pack,
         })
     }
 
@@ -576,6 +618,11 @@ impl Model {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// How many runs this model packs ([`crate::pack`]); 1 for an ordinary model.
+    pub fn pack(&self) -> usize {
+        self.pack
     }
 
     /// The backend this model runs (after [`Backend::resolve`]).
@@ -616,6 +663,15 @@ impl Model {
     /// The LM head: hidden (..., D) → logits (..., V).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
+    }
+
+    /// Run `p`'s LM head in a packed model (the LM head itself when unpacked): hidden (..., D)
+    /// of that run only → logits (..., V).
+    pub fn lm_head_of(&self, p: usize, hidden: &Tensor) -> Result<Tensor> {
+        match self.pack {
+            1 => self.lm_head(hidden),
+            _ => self.lm_head.run(p)?.forward(hidden),
+        }
     }
 
     /// Mean cross-entropy of logits (N, V) against targets (N,) u32, in this model's backend.
@@ -663,10 +719,32 @@ impl Model {
             cache,
             trace,
         };
-        let x = self.embed_tokens.forward(ids)?; // (B,T,D)
+        let x = self.embed(ids)?; // (B,T,D)
         pass.record(&x);
         let x = self.connection.run(&self.blocks, x, &mut pass)?; // the variant's depth loop
         self.norm.forward(&x) // (B,T,D)
+    }
+
+    /// ids (B,T) → embeddings (B,T,D); packed, rows are run-major (P·B, T) and row r of run
+    /// r / B looks up its own run's table.
+    #[allow(clippy::manual_is_multiple_of)] // MSRV
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        if self.pack == 1 {
+            return self.embed_tokens.forward(ids);
+        }
+        let (rows, t) = ids.dims2()?;
+        let w = self.embed_tokens.embeddings(); // (P,V,D)
+        let (p, v, d) = w.dims3()?;
+        if rows % p != 0 {
+            bail!("packed model of {p} runs given {rows} rows (not a multiple)");
+        }
+        let b = rows / p;
+        let offsets: Vec<u32> = (0..rows).map(|r| ((r / b) * v) as u32).collect();
+        let offsets = Tensor::from_vec(offsets, (rows, 1), ids.device())?;
+        let flat = ids.broadcast_add(&offsets)?.flatten_all()?; // (P·B·T,) rows of (P·V, D)
+        w.reshape((p * v, d))?
+            .index_select(&flat, 0)?
+            .reshape((rows, t, d)) // (P·B,T,D)
     }
 
     /// The variant's mixing weights per layer ([`Connection::mixing_weights`]): LIMe's static
@@ -716,6 +794,9 @@ impl VariantDef for Llama {
     }
     fn build(&self, _: &Config, _: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
         Ok(Arc::new(Residual))
+    }
+    fn packable(&self) -> bool {
+        true // no parameters of its own
     }
     fn init(&self, _: &str, _: &Shape, _: &mut ChaCha8Rng) -> Option<Result<Vec<f64>>> {
         None

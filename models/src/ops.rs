@@ -51,6 +51,13 @@ impl Backend {
 
 /// RMSNorm over the last dim: `x / sqrt(mean(x²) + eps) * w`.
 pub fn rms_norm(b: Backend, x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if w.rank() == 2 {
+        // Packed (crate::pack): w (P, D), x (P·B, …, D) run-major; normalise, then each run's gain.
+        let (p, d) = w.dims2()?;
+        let unit = rms_norm(b, x, &Tensor::ones(d, w.dtype(), w.device())?, eps)?;
+        let scaled = unit.reshape((p, (), d))?.broadcast_mul(&w.unsqueeze(1)?)?; // (P, rows, D)
+        return scaled.reshape(x.shape());
+    }
     if b.is_fused() {
         return crate::fused::rms_norm(x, w, eps);
     }

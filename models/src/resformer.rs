@@ -49,6 +49,9 @@ impl VariantDef for ResFormer {
     fn build(&self, _: &Config, _: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
         Ok(Arc::new(*self))
     }
+    fn packable(&self) -> bool {
+        true // no parameters; the mix is per row
+    }
     fn extra_params(&self, _: &Config) -> i64 {
         0
     }

@@ -51,6 +51,13 @@ pub trait VariantDef: std::any::Any + Send + Sync {
     /// root, so names read `layers.{l}.…`).
     fn build(&self, cfg: &Config, vb: &VarBuilder, backend: Backend)
         -> Result<Arc<dyn Connection>>;
+    /// Whether the connection runs packed ([`crate::pack`]): built from a var builder that
+    /// hands out every parameter with a leading run axis (P, …) and fed run-major rows
+    /// (P·B, T, D), it applies run p's parameters to run p's rows. `false` (the default) makes
+    /// the harness train the variant's runs one after another.
+    fn packable(&self) -> bool {
+        false
+    }
     /// Whether the blocks' RMSNorms carry a learned gain (Hyper-Connections' do not).
     fn norm_gain(&self) -> bool {
         true
