@@ -13,6 +13,7 @@ mod models_pack;
 mod models_rivals;
 mod models_variant;
 mod numerics;
+mod pack;
 mod reproduce;
 mod runs;
 mod task_contract;

@@ -31,6 +31,12 @@ pub struct BenchArgs {
     /// Matmul precision for `train`/`decode` (bf16 needs a GPU).
     #[arg(long, value_enum, default_value_t = crate::spec::Precision::F32)]
     pub precision: crate::spec::Precision,
+    /// Pack sizes for `sweep` (comma-separated) [default: 1,4,16].
+    #[arg(long, value_delimiter = ',')]
+    pub packs: Vec<usize>,
+    /// Task whose default cell `sweep` trains [default: mqar].
+    #[arg(long, default_value = "mqar")]
+    pub task: String,
     /// `fused` or `reference` building blocks (`bench train`, `bench generate`).
     #[arg(long, default_value = "fused", value_parser = crate::overrides::parse_backend)]
     pub backend: models::Backend,
@@ -41,6 +47,9 @@ pub enum BenchWhat {
     Gen,
     Train,
     Decode,
+    /// Packed runs (`--pack`): the default cell of `--task` (seeds 0..N) one run per step vs N
+    /// packed into one step, at each of `--packs`.
+    Sweep,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -242,6 +251,117 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
     ))
 }
 
+/// `bench sweep`: the training step of N runs of the task's default cell (seeds 0..N, real
+/// batches of each seed's stream) packed into one model, against one run's step; the cost of N
+/// runs packed is N_packed_step / one_step, sequential it is N.
+fn bench_sweep(a: &BenchArgs, dev: &Device) -> Result<String> {
+    let peak = gemm_rate(dev)?;
+    let packs = if a.packs.is_empty() {
+        vec![1, 4, 16]
+    } else {
+        a.packs.clone()
+    };
+    let model_names = if a.models.is_empty() {
+        vec!["lime".to_string()]
+    } else {
+        a.models.clone()
+    };
+    let mut rows = Vec::new();
+    for m in &model_names {
+        let most = packs.iter().copied().max().unwrap_or(1).max(1);
+        let o = crate::overrides::Overrides {
+            task: vec![a.task.clone()],
+            models: vec![m.clone()],
+            seeds: Some(most as u64),
+            backend: a.backend,
+            ..Default::default()
+        };
+        let specs = crate::spec::resolve(&o)?;
+        let task = crate::train::task_from_spec(&specs[0])?;
+        let digest = tasks::config_digest(task.as_ref());
+        let mut one = None;
+        for &n in &packs {
+            if n == 0 {
+                bail!("--packs: a pack holds at least 1 run");
+            }
+            let members = &specs[..n];
+            let weights = members
+                .iter()
+                .map(|s| {
+                    let (vm, _) =
+                        models::init_model(&s.model_config, s.seed, DType::F32, dev, a.backend)?;
+                    Ok(models::state_dict(&vm)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let varmap = models::pack::stack(&weights)?;
+            let model = models::pack::model(&specs[0].model_config, &varmap, n, a.backend)?;
+            let mut opt = crate::optim::AdamW::packed(
+                &varmap,
+                specs[0].model_config.variant,
+                &specs[0].optim,
+                n,
+            )?;
+            let lrs: Vec<Option<f64>> = members.iter().map(|s| Some(s.optim.lr)).collect();
+            let mut times = Vec::new();
+            for k in 0..a.warmup + a.repeats.max(1) {
+                let batches = members
+                    .iter()
+                    .map(|s| {
+                        let ex = crate::train::train_batch(task.as_ref(), &digest, s, k as u64);
+                        crate::eval::make_batch(task.as_ref(), &ex, s.seq_len, dev)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let r = crate::train::step_pack(&model, &mut opt, &batches, &lrs, true)?;
+                if k >= a.warmup {
+                    times.push(r.seconds.iter().sum::<f64>());
+                }
+            }
+            let s = median(times);
+            let one_s = *one.get_or_insert(if n == 1 { s } else { f64::NAN });
+            let flops = n as f64 * specs[0].flops_per_step;
+            rows.push(vec![
+                m.clone(),
+                n.to_string(),
+                format!("{:.1}", s * 1e3),
+                format!("{:.2}", s / one_s),
+                format!("{:.2}x", n as f64 * one_s / s),
+                format!("{:.1}", flops / s / 1e9),
+                format!("{:.0}%", 100.0 * flops / s / 1e9 / peak),
+            ]);
+        }
+    }
+    let s0 = crate::spec::resolve(&crate::overrides::Overrides {
+        task: vec![a.task.clone()],
+        models: vec![model_names[0].clone()],
+        ..Default::default()
+    })?
+    .remove(0);
+    Ok(md(
+        &[
+            "model",
+            "runs packed N",
+            "ms/step",
+            "cost of N runs / one run",
+            "speed-up vs N sequential",
+            "GFLOP/s (model FLOPs)",
+            "of GEMM rate",
+        ],
+        rows,
+    ) + &format!(
+        "task {} default cell (batch {}, T {}, {:.3e} FLOPs per run-step); device: {}; backend: {}; CPU: {}; median of {} steps after {} warm-up; GEMM rate (best 1024^3 f32 matmul) {:.0} GFLOP/s; evaluation not included (see BENCHMARKS.md for whole runs)\n",
+        a.task,
+        s0.batch_size,
+        s0.seq_len,
+        s0.flops_per_step,
+        crate::device::device_name(dev),
+        a.backend.name(),
+        cpu_model(),
+        a.repeats,
+        a.warmup,
+        peak
+    ))
+}
+
 fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
     let model_names = if a.models.is_empty() {
         vec!["llama".to_string(), "lime".into()]
@@ -305,6 +425,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Gen => bench_gen(a)?,
         BenchWhat::Train => bench_train(a, &dev)?,
         BenchWhat::Decode => bench_decode(a, &dev)?,
+        BenchWhat::Sweep => bench_sweep(a, &dev)?,
     };
     print!("{out}");
     Ok(())

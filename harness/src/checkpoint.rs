@@ -3,7 +3,6 @@
 //! leaves a checkpoint to resume from.
 
 use crate::io::{read_json, write_atomic, write_json};
-use crate::optim::AdamW;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -19,22 +18,6 @@ pub(crate) struct TrainState {
     pub best_step: Option<u64>,
     pub elapsed_s: f64,
     pub last_loss: Option<f64>,
-}
-
-pub(crate) fn weights_of(varmap: &candle_nn::VarMap) -> Result<HashMap<String, Tensor>> {
-    let data = varmap.data().lock().expect("varmap lock");
-    data.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
-        .collect()
-}
-
-pub(crate) fn set_weights(varmap: &candle_nn::VarMap, w: &HashMap<String, Tensor>) -> Result<()> {
-    let data = varmap.data().lock().expect("varmap lock");
-    for (k, v) in data.iter() {
-        let t = w.get(k).with_context(|| format!("checkpoint lacks {k}"))?;
-        v.set(&t.to_device(v.device())?)?;
-    }
-    Ok(())
 }
 
 pub(crate) fn save_tensors(path: &Path, map: &HashMap<String, Tensor>) -> Result<()> {
@@ -57,16 +40,16 @@ pub(crate) fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<Strin
 /// leaves either `ckpt/` or a complete `ckpt-new-<pid>/` (found by [`find_checkpoint`]).
 pub(crate) fn save_checkpoint(
     dir: &Path,
-    varmap: &candle_nn::VarMap,
-    opt: &AdamW,
+    weights: &HashMap<String, Tensor>,
+    optim: &HashMap<String, Tensor>,
     best: &Option<HashMap<String, Tensor>>,
     st: &TrainState,
 ) -> Result<()> {
     let new = dir.join(format!("{CKPT_NEW}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&new);
     std::fs::create_dir_all(&new).with_context(|| format!("cannot create {}", new.display()))?;
-    save_tensors(&new.join("weights.safetensors"), &weights_of(varmap)?)?;
-    save_tensors(&new.join("optim.safetensors"), &opt.state())?;
+    save_tensors(&new.join("weights.safetensors"), weights)?;
+    save_tensors(&new.join("optim.safetensors"), optim)?;
     if let Some(b) = best {
         save_tensors(&new.join("best.safetensors"), b)?;
     }

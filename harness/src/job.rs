@@ -6,7 +6,7 @@
 use crate::device::device;
 use crate::overrides::Overrides;
 use crate::spec::RunSpec;
-use crate::train::{run_one, Outcome, RunOptions, WhenBusy};
+use crate::train::{run_all, Outcome, RunOptions, WhenBusy};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::Path;
@@ -68,18 +68,24 @@ pub fn main_job(a: &RunArgs) -> Result<()> {
         print!("{}", plan_table(&specs));
         return Ok(());
     }
+    a.run.pack()?;
     let dev = device(a.run.device())?;
     a.run.precision.check_device(&dev)?;
     let out = a.run.out();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    for spec in &specs {
-        let opts = RunOptions {
-            quiet: a.quiet,
-            force: a.force,
-            stop_after: a.stop_after,
-            when_busy: WhenBusy::Wait,
-        };
-        match run_one(spec, &out, &dev, opts)? {
+    let opts = RunOptions {
+        quiet: a.quiet,
+        force: a.force,
+        stop_after: a.stop_after,
+        when_busy: WhenBusy::Wait,
+    };
+    let outcomes = run_all(
+        &specs,
+        &out,
+        &dev,
+        opts,
+        a.run.pack()?,
+        |spec, done| match done {
             Outcome::Done(r) if !a.quiet => eprintln!(
                 "{}: {} test acc {} in {:.0}s",
                 r.id,
@@ -88,16 +94,16 @@ pub fn main_job(a: &RunArgs) -> Result<()> {
                 r.wall_clock_s
             ),
             Outcome::Skipped(r) if !a.quiet => eprintln!("{}: already done, skipped", r.id),
-            Outcome::Interrupted => {
-                eprintln!(
-                    "{}: stopped after {} steps (--stop-after)",
-                    spec.id(),
-                    a.stop_after.unwrap_or(0)
-                );
-                return Ok(());
-            }
+            Outcome::Interrupted => eprintln!(
+                "{}: stopped after {} steps (--stop-after)",
+                spec.id(),
+                a.stop_after.unwrap_or(0)
+            ),
             _ => {}
-        }
+        },
+    )?;
+    if outcomes.iter().any(|d| matches!(d, Outcome::Interrupted)) {
+        return Ok(());
     }
     // One pass over the run folders: write every table and plot, print this job's tasks.
     let (mut rows, unreadable) = write_report(&out)?;

@@ -55,41 +55,76 @@ impl Default for OptimSpec {
     }
 }
 
+/// AdamW over one model's parameters — or over a packed model's (`models::pack`), where every
+/// parameter is (P, …) and each of the P runs keeps its own moments, step count, learning rate,
+/// gradient-norm clip and divergence: run p's update reads and writes only slice p, with the same
+/// operations as the unpacked optimizer (so a run's update is the same packed or not).
 pub struct AdamW {
     /// (name, var, group) in sorted name order.
     params: Vec<(String, Var, models::ParamGroup)>,
+    /// One per packed run (one when unpacked).
+    runs: Vec<Moments>,
+    cfg: OptimSpec,
+}
+
+/// One run's moments, by parameter name.
+struct Moments {
     m: BTreeMap<String, Tensor>,
     v: BTreeMap<String, Tensor>,
-    pub step: u64,
-    cfg: OptimSpec,
+    step: u64,
 }
 
 impl AdamW {
     /// The optimizer of a `variant` model's parameters (their groups are the variant's).
     pub fn new(varmap: &VarMap, variant: models::Variant, cfg: &OptimSpec) -> Result<Self> {
+        Self::packed(varmap, variant, cfg, 1)
+    }
+
+    /// The optimizer of a packed model of `pack` runs (`models::pack::stack`), each starting
+    /// from zero moments; `cfg.lr` is unused (every step gives each run's lr).
+    pub fn packed(
+        varmap: &VarMap,
+        variant: models::Variant,
+        cfg: &OptimSpec,
+        pack: usize,
+    ) -> Result<Self> {
         let data = varmap.data().lock().expect("varmap lock");
         let mut params: Vec<(String, Var, models::ParamGroup)> = data
             .iter()
             .map(|(n, v)| (n.clone(), v.clone(), models::param_group(variant, n)))
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
-        for (n, var, _) in &params {
-            m.insert(n.clone(), var.as_tensor().zeros_like()?);
-            v.insert(n.clone(), var.as_tensor().zeros_like()?);
-        }
+        let runs = (0..pack)
+            .map(|p| {
+                let mut m = BTreeMap::new();
+                let mut v = BTreeMap::new();
+                for (n, var, _) in &params {
+                    let zeros = models::pack::slice(var.as_tensor(), pack, p)?.zeros_like()?;
+                    m.insert(n.clone(), zeros.clone());
+                    v.insert(n.clone(), zeros);
+                }
+                Ok(Moments { m, v, step: 0 })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             params,
-            m,
-            v,
-            step: 0,
+            runs,
             cfg: cfg.clone(),
         })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.params.iter().map(|(n, _, _)| n.as_str())
+    }
+
+    /// Runs packed (1 when unpacked).
+    pub fn pack(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// The steps taken by run p.
+    pub fn steps_of(&self, p: usize) -> u64 {
+        self.runs[p].step
     }
 
     /// The global L2 norm of `gradients` (as returned by [`AdamW::gradients`]), summed in f64 in
@@ -112,7 +147,8 @@ impl AdamW {
     /// Every parameter's gradient, in parameter order, for [`AdamW::grad_norm`] and
     /// [`AdamW::step`], detached (a gradient can carry the autograd graph of its forward pass,
     /// which the moments would otherwise retain every step). Errors if a parameter received no
-    /// gradient: every training step checks that every weight got one.
+    /// gradient: every training step checks that every weight got one. Packed, these are the
+    /// (P, …) gradients of all runs.
     pub fn gradients(
         &self,
         grads: &candle_core::backprop::GradStore,
@@ -137,33 +173,108 @@ impl AdamW {
         grads: &candle_core::backprop::GradStore,
         lr: f64,
     ) -> anyhow::Result<f64> {
-        let gradients = self.gradients(grads)?;
-        let norm = Self::grad_norm(&gradients)?;
-        let clip = self.cfg.grad_clip;
-        let scale = if norm > clip {
-            clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
-        self.step(&gradients, lr, scale)?;
-        Ok(norm)
+        if self.pack() != 1 {
+            anyhow::bail!(
+                "AdamW::apply on a pack of {} runs: use apply_runs",
+                self.pack()
+            );
+        }
+        Ok(self.apply_runs(grads, &[Some(lr)])?[0].unwrap_or(f64::NAN))
     }
 
-    /// One AdamW step at learning rate `lr` with gradients scaled by `grad_scale` (clipping).
+    /// [`AdamW::apply`] for every run of a pack: run p steps at `lrs[p]` with its own gradient
+    /// norm and clip; a run given `None` (diverged) is left as it is. Returns each stepped run's
+    /// gradient norm before clipping.
+    pub fn apply_runs(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lrs: &[Option<f64>],
+    ) -> anyhow::Result<Vec<Option<f64>>> {
+        let pack = self.pack();
+        if lrs.len() != pack {
+            anyhow::bail!("{} learning rates for a pack of {pack}", lrs.len());
+        }
+        let gradients = self.gradients(grads)?;
+        let mut norms = vec![None; pack];
+        // New values of each parameter's run slices (the old slice where a run is left).
+        let mut slices: Vec<Vec<Tensor>> = vec![Vec::with_capacity(pack); self.params.len()];
+        for (p, lr) in lrs.iter().enumerate() {
+            let theta: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, var, _)| models::pack::slice(var.as_tensor(), pack, p))
+                .collect::<Result<_>>()?;
+            let Some(lr) = *lr else {
+                slices.iter_mut().zip(theta).for_each(|(s, t)| s.push(t));
+                continue;
+            };
+            let g: Vec<Tensor> = gradients
+                .iter()
+                .map(|g| models::pack::slice(g, pack, p))
+                .collect::<Result<_>>()?;
+            let norm = Self::grad_norm(&g)?;
+            let clip = self.cfg.grad_clip;
+            let scale = if norm > clip {
+                clip / (norm + 1e-6)
+            } else {
+                1.0
+            };
+            let new = self.update(p, &theta, &g, lr, scale)?;
+            slices.iter_mut().zip(new).for_each(|(s, t)| s.push(t));
+            norms[p] = Some(norm);
+        }
+        for ((_, var, _), parts) in self.params.iter().zip(slices) {
+            match pack {
+                1 => var.set(&parts[0])?,
+                _ => var.set(&Tensor::stack(&parts, 0)?)?,
+            }
+        }
+        Ok(norms)
+    }
+
+    /// One AdamW step at learning rate `lr` with gradients scaled by `grad_scale` (clipping), of
+    /// an unpacked model.
     pub fn step(&mut self, gradients: &[Tensor], lr: f64, grad_scale: f64) -> anyhow::Result<()> {
-        if gradients.len() != self.params.len() {
+        if self.pack() != 1 {
+            anyhow::bail!("AdamW::step on a pack of {} runs", self.pack());
+        }
+        let theta: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, v, _)| v.as_tensor().clone())
+            .collect();
+        let new = self.update(0, &theta, gradients, lr, grad_scale)?;
+        for ((_, var, _), t) in self.params.iter().zip(new) {
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Run p's AdamW update: its parameters `theta` and gradients `gradients` (parameter order)
+    /// → the new parameters; its moments and step advance.
+    fn update(
+        &mut self,
+        p: usize,
+        theta: &[Tensor],
+        gradients: &[Tensor],
+        lr: f64,
+        grad_scale: f64,
+    ) -> anyhow::Result<Vec<Tensor>> {
+        if gradients.len() != self.params.len() || theta.len() != self.params.len() {
             anyhow::bail!(
                 "{} gradients for {} parameters",
                 gradients.len(),
                 self.params.len()
             );
         }
-        self.step += 1;
-        let t = self.step as i32;
+        let run = &mut self.runs[p];
+        run.step += 1;
+        let t = run.step as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        for ((name, var, group), g) in self.params.iter().zip(gradients) {
+        let mut out = Vec::with_capacity(theta.len());
+        for (((name, _, group), g), theta) in self.params.iter().zip(gradients).zip(theta) {
             let (plr, wd) = match group {
                 models::ParamGroup::Router => (lr * self.cfg.router_lr_mult, 0.0),
                 models::ParamGroup::Decay => (lr, self.cfg.weight_decay),
@@ -179,43 +290,67 @@ impl AdamW {
                 lr: plr,
                 weight_decay: wd,
             };
-            let (theta, m, v) = (var.as_tensor(), &self.m[name], &self.v[name]);
+            let (m, v) = (&run.m[name], &run.v[name]);
             // f32 CPU: one fused pass computing the same values as the composed ops.
             let (t2, m, v) = match models::fused::adamw_update(theta, g, m, v, h)? {
                 Some(new) => new,
                 None => composed_update(theta, g, m, v, h)?,
             };
-            var.set(&t2)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
+            out.push(t2);
+            run.m.insert(name.clone(), m);
+            run.v.insert(name.clone(), v);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Moments as a name → tensor map (`m.<name>`, `v.<name>`) for safetensors.
     pub fn state(&self) -> HashMap<String, Tensor> {
+        self.state_of(0)
+    }
+
+    /// Run p's moments, in the names and shapes of an unpacked run's [`AdamW::state`].
+    pub fn state_of(&self, p: usize) -> HashMap<String, Tensor> {
+        let run = &self.runs[p];
         let mut out = HashMap::new();
-        for (n, t) in &self.m {
+        for (n, t) in &run.m {
             out.insert(format!("m.{n}"), t.clone());
         }
-        for (n, t) in &self.v {
+        for (n, t) in &run.v {
             out.insert(format!("v.{n}"), t.clone());
         }
         out
     }
 
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: u64) -> anyhow::Result<()> {
+        self.load_state_of(0, state, step)
+    }
+
+    /// Sets run p's moments and step from an unpacked run's saved [`AdamW::state`].
+    pub fn load_state_of(
+        &mut self,
+        p: usize,
+        state: &HashMap<String, Tensor>,
+        step: u64,
+    ) -> anyhow::Result<()> {
+        let run = &mut self.runs[p];
         for (n, _, _) in &self.params {
-            for (prefix, map) in [("m", &mut self.m), ("v", &mut self.v)] {
+            for (prefix, map) in [("m", &mut run.m), ("v", &mut run.v)] {
                 let key = format!("{prefix}.{n}");
                 let t = state
                     .get(&key)
                     .ok_or_else(|| anyhow::anyhow!("optimizer state lacks {key}"))?;
+                if t.shape() != map[n].shape() {
+                    anyhow::bail!(
+                        "optimizer state {key} is {:?}, expected {:?}",
+                        t.shape(),
+                        map[n].shape()
+                    );
+                }
                 let dev = map[n].device().clone();
                 map.insert(n.clone(), t.to_device(&dev)?);
             }
         }
-        self.step = step;
+        run.step = step;
         Ok(())
     }
 }

@@ -85,6 +85,12 @@ pub struct Overrides {
     /// train examples each, 200 epochs, batch 256, lr 1e-3 linear decay; llama vs lime).
     #[arg(long)]
     pub experiment: Option<String>,
+    /// Train up to N runs at once, packed into one model: runs of a cell that differ only in
+    /// seed and learning rate (llama, lime, resformer) share one forward and backward per step,
+    /// each with its own weights, optimizer state, lr schedule, clip and divergence. An
+    /// execution detail: every run keeps its own id, folder, checkpoints and result [default: 1].
+    #[arg(long)]
+    pub pack: Option<usize>,
     /// Folder for runs and the leaderboard [default: runs].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -97,6 +103,14 @@ impl Overrides {
 
     pub fn device(&self) -> &str {
         self.device.as_deref().unwrap_or("cpu")
+    }
+
+    /// Runs per pack (`--pack`, plan key `pack`); at least 1.
+    pub fn pack(&self) -> Result<usize> {
+        match self.pack.unwrap_or(1) {
+            0 => bail!("--pack must be at least 1 (1 = one run at a time)"),
+            n => Ok(n),
+        }
     }
 
     pub fn out(&self) -> PathBuf {

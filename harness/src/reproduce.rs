@@ -3,7 +3,7 @@
 //!
 //! A [`Claim`] is a set of [`Overrides`] (tasks, levels, shape, budget, ≥ 3 seeds, ≥ 3 learning
 //! rates, the models compared) at CPU scale, and optionally at the paper's GPU scale. Its runs go
-//! through the main job's [`crate::train::run_one`] into `results/reproduction/runs/<id>/`, so each
+//! through the main job's [`crate::train::run_all`] into `results/reproduction/runs/<id>/`, so each
 //! is cached and resumable, and `reproduce` skips every run already there. The verdict is
 //! rendered only from those folders' `config.json` and `result.json` ([`render`], no clock, no
 //! machine state), so `--render-only` re-renders `REPRODUCTION.md` byte for byte (tested) and the
@@ -17,7 +17,7 @@ use crate::overrides::Overrides;
 use crate::records::RunStatus;
 use crate::spec::RunSpec;
 use crate::stats::welch;
-use crate::train::{run_one, Outcome, RunOptions, WhenBusy};
+use crate::train::{run_all, Outcome, RunOptions, WhenBusy};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,6 +46,10 @@ pub struct ReproduceArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Train up to N of a claim's runs packed into one model (see the main job's `--pack`);
+    /// the results are the runs' own, packed or not.
+    #[arg(long, default_value_t = 1)]
+    pub pack: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -209,27 +213,35 @@ pub fn run(a: &ReproduceArgs) -> Result<()> {
                 eprintln!("claim {}: no {:?}-scale protocol", c.name, a.scale);
                 continue;
             };
-            for (i, spec) in specs.iter().enumerate() {
-                let opts = RunOptions {
-                    quiet: a.quiet,
-                    when_busy: WhenBusy::Skip,
-                    ..RunOptions::default()
-                };
-                match run_one(spec, &a.results, &dev, opts)? {
-                    Outcome::Done(r) if !a.quiet => eprintln!(
-                        "claim {} run {}/{}: {} {}",
-                        c.name,
-                        i + 1,
-                        specs.len(),
-                        r.id,
-                        r.status
-                    ),
-                    Outcome::Busy => {
-                        eprintln!("{}: held by another process, left to it", spec.id())
+            let opts = RunOptions {
+                quiet: a.quiet,
+                when_busy: WhenBusy::Skip,
+                ..RunOptions::default()
+            };
+            let mut n = 0;
+            run_all(
+                &specs,
+                &a.results,
+                &dev,
+                opts,
+                a.pack.max(1),
+                |spec, done| {
+                    n += 1;
+                    match done {
+                        Outcome::Done(r) if !a.quiet => eprintln!(
+                            "claim {} run {n}/{}: {} {}",
+                            c.name,
+                            specs.len(),
+                            r.id,
+                            r.status
+                        ),
+                        Outcome::Busy => {
+                            eprintln!("{}: held by another process, left to it", spec.id())
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                }
-            }
+                },
+            )?;
         }
     }
     let text = render(&claims, &a.results)?;

@@ -103,6 +103,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         }
         return Ok(());
     }
+    plan.pack()?;
     let dev = crate::device::device(plan.device())?;
     plan.precision.check_device(&dev)?;
     let out = plan.out();
@@ -119,12 +120,13 @@ pub fn run(a: &SweepArgs) -> Result<()> {
         when_busy: crate::train::WhenBusy::Skip,
         ..Default::default()
     };
+    let mine: Vec<_> = mine.into_iter().cloned().collect();
     let mut busy = Vec::new();
-    for s in mine {
-        if let crate::train::Outcome::Busy = crate::train::run_one(s, &out, &dev, opts)? {
+    crate::train::run_all(&mine, &out, &dev, opts, plan.pack()?, |s, done| {
+        if let crate::train::Outcome::Busy = done {
             busy.push(s.id());
         }
-    }
+    })?;
     if !busy.is_empty() {
         eprintln!(
             "sweep: {} cell(s) held by another process, left to it: {}",

@@ -10,15 +10,12 @@
 //! uninterrupted one would.
 
 use crate::checkpoint::{
-    find_checkpoint, load_tensors, save_checkpoint, save_tensors, set_weights, temp_checkpoints,
-    weights_of, TrainState,
+    find_checkpoint, load_tensors, save_checkpoint, save_tensors, temp_checkpoints, TrainState,
 };
-use crate::claim::claim_run;
 pub use crate::claim::WhenBusy;
+use crate::claim::{claim_run, RunClaim};
 use crate::device::device_name;
-use crate::eval::{
-    generation_accuracy, make_batch, supervised_logits, teacher_forced, val_score, Batch,
-};
+use crate::eval::{generation_accuracy, make_batch, teacher_forced, val_score, Batch};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::optim::{lr_at, AdamW};
 use crate::records::{RunResult, RunStatus};
@@ -28,7 +25,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tasks::{Example, Split, Task};
 
@@ -62,7 +59,12 @@ fn train_indices(spec: &RunSpec, step: u64) -> Vec<u64> {
     }
 }
 
-fn train_batch(task: &dyn Task, digest: &[u8; 32], spec: &RunSpec, step: u64) -> Vec<Example> {
+pub(crate) fn train_batch(
+    task: &dyn Task,
+    digest: &[u8; 32],
+    spec: &RunSpec,
+    step: u64,
+) -> Vec<Example> {
     use rayon::prelude::*;
     train_indices(spec, step)
         .into_par_iter()
@@ -119,35 +121,88 @@ pub fn step(
     lr: f64,
     timed: bool,
 ) -> Result<StepReport> {
-    let dev = batch.input.device();
+    let r = step_pack(model, opt, std::slice::from_ref(batch), &[Some(lr)], timed)?;
+    Ok(StepReport {
+        loss: r.losses[0],
+        seconds: r.seconds,
+    })
+}
+
+/// What one [`step_pack`] measured.
+#[derive(Clone, Debug)]
+pub struct PackReport {
+    /// Each run's mean cross-entropy before the update.
+    pub losses: Vec<f64>,
+    /// As [`StepReport::seconds`], for the whole pack.
+    pub seconds: [f64; 3],
+}
+
+/// [`step`] for a packed model (`models::pack`) of P runs: `batches[p]` is run p's batch (all of
+/// one shape), `lrs[p]` its learning rate, `None` for a run that is not stepped (diverged). The
+/// runs' inputs are stacked run-major and go through one forward and one backward of
+/// Σ_p loss_p, whose gradient on run p's slice is run p's own; each run then takes its own AdamW
+/// step (own gradient norm and clip). A run whose loss is not finite gets no update (its
+/// divergence is for the caller to record); the others are stepped as usual.
+pub fn step_pack(
+    model: &models::Model,
+    opt: &mut AdamW,
+    batches: &[Batch],
+    lrs: &[Option<f64>],
+    timed: bool,
+) -> Result<PackReport> {
+    let pack = model.pack();
+    if batches.len() != pack || lrs.len() != pack {
+        anyhow::bail!("a pack of {pack} runs given {} batches", batches.len());
+    }
+    let dev = batches[0].input.device();
     let sync = || if timed { dev.synchronize() } else { Ok(()) };
     let t0 = Instant::now();
-    let logits = supervised_logits(model, batch)?;
-    let loss = model.cross_entropy(&logits, &batch.targets)?;
-    let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    let mut seconds = [0.0; 3];
-    if !loss_v.is_finite() {
-        return Ok(StepReport {
-            loss: loss_v,
-            seconds,
-        });
+    let input = match batches {
+        [one] => one.input.clone(),
+        _ => Tensor::cat(&batches.iter().map(|b| &b.input).collect::<Vec<_>>(), 0)?,
+    }; // (P·B, T)
+    let hidden = model.forward_hidden(&input)?; // (P·B, T, D)
+    let (rows, t, d) = hidden.dims3()?;
+    let b = rows / pack;
+    let mut losses = Vec::with_capacity(pack);
+    let mut stepped: Option<Tensor> = None; // Σ of the finite losses of the runs stepped
+    let mut lrs = lrs.to_vec();
+    for (p, batch) in batches.iter().enumerate() {
+        let h = match pack {
+            1 => hidden.clone(),
+            _ => hidden.narrow(0, p * b, b)?,
+        }; // (B, T, D) of run p
+           // The LM head runs on the supervised rows only (MQAR supervises a few positions of 64+).
+        let sup = h.reshape((b * t, d))?.index_select(&batch.rows, 0)?; // (N, D)
+        let loss = model.cross_entropy(&model.lm_head_of(p, &sup)?, &batch.targets)?;
+        let v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        losses.push(v);
+        if !v.is_finite() {
+            lrs[p] = None;
+        } else if lrs[p].is_some() {
+            stepped = Some(match stepped {
+                None => loss,
+                Some(s) => (s + loss)?,
+            });
+        }
     }
+    let mut seconds = [0.0; 3];
+    let Some(total) = stepped else {
+        return Ok(PackReport { losses, seconds });
+    };
     sync()?;
     let t1 = Instant::now();
-    let grads = loss.backward()?;
+    let grads = total.backward()?;
     sync()?;
     let t2 = Instant::now();
-    opt.apply(&grads, lr)?;
+    opt.apply_runs(&grads, &lrs)?;
     sync()?;
     seconds = [
         (t1 - t0).as_secs_f64(),
         (t2 - t1).as_secs_f64(),
         t2.elapsed().as_secs_f64(),
     ];
-    Ok(StepReport {
-        loss: loss_v,
-        seconds,
-    })
+    Ok(PackReport { losses, seconds })
 }
 
 /// Outcome of [`run_one`].
@@ -177,19 +232,94 @@ pub struct RunOptions {
 /// ([`claim_run`]): one process writes a run; another waits (or, with [`WhenBusy::Skip`], moves
 /// on) and then uses the finished result.
 pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Result<Outcome> {
+    let mut outcomes = run_pack(std::slice::from_ref(spec), out, dev, o)?;
+    Ok(outcomes.pop().expect("one outcome per spec"))
+}
+
+/// Runs `specs` (their outcomes in the same order), up to `pack` at a time packed into one model
+/// ([`run_pack`]): specs that differ only in seed and learning rate ([`pack_key`]) of a packable
+/// variant share a pack; the rest run one by one. `pack` 1 is the plain loop of [`run_one`].
+pub fn run_all(
+    specs: &[RunSpec],
+    out: &Path,
+    dev: &Device,
+    o: RunOptions,
+    pack: usize,
+    mut report: impl FnMut(&RunSpec, &Outcome),
+) -> Result<Vec<Outcome>> {
+    let mut outcomes: Vec<Option<Outcome>> = specs.iter().map(|_| None).collect();
+    for group in packs(specs, pack) {
+        let members: Vec<RunSpec> = group.iter().map(|&i| specs[i].clone()).collect();
+        let done = run_pack(&members, out, dev, o)?;
+        let stop = done.iter().any(|d| matches!(d, Outcome::Interrupted));
+        for (i, d) in group.into_iter().zip(done) {
+            report(&specs[i], &d);
+            outcomes[i] = Some(d);
+        }
+        if stop {
+            break;
+        }
+    }
+    Ok(outcomes.into_iter().flatten().collect())
+}
+
+/// What specs must share to be packed: everything but the seed and the learning rate.
+pub fn pack_key(spec: &RunSpec) -> String {
+    let mut s = spec.clone();
+    s.seed = 0;
+    s.optim.lr = 0.0;
+    serde_json::to_string(&s).unwrap_or_default()
+}
+
+/// The specs (indices) in packs of at most `pack`, in order of first appearance.
+fn packs(specs: &[RunSpec], pack: usize) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let key = match pack > 1 && s.model_config.variant.def().packable() {
+            true => pack_key(s),
+            false => format!("#{i}"), // alone
+        };
+        match groups.iter_mut().find(|(k, g)| *k == key && g.len() < pack) {
+            Some((_, g)) => g.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// A run of a pack, claimed and ready to train.
+struct Member<'a> {
+    spec: &'a RunSpec,
+    dir: PathBuf,
+    _claim: RunClaim,
+    st: TrainState,
+    /// The weights to start from (the checkpoint's, else the seed's init); taken when the pack
+    /// is built.
+    weights: Option<HashMap<String, Tensor>>,
+    optim: Option<HashMap<String, Tensor>>,
+    best: Option<HashMap<String, Tensor>>,
+    diverged: bool,
+}
+
+/// Claims `spec`'s folder and loads where it stands, or says why it is not to be trained.
+fn prepare<'a>(
+    spec: &'a RunSpec,
+    out: &Path,
+    dev: &Device,
+    o: RunOptions,
+) -> Result<std::result::Result<Member<'a>, Outcome>> {
     spec.precision.check_device(dev)?; // before anything is written
-    let id = spec.id();
-    let dir = out.join("runs").join(&id);
+    let dir = out.join("runs").join(spec.id());
     let result_path = dir.join("result.json");
     if result_path.is_file() && !o.force {
-        return Ok(Outcome::Skipped(read_json(&result_path)?));
+        return Ok(Err(Outcome::Skipped(read_json(&result_path)?)));
     }
-    let Some(_claim) = claim_run(&dir, o.when_busy, o.quiet)? else {
-        return Ok(Outcome::Busy);
+    let Some(claim) = claim_run(&dir, o.when_busy, o.quiet)? else {
+        return Ok(Err(Outcome::Busy));
     };
     // Under the claim: the result may have been written while this process waited.
     if result_path.is_file() && !o.force {
-        return Ok(Outcome::Skipped(read_json(&result_path)?));
+        return Ok(Err(Outcome::Skipped(read_json(&result_path)?)));
     }
     if o.force {
         let _ = std::fs::remove_dir_all(dir.join("ckpt"));
@@ -199,38 +329,31 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
         let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
     }
     write_json(&dir.join("config.json"), spec)?;
-    let (quiet, stop_after) = (o.quiet, o.stop_after);
-
-    let task = task_from_spec(spec)?;
-    let task = task.as_ref();
-    let digest = tasks::config_digest(task);
-    let val = tasks::generate_range(task, Split::Val, 0, spec.n_val);
-    let (varmap, model) =
-        models::init_model(&spec.model_config, spec.seed, DType::F32, dev, spec.backend)?;
-    let model = model.with_matmul_dtype(spec.precision.matmul_dtype());
-    let params = models::accounting::num_params(&spec.model_config);
-    let mut opt = AdamW::new(&varmap, spec.model_config.variant, &spec.optim)?;
     let metrics_path = dir.join("metrics.jsonl");
-
-    let mut st = TrainState {
-        step: 0,
-        best_val: None,
-        best_step: None,
-        elapsed_s: 0.0,
-        last_loss: None,
+    let mut m = Member {
+        spec,
+        dir: dir.clone(),
+        _claim: claim,
+        st: TrainState {
+            step: 0,
+            best_val: None,
+            best_step: None,
+            elapsed_s: 0.0,
+            last_loss: None,
+        },
+        weights: None,
+        optim: None,
+        best: None,
+        diverged: false,
     };
-    let mut best: Option<HashMap<String, Tensor>> = None;
     if let Some(ck) = find_checkpoint(&dir) {
-        st = read_json(&ck.join("state.json"))?;
-        set_weights(
-            &varmap,
-            &load_tensors(&ck.join("weights.safetensors"), dev)?,
-        )?;
-        opt.load_state(&load_tensors(&ck.join("optim.safetensors"), dev)?, st.step)?;
+        m.st = read_json(&ck.join("state.json"))?;
+        m.weights = Some(load_tensors(&ck.join("weights.safetensors"), dev)?);
+        m.optim = Some(load_tensors(&ck.join("optim.safetensors"), dev)?);
         if ck.join("best.safetensors").is_file() {
-            best = Some(load_tensors(&ck.join("best.safetensors"), dev)?);
+            m.best = Some(load_tensors(&ck.join("best.safetensors"), dev)?);
         }
-        truncate_metrics(&metrics_path, st.step)?;
+        truncate_metrics(&metrics_path, m.st.step)?;
         if ck != dir.join("ckpt") {
             // A kill between removing ckpt/ and the rename: make the found folder the checkpoint.
             std::fs::rename(&ck, dir.join("ckpt"))
@@ -238,78 +361,205 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
         }
     } else {
         let _ = std::fs::remove_file(&metrics_path);
+        let (varmap, _) =
+            models::init_model(&spec.model_config, spec.seed, DType::F32, dev, spec.backend)?;
+        m.weights = Some(models::state_dict(&varmap)?);
     }
     // Temporary folders of killed processes (incomplete, or superseded by ckpt/).
     for t in temp_checkpoints(&dir) {
         let _ = std::fs::remove_dir_all(t);
     }
+    Ok(Ok(m))
+}
 
-    let pb = progress(spec, quiet, st.step);
-    let t0 = Instant::now() - std::time::Duration::from_secs_f64(st.elapsed_s);
-    let log_every = (spec.steps / 50).max(1);
-    let mut diverged = false;
+/// Train and evaluate `specs` — runs that differ only in seed and learning rate ([`pack_key`];
+/// one spec is an ordinary run) — packed into one model (`models::pack`), each in its own
+/// folder exactly as [`run_one`] would leave it: its `config.json`, `metrics.jsonl`,
+/// checkpoints, selection on val and `result.json`. Finished runs are skipped, and each run
+/// resumes from its own checkpoint (runs whose checkpoints stand at different steps train in
+/// separate packs). A run that diverges is recorded as such and the others go on unchanged.
+/// Folders are claimed in run-id order, so two packing processes never wait on each other.
+pub fn run_pack(
+    specs: &[RunSpec],
+    out: &Path,
+    dev: &Device,
+    o: RunOptions,
+) -> Result<Vec<Outcome>> {
+    if let Some(s) = specs.iter().find(|s| pack_key(s) != pack_key(&specs[0])) {
+        anyhow::bail!(
+            "cannot pack {} with {}: they differ in more than seed and learning rate",
+            s.id(),
+            specs[0].id()
+        );
+    }
+    let mut outcomes: Vec<Option<Outcome>> = specs.iter().map(|_| None).collect();
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by_key(|&i| specs[i].id());
+    let mut members = Vec::new();
+    for i in order {
+        match prepare(&specs[i], out, dev, o)? {
+            Ok(m) => members.push((i, m)),
+            Err(done) => outcomes[i] = Some(done),
+        }
+    }
+    members.sort_by_key(|(i, m)| (m.st.step, *i));
+    while !members.is_empty() {
+        let at = members[0].1.st.step;
+        let rest = members.split_off(members.iter().take_while(|(_, m)| m.st.step == at).count());
+        let (idx, group): (Vec<usize>, Vec<Member>) =
+            std::mem::replace(&mut members, rest).into_iter().unzip();
+        for (i, done) in idx.into_iter().zip(train_pack(group, dev, o)?) {
+            outcomes[i] = Some(done);
+        }
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|d| d.expect("every spec has an outcome"))
+        .collect())
+}
+
+/// The model of one run's weights `w` (for evaluation), in the run's backend and precision.
+fn run_model(spec: &RunSpec, w: &HashMap<String, Tensor>, dev: &Device) -> Result<models::Model> {
+    let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, dev);
+    Ok(models::Model::new(&spec.model_config, vb, spec.backend)?
+        .with_matmul_dtype(spec.precision.matmul_dtype()))
+}
+
+fn metric(path: &Path, m: MetricLine) -> Result<()> {
+    append_metric(path, &m)
+}
+
+/// The training loop of [`run_pack`] for members standing at the same step.
+fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<Vec<Outcome>> {
+    let (quiet, stop_after) = (o.quiet, o.stop_after);
+    let spec0 = members[0].spec;
+    let (pack, steps) = (members.len(), spec0.steps);
+    let task = task_from_spec(spec0)?;
+    let task = task.as_ref();
+    let digest = tasks::config_digest(task);
+    let val = tasks::generate_range(task, Split::Val, 0, spec0.n_val);
+    let start: Vec<HashMap<String, Tensor>> = members
+        .iter_mut()
+        .map(|m| m.weights.take().expect("prepared weights"))
+        .collect();
+    let varmap = models::pack::stack(&start)?;
+    drop(start);
+    let model = models::pack::model(&spec0.model_config, &varmap, pack, spec0.backend)?
+        .with_matmul_dtype(spec0.precision.matmul_dtype());
+    let params = models::accounting::num_params(&spec0.model_config);
+    let mut opt = AdamW::packed(&varmap, spec0.model_config.variant, &spec0.optim, pack)?;
+    for (p, m) in members.iter_mut().enumerate() {
+        if let Some(state) = m.optim.take() {
+            opt.load_state_of(p, &state, m.st.step)?;
+        }
+    }
+    let bars: Vec<_> = members
+        .iter()
+        .map(|m| progress(m.spec, quiet, m.st.step))
+        .collect();
+    let t0: Vec<Instant> = members
+        .iter()
+        .map(|m| Instant::now() - std::time::Duration::from_secs_f64(m.st.elapsed_s))
+        .collect();
+    let log_every = (steps / 50).max(1);
     let mut window = Instant::now();
     let mut window_tokens = 0u64;
-    while st.step < spec.steps {
-        if stop_after.is_some_and(|s| st.step >= s) {
-            pb.abandon();
-            return Ok(Outcome::Interrupted);
+    let mut step = members[0].st.step;
+    while step < steps {
+        if stop_after.is_some_and(|s| step >= s) {
+            bars.iter().for_each(|pb| pb.abandon());
+            return Ok(members.iter().map(|_| Outcome::Interrupted).collect());
         }
-        let step = st.step;
-        let batch = make_batch(
-            task,
-            &train_batch(task, &digest, spec, step),
-            spec.seq_len,
-            dev,
-        )?;
-        let lr = lr_at(&spec.optim, spec.optim.lr, step, spec.steps);
-        let loss_v = self::step(&model, &mut opt, &batch, lr, false)?.loss;
-        if !loss_v.is_finite() {
-            diverged = true;
-            append_metric(
-                &metrics_path,
-                &MetricLine {
-                    step,
+        let batches = members
+            .iter()
+            .map(|m| {
+                make_batch(
+                    task,
+                    &train_batch(task, &digest, m.spec, step),
+                    m.spec.seq_len,
+                    dev,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lrs: Vec<Option<f64>> = members
+            .iter()
+            .map(|m| (!m.diverged).then(|| lr_at(&m.spec.optim, m.spec.optim.lr, step, steps)))
+            .collect();
+        let losses = step_pack(&model, &mut opt, &batches, &lrs, false)?.losses;
+        step += 1;
+        window_tokens += (spec0.batch_size * spec0.seq_len) as u64;
+        let log = step.is_multiple_of(log_every) || step == steps;
+        let tps = window_tokens as f64 / window.elapsed().as_secs_f64().max(1e-9);
+        for (p, m) in members.iter_mut().enumerate() {
+            let (Some(lr), loss) = (lrs[p], losses[p]) else {
+                continue; // diverged earlier
+            };
+            let path = m.dir.join("metrics.jsonl");
+            if !loss.is_finite() {
+                m.diverged = true;
+                let nan = MetricLine {
+                    step: step - 1,
                     flops: None,
                     loss: Some(f64::NAN),
                     lr: None,
                     tokens_per_s: None,
                     val_acc: None,
-                },
-            )
-            .ok();
-            break;
+                };
+                metric(&path, nan).ok();
+                continue;
+            }
+            m.st.step = step;
+            m.st.last_loss = Some(loss);
+            bars[p].set_position(step);
+            if log {
+                bars[p].set_message(format!("loss {loss:.4}"));
+                metric(
+                    &path,
+                    MetricLine {
+                        step,
+                        flops: Some(step as f64 * m.spec.flops_per_step),
+                        loss: Some(loss),
+                        lr: Some(lr),
+                        tokens_per_s: Some(tps),
+                        val_acc: None,
+                    },
+                )?;
+            }
         }
-        st.step += 1;
-        st.last_loss = Some(loss_v);
-        window_tokens += (spec.batch_size * spec.seq_len) as u64;
-        pb.set_position(st.step);
-        if st.step.is_multiple_of(log_every) || st.step == spec.steps {
-            let tps = window_tokens as f64 / window.elapsed().as_secs_f64().max(1e-9);
-            pb.set_message(format!("loss {loss_v:.4}"));
-            append_metric(
-                &metrics_path,
-                &MetricLine {
-                    step: st.step,
-                    flops: Some(st.step as f64 * spec.flops_per_step),
-                    loss: Some(loss_v),
-                    lr: Some(lr),
-                    tokens_per_s: Some(tps),
-                    val_acc: None,
-                },
-            )?;
+        if log {
             window = Instant::now();
             window_tokens = 0;
         }
-        if st.step.is_multiple_of(spec.eval_every) || st.step == spec.steps {
+        if members.iter().all(|m| m.diverged) {
+            break;
+        }
+        if !(step.is_multiple_of(spec0.eval_every) || step == steps) {
+            continue;
+        }
+        for (p, m) in members.iter_mut().enumerate() {
+            if m.diverged {
+                continue;
+            }
+            let weights = models::pack::member(&varmap, pack, p)?;
+            let eval_model = match pack {
+                1 => model.clone(),
+                _ => run_model(m.spec, &weights, dev)?,
+            };
             let score = val_score(
                 task,
-                teacher_forced(&model, task, &val, spec.seq_len, dev, spec.batch_size)?,
+                teacher_forced(
+                    &eval_model,
+                    task,
+                    &val,
+                    m.spec.seq_len,
+                    dev,
+                    m.spec.batch_size,
+                )?,
             );
-            append_metric(
-                &metrics_path,
-                &MetricLine {
-                    step: st.step,
+            metric(
+                &m.dir.join("metrics.jsonl"),
+                MetricLine {
+                    step,
                     flops: None,
                     loss: None,
                     lr: None,
@@ -317,75 +567,82 @@ pub fn run_one(spec: &RunSpec, out: &Path, dev: &Device, o: RunOptions) -> Resul
                     val_acc: Some(score),
                 },
             )?;
-            if st.best_val.is_none_or(|b| score > b) {
-                st.best_val = Some(score);
-                st.best_step = Some(st.step);
-                best = Some(weights_of(&varmap)?);
+            if m.st.best_val.is_none_or(|b| score > b) {
+                m.st.best_val = Some(score);
+                m.st.best_step = Some(step);
+                m.best = Some(weights.clone());
             }
-            st.elapsed_s = t0.elapsed().as_secs_f64();
-            if st.step.is_multiple_of(spec.ckpt_every) && st.step < spec.steps {
-                save_checkpoint(&dir, &varmap, &opt, &best, &st)?;
+            m.st.elapsed_s = t0[p].elapsed().as_secs_f64();
+            if step.is_multiple_of(m.spec.ckpt_every) && step < steps {
+                save_checkpoint(&m.dir, &weights, &opt.state_of(p), &m.best, &m.st)?;
             }
         }
     }
-    pb.finish_and_clear();
+    bars.iter().for_each(|pb| pb.finish_and_clear());
 
-    let tokens_seen = st.step * (spec.batch_size * spec.seq_len) as u64;
-    let mut result = RunResult {
-        id,
-        status: if diverged {
-            RunStatus::Diverged
-        } else {
-            RunStatus::Ok
-        },
-        task: spec.task.clone(),
-        level: spec.level.clone(),
-        model: spec.model.clone(),
-        seed: spec.seed,
-        lr: spec.optim.lr,
-        params,
-        budget_flops: spec.budget_flops,
-        flops_spent: st.step as f64 * spec.flops_per_step,
-        steps: st.step,
-        tokens_seen,
-        wall_clock_s: 0.0,
-        device: device_name(dev),
-        metric: task.metric(),
-        chance: task.chance(),
-        final_loss: st.last_loss,
-        best_step: None,
-        val_acc: None,
-        test_acc: None,
-        test_token_acc: None,
-        test_macro_acc: None,
-        router_heatmap: Vec::new(),
-    };
-    if !diverged {
-        if let Some(b) = &best {
-            set_weights(&varmap, b)?;
+    let mut outcomes = Vec::with_capacity(pack);
+    for (p, m) in members.iter().enumerate() {
+        let spec = m.spec;
+        let st = &m.st;
+        let mut result = RunResult {
+            id: spec.id(),
+            status: if m.diverged {
+                RunStatus::Diverged
+            } else {
+                RunStatus::Ok
+            },
+            task: spec.task.clone(),
+            level: spec.level.clone(),
+            model: spec.model.clone(),
+            seed: spec.seed,
+            lr: spec.optim.lr,
+            params,
+            budget_flops: spec.budget_flops,
+            flops_spent: st.step as f64 * spec.flops_per_step,
+            steps: st.step,
+            tokens_seen: st.step * (spec.batch_size * spec.seq_len) as u64,
+            wall_clock_s: 0.0,
+            device: device_name(dev),
+            metric: task.metric(),
+            chance: task.chance(),
+            final_loss: st.last_loss,
+            best_step: None,
+            val_acc: None,
+            test_acc: None,
+            test_token_acc: None,
+            test_macro_acc: None,
+            router_heatmap: Vec::new(),
+        };
+        if !m.diverged {
+            let w = match &m.best {
+                Some(b) => b.clone(),
+                None => models::pack::member(&varmap, pack, p)?,
+            };
+            let model = run_model(spec, &w, dev)?;
+            let test = tasks::generate_range(task, Split::Test, 0, spec.n_test);
+            let tf = teacher_forced(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
+            result.test_token_acc = Some(tf.token_acc);
+            result.test_macro_acc = Some(tf.macro_acc);
+            result.test_acc = Some(match task.metric() {
+                tasks::Metric::TeacherForced => tf.token_acc,
+                tasks::Metric::Generate => generation_accuracy(&model, task, &test, dev)?,
+            });
+            result.best_step = st.best_step;
+            result.router_heatmap = model.router_heatmap()?;
+            result.val_acc = st.best_val;
+            if let Some(b) = &m.best {
+                save_tensors(&m.dir.join("best.safetensors"), b)?;
+            }
         }
-        let test = tasks::generate_range(task, Split::Test, 0, spec.n_test);
-        let tf = teacher_forced(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
-        result.test_token_acc = Some(tf.token_acc);
-        result.test_macro_acc = Some(tf.macro_acc);
-        result.test_acc = Some(match task.metric() {
-            tasks::Metric::TeacherForced => tf.token_acc,
-            tasks::Metric::Generate => generation_accuracy(&model, task, &test, dev)?,
-        });
-        result.best_step = st.best_step;
-        result.router_heatmap = model.router_heatmap()?;
-        result.val_acc = st.best_val;
-        if let Some(b) = &best {
-            save_tensors(&dir.join("best.safetensors"), b)?;
+        result.wall_clock_s = t0[p].elapsed().as_secs_f64();
+        write_json(&m.dir.join("result.json"), &result)?;
+        let _ = std::fs::remove_dir_all(m.dir.join("ckpt"));
+        for t in temp_checkpoints(&m.dir) {
+            let _ = std::fs::remove_dir_all(t);
         }
+        outcomes.push(Outcome::Done(result));
     }
-    result.wall_clock_s = t0.elapsed().as_secs_f64();
-    write_json(&result_path, &result)?;
-    let _ = std::fs::remove_dir_all(dir.join("ckpt"));
-    for t in temp_checkpoints(&dir) {
-        let _ = std::fs::remove_dir_all(t);
-    }
-    Ok(Outcome::Done(result))
+    Ok(outcomes)
 }
 
 /// Rebuild the task from the exact config stored in the spec.
