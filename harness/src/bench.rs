@@ -313,16 +313,24 @@ fn bench_sweep(a: &BenchArgs, dev: &Device) -> Result<String> {
                     .collect::<Result<Vec<_>>>()?;
                 let r = crate::train::step_pack(&model, &mut opt, &batches, &lrs, true)?;
                 if k >= a.warmup {
-                    times.push(r.seconds.iter().sum::<f64>());
+                    let [f, b, o] = r.seconds;
+                    times.push([f + b + o, f, b, o]);
                 }
             }
-            let s = median(times);
+            let med = |k: usize| median(times.iter().map(|x| x[k]).collect());
+            let s = med(0);
             let one_s = *one.get_or_insert(if n == 1 { s } else { f64::NAN });
             let flops = n as f64 * specs[0].flops_per_step;
             rows.push(vec![
                 m.clone(),
                 n.to_string(),
                 format!("{:.1}", s * 1e3),
+                format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    med(1) * 1e3,
+                    med(2) * 1e3,
+                    med(3) * 1e3
+                ),
                 format!("{:.2}", s / one_s),
                 format!("{:.2}x", n as f64 * one_s / s),
                 format!("{:.1}", flops / s / 1e9),
@@ -341,6 +349,7 @@ fn bench_sweep(a: &BenchArgs, dev: &Device) -> Result<String> {
             "model",
             "runs packed N",
             "ms/step",
+            "fwd / bwd / optim ms",
             "cost of N runs / one run",
             "speed-up vs N sequential",
             "GFLOP/s (model FLOPs)",
