@@ -179,3 +179,20 @@ fn pack_zero_is_a_one_line_error() {
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     assert!(e.contains("--pack must be at least 1"), "{e}");
 }
+
+#[test]
+fn bench_sweep_times_one_run_against_a_pack() {
+    let o = harness()
+        .args([
+            "bench", "sweep", "--task", "arith", "--packs", "1,2", "--warmup", "0",
+        ])
+        .args(["--repeats", "1", "--models", "llama"])
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| llama")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows[0].contains("| 1.00 ") && out.contains("CPU:"), "{out}");
+}

@@ -57,6 +57,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// "forward / backward / optimizer" milliseconds from the medians of columns 1..=3 (seconds).
+fn phases_ms(med: &dyn Fn(usize) -> f64) -> String {
+    format!(
+        "{:.0} / {:.0} / {:.0}",
+        med(1) * 1e3,
+        med(2) * 1e3,
+        med(3) * 1e3
+    )
+}
+
 fn md(header: &[&str], rows: Vec<Vec<String>>) -> String {
     use tabled::{builder::Builder, settings::Style};
     let mut b = Builder::default();
@@ -216,12 +226,7 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
                 c.clone(),
                 m.clone(),
                 format!("{:.1}", s * 1e3),
-                format!(
-                    "{:.0} / {:.0} / {:.0}",
-                    med(1) * 1e3,
-                    med(2) * 1e3,
-                    med(3) * 1e3
-                ),
+                phases_ms(&med),
                 format!("{:.0}", (b * t) as f64 / s),
                 format!("{:.1}", flops / s / 1e9),
                 format!("{:.0}%", 100.0 * flops / s / 1e9 / peak),
@@ -325,12 +330,7 @@ fn bench_sweep(a: &BenchArgs, dev: &Device) -> Result<String> {
                 m.clone(),
                 n.to_string(),
                 format!("{:.1}", s * 1e3),
-                format!(
-                    "{:.0} / {:.0} / {:.0}",
-                    med(1) * 1e3,
-                    med(2) * 1e3,
-                    med(3) * 1e3
-                ),
+                phases_ms(&med),
                 format!("{:.2}", s / one_s),
                 format!("{:.2}x", n as f64 * one_s / s),
                 format!("{:.1}", flops / s / 1e9),
