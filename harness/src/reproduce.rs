@@ -21,7 +21,7 @@ use crate::train::{run_all, Outcome, RunOptions, WhenBusy};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -67,9 +67,26 @@ pub struct Claim {
     pub baseline: &'static str,
     /// Each is compared with the baseline.
     pub challengers: &'static [&'static str],
-    pub cpu: fn() -> Overrides,
+    pub cpu: fn() -> Vec<Arm>,
     /// The paper-sized protocol, for a machine with a GPU.
-    pub gpu: Option<fn() -> Overrides>,
+    pub gpu: Option<fn() -> Vec<Arm>>,
+}
+
+/// One arm of a claim's protocol: runs compared among themselves. Most claims have one arm (an
+/// empty label); the depth claim has one per depth, so that lime is compared with llama at the
+/// same depth.
+pub struct Arm {
+    /// Shown next to the level (`k4 · 2 layers`); empty for a claim of one arm.
+    pub label: String,
+    pub overrides: Overrides,
+}
+
+/// A protocol of one arm.
+fn one(overrides: Overrides) -> Vec<Arm> {
+    vec![Arm {
+        label: String::new(),
+        overrides,
+    }]
 }
 
 /// Seeds and learning rates of every CPU-scale protocol (the minimum the verdict needs).
@@ -125,6 +142,44 @@ fn aet_gpu() -> Overrides {
     }
 }
 
+/// ProsQA from scratch at the suite's preset (4 layers, 4 heads, d=64, the `mixed` level of 3–6
+/// hops, 5e12 FLOPs per run), where the paper fine-tunes a 150M model.
+fn prosqa_cpu() -> Vec<Arm> {
+    one(Overrides {
+        task: vec!["prosqa".into()],
+        level: vec!["mixed".into()],
+        models: vec!["llama".into(), "lime".into()],
+        seeds: Some(SEEDS),
+        lr: LRS.to_vec(),
+        ..Overrides::default()
+    })
+}
+
+/// Depths of the depth claim.
+const DEPTHS: [usize; 3] = [2, 4, 8];
+
+/// k-hop induction heads at k = 4 (needs about log2 k + 1 = 3 layers of plain attention, so 2
+/// layers is below that depth), at 2, 4 and 8 layers (d=64, 4 heads) and 3e12 FLOPs per run:
+/// one arm per depth, lime against llama at the same depth.
+fn depth_cpu() -> Vec<Arm> {
+    DEPTHS
+        .iter()
+        .map(|&l| Arm {
+            label: format!("{l} layers"),
+            overrides: Overrides {
+                task: vec!["hopk".into()],
+                level: vec!["k4".into()],
+                models: vec!["llama".into(), "lime".into()],
+                model_sets: vec![format!("n_layers={l}")],
+                budget_flops: Some(3e12),
+                seeds: Some(SEEDS),
+                lr: LRS.to_vec(),
+                ..Overrides::default()
+            },
+        })
+        .collect()
+}
+
 /// Every claim, in report order.
 pub fn claims() -> Vec<Claim> {
     vec![
@@ -136,7 +191,7 @@ pub fn claims() -> Vec<Claim> {
             baseline: "llama",
             challengers: &["lime"],
             // The MQAR preset (V256, T64, 2 layers, d=64, 2 heads, batch 128, 6e12 FLOPs per run).
-            cpu: mqar_cpu,
+            cpu: || one(mqar_cpu()),
             gpu: None,
         },
         Claim {
@@ -161,7 +216,7 @@ pub fn claims() -> Vec<Claim> {
                 "resformer",
             ],
             // The MQAR claim's kv8 cell: its llama and lime runs are the same runs (same specs).
-            cpu: rivals_cpu,
+            cpu: || one(rivals_cpu()),
             gpu: None,
         },
         Claim {
@@ -171,8 +226,29 @@ pub fn claims() -> Vec<Claim> {
                    d=32; 50,000 examples per operand count, 200 epochs, lr 1e-3 linear decay)",
             baseline: "llama",
             challengers: &["lime"],
-            cpu: aet_cpu,
-            gpu: Some(aet_gpu),
+            cpu: || one(aet_cpu()),
+            gpu: Some(|| one(aet_gpu())),
+        },
+        Claim {
+            name: "prosqa",
+            title: "ProsQA: does LIMe plan better over a graph of facts?",
+            reported: "LIMe 77.8% vs LLaMA 69.4% (150M models fine-tuned on ProsQA); here both \
+                   are trained from scratch at 4 layers, d=64",
+            baseline: "llama",
+            challengers: &["lime"],
+            cpu: prosqa_cpu,
+            gpu: None,
+        },
+        Claim {
+            name: "depth",
+            title: "Depth: does LIMe buy what extra layers buy? (k-hop induction, 2/4/8 layers)",
+            reported: "deep models where 64-layer LIMe beats 128-layer LLaMA; here lime is \
+                   compared with llama at each depth (the table also shows lime at L against \
+                   llama at 2L)",
+            baseline: "llama",
+            challengers: &["lime"],
+            cpu: depth_cpu,
+            gpu: None,
         },
     ]
 }
@@ -194,14 +270,28 @@ fn selected(names: &[String]) -> Result<Vec<Claim>> {
         .collect())
 }
 
-/// The claim's runs at `scale` (`None`: no protocol at that scale).
-pub fn protocol(claim: &Claim, scale: Scale) -> Result<Option<Vec<RunSpec>>> {
-    let o = match scale {
+/// The claim's arms at `scale`, each with its runs (`None`: no protocol at that scale).
+pub fn arms(claim: &Claim, scale: Scale) -> Result<Option<Vec<(String, Vec<RunSpec>)>>> {
+    let arms = match scale {
         Scale::Cpu => Some((claim.cpu)()),
         Scale::Gpu => claim.gpu.map(|f| f()),
     };
-    o.map(|o| crate::spec::resolve(&o).with_context(|| format!("claim {}", claim.name)))
-        .transpose()
+    let Some(arms) = arms else {
+        return Ok(None);
+    };
+    arms.into_iter()
+        .map(|a| {
+            let specs = crate::spec::resolve(&a.overrides)
+                .with_context(|| format!("claim {}", claim.name))?;
+            Ok((a.label, specs))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// The claim's runs at `scale`, every arm's (`None`: no protocol at that scale).
+pub fn protocol(claim: &Claim, scale: Scale) -> Result<Option<Vec<RunSpec>>> {
+    Ok(arms(claim, scale)?.map(|a| a.into_iter().flat_map(|(_, s)| s).collect()))
 }
 
 pub fn run(a: &ReproduceArgs) -> Result<()> {
@@ -244,12 +334,17 @@ pub fn run(a: &ReproduceArgs) -> Result<()> {
             )?;
         }
     }
-    let text = render(&claims, &a.results)?;
-    crate::io::write_atomic(&a.out, text.as_bytes())?;
+    let report = report(&claims, &a.results)?;
+    crate::io::write_atomic(&a.out, report.md.as_bytes())?;
     eprintln!("wrote {}", a.out.display());
     if a.results.join("runs").is_dir() {
         // The leaderboard and its figures of every committed run, beside the run folders.
         crate::job::write_report(&a.results)?;
+        for (name, diffs) in &report.differences {
+            let path = a.results.join(format!("{name}-differences.svg"));
+            difference_plot(&path, name, diffs)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         eprintln!(
             "wrote {}/leaderboard.md and its figures",
             a.results.display()
@@ -286,8 +381,30 @@ fn verdict(missing: usize, w: Option<crate::stats::Welch>) -> String {
     }
 }
 
+/// One challenger − baseline difference with its 95% CI (test accuracy, fractions), for the
+/// difference figure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Difference {
+    /// `task level[ · arm] challenger`.
+    pub label: String,
+    pub diff: f64,
+    pub ci95: f64,
+}
+
+/// What [`report`] renders: the markdown and, per claim with at least one tested comparison,
+/// its differences (drawn by `run` as `<claim>-differences.svg`).
+pub struct Report {
+    pub md: String,
+    pub differences: Vec<(String, Vec<Difference>)>,
+}
+
 /// `REPRODUCTION.md` from the committed results of `claims` (a pure function of the files).
-pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
+pub fn render(claims: &[Claim], results: &Path) -> Result<String> {
+    Ok(report(claims, results)?.md)
+}
+
+/// [`render`] and the differences behind its verdicts.
+pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
     let loaded = if results.join("runs").is_dir() {
         load_results(results)?
     } else {
@@ -304,45 +421,123 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
          *reproduced* (same sign as reported, p < 0.05), *same sign, not significant*, *not \
          reproduced*.\n",
     );
+    let mut differences = Vec::new();
     for c in claims {
         md += &format!(
             "\n## {} (`{}`)\n\nReported: {}.\n\n",
             c.title, c.name, c.reported
         );
-        let specs = protocol(c, Scale::Cpu)?.unwrap_or_default();
-        let ids: BTreeSet<String> = specs.iter().map(|s| s.id()).collect();
-        let mine: Vec<&Record> = loaded
-            .records
-            .iter()
-            .filter(|r| ids.contains(&r.result.id))
-            .collect();
-        let mut lrs: Vec<f64> = specs.iter().map(|s| s.optim.lr).collect();
-        lrs.sort_by(f64::total_cmp);
-        lrs.dedup();
-        let lrs: Vec<String> = lrs.iter().map(|l| format!("{l:e}")).collect();
-        let seeds: BTreeSet<u64> = specs.iter().map(|s| s.seed).collect();
-        md += &format!(
-            "Protocol (CPU scale): {} runs — tasks {}, models {} vs {}, seeds {}, learning rates \
-             {}, {} per run; {} of them committed.{}\n\n",
-            specs.len(),
-            specs.iter().map(|s| format!("{} {}", s.task, s.level)).collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", "),
-            c.challengers.join(", "),
-            c.baseline,
-            seeds.len(),
-            lrs.join(", "),
-            specs.first().map(|s| format!("{:.1e} FLOPs", s.budget_flops)).unwrap_or_default(),
-            mine.len(),
-            match c.gpu {
-                Some(_) => format!(
-                    " The paper-sized protocol: `harness reproduce --claims {} --scale gpu --device cuda`.",
-                    c.name
-                ),
-                None => String::new(),
+        let cpu = arms(c, Scale::Cpu)?.unwrap_or_default();
+        let (text, diffs) = section(c, "CPU scale", &cpu, &loaded.records);
+        md += &text;
+        if !diffs.is_empty() {
+            md += &format!(
+                "\nDifferences {} − {} with their 95% CIs: \
+                 [figure](results/reproduction/{}-differences.svg).\n",
+                c.challengers.join(", "),
+                c.baseline,
+                c.name
+            );
+            differences.push((c.name.to_string(), diffs));
+        }
+        if let Some(gpu) = arms(c, Scale::Gpu)? {
+            let ids: BTreeSet<String> = gpu.iter().flat_map(|(_, s)| s).map(|s| s.id()).collect();
+            let cmd = format!(
+                "`harness reproduce --claims {} --scale gpu --device cuda`",
+                c.name
+            );
+            if loaded.records.iter().any(|r| ids.contains(&r.result.id)) {
+                md += &format!("\n### The paper-sized protocol (GPU scale: {cmd})\n\n");
+                md += &section(c, "GPU scale", &gpu, &loaded.records).0;
+            } else {
+                md += &format!(
+                    "\nThe paper-sized protocol ({} runs) has not been run: no GPU has been lent \
+                     to the sessions that trained these results. To run it: {cmd}, then commit \
+                     its runs with `scripts/commit-reproduction.sh`.\n",
+                    ids.len()
+                );
             }
-        );
-        md += "| task | level | model | lrs tried | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | params | FLOPs | wall-clock s |\n";
-        md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-        let owned: Vec<Record> = mine.iter().map(|r| (*r).clone()).collect();
+        }
+    }
+    Ok(Report { md, differences })
+}
+
+/// The protocol line, the table and the verdicts of one scale of a claim.
+fn section(
+    c: &Claim,
+    scale: &str,
+    arms: &[(String, Vec<RunSpec>)],
+    records: &[Record],
+) -> (String, Vec<Difference>) {
+    let specs: Vec<&RunSpec> = arms.iter().flat_map(|(_, s)| s).collect();
+    let ids: BTreeSet<String> = specs.iter().map(|s| s.id()).collect();
+    let mine: Vec<&Record> = records
+        .iter()
+        .filter(|r| ids.contains(&r.result.id))
+        .collect();
+    let mut lrs: Vec<f64> = specs.iter().map(|s| s.optim.lr).collect();
+    lrs.sort_by(f64::total_cmp);
+    lrs.dedup();
+    let lrs: Vec<String> = lrs.iter().map(|l| format!("{l:e}")).collect();
+    let seeds: BTreeSet<u64> = specs.iter().map(|s| s.seed).collect();
+    let budgets: BTreeSet<String> = specs
+        .iter()
+        .map(|s| format!("{:.1e}", s.budget_flops))
+        .collect();
+    let labels: Vec<&str> = arms
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut md = format!(
+        "Protocol ({scale}): {} runs — tasks {}{}, models {} vs {}, seeds {}, learning rates {}, \
+         {} FLOPs per run; {} of them committed.{}\n\n",
+        specs.len(),
+        specs
+            .iter()
+            .map(|s| format!("{} {}", s.task, s.level))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", "),
+        if labels.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", labels.join(", "))
+        },
+        c.challengers.join(", "),
+        c.baseline,
+        seeds.len(),
+        lrs.join(", "),
+        budgets.into_iter().collect::<Vec<_>>().join(" / "),
+        mine.len(),
+        match (scale, c.gpu) {
+            ("CPU scale", Some(_)) => format!(
+                " The paper-sized protocol: `harness reproduce --claims {} --scale gpu --device cuda`.",
+                c.name
+            ),
+            _ => String::new(),
+        }
+    );
+    md += "| task | level | model | lrs tried | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | params | FLOPs | wall-clock s |\n";
+    md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    let mut verdicts = String::new();
+    let mut diffs = Vec::new();
+    for (label, arm_specs) in arms {
+        let arm_ids: BTreeSet<String> = arm_specs.iter().map(|s| s.id()).collect();
+        let arm: Vec<&Record> = mine
+            .iter()
+            .filter(|r| arm_ids.contains(&r.result.id))
+            .copied()
+            .collect();
+        let shown = |level: &str| {
+            if label.is_empty() {
+                level.to_string()
+            } else {
+                format!("{level} · {label}")
+            }
+        };
+        let owned: Vec<Record> = arm.iter().map(|r| (*r).clone()).collect();
         let table = rows(&owned);
         let mut by_level: BTreeMap<(String, String), Vec<&Row>> = BTreeMap::new();
         for r in &table {
@@ -350,7 +545,7 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
                 .entry((r.task.clone(), r.level.clone()))
                 .or_default()
                 .push(r);
-            let tried: BTreeSet<String> = mine
+            let tried: BTreeSet<String> = arm
                 .iter()
                 .filter(|x| x.result.task == r.task && x.result.level == r.level)
                 .filter(|x| x.result.model == r.model)
@@ -359,7 +554,7 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
             md += &format!(
                 "| {} | {} | {} | {} | {:e} | {} | {} ± {} | {} | {} | {:.2e} | {:.0} |\n",
                 r.task,
-                r.level,
+                shown(&r.level),
                 r.model,
                 tried.len(),
                 r.lr,
@@ -372,8 +567,7 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
                 r.wall_clock_s
             );
         }
-        md += "\n| task | level | comparison | difference (pts, 95% CI) | Welch t, df | p | verdict |\n|---|---|---|---:|---:|---:|---|\n";
-        let levels: BTreeSet<(String, String)> = specs
+        let levels: BTreeSet<(String, String)> = arm_specs
             .iter()
             .map(|s| (s.task.clone(), s.level.clone()))
             .collect();
@@ -382,11 +576,11 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
             let pick = |m: &str| rows_here.and_then(|rs| rs.iter().find(|r| r.model == m).copied());
             // Protocol runs of model `m` at this level not yet committed.
             let missing = |m: &str| {
-                let want = specs
+                let want = arm_specs
                     .iter()
                     .filter(|s| s.task == task && s.level == level && s.model == m)
                     .count();
-                let have = mine
+                let have = arm
                     .iter()
                     .filter(|r| r.result.task == task && r.result.level == level)
                     .filter(|r| r.result.model == m)
@@ -395,46 +589,126 @@ pub fn render(claims: &[Claim], results: &std::path::Path) -> Result<String> {
             };
             for &ch in c.challengers {
                 let w = match (pick(ch), pick(c.baseline)) {
-                    (Some(a), Some(b)) => welch(&accs(&mine, a), &accs(&mine, b)),
+                    (Some(a), Some(b)) => welch(&accs(&arm, a), &accs(&arm, b)),
                     _ => None,
                 };
                 let (diff, tdf, p) = match w {
-                    Some(w) => (
-                        format!("{:+.1} ± {:.1}", 100.0 * w.diff, 100.0 * w.ci95),
-                        format!("{:.2}, {:.1}", w.t, w.df),
-                        format!("{:.3}", w.p),
-                    ),
+                    Some(w) => {
+                        diffs.push(Difference {
+                            label: format!("{task} {} {ch}", shown(&level)),
+                            diff: w.diff,
+                            ci95: w.ci95,
+                        });
+                        (
+                            format!("{:+.1} ± {:.1}", 100.0 * w.diff, 100.0 * w.ci95),
+                            format!("{:.2}, {:.1}", w.t, w.df),
+                            format!("{:.3}", w.p),
+                        )
+                    }
                     None => ("-".into(), "-".into(), "-".into()),
                 };
-                md += &format!(
-                    "| {task} | {level} | {ch} − {} | {diff} | {tdf} | {p} | {} |\n",
+                verdicts += &format!(
+                    "| {task} | {} | {ch} − {} | {diff} | {tdf} | {p} | {} |\n",
+                    shown(&level),
                     c.baseline,
                     verdict(missing(ch) + missing(c.baseline), w)
                 );
             }
         }
-        if !mine.is_empty() {
-            let tasks: BTreeSet<&str> = specs.iter().map(|s| s.task.as_str()).collect();
-            md += "\nFigures (all committed runs, written by the same command): ";
-            md += &tasks
-                .iter()
-                .map(|t| {
-                    format!(
-                        "[{t} accuracy by level](results/reproduction/{t}-accuracy-vs-level.svg), \
-                         [{t} loss vs FLOPs](results/reproduction/{t}-loss-vs-flops.svg)"
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            md += ".\n";
-        }
-        let devices: BTreeSet<&str> = mine.iter().map(|r| r.result.device.as_str()).collect();
-        if !devices.is_empty() {
-            md += &format!(
-                "\nRuns made on: {}.\n",
-                devices.into_iter().collect::<Vec<_>>().join("; ")
-            );
-        }
     }
-    Ok(md)
+    md += "\n| task | level | comparison | difference (pts, 95% CI) | Welch t, df | p | verdict |\n|---|---|---|---:|---:|---:|---|\n";
+    md += &verdicts;
+    if !mine.is_empty() && scale == "CPU scale" {
+        let tasks: BTreeSet<&str> = specs.iter().map(|s| s.task.as_str()).collect();
+        md += "\nFigures (all committed runs, written by the same command): ";
+        md += &tasks
+            .iter()
+            .map(|t| {
+                format!(
+                    "[{t} accuracy by level](results/reproduction/{t}-accuracy-vs-level.svg), \
+                     [{t} loss vs FLOPs](results/reproduction/{t}-loss-vs-flops.svg)"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        md += ".\n";
+    }
+    let devices: BTreeSet<&str> = mine.iter().map(|r| r.result.device.as_str()).collect();
+    if !devices.is_empty() {
+        md += &format!(
+            "\nRuns made on: {}.\n",
+            devices.into_iter().collect::<Vec<_>>().join("; ")
+        );
+    }
+    (md, diffs)
+}
+
+/// The differences of one claim as a forest plot: one row per comparison, the difference in
+/// points with its 95% CI as an error bar, and the zero line (no difference).
+pub fn difference_plot(path: &Path, claim: &str, diffs: &[Difference]) -> Result<()> {
+    use plotters::prelude::*;
+    let n = diffs.len();
+    let lo = diffs
+        .iter()
+        .map(|d| 100.0 * (d.diff - d.ci95))
+        .fold(0.0f64, f64::min);
+    let hi = diffs
+        .iter()
+        .map(|d| 100.0 * (d.diff + d.ci95))
+        .fold(0.0f64, f64::max);
+    let pad = ((hi - lo) * 0.05).max(1.0);
+    let (x0, x1) = ((lo - pad).max(-100.0 - pad), (hi + pad).min(100.0 + pad));
+    let mut buf = String::new();
+    {
+        let height = 120 + 36 * n as u32;
+        let root = SVGBackend::with_string(&mut buf, (900, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{claim}: challenger − baseline, test accuracy (95% CI)"),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(200)
+            .build_cartesian_2d(x0..x1, -0.5..n as f64 - 0.5)?;
+        let names: Vec<String> = diffs.iter().map(|d| d.label.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|y| {
+                let i = y.round();
+                if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                    names[n - 1 - i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .x_label_formatter(&|x| format!("{x:+.0}"))
+            .x_desc("difference in test accuracy (percentage points)")
+            .draw()?;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, -0.5), (0.0, n as f64 - 0.5)],
+            BLACK.stroke_width(1),
+        )))?;
+        let blue = RGBColor(31, 119, 180);
+        for (i, d) in diffs.iter().enumerate() {
+            let y = (n - 1 - i) as f64;
+            let (m, h) = (100.0 * d.diff, 100.0 * d.ci95);
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(m - h, y), (m + h, y)],
+                blue.stroke_width(2),
+            )))?;
+            for x in [m - h, m + h] {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, y - 0.15), (x, y + 0.15)],
+                    blue.stroke_width(2),
+                )))?;
+            }
+            chart.draw_series(std::iter::once(Circle::new((m, y), 5, blue.filled())))?;
+        }
+        root.present()?;
+    }
+    crate::io::write_atomic(path, buf.as_bytes())
 }
