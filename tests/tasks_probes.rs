@@ -1,10 +1,10 @@
-//! vartrack, listops and the MAD family (recall, noisy-recall, fuzzy-recall, selective-copy,
-//! memorize): golden snapshots of the first test examples at every level, and the generation
+//! vartrack, listops, the MAD family (recall, noisy-recall, fuzzy-recall, selective-copy,
+//! memorize) and the depth probes (counting, parity, s5, reachability): golden snapshots of the first test examples at every level, and the generation
 //! contract (thread-count independence, disjoint splits, token and length bounds, verifier).
 use std::collections::HashSet;
 use tasks::{build, generate, generate_range, registry, split_of, Example, Metric, Split, Task};
 
-const TASKS: [&str; 7] = [
+const TASKS: [&str; 11] = [
     "vartrack",
     "listops",
     "recall",
@@ -12,6 +12,10 @@ const TASKS: [&str; 7] = [
     "fuzzy-recall",
     "selective-copy",
     "memorize",
+    "counting",
+    "parity",
+    "s5",
+    "reachability",
 ];
 
 /// (snapshot name, task, level) for every level of every task covered here.

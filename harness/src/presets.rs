@@ -109,6 +109,20 @@ pub fn preset(task: &str) -> Result<Preset> {
             budget_flops: 3.0e12,
             ..base("v256", shape(128, 2, 2))
         },
+        // The depth probes: 4 layers (the depth claim's middle shape), 2e12 FLOPs so the default
+        // experiment of each trains in under 3 minutes on 2 cores.
+        "counting" | "parity" | "s5" | "reachability" => Preset {
+            budget_flops: 2.0e12,
+            ..base(
+                match task {
+                    "counting" => "n32",
+                    "parity" => "n16",
+                    "s5" => "n8",
+                    _ => "d2",
+                },
+                shape(64, 4, 4),
+            )
+        },
         other => anyhow::bail!(
             "unknown task `{other}` (known tasks: {})",
             tasks::task_names().join(", ")

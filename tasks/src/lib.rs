@@ -25,13 +25,17 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub mod arith;
+pub mod counting;
 pub mod draw;
 pub mod hopk;
 pub mod knobs;
 pub mod listops;
 pub mod mad;
 pub mod mqar;
+pub mod parity;
 pub mod prosqa;
+pub mod reachability;
+pub mod s5;
 pub mod vartrack;
 
 pub use knobs::{check, parse_config, resolve_config, set_keys, to_config_value};
@@ -237,6 +241,10 @@ pub fn registry() -> Vec<TaskInfo> {
         mad::noisy_recall_info(),
         mad::selective_copy_info(),
         mad::memorize_info(),
+        counting::info(),
+        parity::info(),
+        s5::info(),
+        reachability::info(),
     ]
 }
 
@@ -271,6 +279,12 @@ pub fn build(
             mad::SelectiveCopy::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>)
         }
         "memorize" => mad::Memorize::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "counting" => counting::Counting::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "parity" => parity::Parity::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "s5" => s5::S5::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>),
+        "reachability" => {
+            reachability::Reachability::from_json(cfg).map(|t| Box::new(t) as Box<dyn Task>)
+        }
         _ => unreachable!("registry and build disagree on {name}"),
     }
 }
