@@ -14,6 +14,7 @@ mod models_rivals;
 mod models_variant;
 mod numerics;
 mod pack;
+mod plots;
 mod reproduce;
 mod runs;
 mod task_contract;

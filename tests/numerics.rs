@@ -224,7 +224,31 @@ fn moved<T: Serialize>(old: &T, new: &T) -> Vec<String> {
         "",
         &mut out,
     );
+    out.retain(|d| !is_addition(d));
     out
+}
+
+/// A whole new entry (a new task or variant: `/<name>: None → …`), which moves no existing number
+/// and so needs no version bump — only a bless, so that it is pinned from then on.
+fn is_addition(d: &str) -> bool {
+    d.strip_prefix('/')
+        .and_then(|r| r.split_once(": None → "))
+        .is_some_and(|(key, _)| !key.contains('/'))
+}
+
+/// The new entries of a section (see [`is_addition`]).
+fn added<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    let mut out = Vec::new();
+    differences(
+        &serde_json::to_value(old).unwrap(),
+        &serde_json::to_value(new).unwrap(),
+        "",
+        &mut out,
+    );
+    out.into_iter()
+        .filter(|d| is_addition(d))
+        .map(|d| d.split(':').next().unwrap_or_default().to_string())
+        .collect()
 }
 
 #[test]
@@ -301,9 +325,21 @@ fn numerics_fingerprints_match_their_versions() {
         now.models_numerics_version,
         now.train_numerics_version,
     );
+    let new_entries: Vec<String> = [
+        added(&old.tasks, &now.tasks),
+        added(&old.models, &now.models),
+        added(&old.train, &now.train),
+    ]
+    .concat();
     if bless {
         write(&now);
     } else {
+        assert!(
+            new_entries.is_empty(),
+            "new numerics entries not yet pinned ({}): bless them with LIME_BENCH_BLESS=1 and \
+             commit golden/numerics.json (no version bump: no existing number moved)",
+            new_entries.join(", ")
+        );
         assert!(
             !versions_changed,
             "a numerics version was bumped (now gen {} / models {} / train {}, golden/numerics.json \

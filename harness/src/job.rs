@@ -139,6 +139,6 @@ pub fn write_report(
         }
         crate::io::write_atomic(&dir.join(name), text.as_bytes())?;
     }
-    crate::plots::write_plots(dir, &loaded.results(), &rs)?;
+    crate::plots::write_plots(dir, &loaded.records, &rs)?;
     Ok((rs, loaded.unreadable))
 }

@@ -1,211 +1,598 @@
-//! SVG plots next to the leaderboard: training loss vs FLOPs (one line per run) and test accuracy
-//! vs difficulty level (one line per model), per task.
+//! SVG figures next to the leaderboard, per task:
+//!
+//! * `<task>-loss-vs-flops.svg` and `<task>-val-acc-vs-flops.svg`: one line per leaderboard row
+//!   (model, level, setting) at its chosen lr, the mean over its seeds with a shaded band (95%
+//!   Student-t CI with ≥ 3 seeds, min–max with 2), log x axis, the FLOP budget as a dashed line;
+//! * `<task>-accuracy-vs-level.svg`: the level names on a categorical x axis, a point per model
+//!   with its 95% CI error bar (models offset so bars don't overlap), chance as a dashed line;
+//! * router heatmaps: per run (`runs/<id>/router-heatmap.svg`) and per row, the mean over its
+//!   seeds (`<task>-<level>-<model>-router-heatmap.svg`): values in the cells, a colour bar,
+//!   layers named at cell centres, the layer without a router marked.
+//!
+//! One colour per model in every figure ([`model_color`]). The legend sits outside the plot
+//! area, tick labels are at most 8 characters and drawn at [`TICK_FONT`] px (tests/plots.rs
+//! renders every kind and checks both).
 
-use crate::leaderboard::Row;
-use crate::records::RunResult;
+use crate::leaderboard::{t975, Record, Row};
 use anyhow::{Context, Result};
+use plotters::coord::combinators::BindKeyPoints;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn palette(i: usize) -> RGBColor {
-    const C: [RGBColor; 8] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(127, 127, 127),
-    ];
-    C[i % C.len()]
+/// Font size of tick labels (and of nothing else), so a test can find them in the SVG.
+pub const TICK_FONT: u32 = 12;
+const LEGEND_FONT: u32 = 13;
+const LEGEND_W: u32 = 230;
+const BUDGET: RGBColor = RGBColor(90, 90, 90);
+
+const PALETTE: [RGBColor; 16] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(57, 59, 121),
+    RGBColor(173, 73, 74),
+    RGBColor(99, 121, 57),
+    RGBColor(206, 109, 189),
+    RGBColor(140, 162, 82),
+    RGBColor(189, 158, 57),
+    RGBColor(82, 84, 163),
+];
+
+/// The colour of a model in every figure: its place among the known variants (llama blue,
+/// lime red, …), by name hash for a name no variant has.
+pub fn model_color(model: &str) -> RGBColor {
+    let i = models::Variant::all()
+        .iter()
+        .position(|v| v.name() == model)
+        .unwrap_or_else(|| model.bytes().map(usize::from).sum());
+    PALETTE[i % PALETTE.len()]
 }
 
-/// (flops, loss) points of a run's metrics.jsonl.
-fn loss_curve(run_dir: &Path) -> Vec<(f64, f64)> {
-    let Ok(text) = std::fs::read_to_string(run_dir.join("metrics.jsonl")) else {
+/// A tick value in at most 8 characters: `1e11`, `2.5e12`, `0.001`, `350`.
+pub fn tick(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let a = x.abs();
+    if (1e-3..1e5).contains(&a) {
+        let s = format!("{x:.3}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        return s.chars().take(8).collect();
+    }
+    let e = a.log10().floor() as i32;
+    let m = x / 10f64.powi(e);
+    let m = format!("{m:.1}");
+    let m = m.trim_end_matches('0').trim_end_matches('.');
+    format!("{m}e{e}")
+}
+
+/// Ticks of a log axis: 1, 2 and 5 times the powers of ten inside [lo, hi].
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut e = lo.log10().floor() as i32;
+    while 10f64.powi(e) <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let x = m * 10f64.powi(e);
+            if (lo..=hi).contains(&x) {
+                out.push(x);
+            }
+        }
+        e += 1;
+    }
+    out
+}
+
+/// (flops, value) points of a run's metrics.jsonl: the training loss, or the val accuracy (whose
+/// lines carry only the step: x = step × FLOPs per step).
+fn curve(dir: &Path, r: &Record, key: &str) -> Vec<(f64, f64)> {
+    let Ok(text) =
+        std::fs::read_to_string(dir.join("runs").join(&r.result.id).join("metrics.jsonl"))
+    else {
         return vec![];
     };
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v.get("flops")?.as_f64()?, v.get("loss")?.as_f64()?)))
-        .filter(|(f, l)| *f > 0.0 && l.is_finite() && *l > 0.0)
+        .filter_map(|v| {
+            let y = v.get(key)?.as_f64()?;
+            let x = match v.get("flops").and_then(|f| f.as_f64()) {
+                Some(f) => f,
+                None => v.get("step")?.as_f64()? * r.spec.flops_per_step,
+            };
+            Some((x, y))
+        })
+        .filter(|(x, y)| *x > 0.0 && y.is_finite())
         .collect()
 }
 
-pub fn write_plots(dir: &Path, results: &[RunResult], rows: &[Row]) -> Result<()> {
-    for r in results.iter().filter(|r| r.router_heatmap.len() > 1) {
-        let path = dir.join("runs").join(&r.id).join("router-heatmap.svg");
-        heatmap(
-            &path,
-            &format!("{} {}: mean |W| per source layer", r.model, r.id),
-            &r.router_heatmap,
-        )
-        .with_context(|| format!("cannot write {}", path.display()))?;
+/// One line of a figure: mean over seeds with its band.
+struct Series {
+    label: String,
+    color: RGBColor,
+    /// (x, mean, lo, hi).
+    pts: Vec<(f64, f64, f64, f64)>,
+}
+
+/// Mean and band of values at one x: 95% t CI with ≥ 3 values, min–max with 2, none with 1.
+fn band(v: &[f64]) -> (f64, f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    match v.len() {
+        1 => (m, m, m),
+        2 => (m, v[0].min(v[1]), v[0].max(v[1])),
+        k => {
+            let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            let h = t975(k - 1) * sd / n.sqrt();
+            (m, m - h, m + h)
+        }
     }
-    let mut by_task: BTreeMap<&str, Vec<&RunResult>> = BTreeMap::new();
-    for r in results {
+}
+
+/// The runs of a row: its cell at its chosen lr.
+fn runs_of<'a>(records: &'a [Record], row: &Row) -> Vec<&'a Record> {
+    records
+        .iter()
+        .filter(|r| r.spec.cell_key() == row.cell && r.result.lr == row.lr)
+        .collect()
+}
+
+/// The label of a row among the rows of its task.
+fn row_label(row: &Row, many_levels: bool) -> String {
+    let mut s = row.model.clone();
+    if many_levels {
+        s += &format!(" {}", row.level);
+    }
+    if !row.setting.is_empty() {
+        s += &format!(" ({})", row.setting);
+    }
+    s
+}
+
+fn mean_curve(dir: &Path, runs: &[&Record], key: &str) -> Vec<(f64, f64, f64, f64)> {
+    let curves: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| curve(dir, r, key)).collect();
+    let n = curves.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let x = curves[0][i].0;
+            let ys: Vec<f64> = curves.iter().map(|c| c[i].1).collect();
+            let (m, lo, hi) = band(&ys);
+            (x, m, lo, hi)
+        })
+        .collect()
+}
+
+pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
+    for r in records.iter().filter(|r| r.result.router_heatmap.len() > 1) {
+        let path = dir
+            .join("runs")
+            .join(&r.result.id)
+            .join("router-heatmap.svg");
+        let title = format!(
+            "{} {} seed {}: mean |W| per source",
+            r.result.model, r.result.level, r.result.seed
+        );
+        heatmap(&path, &title, &r.result.router_heatmap)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut by_task: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
         by_task.entry(&r.task).or_default().push(r);
     }
-    for (task, runs) in by_task {
-        let curves: Vec<(String, Vec<(f64, f64)>)> = runs
-            .iter()
-            .map(|r| {
-                (
-                    format!("{} {} s{} lr{:e}", r.model, r.level, r.seed, r.lr),
-                    loss_curve(&dir.join("runs").join(&r.id)),
-                )
-            })
-            .filter(|(_, c)| c.len() >= 2)
-            .collect();
-        if !curves.is_empty() {
-            let path = dir.join(format!("{task}-loss-vs-flops.svg"));
-            line_plot(
-                &path,
-                &format!("{task}: training loss vs FLOPs"),
-                "training FLOPs",
-                "loss",
-                &curves,
-                true,
-            )
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        // One line per model and setting (rows of one model that differ in budget, shape, ...).
-        let mut models: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        let levels: Vec<&str> = {
-            let mut l: Vec<&str> = rows
+    for (task, rows) in by_task {
+        let mut levels: Vec<&str> = rows.iter().map(|r| r.level.as_str()).collect();
+        levels.sort();
+        levels.dedup();
+        let many = levels.len() > 1;
+        for (key, file, yl) in [
+            ("loss", "loss-vs-flops", "training loss"),
+            ("val_acc", "val-acc-vs-flops", "val accuracy"),
+        ] {
+            let series: Vec<Series> = rows
                 .iter()
-                .filter(|r| r.task == task)
-                .map(|r| r.level.as_str())
+                .map(|row| Series {
+                    label: row_label(row, many),
+                    color: model_color(&row.model),
+                    pts: mean_curve(dir, &runs_of(records, row), key),
+                })
+                .filter(|s| !s.pts.is_empty())
                 .collect();
-            l.sort();
-            l.dedup();
-            l
-        };
-        for r in rows.iter().filter(|r| r.task == task) {
-            if let (Some(m), Some(i)) = (r.test_mean, levels.iter().position(|l| *l == r.level)) {
-                let name = if r.setting.is_empty() {
-                    r.model.clone()
-                } else {
-                    format!("{} ({})", r.model, r.setting)
-                };
-                models.entry(name).or_default().push((i as f64, m));
+            if series.is_empty() {
+                continue;
             }
+            let mut budgets: Vec<f64> = rows
+                .iter()
+                .flat_map(|row| runs_of(records, row))
+                .map(|r| r.spec.budget_flops)
+                .collect();
+            budgets.sort_by(f64::total_cmp);
+            budgets.dedup();
+            let path = dir.join(format!("{task}-{file}.svg"));
+            let title = format!("{task}: {yl} vs FLOPs (mean over seeds, 95% CI band)");
+            flops_plot(&path, &title, yl, &series, &budgets, key == "val_acc")
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        if !models.is_empty() {
-            let curves: Vec<(String, Vec<(f64, f64)>)> = models.into_iter().collect();
-            let path = dir.join(format!("{task}-accuracy-vs-level.svg"));
-            let xl = format!("level ({})", levels.join(", "));
-            line_plot(
-                &path,
-                &format!("{task}: test accuracy by level"),
-                &xl,
-                "test accuracy",
-                &curves,
-                false,
-            )
+        let path = dir.join(format!("{task}-accuracy-vs-level.svg"));
+        level_plot(&path, task, &levels, &rows)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        for row in rows.iter() {
+            let maps: Vec<&Vec<Vec<f64>>> = runs_of(records, row)
+                .iter()
+                .map(|r| &r.result.router_heatmap)
+                .filter(|h| h.len() > 1)
+                .collect();
+            if maps.is_empty() {
+                continue;
+            }
+            let mean: Vec<Vec<f64>> = maps[0]
+                .iter()
+                .enumerate()
+                .map(|(l, row0)| {
+                    (0..row0.len())
+                        .map(|j| maps.iter().map(|m| m[l][j]).sum::<f64>() / maps.len() as f64)
+                        .collect()
+                })
+                .collect();
+            let cell = if row.setting.is_empty() {
+                String::new()
+            } else {
+                format!("-{}", &row.cell[..8.min(row.cell.len())])
+            };
+            let path = dir.join(format!(
+                "{task}-{}-{}{cell}-router-heatmap.svg",
+                row.level, row.model
+            ));
+            let title = format!(
+                "{} {}: mean |W| per source, mean of {} seed(s)",
+                row.model,
+                row.level,
+                maps.len()
+            );
+            heatmap(&path, &title, &mean)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     Ok(())
 }
 
-fn line_plot(
+/// The legend, outside the plot area: a swatch and a label per entry.
+fn legend(
+    area: &DrawingArea<SVGBackend, Shift>,
+    entries: &[(String, RGBColor, bool)],
+) -> Result<()> {
+    for (i, (label, color, dashed)) in entries.iter().enumerate() {
+        let y = 50 + 22 * i as i32;
+        if *dashed {
+            area.draw(&plotters::element::DashedPathElement::new(
+                vec![(8, y), (34, y)],
+                5,
+                3,
+                color.stroke_width(2),
+            ))?;
+        } else {
+            area.draw(&PathElement::new(
+                vec![(8, y), (34, y)],
+                color.stroke_width(3),
+            ))?;
+        }
+        let text: String = label.chars().take(30).collect();
+        area.draw(&Text::new(
+            text,
+            (40, y - 7),
+            ("sans-serif", LEGEND_FONT).into_font(),
+        ))?;
+    }
+    Ok(())
+}
+
+fn flops_plot(
     path: &Path,
     title: &str,
-    xl: &str,
     yl: &str,
-    curves: &[(String, Vec<(f64, f64)>)],
-    log_x: bool,
+    series: &[Series],
+    budgets: &[f64],
+    unit_y: bool,
 ) -> Result<()> {
-    let pts = curves.iter().flat_map(|(_, c)| c.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-    );
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-    }
+    let pts = || series.iter().flat_map(|s| s.pts.iter());
+    let x0 = pts().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let x1 = pts()
+        .map(|p| p.0)
+        .chain(budgets.iter().copied())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let (x0, x1) = (x0 / 1.2, if x1 > x0 { x1 * 1.2 } else { x0 * 2.0 });
+    let (y0, y1) = if unit_y {
+        (0.0, 1.0)
+    } else {
+        let lo = pts().map(|p| p.2).fold(f64::INFINITY, f64::min);
+        let hi = pts().map(|p| p.3).fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        ((lo - pad).max(0.0), hi + pad)
+    };
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (800, 500)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut b = ChartBuilder::on(&root);
-        b.caption(title, ("sans-serif", 20))
+        let (plot, side) = root.split_horizontally(900 - LEGEND_W);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(title, ("sans-serif", 17))
             .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(60);
-        macro_rules! draw {
-            ($chart:expr) => {{
-                let mut chart = $chart;
-                chart.configure_mesh().x_desc(xl).y_desc(yl).draw()?;
-                for (i, (name, c)) in curves.iter().enumerate() {
-                    let col = palette(i);
-                    chart
-                        .draw_series(LineSeries::new(c.iter().copied(), col.stroke_width(2)))?
-                        .label(name.clone())
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
-                        });
-                }
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()?;
-            }};
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                (x0..x1).log_scale().with_key_points(log_ticks(x0, x1)),
+                y0..y1,
+            )?;
+        chart
+            .configure_mesh()
+            .x_labels(8)
+            .y_labels(8)
+            .x_label_formatter(&|x| tick(*x))
+            .y_label_formatter(&|y| tick(*y))
+            .label_style(("sans-serif", TICK_FONT))
+            .x_desc("training FLOPs (log scale)")
+            .y_desc(yl)
+            .axis_desc_style(("sans-serif", 14))
+            .draw()?;
+        for s in series {
+            if s.pts.iter().any(|p| p.3 > p.2) {
+                let mut poly: Vec<(f64, f64)> = s.pts.iter().map(|p| (p.0, p.3)).collect();
+                poly.extend(s.pts.iter().rev().map(|p| (p.0, p.2)));
+                chart.draw_series(std::iter::once(Polygon::new(
+                    poly,
+                    s.color.mix(0.18).filled(),
+                )))?;
+            }
+            chart.draw_series(LineSeries::new(
+                s.pts.iter().map(|p| (p.0, p.1)),
+                s.color.stroke_width(2),
+            ))?;
+            if s.pts.len() == 1 {
+                chart.draw_series(
+                    s.pts
+                        .iter()
+                        .map(|p| Circle::new((p.0, p.1), 4, s.color.filled())),
+                )?;
+            }
         }
-        if log_x {
-            draw!(b.build_cartesian_2d((x0..x1).log_scale(), y0..y1)?);
-        } else {
-            draw!(b.build_cartesian_2d(x0 - 0.5..x1 + 0.5, y0.min(0.0)..y1.max(1.0))?);
+        for &b in budgets {
+            chart.draw_series(DashedLineSeries::new(
+                vec![(b, y0), (b, y1)],
+                6,
+                4,
+                BUDGET.stroke_width(1),
+            ))?;
         }
+        let mut entries: Vec<(String, RGBColor, bool)> = series
+            .iter()
+            .map(|s| (s.label.clone(), s.color, false))
+            .collect();
+        entries.push(("FLOP budget".into(), BUDGET, true));
+        legend(&side, &entries)?;
         root.present()?;
     }
     crate::io::write_atomic(path, buf.as_bytes())
 }
 
-/// Lower-triangular heatmap: row l = layer, column j = source layer, value in [0, 1].
-fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
-    let n = rows.len();
+fn level_plot(path: &Path, task: &str, levels: &[&str], rows: &[&Row]) -> Result<()> {
+    let mut models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    models.sort();
+    models.dedup();
+    // One group per (model, setting), offset around the level's position.
+    let mut groups: Vec<(String, &str)> = rows
+        .iter()
+        .map(|r| {
+            let label = if r.setting.is_empty() {
+                r.model.clone()
+            } else {
+                format!("{} ({})", r.model, r.setting)
+            };
+            (label, r.model.as_str())
+        })
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let n = levels.len();
+    let width = 0.6 / groups.len().max(1) as f64;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (520, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 14))
+        let (plot, side) = root.split_horizontally(900 - LEGEND_W);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(
+                format!("{task}: test accuracy by level (mean, 95% CI over seeds)"),
+                ("sans-serif", 17),
+            )
+            .margin(10)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, -0.02..1.05)?;
+        let names: Vec<String> = levels.iter().map(|l| l.chars().take(8).collect()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n + 1)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_labels(12)
+            .y_label_formatter(&|y| {
+                if (0.0..=1.0).contains(y) {
+                    format!("{:.0}%", 100.0 * y)
+                } else {
+                    String::new()
+                }
+            })
+            .label_style(("sans-serif", TICK_FONT))
+            .x_desc("level")
+            .y_desc("test accuracy")
+            .axis_desc_style(("sans-serif", 14))
+            .draw()?;
+        let grey = RGBColor(110, 110, 110);
+        for (i, level) in levels.iter().enumerate() {
+            if let Some(r) = rows.iter().find(|r| r.level == *level) {
+                let x = i as f64;
+                chart.draw_series(DashedLineSeries::new(
+                    vec![(x - 0.45, r.chance), (x + 0.45, r.chance)],
+                    6,
+                    4,
+                    grey.stroke_width(2),
+                ))?;
+            }
+        }
+        for (g, (label, model)) in groups.iter().enumerate() {
+            let color = model_color(model);
+            let off = (g as f64 - (groups.len() as f64 - 1.0) / 2.0) * width;
+            for r in rows.iter().filter(|r| {
+                let l = if r.setting.is_empty() {
+                    r.model.clone()
+                } else {
+                    format!("{} ({})", r.model, r.setting)
+                };
+                &l == label
+            }) {
+                let (Some(m), Some(i)) = (r.test_mean, levels.iter().position(|l| *l == r.level))
+                else {
+                    continue;
+                };
+                let x = i as f64 + off;
+                // One seed has no interval: the point alone.
+                if let Some(h) = r.test_ci95 {
+                    let (lo, hi) = ((m - h).max(0.0), (m + h).min(1.0));
+                    let cap = (width * 0.25).min(0.05);
+                    for seg in [
+                        vec![(x, lo), (x, hi)],
+                        vec![(x - cap, lo), (x + cap, lo)],
+                        vec![(x - cap, hi), (x + cap, hi)],
+                    ] {
+                        chart.draw_series(std::iter::once(PathElement::new(
+                            seg,
+                            color.stroke_width(2),
+                        )))?;
+                    }
+                }
+                chart.draw_series(std::iter::once(Circle::new((x, m), 6, color.filled())))?;
+            }
+        }
+        let mut entries: Vec<(String, RGBColor, bool)> = groups
+            .iter()
+            .map(|(label, model)| (label.clone(), model_color(model), false))
+            .collect();
+        entries.push(("chance".into(), grey, true));
+        legend(&side, &entries)?;
+        root.present()?;
+    }
+    crate::io::write_atomic(path, buf.as_bytes())
+}
+
+/// Lower-triangular heatmap: row l = layer, column j = source layer, value in [0, 1], written in
+/// its cell; the colour bar on the right; row 0 (layer 0 has no router: it sees only itself).
+fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
+    let n = rows.len();
+    let shade = |v: f64| {
+        let s = (255.0 * (1.0 - v.clamp(0.0, 1.0))) as u8;
+        RGBColor(s, s, 255)
+    };
+    let cell = (440 / n.max(1)).clamp(24, 90) as u32;
+    let side = cell * n as u32;
+    let (w, h) = (side + 230, side + 120);
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (plot, bar) = root.split_horizontally(side + 100);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(title, ("sans-serif", 13))
             .margin(10)
             .x_label_area_size(40)
-            .y_label_area_size(40)
-            .build_cartesian_2d(0..n, 0..n)?;
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, -0.5..n as f64 - 0.5)?;
+        let name = |v: f64| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                format!("L{}", i as usize)
+            } else {
+                String::new()
+            }
+        };
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_desc("source layer")
+            .x_labels(n + 1)
+            .y_labels(n + 1)
+            .x_label_formatter(&|x| name(*x))
+            .y_label_formatter(&|y| name(*y))
+            .label_style(("sans-serif", TICK_FONT))
+            .x_desc("source layer (its K|V)")
             .y_desc("layer")
+            .axis_desc_style(("sans-serif", 13))
             .draw()?;
+        let font = ("sans-serif", 11).into_font();
         for (l, row) in rows.iter().enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                let shade = (255.0 * (1.0 - v.clamp(0.0, 1.0))) as u8;
-                let color = RGBColor(shade, shade, 255);
+            let (yl, yh) = (l as f64 - 0.5, l as f64 + 0.5);
+            if l == 0 {
                 chart.draw_series(std::iter::once(Rectangle::new(
-                    [(j, l), (j + 1, l + 1)],
-                    color.filled(),
+                    [(-0.5, yl), (0.5, yh)],
+                    RGBColor(225, 225, 225).filled(),
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    "no router",
+                    (-0.4, l as f64 + 0.1),
+                    font.clone(),
+                )))?;
+                continue;
+            }
+            for (j, &v) in row.iter().enumerate() {
+                let (xl, xh) = (j as f64 - 0.5, j as f64 + 0.5);
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(xl, yl), (xh, yh)],
+                    shade(v).filled(),
+                )))?;
+                let ink = if v > 0.55 { WHITE } else { BLACK };
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{v:.2}"),
+                    (j as f64 - 0.22, l as f64 + 0.1),
+                    font.clone().color(&ink),
                 )))?;
             }
         }
+        // Colour bar: 0 (white) to 1 (full blue).
+        let (bx, by, bh) = (20, 40, side as i32);
+        for k in 0..bh {
+            let v = 1.0 - k as f64 / bh as f64;
+            bar.draw(&Rectangle::new(
+                [(bx, by + k), (bx + 18, by + k + 1)],
+                shade(v).filled(),
+            ))?;
+        }
+        bar.draw(&Rectangle::new(
+            [(bx, by), (bx + 18, by + bh)],
+            BLACK.stroke_width(1),
+        ))?;
+        for (v, label) in [(1.0, "1"), (0.5, "0.5"), (0.0, "0")] {
+            let y = by + ((1.0 - v) * bh as f64) as i32;
+            bar.draw(&Text::new(
+                label,
+                (bx + 24, y - 6),
+                ("sans-serif", TICK_FONT).into_font(),
+            ))?;
+        }
+        bar.draw(&Text::new(
+            "share",
+            (bx - 4, by - 22),
+            ("sans-serif", 13).into_font(),
+        ))?;
         root.present()?;
     }
     crate::io::write_atomic(path, buf.as_bytes())
