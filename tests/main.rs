@@ -2,6 +2,7 @@
 //!
 //! Snapshots live in `golden/` (see [`golden`]); under `CI=true` a missing snapshot fails.
 
+mod analyze;
 mod cli;
 mod device;
 mod layering;

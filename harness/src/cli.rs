@@ -36,6 +36,9 @@ pub enum Command {
     Reproduce(crate::reproduce::ReproduceArgs),
     /// Retrain a saved run from its config.json alone and check the result equals the saved one.
     Rerun(crate::rerun::RerunArgs),
+    /// The paper's diagnostics of a trained run (or of every run under a results folder): value
+    /// and hidden-state entropy per layer, linear probes, router heatmaps.
+    Analyze(crate::analyze::AnalyzeArgs),
     /// Throughput benchmarks: `gen` (examples/s per task), `train` (tokens/s), `decode`.
     Bench(crate::bench::BenchArgs),
     /// One forward+backward step of every model on --device vs the CPU f64 reference (the CUDA test subset, shipped in the binary).
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(a)) => crate::bench::run(&a),
         Some(Command::Reproduce(a)) => crate::reproduce::run(&a),
         Some(Command::Rerun(a)) => crate::rerun::run(&a),
+        Some(Command::Analyze(a)) => crate::analyze::run(&a),
         Some(Command::CheckDevice(a)) => crate::check_device::run(&a),
     }
 }

@@ -498,7 +498,7 @@ fn level_plot(path: &Path, task: &str, levels: &[&str], rows: &[&Row]) -> Result
 
 /// Lower-triangular heatmap: row l = layer, column j = source layer, value in [0, 1], written in
 /// its cell; the colour bar on the right; row 0 (layer 0 has no router: it sees only itself).
-fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
+pub fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
     let n = rows.len();
     let shade = |v: f64| {
         let s = (255.0 * (1.0 - v.clamp(0.0, 1.0))) as u8;
@@ -593,6 +593,65 @@ fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
             (bx - 4, by - 22),
             ("sans-serif", 13).into_font(),
         ))?;
+        root.present()?;
+    }
+    crate::io::write_atomic(path, buf.as_bytes())
+}
+
+/// A value per layer: `names` on a categorical x axis, a line with points per series (the
+/// diagnostics of `harness analyze`), the legend outside the plot.
+pub fn layer_plot(
+    path: &Path,
+    title: &str,
+    yl: &str,
+    names: &[String],
+    series: &[(String, RGBColor, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let n = names.len().max(1);
+    let ys = || series.iter().flat_map(|s| s.2.iter().map(|p| p.1));
+    let lo = ys().fold(f64::INFINITY, f64::min).min(0.0);
+    let hi = ys().fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-9);
+    let pad = (hi - lo) * 0.08;
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (plot, side) = root.split_horizontally(900 - LEGEND_W);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, lo..hi + pad)?;
+        let short: Vec<String> = names.iter().map(|l| l.chars().take(8).collect()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n + 1)
+            .y_labels(8)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < short.len() {
+                    short[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| tick(*y))
+            .label_style(("sans-serif", TICK_FONT))
+            .x_desc("layer")
+            .y_desc(yl)
+            .axis_desc_style(("sans-serif", 14))
+            .draw()?;
+        for (_, color, pts) in series {
+            chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
+        }
+        let entries: Vec<(String, RGBColor, bool)> = series
+            .iter()
+            .map(|(l, c, _)| (l.clone(), *c, false))
+            .collect();
+        legend(&side, &entries)?;
         root.present()?;
     }
     crate::io::write_atomic(path, buf.as_bytes())

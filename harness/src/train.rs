@@ -419,7 +419,11 @@ pub fn run_pack(
 }
 
 /// The model of one run's weights `w` (for evaluation), in the run's backend and precision.
-fn run_model(spec: &RunSpec, w: &HashMap<String, Tensor>, dev: &Device) -> Result<models::Model> {
+pub fn run_model(
+    spec: &RunSpec,
+    w: &HashMap<String, Tensor>,
+    dev: &Device,
+) -> Result<models::Model> {
     let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, dev);
     Ok(models::Model::new(&spec.model_config, vb, spec.backend)?
         .with_matmul_dtype(spec.precision.matmul_dtype()))
