@@ -20,3 +20,20 @@ for seeds in 1 2; do
   rm -rf "$work"
   echo "wrote $out: $(ls "$out" | tr '\n' ' ')"
 done
+
+# The diagnostics of the default run's two models (`harness analyze`), which need the runs' saved
+# weights: the default run is trained into $DEFAULT_RUN (kept; a finished run there is reused).
+# SKIP_ANALYZE=1 leaves docs/figures/analysis/ as it is.
+if [ "${SKIP_ANALYZE:-0}" != 1 ]; then
+  run=${DEFAULT_RUN:-runs/readme-default}
+  "$bin" --task mqar --out "$run" --quiet >/dev/null
+  work=$(mktemp -d)
+  "$bin" analyze "$run" --out "$work" >/dev/null
+  out=docs/figures/analysis
+  rm -rf "$out"
+  mkdir -p "$out"
+  cp "$work"/*.svg "$out/"
+  for a in "$work"/*/analysis.json; do cp "$a" "$out/$(basename "$(dirname "$a")").analysis.json"; done
+  rm -rf "$work"
+  echo "wrote $out: $(ls "$out" | tr '\n' ' ')"
+fi
