@@ -13,7 +13,8 @@
 //! A section whose numbers moved while its version stayed fails with "bump ...": finished runs
 //! made by the old code would otherwise be reused as if current. After the bump, re-bless with
 //! `LIME_BENCH_BLESS=1 cargo test -p harness --test integration numerics` (blessing refuses
-//! while a moved section's version is unchanged). Floats are compared with a relative tolerance
+//! while a moved section's version is unchanged). A newly registered variant is an addition,
+//! not a move: the same blessing adds its fingerprints and leaves every existing number as is. Floats are compared with a relative tolerance
 //! of 1e-4, far above the rounding differences between CPUs and thread counts (~1e-6) and far
 //! below what a real change of a kernel, an init or a schedule does.
 
@@ -277,9 +278,19 @@ fn numerics_fingerprints_match_their_versions() {
         old.generator_version == now.generator_version,
         true,
     );
+    // A variant the golden file does not know yet is an addition, not a move: it needs a
+    // blessing (below), not a version bump, and the existing fingerprints stay as they are.
+    let added: BTreeMap<_, _> = now
+        .models
+        .iter()
+        .filter(|(k, _)| !old.models.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut known = now.models.clone();
+    known.retain(|k, _| !added.contains_key(k));
     let models_moved = check(
         "models",
-        moved(&old.models, &now.models),
+        moved(&old.models, &known),
         old.models_numerics_version == now.models_numerics_version,
         true,
     );
@@ -301,9 +312,20 @@ fn numerics_fingerprints_match_their_versions() {
         now.models_numerics_version,
         now.train_numerics_version,
     );
-    if bless {
+    if bless && !versions_changed {
+        // Nothing moved (checked above): add the new variants, keep every existing number.
+        let mut merged = old.clone();
+        merged.models.extend(added);
+        write(&merged);
+    } else if bless {
         write(&now);
     } else {
+        assert!(
+            added.is_empty(),
+            "golden/numerics.json has no fingerprint for {:?}: bless it with \
+             LIME_BENCH_BLESS=1 (adds the new variants, leaves the others) and commit it",
+            added.keys().collect::<Vec<_>>()
+        );
         assert!(
             !versions_changed,
             "a numerics version was bumped (now gen {} / models {} / train {}, golden/numerics.json \
