@@ -251,6 +251,16 @@ fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
                 s.extend([(1, d), (1, d)]);
             }
         }
+        // mHC: per site fn ((2+n)n, nD), base, scale (3); the head after the last block.
+        if cfg.variant.name() == "mhc" {
+            let n = models::mhc::STREAMS;
+            for _site in 0..2 {
+                s.extend([((2 + n) * n, n * d), (1, (2 + n) * n), (1, 3)]);
+            }
+            if l + 1 == cfg.n_layers {
+                s.extend([(n, n * d), (1, n), (1, 1)]);
+            }
+        }
     }
     s.push((1, d));
     s
@@ -325,6 +335,14 @@ fn naive_causal_flops(cfg: &Config, t: usize) -> u64 {
                 let hid = (c * n * if last { 4 } else { 1 } / 64 + 1) * 64;
                 macs += d * hid + hid * c * n + c * n * d; // W1, W2, Σ_j A[c,j] X_j
             }
+            if cfg.variant.name() == "mhc" {
+                let n = models::mhc::STREAMS;
+                // Per site: coefficients, read-in Σ pre_i H_i, write-out post ⊗ y + comb · H.
+                macs += 2 * ((2 + n) * n * n * d + n * d + n * d + n * n * d);
+                if l + 1 == cfg.n_layers {
+                    macs += n * n * d + n * d; // head coefficients and read-out
+                }
+            }
         }
     }
     macs += t * d * v; // LM head
@@ -359,6 +377,7 @@ fn recounts_agree_for_small_shapes() {
                     | "attnres"
                     | "attnres-block"
                     | "muddformer"
+                    | "mhc"
             )
         );
     }

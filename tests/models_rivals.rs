@@ -330,6 +330,8 @@ fn formula_extra(c: &Config) -> i64 {
                 .sum();
             da + 2 * (l - 1) * d // + the k and v input norms of blocks 1 … L−1
         }
+        // Per site fn ((2+n)n × nD), base ((2+n)n), scale (3); head fn (n × nD), base, scale.
+        "mhc" => 2 * l * ((2 + n) * n * n * d + (2 + n) * n + 3) + n * n * d + n + 1,
         v => panic!("{v:?} not a rival"),
     }
 }
@@ -898,6 +900,8 @@ pub(crate) fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> 
             (0.0, 0.7) // AttnRes pseudo-queries: softmax over depth far from uniform and one-hot
         } else if name.ends_with(".key_gain") {
             (1.0, 0.5)
+        } else if name.ends_with(".hc_base") {
+            (0.0, 1.0) // mHC gate biases
         } else if name.contains(".dynamic_") {
             (0.0, 0.7)
         } else if dims.len() == 2 {

@@ -1,5 +1,5 @@
 //! The 2025–26 rivals: `attnres` and `attnres-block` (Attention Residuals, Kimi 2026),
-//! `muddformer` (MUDDFormer, Xiao et al. 2025).
+//! `muddformer` (MUDDFormer, Xiao et al. 2025), `mhc` (mHC, DeepSeek 2025, as DeepSeek-V4 runs it).
 //!
 //! The generic checks of `models_rivals.rs` and `models_accounting.rs` already cover every
 //! built-in (parameter counts vs built tensors and a plain formula, FLOP recount, causality at
@@ -17,6 +17,8 @@
 //! Neutral settings (each module's docs): `attnres`, `attnres-block`: every pseudo-query 0 and
 //! `norm_eps` = 0 (their init with eps = 0); with eps > 0 there is **no** exact reduction.
 //! `muddformer`: W2 = 0, a = e_current, k/v input norms = attn_norm (its init, any eps).
+//! `mhc`: **none** (σ + ε gates and ε-guarded Sinkhorn steps come within ~1e-6 of llama, never
+//! exactly; section 1 tests that statement).
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -32,10 +34,11 @@ use crate::models_rivals::{
 };
 
 /// The variants of this file.
-const NEW: [Variant; 3] = [
+const NEW: [Variant; 4] = [
     Variant::ATTNRES,
     Variant::ATTNRES_BLOCK,
     Variant::MUDDFORMER,
+    Variant::MHC,
 ];
 
 fn shapes() -> Vec<(usize, usize, usize, bool)> {
@@ -152,6 +155,44 @@ fn muddformer_at_its_neutral_setting_equals_llama() -> Result<()> {
     Ok(())
 }
 
+/// mHC has no neutral setting. The closest one — fn = 0 (no dynamic part), base_post =
+/// logit(1 − ε) (post = 1 up to rounding), norm_eps = 0, equal streams — still differs from llama:
+/// Sinkhorn's ε guards leave the rows of comb summing to 1 − O(ε), so the residual shrinks by
+/// O(ε) per site. The difference is small and not zero; at init mHC is far from llama.
+#[test]
+fn mhc_has_no_neutral_setting() -> Result<()> {
+    let n = models::mhc::STREAMS;
+    let eps = models::mhc::HC_EPS;
+    let c = Config {
+        norm_eps: 0.0,
+        ..cfg(Variant::MHC, 3, 4, 2, false)
+    };
+    let (vm, model, llama, _) = pair(&c, 71)?;
+    let ids = random_ids(2, 9, c.vocab_size, 72)?;
+    let reference = llama.forward(&ids)?;
+    let d_init = max_abs_diff(&model.forward(&ids)?, &reference)?;
+    ensure!(
+        d_init > 1e-3,
+        "mHC at init should be far from llama ({d_init})"
+    );
+    let logit = ((1.0 - eps) / eps).ln();
+    for (name, v) in sorted_vars(&vm) {
+        if name.ends_with(".hc_fn") {
+            v.set(&v.as_tensor().zeros_like()?)?;
+        } else if name.ends_with(".hc_base") && !name.contains(".mhc_head.") {
+            let mut b = vec![0.0; (2 + n) * n];
+            b[n..2 * n].fill(logit); // post = σ(logit) + ε = 1
+            v.set(&Tensor::from_vec(b, (2 + n) * n, &Device::Cpu)?)?;
+        }
+    }
+    let d = max_abs_diff(&model.forward(&ids)?, &reference)?;
+    ensure!(
+        d > 0.0 && d < 1e-3 && d < d_init / 100.0,
+        "closest setting vs llama: {d} (init: {d_init})"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Causality at random weights
 // ---------------------------------------------------------------------------------------------
@@ -208,7 +249,7 @@ fn new_rivals_kv_cache_matches_full_forward_at_random_weights() -> Result<()> {
 
 #[test]
 fn new_weights_match_finite_differences() -> Result<()> {
-    let checks: [(Variant, usize, &[(&str, &[usize])]); 4] = [
+    let checks: [(Variant, usize, &[(&str, &[usize])]); 5] = [
         (
             Variant::ATTNRES,
             2,
@@ -250,6 +291,19 @@ fn new_weights_match_finite_differences() -> Result<()> {
                 ("layers.3.mudd.dynamic_w2", &[1, 130]),
                 ("layers.2.attn_k_norm.weight", &[2]),
                 ("layers.1.attn_v_norm.weight", &[9]),
+            ],
+        ),
+        (
+            Variant::MHC,
+            2,
+            &[
+                ("layers.0.mhc_attn.hc_fn", &[0, 333, 1500]),
+                ("layers.2.mhc_mlp.hc_fn", &[64, 1000]),
+                ("layers.1.mhc_attn.hc_base", &[1, 6, 20]),
+                ("layers.3.mhc_mlp.hc_scale", &[0, 1, 2]),
+                ("layers.3.mhc_head.hc_fn", &[5, 200]),
+                ("layers.3.mhc_head.hc_base", &[3]),
+                ("layers.3.mhc_head.hc_scale", &[0]),
             ],
         ),
     ];
@@ -327,6 +381,12 @@ enum Bug {
     ResidualFromQuery,
     /// MUDDFormer: the DA weights read the block output without the RMSNorm.
     DenseNotNormalised,
+    /// mHC: no Sinkhorn projection (comb = σ(·) + ε as is).
+    NoSinkhorn,
+    /// mHC: comb transposed in the write-out (H'_i = Σ_j comb[j][i] H_j).
+    CombTransposed,
+    /// mHC: the write-out weights taken from the read-in gate.
+    PostIsPre,
 }
 
 /// One AttnRes op at every position (`prefix` names its weights; one source: the identity).
@@ -540,6 +600,125 @@ fn ref_muddformer(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
     unreachable!("the last DA returns")
 }
 
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// mHC (arXiv 2512.24880 as DeepSeek-V4 runs it; module docs of `mhc.rs`): n streams; per site
+/// m = fn·f / rms(f) with f the concatenated streams; pre, post = σ(s·m + base) + ε;
+/// comb = Sinkhorn_K(σ(s·m + base) + ε); h = Σ pre_i H_i; H'_i = post_i 𝒯(h) + Σ_j comb[i][j] H_j;
+/// head Σ pre_i H_i with its own gate.
+fn ref_mhc(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
+    let (n, d, tn) = (models::mhc::STREAMS, c.d_model, ids.len());
+    let (e, iters) = (models::mhc::HC_EPS, models::mhc::SINKHORN_ITERS);
+    // m[k] for one token's streams.
+    let mix = |fnw: &[f64], rows: usize, h: &[Vec<f64>]| -> Vec<f64> {
+        let f: Vec<f64> = h.concat();
+        let rms = (f.iter().map(|x| x * x).sum::<f64>() / f.len() as f64 + c.norm_eps).sqrt();
+        (0..rows)
+            .map(|k| {
+                fnw[k * n * d..][..n * d]
+                    .iter()
+                    .zip(&f)
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+                    / rms
+            })
+            .collect()
+    };
+    let mut hs: Vec<Seq> = ref_embed(c, w, ids)
+        .into_iter()
+        .map(|x| vec![x; n])
+        .collect();
+    for l in 0..c.n_layers {
+        for site in ["mhc_attn", "mhc_mlp"] {
+            let p = format!("layers.{l}.{site}");
+            let (fnw, base, s) = (
+                w.get(&format!("{p}.hc_fn")),
+                w.get(&format!("{p}.hc_base")),
+                w.get(&format!("{p}.hc_scale")),
+            );
+            let mut pres = Vec::new();
+            let mut posts = Vec::new();
+            let mut combs = Vec::new();
+            for h in &hs {
+                let m = mix(fnw, (2 + n) * n, h);
+                let gate = |k: usize, sc: f64| sigmoid(sc * m[k] + base[k]) + e;
+                let pre: Vec<f64> = (0..n).map(|i| gate(i, s[0])).collect();
+                let post: Vec<f64> = match bug {
+                    Bug::PostIsPre => pre.clone(),
+                    _ => (0..n).map(|i| gate(n + i, s[1])).collect(),
+                };
+                let mut comb: Vec<Vec<f64>> = (0..n)
+                    .map(|i| (0..n).map(|j| gate(2 * n + i * n + j, s[2])).collect())
+                    .collect();
+                if bug != Bug::NoSinkhorn {
+                    for _ in 0..iters {
+                        for row in comb.iter_mut() {
+                            let z: f64 = row.iter().sum::<f64>() + e;
+                            row.iter_mut().for_each(|x| *x /= z);
+                        }
+                        for j in 0..n {
+                            let z: f64 = (0..n).map(|i| comb[i][j]).sum::<f64>() + e;
+                            (0..n).for_each(|i| comb[i][j] /= z);
+                        }
+                    }
+                }
+                pres.push(pre);
+                posts.push(post);
+                combs.push(comb);
+            }
+            let x: Seq = (0..tn)
+                .map(|t| {
+                    (0..d)
+                        .map(|k| (0..n).map(|i| pres[t][i] * hs[t][i][k]).sum())
+                        .collect()
+                })
+                .collect();
+            let y: Seq = if site == "mhc_attn" {
+                ref_attention(c, w, l, &x, true)
+            } else {
+                ref_mlp_seq(c, w, l, &x)
+            };
+            let cm = |t: usize, i: usize, j: usize| match bug {
+                Bug::CombTransposed => combs[t][j][i],
+                _ => combs[t][i][j],
+            };
+            hs = (0..tn)
+                .map(|t| {
+                    (0..n)
+                        .map(|i| {
+                            (0..d)
+                                .map(|k| {
+                                    posts[t][i] * y[t][k]
+                                        + (0..n).map(|j| cm(t, i, j) * hs[t][j][k]).sum::<f64>()
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect();
+        }
+    }
+    let p = format!("layers.{}.mhc_head", c.n_layers - 1);
+    let (fnw, base, s) = (
+        w.get(&format!("{p}.hc_fn")),
+        w.get(&format!("{p}.hc_base")),
+        w.get(&format!("{p}.hc_scale"))[0],
+    );
+    let x: Seq = hs
+        .iter()
+        .map(|h| {
+            let m = mix(fnw, n, h);
+            let pre: Vec<f64> = (0..n).map(|i| sigmoid(s * m[i] + base[i]) + e).collect();
+            (0..d)
+                .map(|k| (0..n).map(|i| pre[i] * h[i][k]).sum())
+                .collect()
+        })
+        .collect();
+    ref_head(c, w, &x)
+}
+
 /// Max |model − reference| over a (B=2, T=5) batch at random weights, for `bug`.
 fn reference_gap(c: &Config, seed: u64, bug: Bug) -> Result<f64> {
     let (vm, model) = init_varmap(c, seed, DType::F64, &Device::Cpu)?;
@@ -552,6 +731,7 @@ fn reference_gap(c: &Config, seed: u64, bug: Bug) -> Result<f64> {
         let reference = match c.variant.name() {
             "attnres" | "attnres-block" => ref_attnres(c, &w, seq, bug),
             "muddformer" => ref_muddformer(c, &w, seq, bug),
+            "mhc" => ref_mhc(c, &w, seq, bug),
             v => anyhow::bail!("no scalar reference for {v:?}"),
         };
         ensure!(reference.len() == seq.len());
@@ -645,6 +825,9 @@ fn new_scalar_references_catch_deliberate_bugs() -> Result<()> {
             tiny(Variant::MUDDFORMER, 3, 2, 2, false),
             Bug::DenseNotNormalised,
         ),
+        (tiny(Variant::MHC, 3, 2, 2, false), Bug::NoSinkhorn),
+        (tiny(Variant::MHC, 3, 2, 2, false), Bug::CombTransposed),
+        (tiny(Variant::MHC, 3, 2, 2, false), Bug::PostIsPre),
     ];
     for (c, bug) in cases {
         let gap = reference_gap(&c, 200, bug)?;
@@ -715,9 +898,13 @@ fn new_rivals_optimizer_groups() -> Result<()> {
         let (vm, _) = init_varmap(&cfg(v, 3, 4, 2, false), 0, DType::F32, &Device::Cpu)?;
         let mut own = 0;
         for (name, _) in sorted_vars(&vm) {
-            let want = if name.ends_with(".query") || name.ends_with(".key_gain") {
+            let want = if name.ends_with(".query")
+                || name.ends_with(".key_gain")
+                || name.ends_with(".hc_base")
+                || name.ends_with(".hc_scale")
+            {
                 ParamGroup::NoDecay
-            } else if name.contains(".mudd.dynamic_") {
+            } else if name.contains(".mudd.dynamic_") || name.ends_with(".hc_fn") {
                 ParamGroup::Decay
             } else if name.contains(".mudd.static_") || name.ends_with("_norm.weight") {
                 ParamGroup::NoDecay

@@ -1,7 +1,7 @@
 //! models — candle implementations of the LLaMA-style baseline ([`llama`]), LIMe ([`lime`]; our
 //! [`lime_dynamic`] extension and the [`lime_ablations`]) and the rivals: DenseFormer
 //! ([`denseformer`]), Hyper-Connections ([`hyper`]), ResFormer ([`resformer`]), Attention
-//! Residuals ([`attnres`]) and MUDDFormer ([`muddformer`]), with
+//! Residuals ([`attnres`]), MUDDFormer ([`muddformer`]) and mHC ([`mhc`]), with
 //! deterministic name-keyed initialisation ([`init`]) and analytic counts ([`accounting`]).
 //!
 //! Design: one shared decoder skeleton (`llama.rs`) and, per variant, one file holding everything
@@ -41,6 +41,7 @@ pub mod lime_ablations;
 pub mod lime_dynamic;
 pub mod lime_family;
 pub mod llama;
+pub mod mhc;
 pub mod muddformer;
 pub mod ops;
 pub mod pack;

@@ -7,7 +7,7 @@
 use crate::variant::Variant;
 
 impl Variant {
-    pub const ALL: [Variant; 16] = [
+    pub const ALL: [Variant; 17] = [
         Variant::LLAMA,
         Variant::LIME,
         Variant::LIME_DYNAMIC,
@@ -24,5 +24,6 @@ impl Variant {
         Variant::ATTNRES,
         Variant::ATTNRES_BLOCK,
         Variant::MUDDFORMER,
+        Variant::MHC,
     ];
 }

@@ -4,7 +4,7 @@
 //!
 //! Every built-in variant lives in its own file (`llama.rs`, `lime.rs`, `lime_dynamic.rs`,
 //! `lime_ablations.rs`, `denseformer.rs`, `hyper.rs`, `resformer.rs`, `attnres.rs`,
-//! `muddformer.rs`), which declares its
+//! `muddformer.rs`, `mhc.rs`), which declares its
 //! `Variant::NAME` constant; [`Variant::ALL`] (in `registry.rs`) is the list of them. A variant
 //! defined outside this crate (a researcher's experiment, a test) is made known with
 //! [`register`], after which it is found by name like the built-ins. Nothing else in the crate
