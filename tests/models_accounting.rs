@@ -270,6 +270,7 @@ fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
 /// reads s+1 sources (the output op 2L+1); Block AttnRes (S layers per block) reads ⌊l/S⌋+1 at a
 /// block's first attention, else ⌊l/S⌋+2, and ⌊(L−1)/S⌋+2 at the output. Per op (attention of
 /// layer l, MLP of layer l, and the output op at the last layer).
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; MSRV is 1.80
 fn attnres_sources(cfg: &Config, l: usize) -> [usize; 3] {
     let (big_l, s) = (cfg.n_layers, cfg.attnres_block);
     let last = l + 1 == big_l;
