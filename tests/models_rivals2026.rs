@@ -363,7 +363,7 @@ fn new_weights_match_finite_differences() -> Result<()> {
 // block sums and the current block's partial sum; a block is S layers; the final norm reads one
 // more op over all sources (documented choice).
 //
-// MUDDFormer (arXiv 2502.12170, Eqs. 4–6; the authors' code): after block i,
+// MUDDFormer (arXiv 2502.12170, as restated in muddformer.rs from the authors' code): after block i,
 //   A = W2 · GELU(W1 · RMSNorm(X_{i+1})) + a, (C × (i+2));  X̄_c = Σ_j A[c][j] X_j;
 // block i+1: h = X̄_r + Attn(q: attn_norm(X̄_q), k: k_norm(X̄_k), v: v_norm(X̄_v)),
 // X_{i+2} = h + MLP(mlp_norm(h)); the last DA has C = 1 and feeds the final norm.

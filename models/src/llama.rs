@@ -10,8 +10,9 @@
 //!
 //! A variant ([`crate::variant`]) changes only what happens between the embedding and the final
 //! norm: its [`Connection::run`] drives the blocks of [`Blocks`] — a whole block
-//! ([`Blocks::block`]) or its two sub-layers ([`Blocks::attn`], [`Blocks::mlp`]) — and may route
-//! each attention layer's keys and values before RoPE through a [`KvRoute`] (LIMe,
+//! ([`Blocks::block`]) or its two sub-layers ([`Blocks::attn`], [`Blocks::mlp`]; or
+//! [`Blocks::attn_qkv`] with separate query, key and value inputs, for MUDDFormer) — and may
+//! route each attention layer's keys and values before RoPE through a [`KvRoute`] (LIMe,
 //! ResFormer). `llama` is [`Residual`], the loop at the end of this file.
 //!
 //! Checkpoint tree (the names of the `VarBuilder` paths, used verbatim in safetensors files); each
@@ -560,7 +561,8 @@ impl KvCache {
 pub struct Trace {
     /// Residual stream: `hidden[0]` is the embedding output, `hidden[l+1]` the output of block l;
     /// each (B,T,D). DenseFormer: the DWA output after block l (the next block's input).
-    /// Hyper-Connections: the sum of the n streams after block l.
+    /// Hyper-Connections and mHC: the sum of the n streams after block l. AttnRes: the sum of
+    /// its sources after block l (what llama's stream would hold). MUDDFormer: X_{l+1}.
     pub hidden: Vec<Tensor>,
     /// Values used by the attention of each layer (after LIMe routing), each (B,R,T,d_h).
     pub values: Vec<Tensor>,
