@@ -40,6 +40,14 @@ fn tiny_zoo() -> Vec<Config> {
             (3, 6, 3, false),
         ] {
             out.push(tiny(v, l, h, r, tied));
+            if v == Variant::ATTNRES_BLOCK {
+                for s in [1, 3] {
+                    out.push(Config {
+                        attnres_block: s,
+                        ..tiny(v, l, h, r, tied)
+                    });
+                }
+            }
         }
     }
     out
@@ -227,9 +235,51 @@ fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
             }
             _ => {}
         }
+        // AttnRes: a pseudo-query and a key gain (D each) per op: every sub-layer but layer 0's
+        // attention, plus the output op after the last layer.
+        if cfg.variant.name().starts_with("attnres") {
+            let ops = if l == 0 { 1 } else { 2 } + usize::from(l + 1 == cfg.n_layers);
+            s.extend(std::iter::repeat_n((1, d), 2 * ops));
+        }
+        // MUDDFormer: W1 (H, D), W2 (C·n, H), a (C, n) after every block; k/v norms for l ≥ 1.
+        if cfg.variant.name() == "muddformer" {
+            let last = l + 1 == cfg.n_layers;
+            let (c, n) = (if last { 1 } else { 4 }, l + 2);
+            let hid = (c * n * if last { 4 } else { 1 } / 64 + 1) * 64;
+            s.extend([(hid, d), (c * n, hid), (c, n)]);
+            if l >= 1 {
+                s.extend([(1, d), (1, d)]);
+            }
+        }
+        // mHC: per site fn ((2+n)n, nD), base, scale (3); the head after the last block.
+        if cfg.variant.name() == "mhc" {
+            let n = models::mhc::STREAMS;
+            for _site in 0..2 {
+                s.extend([((2 + n) * n, n * d), (1, (2 + n) * n), (1, 3)]);
+            }
+            if l + 1 == cfg.n_layers {
+                s.extend([(n, n * d), (1, n), (1, 1)]);
+            }
+        }
     }
     s.push((1, d));
     s
+}
+
+/// AttnRes source counts from the paper's description, in closed form: Full AttnRes sub-layer s
+/// reads s+1 sources (the output op 2L+1); Block AttnRes (S layers per block) reads ⌊l/S⌋+1 at a
+/// block's first attention, else ⌊l/S⌋+2, and ⌊(L−1)/S⌋+2 at the output. Per op (attention of
+/// layer l, MLP of layer l, and the output op at the last layer).
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; MSRV is 1.80
+fn attnres_sources(cfg: &Config, l: usize) -> [usize; 3] {
+    let (big_l, s) = (cfg.n_layers, cfg.attnres_block);
+    let last = l + 1 == big_l;
+    if cfg.variant.name() == "attnres" {
+        [2 * l + 1, 2 * l + 2, if last { 2 * big_l + 1 } else { 0 }]
+    } else {
+        let attn = if l % s == 0 { l / s + 1 } else { l / s + 2 };
+        [attn, l / s + 2, if last { (big_l - 1) / s + 2 } else { 0 }]
+    }
 }
 
 /// Independent recount of causal 2-per-MAC forward FLOPs, token by token.
@@ -273,6 +323,27 @@ fn naive_causal_flops(cfg: &Config, t: usize) -> u64 {
                 }
                 _ => {}
             }
+            if cfg.variant.name().starts_with("attnres") {
+                for n in attnres_sources(cfg, l) {
+                    if n > 1 {
+                        macs += 2 * n * d; // logits w·k_i and Σ α_i v_i
+                    }
+                }
+            }
+            if cfg.variant.name() == "muddformer" {
+                let last = l + 1 == cfg.n_layers;
+                let (c, n) = (if last { 1 } else { 4 }, l + 2);
+                let hid = (c * n * if last { 4 } else { 1 } / 64 + 1) * 64;
+                macs += d * hid + hid * c * n + c * n * d; // W1, W2, Σ_j A[c,j] X_j
+            }
+            if cfg.variant.name() == "mhc" {
+                let n = models::mhc::STREAMS;
+                // Per site: coefficients, read-in Σ pre_i H_i, write-out post ⊗ y + comb · H.
+                macs += 2 * ((2 + n) * n * n * d + n * d + n * d + n * n * d);
+                if l + 1 == cfg.n_layers {
+                    macs += n * n * d + n * d; // head coefficients and read-out
+                }
+            }
         }
     }
     macs += t * d * v; // LM head
@@ -299,7 +370,16 @@ fn recounts_agree_for_small_shapes() {
         );
         assert_eq!(
             b.depth == 0,
-            !matches!(cfg.variant.name(), "denseformer" | "hyper" | "hyper-static")
+            !matches!(
+                cfg.variant.name(),
+                "denseformer"
+                    | "hyper"
+                    | "hyper-static"
+                    | "attnres"
+                    | "attnres-block"
+                    | "muddformer"
+                    | "mhc"
+            )
         );
     }
 }

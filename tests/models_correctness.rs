@@ -34,6 +34,7 @@ pub(crate) fn cfg(
         tie_embeddings: tie,
         rope_theta: 10_000.0,
         norm_eps: 1e-6,
+        attnres_block: models::config::DEFAULT_ATTNRES_BLOCK,
     }
 }
 
@@ -722,8 +723,12 @@ pub(crate) fn overfit_one_batch(variant: Variant) -> Result<()> {
                 let g = grads.get(v.as_tensor());
                 ensure!(g.is_some(), "{variant:?}: no gradient reaches {name}");
                 let norm = g.unwrap().sqr()?.sum_all()?.to_scalar::<f32>()?;
-                let zero_at_init =
-                    variant.name().starts_with("hyper") && name.ends_with("_scale") && step == 0;
+                // Zero at init by construction: HC's dynamic scales (tanh(0)); AttnRes's key
+                // gains (w = 0); MUDDFormer's W1 (W2 = 0).
+                let zero_at_init = step == 0
+                    && ((variant.name().starts_with("hyper") && name.ends_with("_scale"))
+                        || (variant.name().starts_with("attnres") && name.ends_with(".key_gain"))
+                        || (variant == Variant::MUDDFORMER && name.ends_with(".dynamic_w1")));
                 ensure!(
                     zero_at_init || norm > 0.0,
                     "{variant:?}: zero gradient for {name} at step {step}"

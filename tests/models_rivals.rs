@@ -42,7 +42,7 @@ fn shapes() -> Vec<(usize, usize, usize, bool)> {
     vec![(4, 4, 4, false), (4, 4, 2, true), (3, 2, 1, false)]
 }
 
-fn with(variant: Variant, c: &Config) -> Config {
+pub(crate) fn with(variant: Variant, c: &Config) -> Config {
     Config {
         variant,
         ..c.clone()
@@ -50,7 +50,7 @@ fn with(variant: Variant, c: &Config) -> Config {
 }
 
 /// Copies every parameter of `from` that `to` also has; returns the names only `to` has.
-fn copy_shared(from: &VarMap, to: &VarMap) -> Result<Vec<String>> {
+pub(crate) fn copy_shared(from: &VarMap, to: &VarMap) -> Result<Vec<String>> {
     let sd = state_dict(from)?;
     let mut own = Vec::new();
     for (name, v) in sorted_vars(to) {
@@ -104,7 +104,7 @@ fn with_lambda(vm: &VarMap, c: &Config, lambda: f64, dtype: DType) -> Result<Mod
 
 /// Builds `variant` and llama with the same shared weights (f64); returns both and the names
 /// only the variant has.
-fn pair(c: &Config, seed: u64) -> Result<(VarMap, Model, Model, Vec<String>)> {
+pub(crate) fn pair(c: &Config, seed: u64) -> Result<(VarMap, Model, Model, Vec<String>)> {
     let (vm, model) = init_varmap(c, seed, DType::F64, &Device::Cpu)?;
     let (llama_vm, llama) =
         init_varmap(&with(Variant::LLAMA, c), seed + 1, DType::F64, &Device::Cpu)?;
@@ -317,6 +317,21 @@ fn formula_extra(c: &Config) -> i64 {
         "denseformer" => l * (l + 3) / 2, // N(N+3)/2
         "hyper" => 2 * l * (n * (n + 1) + n + d * (n + 1) + d + 2) - 2 * l * d,
         "hyper-static" => 2 * l * (n * (n + 1) + n) - 2 * l * d,
+        // w and g (D each) for 2L ops: L−1 attention (not layer 0's), L MLP, 1 output.
+        "attnres" | "attnres-block" => 2 * d * ((l - 1) + l + 1),
+        "muddformer" => {
+            let da: i64 = (0..l)
+                .map(|i| {
+                    let last = i + 1 == l;
+                    let (c, n) = (if last { 1 } else { 4 }, i + 2);
+                    let hid = (c * n * if last { 4 } else { 1 } / 64 + 1) * 64; // round64
+                    hid * d + c * n * hid + c * n
+                })
+                .sum();
+            da + 2 * (l - 1) * d // + the k and v input norms of blocks 1 … L−1
+        }
+        // Per site fn ((2+n)n × nD), base ((2+n)n), scale (3); head fn (n × nD), base, scale.
+        "mhc" => 2 * l * ((2 + n) * n * n * d + (2 + n) * n + 3) + n * n * d + n + 1,
         v => panic!("{v:?} not a rival"),
     }
 }
@@ -597,6 +612,7 @@ fn golden_small_flop_table() {
         tie_embeddings: false,
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
+        attnres_block: models::config::DEFAULT_ATTNRES_BLOCK,
     };
     let t = 27;
     let mut text = format!(
@@ -648,16 +664,16 @@ fn golden_small_flop_table() {
 //     H'  = Bᵀ 𝒯(h_0) + A_rᵀ H:  h'_i = B_i · 𝒯(h_0) + Σ_j A[j][1+i] · h_j
 //   read-out Σ_i h_i → final norm → head.
 
-type Seq = Vec<Vec<f64>>; // [t][D]
+pub(crate) type Seq = Vec<Vec<f64>>; // [t][D]
 
 /// Named f64 weights plus a record of which names the reference read (every Var must be read).
-struct RefWeights {
-    w: std::collections::HashMap<String, Vec<f64>>,
-    used: std::cell::RefCell<std::collections::BTreeSet<String>>,
+pub(crate) struct RefWeights {
+    pub(crate) w: std::collections::HashMap<String, Vec<f64>>,
+    pub(crate) used: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl RefWeights {
-    fn get(&self, name: &str) -> &[f64] {
+    pub(crate) fn get(&self, name: &str) -> &[f64] {
         self.used.borrow_mut().insert(name.to_string());
         self.w
             .get(name)
@@ -686,7 +702,7 @@ use crate::models_correctness::{
     causal_attention_ref, head_ref, matvec as ref_matvec, rmsnorm_ref as ref_rmsnorm,
 };
 
-fn ref_add(a: &Seq, b: &Seq) -> Seq {
+pub(crate) fn ref_add(a: &Seq, b: &Seq) -> Seq {
     a.iter()
         .zip(b)
         .map(|(x, y)| x.iter().zip(y).map(|(u, v)| u + v).collect())
@@ -695,7 +711,7 @@ fn ref_add(a: &Seq, b: &Seq) -> Seq {
 
 /// Attn_l(norm(x_t)) for every position t of one sequence (causal, RoPE, GQA), no residual.
 /// `gain`: the block norm has its learned gain (llama, denseformer) or none (hyper*).
-fn ref_attention(c: &Config, w: &RefWeights, l: usize, xs: &Seq, gain: bool) -> Seq {
+pub(crate) fn ref_attention(c: &Config, w: &RefWeights, l: usize, xs: &Seq, gain: bool) -> Seq {
     let (nh, r, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
     let group = nh / r;
     let gw = gain.then(|| w.get(&format!("layers.{l}.attn_norm.weight")));
@@ -716,7 +732,7 @@ fn ref_attention(c: &Config, w: &RefWeights, l: usize, xs: &Seq, gain: bool) -> 
 }
 
 /// MLP_l(norm(x)) (SwiGLU), no residual.
-fn ref_mlp(c: &Config, w: &RefWeights, l: usize, x: &[f64], gain: bool) -> Vec<f64> {
+pub(crate) fn ref_mlp(c: &Config, w: &RefWeights, l: usize, x: &[f64], gain: bool) -> Vec<f64> {
     let gw = gain.then(|| w.get(&format!("layers.{l}.mlp_norm.weight")));
     let h = ref_rmsnorm(x, gw, c.norm_eps);
     let gate = ref_matvec(w.get(&format!("layers.{l}.mlp.w_gate.weight")), &h);
@@ -729,7 +745,7 @@ fn ref_mlp(c: &Config, w: &RefWeights, l: usize, x: &[f64], gain: bool) -> Vec<f
     ref_matvec(w.get(&format!("layers.{l}.mlp.w_down.weight")), &act)
 }
 
-fn ref_embed(c: &Config, w: &RefWeights, ids: &[u32]) -> Seq {
+pub(crate) fn ref_embed(c: &Config, w: &RefWeights, ids: &[u32]) -> Seq {
     let d = c.d_model;
     let e = w.get("embed_tokens.weight");
     ids.iter()
@@ -737,7 +753,7 @@ fn ref_embed(c: &Config, w: &RefWeights, ids: &[u32]) -> Seq {
         .collect()
 }
 
-fn ref_head(c: &Config, w: &RefWeights, x: &Seq) -> Seq {
+pub(crate) fn ref_head(c: &Config, w: &RefWeights, x: &Seq) -> Seq {
     head_ref(c, |name| w.get(name), x)
 }
 
@@ -867,7 +883,7 @@ fn ref_hyper(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
 /// values and returns them by name. Uniform ranges by kind: norm gains 1 ± 0.5; DenseFormer α and
 /// the static HC matrices ±1 (far from one-hot / identity / ones); dynamic HC weights ±0.7 and
 /// scales ±1 (tanh well away from 0 and from saturation); other matrices ±1.5/√fan_in.
-fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> {
+pub(crate) fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut w = std::collections::HashMap::new();
     for (name, v) in sorted_vars(vm) {
@@ -878,6 +894,14 @@ fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> {
             (0.0, 1.0)
         } else if name.contains(".static_") {
             (0.0, 1.0)
+        } else if name.contains(".mudd.dynamic_") {
+            (0.0, 1.5 / (dims[1] as f64).sqrt()) // MUDDFormer's W1, W2: fan-in scaled
+        } else if name.ends_with(".query") {
+            (0.0, 0.7) // AttnRes pseudo-queries: softmax over depth far from uniform and one-hot
+        } else if name.ends_with(".key_gain") {
+            (1.0, 0.5)
+        } else if name.ends_with(".hc_base") {
+            (0.0, 1.0) // mHC gate biases
         } else if name.contains(".dynamic_") {
             (0.0, 0.7)
         } else if dims.len() == 2 {
@@ -898,7 +922,7 @@ fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> {
 }
 
 /// Tiny configs: (layers, heads, kv heads, tied); d = 8, vocab 11, F = 12.
-fn tiny(variant: Variant, l: usize, h: usize, r: usize, tie: bool) -> Config {
+pub(crate) fn tiny(variant: Variant, l: usize, h: usize, r: usize, tie: bool) -> Config {
     Config {
         tie_embeddings: tie,
         norm_eps: 1e-3,

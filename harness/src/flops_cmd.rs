@@ -13,7 +13,7 @@ pub struct FlopsArgs {
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
     /// Model config keys for a custom shape (repeatable): vocab_size, d_model, n_layers, n_heads,
-    /// n_kv_heads, d_ff, tie_embeddings.
+    /// n_kv_heads, d_ff, tie_embeddings, attnres_block.
     #[arg(long = "model-set", value_name = "KEY=VALUE")]
     pub model_sets: Vec<String>,
     /// Sequence length.

@@ -31,7 +31,8 @@ pub struct Overrides {
     #[serde(rename = "set", deserialize_with = "table_sets")]
     pub sets: Vec<String>,
     /// Override a model-shape key (repeatable): d_model, n_layers, n_heads, n_kv_heads, d_ff,
-    /// tie_embeddings, rope_theta, norm_eps.
+    /// tie_embeddings, rope_theta, norm_eps, attnres_block (layers per block of attnres-block,
+    /// default 2).
     #[arg(long = "model-set", value_name = "KEY=VALUE")]
     #[serde(rename = "model_set", deserialize_with = "table_sets")]
     pub model_sets: Vec<String>,

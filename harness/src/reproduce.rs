@@ -197,9 +197,9 @@ pub fn claims() -> Vec<Claim> {
         Claim {
             name: "rivals",
             title: "Every depth connection against llama on one MQAR cell",
-            reported:
-                "each rival's paper reports gains over its baseline (DenseFormer, \
-                       Hyper-Connections, ResFormer); the router ablations are the LIMe paper's own",
+            reported: "each rival's paper reports gains over its baseline (DenseFormer, \
+                       Hyper-Connections, ResFormer, Attention Residuals, MUDDFormer, mHC); the \
+                       router ablations are the LIMe paper's own",
             baseline: "llama",
             challengers: &[
                 "lime",
@@ -214,6 +214,10 @@ pub fn claims() -> Vec<Claim> {
                 "hyper",
                 "hyper-static",
                 "resformer",
+                "attnres",
+                "attnres-block",
+                "muddformer",
+                "mhc",
             ],
             // The MQAR claim's kv8 cell: its llama and lime runs are the same runs (same specs).
             cpu: || one(rivals_cpu()),

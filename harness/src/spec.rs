@@ -145,7 +145,19 @@ pub fn parse_variant(name: &str) -> Result<models::Variant> {
 /// unless given explicitly: an MHA preset stays MHA when only `n_heads` changes, and a preset
 /// with `d_ff = 4 d_model` keeps that ratio when only `d_model` changes.
 pub fn shape_with_sets(base: &models::Config, sets: &[(String, String)]) -> Result<models::Config> {
+    // `attnres_block` is left out of the serialised config at its default (so older run ids stay
+    // valid), which `apply_sets` would report as an unknown key: set it here instead.
+    const BLOCK: &str = "attnres_block";
+    let (block, sets): (Vec<_>, Vec<_>) = sets.iter().cloned().partition(|(k, _)| k == BLOCK);
+    let sets = &sets[..];
     let mut c = apply_sets(base, sets, "model")?;
+    if let Some((_, v)) = block.last() {
+        c.attnres_block = v
+            .parse()
+            .ok()
+            .filter(|&s: &usize| s >= 1)
+            .with_context(|| format!("model key `{BLOCK}` expects an integer >= 1, got `{v}`"))?;
+    }
     let given = |k: &str| sets.iter().any(|(key, _)| key == k);
     if given("n_heads") && !given("n_kv_heads") && base.n_kv_heads == base.n_heads {
         c.n_kv_heads = c.n_heads;

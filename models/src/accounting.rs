@@ -26,6 +26,9 @@
 //! | `resformer` | 0 |
 //! | `hyper`, per block, 2 connections of n(n+1) + n static + D(n+1) + D + 2 dynamic, minus the 2·D norm gains | 2L·(n(n+1) + n + D(n+2) + 2) − 2LD |
 //! | `hyper-static` | 2L·(n(n+1) + n) − 2LD |
+//! | `attnres`, `attnres-block`: pseudo-query and key gain (D each) for every sub-layer but the first, and the output op | 4·L·D |
+//! | `muddformer`: after block i, W1 (H_i, D), W2 (C_i(i+2), H_i), a (C_i, i+2); k/v input norms for l ≥ 1 (`muddformer.rs`) | Σ_i [H_i·D + C_i(i+2)(H_i + 1)] + 2(L−1)·D |
+//! | `mhc`: per site fn ((2+n)n, nD), base, scale (3); head fn (n, nD), base, scale (1) | 2L·((2+n)n(nD+1) + 3) + n(nD+1) + 1 |
 //!
 //! At the paper's 1B config `hyper` adds 16·(2·12,314 − 4,096) = 328,512 (Table 8), which is how
 //! we know the authors' HC blocks have gain-free norms.
@@ -51,6 +54,11 @@
 //!   - `denseformer`: DWA l is (l+2) MACs per element of x: T·D·L(L+3)/2 MACs.
 //!   - `hyper`, per token and connection: α projection n·D·(n+1), β projection n·D, width mix
 //!     (n+1)·n·D, depth B ⊗ T(h) n·D; `hyper-static` only the last two.
+//!   - `attnres*`, per token and op with n ≥ 2 sources: logits n·D and weighted sum n·D
+//!     (source counts: `attnres::source_counts`); `muddformer`, per token and block: W1, W2 and
+//!     the C aggregates; `mhc`, per token and site: the coefficient projection, read-in and
+//!     write-out, plus the head. Each file documents its terms, fvcore ones included (those are
+//!     our extension of the Table 8 inventory, not checked against a trace).
 //! * [`FlopMode::Full`] — as `Causal`, but attention over all T² pairs (what a dense, masked
 //!   attention kernel actually multiplies).
 //! * [`FlopMode::Fvcore`] — reproduces the paper's Table 8. The LIMe authors count with fvcore

@@ -22,6 +22,26 @@ pub struct Config {
     pub tie_embeddings: bool,
     pub rope_theta: f64,
     pub norm_eps: f64,
+    /// Block AttnRes (`attnres-block`): decoder layers per block, S ≥ 1. Read by that variant
+    /// only; left out of the serialised config at its default, so configs, run specs and run
+    /// ids written before the key existed are unchanged.
+    #[serde(
+        default = "default_attnres_block",
+        skip_serializing_if = "is_default_attnres_block"
+    )]
+    pub attnres_block: usize,
+}
+
+/// Default of [`Config::attnres_block`]: 2 layers per block (8 blocks at the 16-layer paper-1b
+/// shape, the block count the AttnRes paper recommends).
+pub const DEFAULT_ATTNRES_BLOCK: usize = 2;
+
+fn default_attnres_block() -> usize {
+    DEFAULT_ATTNRES_BLOCK
+}
+
+fn is_default_attnres_block(s: &usize) -> bool {
+    *s == DEFAULT_ATTNRES_BLOCK
 }
 
 impl Config {
@@ -46,6 +66,7 @@ impl Config {
             tie_embeddings: false,
             rope_theta: 10_000.0,
             norm_eps: 1e-5,
+            attnres_block: DEFAULT_ATTNRES_BLOCK,
         }
     }
 

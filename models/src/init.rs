@@ -109,7 +109,7 @@ fn rng_for(seed: u64, name: &str) -> ChaCha8Rng {
     ChaCha8Rng::from_seed(h.finalize().into())
 }
 
-fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
+pub(crate) fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
         let u1 = 1.0 - rng.gen::<f64>(); // (0, 1]

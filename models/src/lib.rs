@@ -1,6 +1,7 @@
 //! models — candle implementations of the LLaMA-style baseline ([`llama`]), LIMe ([`lime`]; our
 //! [`lime_dynamic`] extension and the [`lime_ablations`]) and the rivals: DenseFormer
-//! ([`denseformer`]), Hyper-Connections ([`hyper`]) and ResFormer ([`resformer`]), with
+//! ([`denseformer`]), Hyper-Connections ([`hyper`]), ResFormer ([`resformer`]), Attention
+//! Residuals ([`attnres`]), MUDDFormer ([`muddformer`]) and mHC ([`mhc`]), with
 //! deterministic name-keyed initialisation ([`init`]) and analytic counts ([`accounting`]).
 //!
 //! Design: one shared decoder skeleton (`llama.rs`) and, per variant, one file holding everything
@@ -21,6 +22,7 @@
 //! The library does no file I/O of its own except [`save_weights`]/[`load_weights`], which write
 //! and read a path chosen by the caller; prefer [`state_dict`]/[`load_state_dict`].
 pub mod accounting;
+pub mod attnres;
 
 /// Version of the models' numerics: initialisation, every variant's forward and backward, the
 /// fused kernels. Recorded in every run spec (so a bump changes every run id and finished runs
@@ -39,6 +41,8 @@ pub mod lime_ablations;
 pub mod lime_dynamic;
 pub mod lime_family;
 pub mod llama;
+pub mod mhc;
+pub mod muddformer;
 pub mod ops;
 pub mod pack;
 mod registry;

@@ -10,8 +10,9 @@
 //!
 //! A variant ([`crate::variant`]) changes only what happens between the embedding and the final
 //! norm: its [`Connection::run`] drives the blocks of [`Blocks`] — a whole block
-//! ([`Blocks::block`]) or its two sub-layers ([`Blocks::attn`], [`Blocks::mlp`]) — and may route
-//! each attention layer's keys and values before RoPE through a [`KvRoute`] (LIMe,
+//! ([`Blocks::block`]) or its two sub-layers ([`Blocks::attn`], [`Blocks::mlp`]; or
+//! [`Blocks::attn_qkv`] with separate query, key and value inputs, for MUDDFormer) — and may
+//! route each attention layer's keys and values before RoPE through a [`KvRoute`] (LIMe,
 //! ResFormer). `llama` is [`Residual`], the loop at the end of this file.
 //!
 //! Checkpoint tree (the names of the `VarBuilder` paths, used verbatim in safetensors files); each
@@ -356,15 +357,27 @@ impl Attention {
         layer: usize,
         route: KvRoute,
     ) -> Result<(Tensor, Tensor)> {
-        let (b, t, _) = h.dims3()?;
+        self.forward_qkv([h, h, h], pass, layer, route)
+    }
+
+    /// [`Attention::forward`] with separate normalised inputs for the query, key and value
+    /// projections, `[h_q, h_k, h_v]`, each (B,T,D) (MUDDFormer's multiway inputs).
+    fn forward_qkv(
+        &self,
+        [hq, hk, hv]: [&Tensor; 3],
+        pass: &mut Pass,
+        layer: usize,
+        route: KvRoute,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = hq.dims3()?;
         let (nh, r, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let q = self
             .q_proj
-            .forward(h)?
+            .forward(hq)?
             .reshape((b, t, nh, dh))?
             .transpose(1, 2)?; // (B,H,T,d_h)
-        let k = self.k_proj.forward(h)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
-        let v = self.v_proj.forward(h)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
+        let k = self.k_proj.forward(hk)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
+        let v = self.v_proj.forward(hv)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
         let (k, v) = route(k, v)?; // (B,R,T,d_h) each: the variant's hook, pre-RoPE
 
         let (cos, sin) = &pass.rope;
@@ -429,6 +442,28 @@ impl Blocks {
         let block = &self.0[l];
         let h = block.attn_norm.forward(x)?; // (B,T,D)
         let (y, v) = block.attn.forward(&h, pass, l, route)?;
+        if let Some(tr) = pass.trace.as_deref_mut() {
+            tr.values.push(v);
+        }
+        Ok(y)
+    }
+
+    /// Block l's attention norm: attn_norm_l(x), (B,T,D).
+    pub fn attn_norm(&self, l: usize, x: &Tensor) -> Result<Tensor> {
+        self.0[l].attn_norm.forward(x)
+    }
+
+    /// Block l's attention sub-layer on already-normalised, separate inputs of its query, key
+    /// and value projections `[h_q, h_k, h_v]` (each (B,T,D)), without residual: (B,T,D).
+    /// `attn(l, x, …)` is `attn_qkv(l, [h, h, h], …)` with h = attn_norm(x).
+    pub fn attn_qkv(
+        &self,
+        l: usize,
+        h: [&Tensor; 3],
+        pass: &mut Pass,
+        route: KvRoute,
+    ) -> Result<Tensor> {
+        let (y, v) = self.0[l].attn.forward_qkv(h, pass, l, route)?;
         if let Some(tr) = pass.trace.as_deref_mut() {
             tr.values.push(v);
         }
@@ -526,7 +561,8 @@ impl KvCache {
 pub struct Trace {
     /// Residual stream: `hidden[0]` is the embedding output, `hidden[l+1]` the output of block l;
     /// each (B,T,D). DenseFormer: the DWA output after block l (the next block's input).
-    /// Hyper-Connections: the sum of the n streams after block l.
+    /// Hyper-Connections and mHC: the sum of the n streams after block l. AttnRes: the sum of
+    /// its sources after block l (what llama's stream would hold). MUDDFormer: X_{l+1}.
     pub hidden: Vec<Tensor>,
     /// Values used by the attention of each layer (after LIMe routing), each (B,R,T,d_h).
     pub values: Vec<Tensor>,

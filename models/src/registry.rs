@@ -7,7 +7,7 @@
 use crate::variant::Variant;
 
 impl Variant {
-    pub const ALL: [Variant; 13] = [
+    pub const ALL: [Variant; 17] = [
         Variant::LLAMA,
         Variant::LIME,
         Variant::LIME_DYNAMIC,
@@ -21,5 +21,9 @@ impl Variant {
         Variant::HYPER,
         Variant::HYPER_STATIC,
         Variant::RESFORMER,
+        Variant::ATTNRES,
+        Variant::ATTNRES_BLOCK,
+        Variant::MUDDFORMER,
+        Variant::MHC,
     ];
 }

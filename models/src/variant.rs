@@ -3,7 +3,8 @@
 //! shared decoder of [`crate::llama`]) behind a copyable handle, [`Variant`].
 //!
 //! Every built-in variant lives in its own file (`llama.rs`, `lime.rs`, `lime_dynamic.rs`,
-//! `lime_ablations.rs`, `denseformer.rs`, `hyper.rs`, `resformer.rs`), which declares its
+//! `lime_ablations.rs`, `denseformer.rs`, `hyper.rs`, `resformer.rs`, `attnres.rs`,
+//! `muddformer.rs`, `mhc.rs`), which declares its
 //! `Variant::NAME` constant; [`Variant::ALL`] (in `registry.rs`) is the list of them. A variant
 //! defined outside this crate (a researcher's experiment, a test) is made known with
 //! [`register`], after which it is found by name like the built-ins. Nothing else in the crate
