@@ -382,15 +382,7 @@ fn write_one(a: &Analysis, out: &Path) -> Result<()> {
             .map(|(i, &y)| (i as f64, y))
             .collect::<Vec<_>>()
     };
-    let names = |k: usize, emb: bool| -> Vec<String> {
-        (0..k)
-            .map(|i| match (emb, i) {
-                (true, 0) => "emb".to_string(),
-                (true, i) => format!("L{}", i - 1),
-                (false, i) => format!("L{i}"),
-            })
-            .collect()
-    };
+    let names = layer_names;
     crate::plots::layer_plot(
         &out.join("value-entropy.svg"),
         &format!("{} {}: Rényi entropy (α=½) of the values", a.model, a.level),
@@ -510,13 +502,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
                 })
                 .collect();
             let k = series.iter().map(|s| s.2.len()).max().unwrap_or(0);
-            let names: Vec<String> = (0..k)
-                .map(|i| match (emb, i) {
-                    (true, 0) => "emb".into(),
-                    (true, i) => format!("L{}", i - 1),
-                    (false, i) => format!("L{i}"),
-                })
-                .collect();
+            let names = layer_names(k, emb);
             crate::plots::layer_plot(
                 &out.join(format!("{task}-{level}-{file}.svg")),
                 &format!("{task} {level}: {what}"),
@@ -532,6 +518,17 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
     }
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Axis names of `k` layers: `L0 …`, or `emb L0 …` for residual states (the embedding first).
+fn layer_names(k: usize, emb: bool) -> Vec<String> {
+    (0..k)
+        .map(|i| match (emb, i) {
+            (true, 0) => "emb".to_string(),
+            (true, i) => format!("L{}", i - 1),
+            (false, i) => format!("L{i}"),
+        })
+        .collect()
 }
 
 fn summary(a: &Analysis) -> String {

@@ -204,6 +204,47 @@ pub fn answer_targets(tokens: &[u32], prompt_len: usize) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// A state-tracking example (parity, s5) from `tokens` = the steps, the query tokens and the
+/// answer token, and `states` = `(position, state so far)` at each step. With `running`, every
+/// step is supervised with its state and the last query position with the answer, all of it
+/// teacher-forced input (no EOS); otherwise the answer is generated, closed by `eos`.
+pub fn state_tracking_sample(
+    mut tokens: Vec<u32>,
+    mut states: Vec<(u32, u32)>,
+    running: bool,
+    eos: u32,
+    meta: Map<String, Value>,
+) -> Sample {
+    let prompt_len = tokens.len() - 1;
+    if running {
+        states.push(((prompt_len - 1) as u32, tokens[prompt_len]));
+        return Sample {
+            prompt_len: tokens.len(),
+            tokens,
+            targets: states,
+            meta,
+        };
+    }
+    tokens.push(eos);
+    Sample {
+        targets: answer_targets(&tokens, prompt_len),
+        tokens,
+        prompt_len,
+        meta,
+    }
+}
+
+/// Verifier of [`state_tracking_sample`]'s examples: every target (running), or exactly the
+/// answer token before the first `eos`.
+pub fn state_tracking_score(ex: &Example, generated: &[u32], running: bool, eos: u32) -> bool {
+    if running {
+        return targets_match(ex, generated);
+    }
+    ex.tokens
+        .get(ex.prompt_len)
+        .is_some_and(|&a| until_eos(generated, eos) == [a])
+}
+
 /// Verifier of teacher-forced tasks: `generated` holds the model's prediction at each target
 /// position, in order; the example is right iff every one equals its target.
 pub fn targets_match(ex: &Example, generated: &[u32]) -> bool {

@@ -129,38 +129,15 @@ impl Task for Parity {
             tokens.push(BIT0 + b);
             running.push((i as u32, BIT0 + p));
         }
-        tokens.extend([PARITY, EQ]);
-        let prompt_len = tokens.len();
-        tokens.push(BIT0 + p);
+        tokens.extend([PARITY, EQ, BIT0 + p]);
         let mut meta = Map::new();
         let ones = tokens[..n].iter().filter(|&&t| t == BIT0 + 1).count();
         meta.insert("ones".into(), json!(ones));
         meta.insert("parity".into(), json!(p));
-        if self.cfg.running {
-            running.push(((n + 1) as u32, BIT0 + p));
-            return Sample {
-                prompt_len: tokens.len(),
-                tokens,
-                targets: running,
-                meta,
-            };
-        }
-        tokens.push(EOS);
-        Sample {
-            targets: crate::answer_targets(&tokens, prompt_len),
-            tokens,
-            prompt_len,
-            meta,
-        }
+        crate::state_tracking_sample(tokens, running, self.cfg.running, EOS, meta)
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        if self.cfg.running {
-            return crate::targets_match(ex, generated);
-        }
-        let Some(p) = ex.meta.get("parity").and_then(Value::as_u64) else {
-            return false;
-        };
-        crate::until_eos(generated, EOS) == [BIT0 + p as u32]
+        crate::state_tracking_score(ex, generated, self.cfg.running, EOS)
     }
     fn chance(&self) -> f64 {
         0.5

@@ -199,38 +199,15 @@ impl Task for S5 {
             tokens.push(PERM0 + k);
             running.push((i as u32, PERM0 + index(&state)));
         }
-        tokens.push(EQ);
-        let prompt_len = tokens.len();
         let m = index(&state);
-        tokens.push(PERM0 + m);
+        tokens.extend([EQ, PERM0 + m]);
         let mut meta = Map::new();
         meta.insert("state".into(), json!(state));
         meta.insert("index".into(), json!(m));
-        if self.cfg.running {
-            running.push((n as u32, PERM0 + m));
-            return Sample {
-                prompt_len: tokens.len(),
-                tokens,
-                targets: running,
-                meta,
-            };
-        }
-        tokens.push(EOS);
-        Sample {
-            targets: crate::answer_targets(&tokens, prompt_len),
-            tokens,
-            prompt_len,
-            meta,
-        }
+        crate::state_tracking_sample(tokens, running, self.cfg.running, EOS, meta)
     }
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
-        if self.cfg.running {
-            return crate::targets_match(ex, generated);
-        }
-        let Some(m) = ex.meta.get("index").and_then(Value::as_u64) else {
-            return false;
-        };
-        crate::until_eos(generated, EOS) == [PERM0 + m as u32]
+        crate::state_tracking_score(ex, generated, self.cfg.running, EOS)
     }
     fn chance(&self) -> f64 {
         1.0 / self.group.len() as f64
