@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn jacobi_eigenvalues_keep_the_invariants_and_solve_2x2() {
     // [[2, 1], [1, 2]] has eigenvalues 1 and 3.
     let mut e = sym_eigenvalues(vec![vec![2.0, 1.0], vec![1.0, 2.0]]);

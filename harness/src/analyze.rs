@@ -74,11 +74,15 @@ pub struct Analysis {
     pub router_heatmap: Vec<Vec<f64>>,
 }
 
+/// One sequence's matrix: a row of features per position.
+type Rows = Vec<Vec<f64>>;
+
 /// Order of the Rényi entropy.
 pub const ALPHA: f64 = 0.5;
 const EPS: f64 = 1e-5;
 
 /// Eigenvalues of a symmetric matrix (cyclic Jacobi rotations, f64), in no particular order.
+#[allow(clippy::needless_range_loop)] // the rotation reads as the textbook's a[k][p], a[p][k]
 pub fn sym_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
     let n = a.len();
     let norm: f64 = a.iter().flatten().map(|x| x * x).sum::<f64>().sqrt();
@@ -185,7 +189,7 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 }
 
 /// Mean and std over sequences of the standardised entropy of each sequence's matrix.
-fn entropy_of(mut seqs: Vec<Vec<Vec<f64>>>) -> (f64, f64) {
+fn entropy_of(mut seqs: Vec<Rows>) -> (f64, f64) {
     standardize(&mut seqs);
     let h: Vec<f64> = seqs.iter().map(|s| matrix_entropy(s)).collect();
     mean_std(&h)
@@ -304,8 +308,8 @@ pub fn analyze_run(
     let model = run_model(&spec, &load_tensors(&weights, dev)?, dev)?;
     let task = task_from_spec(&spec)?;
     let examples = tasks::generate_range(task.as_ref(), Split::Test, 0, n.max(probe_n) as u64);
-    let (mut values, mut hidden): (Vec<Vec<Vec<Vec<f64>>>>, Vec<Vec<Vec<Vec<f64>>>>) =
-        (Vec::new(), Vec::new());
+    // Per layer, per sequence, the (T, F) rows.
+    let (mut values, mut hidden): (Vec<Vec<Rows>>, Vec<Vec<Rows>>) = (Vec::new(), Vec::new());
     let mut probe_sets: Vec<Vec<(Vec<f64>, u32)>> = Vec::new();
     let half = probe_n / 2;
     let mut split_at = Vec::new();
@@ -318,7 +322,7 @@ pub fn analyze_run(
             hidden.resize(trace.hidden.len(), Vec::new());
             probe_sets.resize(trace.hidden.len(), Vec::new());
         }
-        let hs: Vec<Vec<Vec<f64>>> = trace.hidden.iter().map(rows).collect::<Result<_>>()?;
+        let hs: Vec<Rows> = trace.hidden.iter().map(rows).collect::<Result<_>>()?;
         if i < n {
             for (l, v) in trace.values.iter().enumerate() {
                 values[l].push(rows(v)?);
@@ -338,9 +342,8 @@ pub fn analyze_run(
             }
         }
     }
-    let ent = |sets: Vec<Vec<Vec<Vec<f64>>>>| -> (Vec<f64>, Vec<f64>) {
-        sets.into_iter().map(entropy_of).unzip()
-    };
+    let ent =
+        |sets: Vec<Vec<Rows>>| -> (Vec<f64>, Vec<f64>) { sets.into_iter().map(entropy_of).unzip() };
     let (value_entropy, value_entropy_std) = ent(values);
     let (hidden_entropy, hidden_entropy_std) = ent(hidden);
     let probe_acc: Vec<f64> = probe_sets
@@ -484,7 +487,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
                 |a: &Analysis| a.probe_acc.clone(),
             ),
         ] {
-            let series: Vec<(String, plotters::style::RGBColor, Vec<(f64, f64)>)> = by_model
+            let series: Vec<crate::plots::LayerSeries> = by_model
                 .iter()
                 .map(|(m, ans)| {
                     let k = ans.iter().map(|a| get(a).len()).min().unwrap_or(0);

@@ -598,6 +598,9 @@ pub fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
     crate::io::write_atomic(path, buf.as_bytes())
 }
 
+/// One line of [`layer_plot`]: its label, colour and (layer, value) points.
+pub type LayerSeries = (String, RGBColor, Vec<(f64, f64)>);
+
 /// A value per layer: `names` on a categorical x axis, a line with points per series (the
 /// diagnostics of `harness analyze`), the legend outside the plot.
 pub fn layer_plot(
@@ -605,7 +608,7 @@ pub fn layer_plot(
     title: &str,
     yl: &str,
     names: &[String],
-    series: &[(String, RGBColor, Vec<(f64, f64)>)],
+    series: &[LayerSeries],
 ) -> Result<()> {
     let n = names.len().max(1);
     let ys = || series.iter().flat_map(|s| s.2.iter().map(|p| p.1));

@@ -274,8 +274,11 @@ fn selected(names: &[String]) -> Result<Vec<Claim>> {
         .collect())
 }
 
+/// An arm's label and its runs.
+pub type ArmRuns = (String, Vec<RunSpec>);
+
 /// The claim's arms at `scale`, each with its runs (`None`: no protocol at that scale).
-pub fn arms(claim: &Claim, scale: Scale) -> Result<Option<Vec<(String, Vec<RunSpec>)>>> {
+pub fn arms(claim: &Claim, scale: Scale) -> Result<Option<Vec<ArmRuns>>> {
     let arms = match scale {
         Scale::Cpu => Some((claim.cpu)()),
         Scale::Gpu => claim.gpu.map(|f| f()),
@@ -470,7 +473,7 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
 fn section(
     c: &Claim,
     scale: &str,
-    arms: &[(String, Vec<RunSpec>)],
+    arms: &[ArmRuns],
     records: &[Record],
 ) -> (String, Vec<Difference>) {
     let specs: Vec<&RunSpec> = arms.iter().flat_map(|(_, s)| s).collect();
