@@ -198,6 +198,46 @@ fn a_trained_runs_value_entropy_matches_a_composed_recomputation() {
     );
 }
 
+/// DenseFormer's static DWA weights: the mixing heatmap has a row per block, each the shares of
+/// |α| over the embedding and the block outputs so far (summing to 1), and its figure is drawn.
+#[test]
+fn a_denseformer_run_gets_its_mixing_heatmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = crate::cli::three_tiny_steps(
+        "mqar",
+        &["denseformer".to_string()],
+        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
+        3,
+        dir.path(),
+    );
+    let spec = &harness::spec::resolve(&args).unwrap()[0];
+    crate::cli::train_to_done(spec, dir.path());
+    let run = dir.path().join("runs").join(spec.id());
+    let an = analyze_run(&run, 4, 8, &candle_core::Device::Cpu).unwrap();
+    assert!(an.router_heatmap.is_empty());
+    assert_eq!(an.mixing_heatmap.len(), 3);
+    for (i, row) in an.mixing_heatmap.iter().enumerate() {
+        assert_eq!(row.len(), i + 2);
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+    // Near its init (α_ii = 1, else 0) after three steps: each block keeps mostly itself.
+    assert!(
+        an.mixing_heatmap.iter().all(|r| r[r.len() - 1] > 0.5),
+        "{:?}",
+        an.mixing_heatmap
+    );
+    let o = crate::cli::run(&[
+        "analyze",
+        run.to_str().unwrap(),
+        "--n",
+        "4",
+        "--probe-n",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    assert!(run.join("analysis/mixing-heatmap.svg").is_file());
+}
+
 /// Bad input: a folder without weights is a one-line error naming what is missing.
 #[test]
 fn analyze_without_weights_is_a_one_line_error() {

@@ -12,7 +12,9 @@
 //! * **linear probe accuracy per layer**: softmax regression on each residual state at the
 //!   supervised positions, predicting the target token, fitted on the first half of the probe
 //!   examples and scored on the second;
-//! * the **router heatmap** where the variant has mixing weights.
+//! * the **router heatmap** (LIMe's mean |W| per layer × source) and, for variants with static
+//!   mixing vectors (DenseFormer's α), the share of each source per block. The dynamic mixing of
+//!   AttnRes, MUDDFormer and the hyper-connections is not summarised yet.
 //!
 //! Output: `analysis.json` ([`Analysis`]) and SVG figures in `--out` (default `RUN_DIR/analysis`).
 //! Over a results folder (`DIR/runs/…`), every run with weights is analysed into
@@ -70,8 +72,31 @@ pub struct Analysis {
     pub probe_acc: Vec<f64>,
     /// Examples fitted / scored by the probes.
     pub probe_examples: (usize, usize),
-    /// Mixing weights per layer × source, where the variant has them (LIMe's router).
+    /// LIMe's router: mean |W| per layer × source layer (empty for other variants).
     pub router_heatmap: Vec<Vec<f64>>,
+    /// Static depth-mixing weights of other variants (DenseFormer's DWA): per block, the share
+    /// of |α| on each source (the embedding, then the blocks' outputs); empty where none.
+    #[serde(default)]
+    pub mixing_heatmap: Vec<Vec<f64>>,
+}
+
+/// The shares of |w| of each 1-D static mixing vector (DenseFormer's α after each block);
+/// empty for a variant whose mixing weights are not vectors (LIMe's are matrices: its router
+/// heatmap covers them).
+fn mixing_shares(model: &models::Model) -> Result<Vec<Vec<f64>>> {
+    let ws = model.mixing_weights()?;
+    if ws.iter().any(|w| w.dims().len() != 1) {
+        return Ok(Vec::new());
+    }
+    ws.iter()
+        .map(|w| {
+            let v: Vec<f64> = w.abs()?.to_dtype(DType::F64)?.to_vec1()?;
+            let s: f64 = v.iter().sum();
+            Ok(v.iter()
+                .map(|x| if s > 0.0 { x / s } else { 0.0 })
+                .collect())
+        })
+        .collect()
 }
 
 /// One sequence's matrix: a row of features per position.
@@ -370,6 +395,7 @@ pub fn analyze_run(
             probe_n.min(examples.len()) - half.min(examples.len()),
         ),
         router_heatmap: model.router_heatmap()?,
+        mixing_heatmap: mixing_shares(&model)?,
     })
 }
 
@@ -413,6 +439,32 @@ fn write_one(a: &Analysis, out: &Path) -> Result<()> {
         &names(a.probe_acc.len(), true),
         &[(a.model.clone(), color, pts(&a.probe_acc))],
     )?;
+    if !a.mixing_heatmap.is_empty() {
+        let k = a.mixing_heatmap.iter().map(Vec::len).max().unwrap_or(0);
+        let axes = crate::plots::HeatmapAxes {
+            rows: (0..a.mixing_heatmap.len())
+                .map(|i| format!("B{i}"))
+                .collect(),
+            cols: (0..k)
+                .map(|j| {
+                    if j == 0 {
+                        "emb".to_string()
+                    } else {
+                        format!("B{}", j - 1)
+                    }
+                })
+                .collect(),
+            row_desc: "after block".into(),
+            col_desc: "source (embedding, block outputs)".into(),
+            blank_rows: Vec::new(),
+        };
+        crate::plots::heatmap_with(
+            &out.join("mixing-heatmap.svg"),
+            &format!("{} {}: share of |α| per source", a.model, a.level),
+            &a.mixing_heatmap,
+            &axes,
+        )?;
+    }
     if a.router_heatmap.len() > 1 {
         crate::plots::heatmap(
             &out.join("router-heatmap.svg"),

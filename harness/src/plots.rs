@@ -496,32 +496,57 @@ fn level_plot(path: &Path, task: &str, levels: &[&str], rows: &[&Row]) -> Result
     crate::io::write_atomic(path, buf.as_bytes())
 }
 
-/// Lower-triangular heatmap: row l = layer, column j = source layer, value in [0, 1], written in
-/// its cell; the colour bar on the right; row 0 (layer 0 has no router: it sees only itself).
+/// What the axes of a [`heatmap_with`] name: rows, columns, and rows drawn as "no router".
+pub struct HeatmapAxes {
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub row_desc: String,
+    pub col_desc: String,
+    /// Rows without mixing weights of their own (LIMe's layer 0).
+    pub blank_rows: Vec<usize>,
+}
+
+/// LIMe's router heatmap: row l = layer, column j = source layer (its K|V), value in [0, 1],
+/// written in its cell; the colour bar on the right; row 0 (layer 0 has no router: it sees only
+/// itself) marked.
 pub fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
-    let n = rows.len();
+    let names: Vec<String> = (0..rows.len()).map(|l| format!("L{l}")).collect();
+    let axes = HeatmapAxes {
+        rows: names.clone(),
+        cols: names,
+        row_desc: "layer".into(),
+        col_desc: "source layer (its K|V)".into(),
+        blank_rows: vec![0],
+    };
+    heatmap_with(path, title, rows, &axes)
+}
+
+/// A heatmap of mixing weights (rows may be shorter than the columns: a lower-triangular
+/// matrix), values in the cells, a colour bar, the axes named by `axes`.
+pub fn heatmap_with(path: &Path, title: &str, rows: &[Vec<f64>], axes: &HeatmapAxes) -> Result<()> {
+    let (n, m) = (rows.len(), axes.cols.len().max(1));
     let shade = |v: f64| {
         let s = (255.0 * (1.0 - v.clamp(0.0, 1.0))) as u8;
         RGBColor(s, s, 255)
     };
-    let cell = (440 / n.max(1)).clamp(24, 90) as u32;
-    let side = cell * n as u32;
-    let (w, h) = (side + 230, side + 120);
+    let cell = (440 / n.max(m).max(1)).clamp(24, 90) as u32;
+    let (side_x, side) = (cell * m as u32, cell * n as u32);
+    let (w, h) = (side_x + 230, side + 120);
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE)?;
-        let (plot, bar) = root.split_horizontally(side + 100);
+        let (plot, bar) = root.split_horizontally(side_x + 100);
         let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 13))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..n as f64 - 0.5, -0.5..n as f64 - 0.5)?;
-        let name = |v: f64| {
+            .build_cartesian_2d(-0.5..m as f64 - 0.5, -0.5..n as f64 - 0.5)?;
+        let name = |v: f64, names: &[String]| {
             let i = v.round();
-            if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
-                format!("L{}", i as usize)
+            if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].chars().take(8).collect()
             } else {
                 String::new()
             }
@@ -529,19 +554,19 @@ pub fn heatmap(path: &Path, title: &str, rows: &[Vec<f64>]) -> Result<()> {
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_labels(n + 1)
+            .x_labels(m + 1)
             .y_labels(n + 1)
-            .x_label_formatter(&|x| name(*x))
-            .y_label_formatter(&|y| name(*y))
+            .x_label_formatter(&|x| name(*x, &axes.cols))
+            .y_label_formatter(&|y| name(*y, &axes.rows))
             .label_style(("sans-serif", TICK_FONT))
-            .x_desc("source layer (its K|V)")
-            .y_desc("layer")
+            .x_desc(axes.col_desc.as_str())
+            .y_desc(axes.row_desc.as_str())
             .axis_desc_style(("sans-serif", 13))
             .draw()?;
         let font = ("sans-serif", 11).into_font();
         for (l, row) in rows.iter().enumerate() {
             let (yl, yh) = (l as f64 - 0.5, l as f64 + 0.5);
-            if l == 0 {
+            if axes.blank_rows.contains(&l) {
                 chart.draw_series(std::iter::once(Rectangle::new(
                     [(-0.5, yl), (0.5, yh)],
                     RGBColor(225, 225, 225).filled(),
