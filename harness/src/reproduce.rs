@@ -526,8 +526,8 @@ fn section(
             _ => String::new(),
         }
     );
-    md += "| task | level | model | lrs tried | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | params | FLOPs | wall-clock s |\n";
-    md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    md += "| task | level | model | lrs tried | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | chance % | params | FLOPs | wall-clock s |\n";
+    md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let mut verdicts = String::new();
     let mut diffs = Vec::new();
     for (label, arm_specs) in arms {
@@ -559,7 +559,7 @@ fn section(
                 .map(|x| format!("{:e}", x.result.lr))
                 .collect();
             md += &format!(
-                "| {} | {} | {} | {} | {:e} | {} | {} ± {} | {} | {} | {:.2e} | {:.0} |\n",
+                "| {} | {} | {} | {} | {:e} | {} | {} ± {} | {} | {} | {} | {:.2e} | {:.0} |\n",
                 r.task,
                 shown(&r.level),
                 r.model,
@@ -569,6 +569,7 @@ fn section(
                 pct(r.test_mean),
                 pct(r.test_ci95),
                 pct(r.val_mean),
+                pct(Some(r.chance)),
                 r.params,
                 r.flops,
                 r.wall_clock_s
