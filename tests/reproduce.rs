@@ -2,7 +2,7 @@
 
 use crate::leaderboard::write_run;
 use harness::records::RunStatus;
-use harness::reproduce::{arms, claims, protocol, render, report, Scale};
+use harness::reproduce::{arms, claims, plan, protocol, render, report, Scale, Search};
 use std::path::Path;
 
 /// Writes every run of the MQAR claim's protocol, with test accuracy `acc(model, level, seed)` at
@@ -206,6 +206,69 @@ fn a_worse_challenger_is_not_reproduced_and_missing_runs_are_named() {
     fake_mqar(partial.path(), |_, _, _| 0.5, 3);
     let v = verdict_lines(&render(&claims()[..1], partial.path()).unwrap());
     assert!(v[0].contains("incomplete: 3 run(s)"), "{v:?}");
+}
+
+/// A staged search trains seed 0 at every lr, then the other seeds at the lr seed 0 chose on val
+/// (5 runs per model, not 9); runs at other lrs — even better ones — do not enter its statistics,
+/// and a stage 1 still training counts its stage 2 as missing.
+#[test]
+fn a_staged_search_picks_the_lr_on_seed_0_and_uses_only_its_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = claims();
+    let prosqa = all.iter().position(|c| c.name == "prosqa").unwrap();
+    assert_eq!(all[prosqa].search, Search::Staged);
+    let specs = protocol(&all[prosqa], Scale::Cpu).unwrap().unwrap();
+    let llama: Vec<_> = specs
+        .iter()
+        .filter(|s| s.model == "llama")
+        .cloned()
+        .collect();
+    let records = || {
+        harness::leaderboard::load_results(dir.path())
+            .map(|l| l.records)
+            .unwrap_or_default()
+    };
+    let p = plan(Search::Staged, &llama, &records());
+    assert_eq!((p.runs.len(), p.pending, p.chosen), (3, 2, None));
+    assert!(p.runs.iter().all(|s| s.seed == 0));
+    // Seed 0: lr 3e-3 is best on val.
+    let val0 = |lr: f64| if lr == 3e-3 { 0.8 } else { 0.5 };
+    for s in specs.iter().filter(|s| s.seed == 0) {
+        write_run(dir.path(), s, val0(s.optim.lr), 0.5, RunStatus::Ok);
+    }
+    let p = plan(Search::Staged, &llama, &records());
+    assert_eq!((p.runs.len(), p.pending, p.chosen), (5, 0, Some(3e-3)));
+    assert!(p
+        .runs
+        .iter()
+        .filter(|s| s.seed > 0)
+        .all(|s| s.optim.lr == 3e-3));
+    assert_eq!(plan(Search::Grid, &llama, &records()).runs.len(), 9);
+    let md = render(&all[prosqa..=prosqa], dir.path()).unwrap();
+    assert!(md.contains("Protocol (CPU scale): 10 runs"), "{md}");
+    assert!(md.contains("incomplete: 4 run(s)"), "{md}");
+    // Seeds 1 and 2 everywhere: at the chosen lr lime leads by 20 points; at the other lrs both
+    // models score 0.99 on val and test, which must not count.
+    for s in specs.iter().filter(|s| s.seed > 0) {
+        let (val, test) = match (s.optim.lr == 3e-3, s.model.as_str()) {
+            (true, "lime") => (0.8, 0.7),
+            (true, _) => (0.8, 0.5),
+            (false, _) => (0.99, 0.99),
+        };
+        write_run(dir.path(), s, val, test, RunStatus::Ok);
+    }
+    let md = render(&all[prosqa..=prosqa], dir.path()).unwrap();
+    assert!(
+        md.contains("| prosqa | mixed | llama | 3 | 3e-3 | 3 | 50.0 ± 0.0 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| prosqa | mixed | lime | 3 | 3e-3 | 3 | 63.3 ± "),
+        "{md}"
+    );
+    assert!(md.contains("10 of them committed"), "{md}");
+    let v: Vec<&str> = md.lines().filter(|l| l.contains(" − llama |")).collect();
+    assert!(v[0].contains("| +13.3 ± "), "{}", v[0]);
 }
 
 /// The committed REPRODUCTION.md is exactly what the committed results render to (nobody edits

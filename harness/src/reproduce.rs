@@ -10,6 +10,12 @@
 //! verdict survives a change of machine. Per (task, level): each model's learning rate is chosen
 //! on val, its test accuracy is the mean ± 95% CI over seeds at that lr, and the challenger's
 //! difference to the baseline gets Welch's t-test ([`crate::stats::welch`]).
+//!
+//! A claim searches its learning rates one of two ways ([`Search`]): the full grid (every seed at
+//! every lr, the lr chosen on the mean val over seeds), or staged (seed 0 at every lr, the lr
+//! chosen on seed 0's val, then the other seeds at that lr only: 5 runs per model instead of 9,
+//! the same ≥ 3 lrs tried and ≥ 3 seeds at the chosen lr). [`plan`] says which runs a staged
+//! protocol wants given the results so far; `run` trains a model's stage 1 and then its stage 2.
 
 use crate::device::device;
 use crate::leaderboard::{load_results, rows, Record, Row};
@@ -70,6 +76,17 @@ pub struct Claim {
     pub cpu: fn() -> Vec<Arm>,
     /// The paper-sized protocol, for a machine with a GPU.
     pub gpu: Option<fn() -> Vec<Arm>>,
+    /// How the learning rate is searched (both scales).
+    pub search: Search,
+}
+
+/// How a claim searches its learning rates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// Every seed at every lr; the lr with the best mean val over seeds.
+    Grid,
+    /// Seed 0 at every lr; the lr with the best seed-0 val; then the other seeds at that lr.
+    Staged,
 }
 
 /// One arm of a claim's protocol: runs compared among themselves. Most claims have one arm (an
@@ -104,12 +121,33 @@ fn mqar_cpu() -> Overrides {
     }
 }
 
+/// The rivals claim's challengers, in training order: lime, the other papers' connections, then
+/// LIMe's router ablations.
+const RIVALS: [&str; 16] = [
+    "lime",
+    "denseformer",
+    "hyper",
+    "hyper-static",
+    "resformer",
+    "attnres",
+    "attnres-block",
+    "muddformer",
+    "mhc",
+    "lime-dynamic",
+    "lime-avg",
+    "lime-last-2",
+    "lime-first-2",
+    "lime-same-head",
+    "lime-per-dim",
+    "lime-random-init",
+];
+
 fn rivals_cpu() -> Overrides {
     Overrides {
         level: vec!["kv8".into()],
-        models: models::Variant::ALL
-            .iter()
-            .map(|v| v.name().to_string())
+        models: std::iter::once("llama")
+            .chain(RIVALS)
+            .map(String::from)
             .collect(),
         ..mqar_cpu()
     }
@@ -193,6 +231,7 @@ pub fn claims() -> Vec<Claim> {
             // The MQAR preset (V256, T64, 2 layers, d=64, 2 heads, batch 128, 6e12 FLOPs per run).
             cpu: || one(mqar_cpu()),
             gpu: None,
+            search: Search::Grid,
         },
         Claim {
             name: "rivals",
@@ -201,27 +240,11 @@ pub fn claims() -> Vec<Claim> {
                        Hyper-Connections, ResFormer, Attention Residuals, MUDDFormer, mHC); the \
                        router ablations are the LIMe paper's own",
             baseline: "llama",
-            challengers: &[
-                "lime",
-                "lime-dynamic",
-                "lime-avg",
-                "lime-last-2",
-                "lime-first-2",
-                "lime-same-head",
-                "lime-per-dim",
-                "lime-random-init",
-                "denseformer",
-                "hyper",
-                "hyper-static",
-                "resformer",
-                "attnres",
-                "attnres-block",
-                "muddformer",
-                "mhc",
-            ],
+            challengers: &RIVALS,
             // The MQAR claim's kv8 cell: its llama and lime runs are the same runs (same specs).
             cpu: || one(rivals_cpu()),
             gpu: None,
+            search: Search::Staged,
         },
         Claim {
             name: "aet",
@@ -232,6 +255,7 @@ pub fn claims() -> Vec<Claim> {
             challengers: &["lime"],
             cpu: || one(aet_cpu()),
             gpu: Some(|| one(aet_gpu())),
+            search: Search::Grid,
         },
         Claim {
             name: "prosqa",
@@ -242,6 +266,7 @@ pub fn claims() -> Vec<Claim> {
             challengers: &["lime"],
             cpu: prosqa_cpu,
             gpu: None,
+            search: Search::Staged,
         },
         Claim {
             name: "depth",
@@ -253,6 +278,7 @@ pub fn claims() -> Vec<Claim> {
             challengers: &["lime"],
             cpu: depth_cpu,
             gpu: None,
+            search: Search::Staged,
         },
     ]
 }
@@ -301,12 +327,77 @@ pub fn protocol(claim: &Claim, scale: Scale) -> Result<Option<Vec<RunSpec>>> {
     Ok(arms(claim, scale)?.map(|a| a.into_iter().flat_map(|(_, s)| s).collect()))
 }
 
+/// The runs one model of one arm and cell (a task, level, model and shape) of a protocol wants.
+pub struct Plan {
+    /// Wanted, as far as the results so far tell (stage 1 and, once it is complete, stage 2).
+    pub runs: Vec<RunSpec>,
+    /// Wanted but not yet named: stage 2's runs while stage 1 is incomplete.
+    pub pending: usize,
+    /// The lr stage 1 chose (staged search, stage 1 complete).
+    pub chosen: Option<f64>,
+}
+
+/// The specs of an arm grouped by cell (task, level, model, shape), in order of first appearance.
+fn groups(specs: &[RunSpec]) -> Vec<Vec<RunSpec>> {
+    let mut out: Vec<(String, Vec<RunSpec>)> = Vec::new();
+    for s in specs {
+        let key = format!("{}/{}/{}/{}", s.task, s.level, s.model, s.cell_key());
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(s.clone()),
+            None => out.push((key, vec![s.clone()])),
+        }
+    }
+    out.into_iter().map(|(_, g)| g).collect()
+}
+
+/// What one cell's protocol (`group`: its full grid of seeds × lrs) wants, given `records`: the
+/// whole grid for [`Search::Grid`]; for [`Search::Staged`] the lowest seed at every lr, then —
+/// once all of those are finished — the other seeds at the lr whose lowest-seed run has the best
+/// val accuracy (ties broken as the leaderboard breaks them).
+pub fn plan(search: Search, group: &[RunSpec], records: &[Record]) -> Plan {
+    let first = group.iter().map(|s| s.seed).min().unwrap_or(0);
+    let seeds: BTreeSet<u64> = group.iter().map(|s| s.seed).collect();
+    if search == Search::Grid {
+        return Plan {
+            runs: group.to_vec(),
+            pending: 0,
+            chosen: None,
+        };
+    }
+    let stage1: Vec<RunSpec> = group.iter().filter(|s| s.seed == first).cloned().collect();
+    let ids: BTreeSet<String> = stage1.iter().map(|s| s.id()).collect();
+    let done: Vec<Record> = records
+        .iter()
+        .filter(|r| ids.contains(&r.result.id))
+        .cloned()
+        .collect();
+    let chosen = match done.len() == stage1.len() {
+        true => rows(&done).first().map(|r| r.lr),
+        false => None,
+    };
+    let pending = (seeds.len() - 1) * usize::from(chosen.is_none());
+    let mut runs = stage1;
+    if let Some(lr) = chosen {
+        runs.extend(
+            group
+                .iter()
+                .filter(|s| s.seed != first && s.optim.lr == lr)
+                .cloned(),
+        );
+    }
+    Plan {
+        runs,
+        pending,
+        chosen,
+    }
+}
+
 pub fn run(a: &ReproduceArgs) -> Result<()> {
     let claims = selected(&a.claims)?;
     if !a.render_only {
         let dev = device(&a.device)?;
-        for c in &claims {
-            let Some(specs) = protocol(c, a.scale)? else {
+        'claims: for c in &claims {
+            let Some(arms) = arms(c, a.scale)? else {
                 eprintln!("claim {}: no {:?}-scale protocol", c.name, a.scale);
                 continue;
             };
@@ -316,29 +407,50 @@ pub fn run(a: &ReproduceArgs) -> Result<()> {
                 ..RunOptions::default()
             };
             let mut n = 0;
-            run_all(
-                &specs,
-                &a.results,
-                &dev,
-                opts,
-                a.pack.max(1),
-                |spec, done| {
-                    n += 1;
-                    match done {
-                        Outcome::Done(r) if !a.quiet => eprintln!(
-                            "claim {} run {n}/{}: {} {}",
-                            c.name,
-                            specs.len(),
-                            r.id,
-                            r.status
-                        ),
-                        Outcome::Busy => {
-                            eprintln!("{}: held by another process, left to it", spec.id())
+            for (_, specs) in &arms {
+                for group in groups(specs) {
+                    // Stage 1, then (staged search) stage 2 at the lr stage 1 chose.
+                    for _stage in 0..2 {
+                        let records = match a.results.join("runs").is_dir() {
+                            true => load_results(&a.results)?.records,
+                            false => Vec::new(),
+                        };
+                        let have: BTreeSet<&str> =
+                            records.iter().map(|r| r.result.id.as_str()).collect();
+                        let todo: Vec<RunSpec> = plan(c.search, &group, &records)
+                            .runs
+                            .into_iter()
+                            .filter(|s| !have.contains(s.id().as_str()))
+                            .collect();
+                        if todo.is_empty() {
+                            continue;
                         }
-                        _ => {}
+                        let done = run_all(
+                            &todo,
+                            &a.results,
+                            &dev,
+                            opts,
+                            a.pack.max(1),
+                            |spec, done| {
+                                n += 1;
+                                match done {
+                                    Outcome::Done(r) if !a.quiet => {
+                                        eprintln!("claim {} run {n}: {} {}", c.name, r.id, r.status)
+                                    }
+                                    Outcome::Busy => eprintln!(
+                                        "{}: held by another process, left to it",
+                                        spec.id()
+                                    ),
+                                    _ => {}
+                                }
+                            },
+                        )?;
+                        if done.iter().any(|d| matches!(d, Outcome::Interrupted)) {
+                            break 'claims;
+                        }
                     }
-                },
-            )?;
+                }
+            }
         }
     }
     let report = report(&claims, &a.results)?;
@@ -369,6 +481,12 @@ fn accs(records: &[&Record], row: &Row) -> Vec<f64> {
         .filter(|r| r.result.status == RunStatus::Ok)
         .filter_map(|r| r.result.test_acc)
         .collect()
+}
+
+/// Whether `s` is among the committed runs `arm`.
+fn arm_ids_done(arm: &[&Record], s: &RunSpec) -> bool {
+    let id = s.id();
+    arm.iter().any(|r| r.result.id == id)
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -482,6 +600,22 @@ fn section(
         .iter()
         .filter(|r| ids.contains(&r.result.id))
         .collect();
+    let owned: Vec<Record> = mine.iter().map(|r| (*r).clone()).collect();
+    // Per arm, each cell's plan (what the search wants given the committed runs).
+    let plans: Vec<Vec<Plan>> = arms
+        .iter()
+        .map(|(_, s)| {
+            groups(s)
+                .iter()
+                .map(|g| plan(c.search, g, &owned))
+                .collect()
+        })
+        .collect();
+    let wanted: usize = plans
+        .iter()
+        .flatten()
+        .map(|p| p.runs.len() + p.pending)
+        .sum();
     let mut lrs: Vec<f64> = specs.iter().map(|s| s.optim.lr).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
@@ -497,9 +631,9 @@ fn section(
         .filter(|l| !l.is_empty())
         .collect();
     let mut md = format!(
-        "Protocol ({scale}): {} runs — tasks {}{}, models {} vs {}, seeds {}, learning rates {}, \
+        "Protocol ({scale}): {} runs — tasks {}{}, models {} vs {}, seeds {}, learning rates {}{}, \
          {} FLOPs per run; {} of them committed.{}\n\n",
-        specs.len(),
+        wanted,
         specs
             .iter()
             .map(|s| format!("{} {}", s.task, s.level))
@@ -516,8 +650,20 @@ fn section(
         c.baseline,
         seeds.len(),
         lrs.join(", "),
+        match c.search {
+            Search::Grid => " (every seed at every lr)".to_string(),
+            Search::Staged => format!(
+                " (searched on seed {} alone; the other seeds at the lr it chose on val)",
+                seeds.first().copied().unwrap_or(0)
+            ),
+        },
         budgets.into_iter().collect::<Vec<_>>().join(" / "),
-        mine.len(),
+        mine.iter()
+            .filter(|r| plans
+                .iter()
+                .flatten()
+                .any(|p| p.runs.iter().any(|s| s.id() == r.result.id)))
+            .count(),
         match (scale, c.gpu) {
             ("CPU scale", Some(_)) => format!(
                 " The paper-sized protocol: `harness reproduce --claims {} --scale gpu --device cuda`.",
@@ -530,11 +676,26 @@ fn section(
     md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let mut verdicts = String::new();
     let mut diffs = Vec::new();
-    for (label, arm_specs) in arms {
+    for ((label, arm_specs), plans) in arms.iter().zip(&plans) {
         let arm_ids: BTreeSet<String> = arm_specs.iter().map(|s| s.id()).collect();
         let arm: Vec<&Record> = mine
             .iter()
             .filter(|r| arm_ids.contains(&r.result.id))
+            .copied()
+            .collect();
+        // The runs behind the statistics: the whole grid, or (staged) the chosen lr's seeds.
+        let used_ids: BTreeSet<String> = plans
+            .iter()
+            .flat_map(|p| {
+                p.runs
+                    .iter()
+                    .filter(move |s| p.chosen.is_none_or(|lr| s.optim.lr == lr))
+            })
+            .map(|s| s.id())
+            .collect();
+        let used: Vec<&Record> = arm
+            .iter()
+            .filter(|r| used_ids.contains(&r.result.id))
             .copied()
             .collect();
         let shown = |level: &str| {
@@ -544,7 +705,7 @@ fn section(
                 format!("{level} · {label}")
             }
         };
-        let owned: Vec<Record> = arm.iter().map(|r| (*r).clone()).collect();
+        let owned: Vec<Record> = used.iter().map(|r| (*r).clone()).collect();
         let table = rows(&owned);
         let mut by_level: BTreeMap<(String, String), Vec<&Row>> = BTreeMap::new();
         for r in &table {
@@ -584,20 +745,22 @@ fn section(
             let pick = |m: &str| rows_here.and_then(|rs| rs.iter().find(|r| r.model == m).copied());
             // Protocol runs of model `m` at this level not yet committed.
             let missing = |m: &str| {
-                let want = arm_specs
+                plans
                     .iter()
-                    .filter(|s| s.task == task && s.level == level && s.model == m)
-                    .count();
-                let have = arm
-                    .iter()
-                    .filter(|r| r.result.task == task && r.result.level == level)
-                    .filter(|r| r.result.model == m)
-                    .count();
-                want - have
+                    .filter(|p| {
+                        p.runs
+                            .first()
+                            .is_some_and(|s| s.task == task && s.level == level && s.model == m)
+                    })
+                    .map(|p| {
+                        let have = p.runs.iter().filter(|s| arm_ids_done(&arm, s)).count();
+                        p.runs.len() - have + p.pending
+                    })
+                    .sum::<usize>()
             };
             for &ch in c.challengers {
                 let w = match (pick(ch), pick(c.baseline)) {
-                    (Some(a), Some(b)) => welch(&accs(&arm, a), &accs(&arm, b)),
+                    (Some(a), Some(b)) => welch(&accs(&used, a), &accs(&used, b)),
                     _ => None,
                 };
                 let (diff, tdf, p) = match w {
