@@ -20,7 +20,7 @@ pub(crate) fn stderr(o: &Output) -> String {
 }
 
 /// A failing command: non-zero exit, exactly one line on stderr starting with `error`, no panic.
-fn assert_one_line_error(o: &Output, needle: &str) {
+pub(crate) fn assert_one_line_error(o: &Output, needle: &str) {
     let e = stderr(o);
     assert!(
         !o.status.success(),
@@ -36,7 +36,7 @@ fn assert_one_line_error(o: &Output, needle: &str) {
     assert!(e.contains(needle), "expected {needle:?} in {e:?}");
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
+pub(crate) fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -608,7 +608,8 @@ fn every_model_trains_through_the_main_job() {
 }
 
 /// The manifests (sha256 of the data, exact config, digest) of every task's default config, per
-/// split: any change to a generator, its defaults or the split partition shows up here.
+/// split, and of the test split's Parquet export: any change to a generator, its defaults, the
+/// split partition or an export format shows up here.
 #[test]
 fn default_config_manifests_are_pinned() {
     let dir = tempfile::tempdir().unwrap();
@@ -625,6 +626,9 @@ fn default_config_manifests_are_pinned() {
             );
             if split == tasks::Split::Test {
                 snap += &format!("  config {}\n", serde_json::to_string(&m.config).unwrap());
+                let pq = dir.path().join(format!("{name}-{split}.parquet"));
+                let p = harness::gen::export(task.as_ref(), &level, split, 0, 64, &pq).unwrap();
+                snap += &format!("  parquet sha256 {}\n", p.sha256);
             }
         }
     }

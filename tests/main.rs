@@ -5,6 +5,7 @@
 mod analyze;
 mod cli;
 mod device;
+mod export_formats;
 mod layering;
 mod leaderboard;
 mod models_accounting;

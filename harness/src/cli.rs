@@ -26,6 +26,8 @@ pub enum Command {
     Tasks,
     /// List every model variant (built-in or registered) with its summary and parameter counts.
     Models,
+    /// A trained llama or lime run as a Hugging Face transformers folder (`from_pretrained`).
+    ExportHf(crate::export_hf::ExportHfArgs),
     /// Parameter and forward-FLOP table per model (`--preset paper-1b` reproduces the paper's Table 8).
     Flops(crate::flops_cmd::FlopsArgs),
     /// Tables (Markdown, CSV, JSON) and plots from saved runs.
@@ -68,6 +70,13 @@ pub struct GenArgs {
     /// Named difficulty level (default: the task's default level).
     #[arg(long)]
     pub level: Option<String>,
+    /// File format [default: parquet for a `.parquet` --out, else jsonl].
+    #[arg(long, value_enum)]
+    pub format: Option<crate::gen::Format>,
+    /// Export the task exactly as a run trained on it (its config.json: task, level, knobs)
+    /// instead of --task/--level/--set.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["task", "level", "sets"])]
+    pub from_run: Option<PathBuf>,
     /// List the tasks instead of generating.
     #[arg(long)]
     pub list: bool,
@@ -122,6 +131,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", models_table());
             Ok(())
         }
+        Some(Command::ExportHf(a)) => crate::export_hf::run(&a),
         Some(Command::Flops(a)) => crate::flops_cmd::run(&a),
         Some(Command::Leaderboard(a)) => crate::leaderboard::run(&a),
         Some(Command::Sweep(a)) => crate::sweep::run(&a),
@@ -138,20 +148,30 @@ fn gen(a: &GenArgs) -> Result<()> {
         print!("{}", tasks_table());
         return Ok(());
     }
-    let Some(name) = a.task.as_deref() else {
-        bail!("gen needs --task NAME (or --list)")
-    };
     let Some(out) = a.out.as_deref() else {
-        bail!("gen needs --out FILE.jsonl")
+        bail!("gen needs --out FILE.jsonl (or FILE.parquet)")
     };
     let split: tasks::Split = a.split.parse().map_err(anyhow::Error::msg)?;
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
-    let sets = crate::spec::parse_sets(&a.sets)?;
-    let task = tasks::build(name, a.level.as_deref(), &sets)?;
-    let level = a.level.clone().unwrap_or_else(|| default_level(name));
-    let m = crate::gen::export(task.as_ref(), &level, split, a.start, a.n, out)
+    let (task, level) = match (&a.from_run, a.task.as_deref()) {
+        (Some(run), _) => {
+            let spec: crate::spec::RunSpec =
+                crate::io::read_json(&run.join("config.json")).context("gen --from-run")?;
+            (crate::train::task_from_spec(&spec)?, spec.level)
+        }
+        (None, Some(name)) => {
+            let sets = crate::spec::parse_sets(&a.sets)?;
+            let task = tasks::build(name, a.level.as_deref(), &sets)?;
+            let level = a.level.clone().unwrap_or_else(|| default_level(name));
+            (task, level)
+        }
+        (None, None) => bail!("gen needs --task NAME, --from-run RUN_DIR or --list"),
+    };
+    let name = task.name();
+    let format = a.format.unwrap_or_else(|| crate::gen::Format::of_path(out));
+    let m = crate::gen::export_as(task.as_ref(), &level, split, a.start, a.n, out, format)
         .with_context(|| format!("gen {name}"))?;
     eprintln!(
         "wrote {} examples to {} (sha256 {}, {} redraws)",

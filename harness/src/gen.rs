@@ -1,20 +1,53 @@
-//! `harness gen`: export a task split as JSONL plus a manifest.
+//! `harness gen`: export a task split as JSONL or Parquet plus a manifest.
 //!
 //! JSONL contract, one example per line, keys in this order: `task, split, index, prompt` (text),
-//! `answer` (text), `tokens` (prompt + answer ids), `prompt_len`, `targets` (list of
+//! `answer` (the answer's text alone, without the end-of-sequence marker), `tokens` (prompt +
+//! answer ids, the end-of-sequence id included), `prompt_len`, `targets` (list of
 //! `[position, token]`: at input position `position` the model must output `token`), `meta`.
-//! Lines are produced in parallel and written in index order, so the bytes do not depend on the
-//! thread count. The data file and its manifest are written atomically.
+//! Parquet holds the same columns in the same order: text columns as strings, `index` and
+//! `prompt_len` as int64, `tokens` as a list of int64, `targets` as a list of `[position, token]`
+//! int64 lists, `meta` as its JSON text; one row group per 16,384 examples, no compression.
+//! Examples are produced in parallel and written in index order, so the bytes do not depend on
+//! the thread count. The data file and its manifest are written atomically; the manifest names
+//! the format and the sha256 of the data file's bytes.
 
 use crate::io::{hex, AtomicFile};
 use anyhow::{Context, Result};
+use clap::ValueEnum;
+use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tasks::{Split, Task};
+use std::sync::Arc;
+use tasks::{Example, Split, Task};
+
+/// The export's version, in the manifest: 2 since the answer text dropped the end-of-sequence
+/// marker (`"58"`, was `"58 <eos>"`). The examples themselves (tokens, targets) did not change,
+/// so `tasks::GENERATOR_VERSION` and every run id stay as they were.
+pub const EXPORT_VERSION: u32 = 2;
+
+/// File format of an export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jsonl,
+    Parquet,
+}
+
+impl Format {
+    /// The format a file name implies: `.parquet` → Parquet, anything else JSONL.
+    pub fn of_path(p: &Path) -> Format {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("parquet") => Format::Parquet,
+            _ => Format::Jsonl,
+        }
+    }
+}
 
 /// One JSONL line (field order is the file format).
 #[derive(Serialize)]
@@ -41,8 +74,14 @@ pub struct Manifest {
     pub n: u64,
     pub start: u64,
     pub file: String,
+    /// `jsonl` or `parquet` (absent in manifests written before Parquet: JSONL).
+    #[serde(default = "jsonl")]
+    pub format: Format,
     pub sha256: String,
     pub generator_version: u32,
+    /// [`EXPORT_VERSION`] (absent in manifests of version 1).
+    #[serde(default = "one")]
+    pub export_version: u32,
     pub config: Value,
     pub config_digest: String,
     pub vocab_size: usize,
@@ -53,6 +92,25 @@ pub struct Manifest {
     pub redraws: u64,
 }
 
+fn jsonl() -> Format {
+    Format::Jsonl
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The answer's text: its tokens rendered without the end-of-sequence token that closes them
+/// (the tokens keep it).
+pub fn answer_text(task: &dyn Task, ex: &Example) -> String {
+    let a = ex.answer();
+    let a = match (a.last(), task.eos_id()) {
+        (Some(&last), Some(eos)) if last == eos => &a[..a.len() - 1],
+        _ => a,
+    };
+    task.render(a)
+}
+
 /// Render one example as its JSONL line (without the newline).
 pub fn example_line(task: &dyn Task, ex: &tasks::Example) -> String {
     let line = Line {
@@ -60,7 +118,7 @@ pub fn example_line(task: &dyn Task, ex: &tasks::Example) -> String {
         split: ex.split,
         index: ex.index,
         prompt: task.render(ex.prompt()),
-        answer: task.render(ex.answer()),
+        answer: answer_text(task, ex),
         tokens: &ex.tokens,
         prompt_len: ex.prompt_len,
         targets: &ex.targets,
@@ -78,7 +136,129 @@ pub fn manifest_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.manifest.json"))
 }
 
-/// Generate examples `start..start+n` of `split` and write `out` and its manifest.
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The Parquet schema of an export (the JSONL keys, in order).
+const PARQUET_SCHEMA: &str = "message example {
+  required binary task (STRING);
+  required binary split (STRING);
+  required int64 index;
+  required binary prompt (STRING);
+  required binary answer (STRING);
+  required group tokens (LIST) { repeated group list { required int64 element; } }
+  required int64 prompt_len;
+  required group targets (LIST) {
+    repeated group list { required group element (LIST) { repeated group list { required int64 element; } } }
+  }
+  required binary meta (STRING);
+}";
+
+/// Values with their definition and repetition levels: one Parquet leaf column of a chunk.
+#[derive(Default)]
+struct Leaf {
+    values: Vec<i64>,
+    def: Vec<i16>,
+    rep: Vec<i16>,
+}
+
+impl Leaf {
+    /// Appends one row's list of ints (`list<int64>`: levels ≤ 1).
+    fn list(&mut self, xs: impl ExactSizeIterator<Item = i64>) {
+        if xs.len() == 0 {
+            self.def.push(0);
+            self.rep.push(0);
+        }
+        for (i, x) in xs.enumerate() {
+            self.values.push(x);
+            self.def.push(1);
+            self.rep.push(if i == 0 { 0 } else { 1 });
+        }
+    }
+
+    /// Appends one row's list of pairs (`list<list<int64>>`: levels ≤ 2).
+    fn pairs(&mut self, xs: &[(u32, u32)]) {
+        if xs.is_empty() {
+            self.def.push(0);
+            self.rep.push(0);
+        }
+        for (i, &(p, t)) in xs.iter().enumerate() {
+            self.values.extend([p as i64, t as i64]);
+            self.def.extend([2, 2]);
+            self.rep.extend([if i == 0 { 0 } else { 1 }, 2]);
+        }
+    }
+}
+
+/// One row group of examples as Parquet columns.
+fn write_row_group<W: Write + Send>(
+    w: &mut SerializedFileWriter<W>,
+    task: &dyn Task,
+    examples: &[Example],
+) -> Result<()> {
+    let text = |f: &dyn Fn(&Example) -> String| -> Vec<ByteArray> {
+        examples
+            .iter()
+            .map(|e| ByteArray::from(f(e).as_str()))
+            .collect()
+    };
+    let strings = [
+        text(&|_| task.name().to_string()),
+        text(&|e| e.split.as_str().to_string()),
+        text(&|e| task.render(e.prompt())),
+        text(&|e| answer_text(task, e)),
+        text(&|e| serde_json::to_string(&e.meta).expect("meta serializes")),
+    ];
+    let index: Vec<i64> = examples.iter().map(|e| e.index as i64).collect();
+    let prompt_len: Vec<i64> = examples.iter().map(|e| e.prompt_len as i64).collect();
+    let (mut tokens, mut targets) = (Leaf::default(), Leaf::default());
+    for e in examples {
+        tokens.list(e.tokens.iter().map(|&t| t as i64));
+        targets.pairs(&e.targets);
+    }
+    let mut rg = w.next_row_group()?;
+    let mut column = 0;
+    while let Some(mut col) = rg.next_column()? {
+        // Columns in schema order: task split index prompt answer tokens prompt_len targets meta.
+        match column {
+            0 | 1 | 3 | 4 | 8 => {
+                let which = [0, 1, 0, 2, 3, 0, 0, 0, 4][column];
+                col.typed::<ByteArrayType>()
+                    .write_batch(&strings[which], None, None)?;
+            }
+            2 | 6 => {
+                let v = if column == 2 { &index } else { &prompt_len };
+                col.typed::<Int64Type>().write_batch(v, None, None)?;
+            }
+            _ => {
+                let l = if column == 5 { &tokens } else { &targets };
+                col.typed::<Int64Type>()
+                    .write_batch(&l.values, Some(&l.def), Some(&l.rep))?;
+            }
+        }
+        col.close()?;
+        column += 1;
+    }
+    rg.close()?;
+    Ok(())
+}
+
+/// Generate examples `start..start+n` of `split` and write `out` (JSONL, or Parquet for a
+/// `.parquet` name) and its manifest.
 pub fn export(
     task: &dyn Task,
     level: &str,
@@ -87,32 +267,70 @@ pub fn export(
     n: u64,
     out: &Path,
 ) -> Result<Manifest> {
+    export_as(task, level, split, start, n, out, Format::of_path(out))
+}
+
+/// [`export`] in `format`.
+pub fn export_as(
+    task: &dyn Task,
+    level: &str,
+    split: Split,
+    start: u64,
+    n: u64,
+    out: &Path,
+    format: Format,
+) -> Result<Manifest> {
     const CHUNK: u64 = 1 << 14;
     let digest = tasks::config_digest(task);
     let mut data = AtomicFile::create(out)?;
-    let mut sha = Sha256::new();
+    let cannot = || format!("cannot write {}", out.display());
     let mut redraws = 0u64;
-    let mut i = start;
-    while i < start + n {
-        let m = CHUNK.min(start + n - i);
-        let lines: Vec<(String, u32)> = (i..i + m)
-            .into_par_iter()
-            .map(|idx| {
-                let ex = tasks::generate_with(task, &digest, split, idx);
-                let mut s = example_line(task, &ex);
-                s.push('\n');
-                (s, ex.redraws)
-            })
-            .collect();
-        let w = data.writer();
-        for (s, r) in &lines {
-            sha.update(s.as_bytes());
-            w.write_all(s.as_bytes())
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            redraws += *r as u64;
+    let sha = {
+        let hashing = Hashing {
+            inner: data.writer(),
+            sha: Sha256::new(),
+        };
+        enum Sink<'a> {
+            Jsonl(Hashing<&'a mut std::fs::File>),
+            Parquet(SerializedFileWriter<Hashing<&'a mut std::fs::File>>),
         }
-        i += m;
-    }
+        let mut sink = match format {
+            Format::Parquet => {
+                let schema = Arc::new(parquet::schema::parser::parse_message_type(PARQUET_SCHEMA)?);
+                let props = WriterProperties::builder()
+                    .set_created_by("lime-bench harness gen".into())
+                    .build();
+                Sink::Parquet(SerializedFileWriter::new(hashing, schema, Arc::new(props))?)
+            }
+            Format::Jsonl => Sink::Jsonl(hashing),
+        };
+        let mut i = start;
+        while i < start + n {
+            let m = CHUNK.min(start + n - i);
+            let examples: Vec<Example> = (i..i + m)
+                .into_par_iter()
+                .map(|idx| tasks::generate_with(task, &digest, split, idx))
+                .collect();
+            redraws += examples.iter().map(|e| e.redraws as u64).sum::<u64>();
+            match &mut sink {
+                Sink::Parquet(w) => write_row_group(w, task, &examples).with_context(cannot)?,
+                Sink::Jsonl(w) => {
+                    let lines: Vec<String> = examples
+                        .par_iter()
+                        .map(|ex| example_line(task, ex) + "\n")
+                        .collect();
+                    for l in &lines {
+                        w.write_all(l.as_bytes()).with_context(cannot)?;
+                    }
+                }
+            }
+            i += m;
+        }
+        match sink {
+            Sink::Jsonl(h) => h.sha,
+            Sink::Parquet(w) => w.into_inner().with_context(cannot)?.sha,
+        }
+    };
     let manifest = Manifest {
         task: task.name().to_string(),
         level: level.to_string(),
@@ -123,8 +341,10 @@ pub fn export(
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        format,
         sha256: hex(&sha.finalize()),
         generator_version: tasks::GENERATOR_VERSION,
+        export_version: EXPORT_VERSION,
         config: task.config(),
         config_digest: hex(&digest),
         vocab_size: task.vocab_size(),

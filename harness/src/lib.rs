@@ -38,6 +38,7 @@ pub mod checkpoint;
 pub mod claim;
 pub mod device;
 pub mod eval;
+pub mod export_hf;
 pub mod flops_cmd;
 pub mod job;
 pub mod leaderboard;
