@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 /// A finished tiny run of `model` (3 layers, 4 heads over 2 kv heads: GQA and two routers).
 fn tiny(model: &str, out: &Path) -> (harness::spec::RunSpec, PathBuf) {
+    tiny_deep(model, 3, out)
+}
+
+fn tiny_deep(model: &str, layers: usize, out: &Path) -> (harness::spec::RunSpec, PathBuf) {
     let mut o = three_tiny_steps(
         "mqar",
         &[model.to_string()],
@@ -20,7 +24,7 @@ fn tiny(model: &str, out: &Path) -> (harness::spec::RunSpec, PathBuf) {
     );
     o.model_sets = vec![
         "d_model=16".into(),
-        "n_layers=3".into(),
+        format!("n_layers={layers}"),
         "n_heads=4".into(),
         "n_kv_heads=2".into(),
         "d_ff=32".into(),
@@ -161,7 +165,7 @@ fn export_hf_refuses_what_it_cannot_export() {
     ]);
     assert_one_line_error(
         &o,
-        "no Hugging Face export for model `denseformer` (exports: llama, lime)",
+        "no Hugging Face export for model `denseformer` (exports: llama, lime, lime-avg,",
     );
     assert!(!out.exists());
 
@@ -392,4 +396,65 @@ fn gen_from_run_is_the_runs_task() {
         a.to_str().unwrap(),
     ]);
     assert!(!o.status.success());
+}
+
+/// LIMe's static-router ablations export as LIMe with dense routers: the exported tensors, read
+/// back under lime-bench's names into a plain `lime` model, give the ablation's own logits (the
+/// check file) — at 4 layers, where the 2-layer windows leave sources out.
+#[test]
+fn static_router_ablations_export_as_the_same_function_in_lime() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in [
+        "lime-avg",
+        "lime-last-2",
+        "lime-first-2",
+        "lime-same-head",
+        "lime-random-init",
+    ] {
+        let (spec, run_dir) = tiny_deep(model, 4, dir.path());
+        let out = dir.path().join(format!("hf-{model}"));
+        let o = run(&[
+            "export-hf",
+            run_dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["architectures"][0], "LimeForCausalLM", "{model}");
+        let hf =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let back: std::collections::HashMap<String, candle_core::Tensor> = hf
+            .into_iter()
+            .map(|(k, v)| (harness::export_hf::lime_bench_name(&k).unwrap(), v))
+            .collect();
+        let lime_cfg = spec
+            .model_config
+            .clone()
+            .with_variant(models::Variant::LIME);
+        let vb = candle_nn::VarBuilder::from_tensors(back, candle_core::DType::F32, &Device::Cpu);
+        let lime = models::Model::new(&lime_cfg, vb, spec.backend).unwrap();
+        let check =
+            candle_core::safetensors::load(out.join("lime_bench_check.safetensors"), &Device::Cpu)
+                .unwrap();
+        let ids = check["input_ids"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
+        let d = (lime.forward(&ids).unwrap() - &check["logits"])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d <= 1e-5, "{model}: {d}");
+        // Not a vacuous check: the routers are not those of llama.
+        let r =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let w3 = &r["model.layers.3.self_attn.router.weight"];
+        assert_eq!(w3.dims(), [2, 8], "{model}");
+    }
 }

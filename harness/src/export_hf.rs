@@ -2,7 +2,8 @@
 //!
 //! `llama` becomes a plain `LlamaForCausalLM` folder (the two models are the same function:
 //! pre-norm, RoPE "rotate half" with θ^(−2i/d), RMSNorm `x/sqrt(mean x² + ε)·w`, SwiGLU, query
-//! head r·g + j on kv head r). `lime` becomes the same tensors plus one router per layer ≥ 1 and
+//! head r·g + j on kv head r). `lime` (and its static-router ablations, [`EXPORTS`]) becomes the
+//! same tensors plus one router per layer ≥ 1 and
 //! transformers' custom-code convention: `auto_map` in config.json names the classes of
 //! `modeling_lime.py` — the project's own `python/lime_bench_hf/modeling_lime.py`, embedded in
 //! the binary and copied into the folder — loaded with `trust_remote_code=True`. Every other
@@ -41,60 +42,115 @@ pub struct ExportHfArgs {
     pub check_n: u64,
 }
 
-/// The models with an export, and the transformers class each becomes.
-pub const EXPORTS: [(&str, &str); 2] = [("llama", "LlamaForCausalLM"), ("lime", "LimeForCausalLM")];
+/// The models with an export, and the transformers class each becomes. LIMe's static-router
+/// ablations export as `LimeForCausalLM` with their router as the equivalent dense (R, (l+1)·R)
+/// matrix (zeros outside a window, block-diagonal for one head, the constant 1/(l+1) for
+/// averaging): the same function. `lime-per-dim` (one weight per channel) and `lime-dynamic`
+/// (input-dependent) have no dense form, and the other rivals no transformers model.
+pub const EXPORTS: [(&str, &str); 7] = [
+    ("llama", "LlamaForCausalLM"),
+    ("lime", "LimeForCausalLM"),
+    ("lime-avg", "LimeForCausalLM"),
+    ("lime-last-2", "LimeForCausalLM"),
+    ("lime-first-2", "LimeForCausalLM"),
+    ("lime-same-head", "LimeForCausalLM"),
+    ("lime-random-init", "LimeForCausalLM"),
+];
 
-/// The modeling file shipped with a `lime` export.
+/// The transformers class of `model`'s export, if it has one.
+pub fn hf_class(model: &str) -> Option<&'static str> {
+    EXPORTS.iter().find(|(m, _)| *m == model).map(|(_, c)| *c)
+}
+
+/// The modeling file shipped with a LIMe export.
 pub const MODELING_LIME: &str = include_str!("../../python/lime_bench_hf/modeling_lime.py");
 
-/// transformers' name of a lime-bench tensor (`None`: not part of an llama/lime checkpoint).
+/// lime-bench's per-layer leaf names and transformers' (under `model.layers.{l}.`).
+const LAYER_LEAVES: [(&str, &str); 10] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("mlp_norm.weight", "post_attention_layernorm.weight"),
+    ("attn.q_proj.weight", "self_attn.q_proj.weight"),
+    ("attn.k_proj.weight", "self_attn.k_proj.weight"),
+    ("attn.v_proj.weight", "self_attn.v_proj.weight"),
+    ("attn.o_proj.weight", "self_attn.o_proj.weight"),
+    ("attn.router.w", "self_attn.router.weight"),
+    ("mlp.w_gate.weight", "mlp.gate_proj.weight"),
+    ("mlp.w_up.weight", "mlp.up_proj.weight"),
+    ("mlp.w_down.weight", "mlp.down_proj.weight"),
+];
+
+/// lime-bench's top-level names and transformers'.
+const TOP: [(&str, &str); 3] = [
+    ("embed_tokens.weight", "model.embed_tokens.weight"),
+    ("norm.weight", "model.norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+];
+
+/// transformers' name of a lime-bench tensor of llama or lime (`None`: not one of theirs).
 pub fn hf_name(name: &str) -> Option<String> {
-    let top = match name {
-        "embed_tokens.weight" => Some("model.embed_tokens.weight"),
-        "norm.weight" => Some("model.norm.weight"),
-        "lm_head.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(t) = top {
-        return Some(t.to_string());
+    if let Some((_, hf)) = TOP.iter().find(|(n, _)| *n == name) {
+        return Some(hf.to_string());
     }
-    let rest = name.strip_prefix("layers.")?;
-    let (l, leaf) = rest.split_once('.')?;
+    let (l, leaf) = name.strip_prefix("layers.")?.split_once('.')?;
     l.parse::<usize>().ok()?;
-    let hf = match leaf {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "mlp_norm.weight" => "post_attention_layernorm.weight",
-        "attn.q_proj.weight" => "self_attn.q_proj.weight",
-        "attn.k_proj.weight" => "self_attn.k_proj.weight",
-        "attn.v_proj.weight" => "self_attn.v_proj.weight",
-        "attn.o_proj.weight" => "self_attn.o_proj.weight",
-        "attn.router.w" => "self_attn.router.weight",
-        "mlp.w_gate.weight" => "mlp.gate_proj.weight",
-        "mlp.w_up.weight" => "mlp.up_proj.weight",
-        "mlp.w_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
+    let (_, hf) = LAYER_LEAVES.iter().find(|(n, _)| *n == leaf)?;
     Some(format!("model.layers.{l}.{hf}"))
 }
 
-/// The run's tensors under transformers' names. A tied LM head is written out as a copy of the
-/// embedding (the folder declares untied heads, which every loader reads the same way).
+/// lime-bench's name of a transformers tensor of an export (the inverse of [`hf_name`]).
+pub fn lime_bench_name(hf: &str) -> Option<String> {
+    if let Some((n, _)) = TOP.iter().find(|(_, h)| *h == hf) {
+        return Some(n.to_string());
+    }
+    let (l, leaf) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    l.parse::<usize>().ok()?;
+    let (n, _) = LAYER_LEAVES.iter().find(|(_, h)| *h == leaf)?;
+    Some(format!("layers.{l}.{n}"))
+}
+
+/// The run's tensors under transformers' names. A LIMe-family router is written as its dense
+/// matrix ([`models::Model::mixing_weights`]); a tied LM head as a copy of the embedding (the
+/// folder declares untied heads, which every loader reads the same way).
 pub fn hf_tensors(
     spec: &RunSpec,
+    model: &models::Model,
     weights: &HashMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>> {
+    let lime = hf_class(&spec.model) == Some("LimeForCausalLM");
     let mut out = BTreeMap::new();
     for (name, t) in weights {
+        if lime && name.contains(".attn.router.") {
+            continue; // written below, dense
+        }
         let Some(hf) = hf_name(name) else {
             bail!(
                 "export-hf: tensor `{name}` of model `{}` has no transformers name",
                 spec.model
             );
         };
-        if spec.model == "llama" && hf.ends_with(".router.weight") {
-            bail!("export-hf: llama run with a router tensor `{name}`");
+        if hf.ends_with(".router.weight") {
+            bail!(
+                "export-hf: {} run with a router tensor `{name}`",
+                spec.model
+            );
         }
         out.insert(hf, t.to_dtype(DType::F32)?);
+    }
+    if lime {
+        let routers = model.mixing_weights()?; // layers 1..L
+        if routers.len() + 1 != spec.model_config.n_layers {
+            bail!(
+                "export-hf: {} routers for {} layers",
+                routers.len(),
+                spec.model_config.n_layers
+            );
+        }
+        for (i, w) in routers.into_iter().enumerate() {
+            out.insert(
+                format!("model.layers.{}.self_attn.router.weight", i + 1),
+                w.to_dtype(DType::F32)?.contiguous()?,
+            );
+        }
     }
     if spec.model_config.tie_embeddings && !out.contains_key("lm_head.weight") {
         let e = out
@@ -147,7 +203,7 @@ pub fn hf_config(spec: &RunSpec, task: &dyn tasks::Task, result: &RunResult) -> 
         },
     });
     let m = v.as_object_mut().expect("an object");
-    if spec.model == "lime" {
+    if hf_class(&spec.model) == Some("LimeForCausalLM") {
         m.insert("architectures".into(), json!(["LimeForCausalLM"]));
         m.insert("model_type".into(), json!("lime_bench_lime"));
         m.insert(
@@ -206,7 +262,7 @@ fn check_tensors(
 }
 
 fn readme(spec: &RunSpec, task: &dyn tasks::Task, result: &RunResult) -> String {
-    let remote = spec.model == "lime";
+    let remote = hf_class(&spec.model) == Some("LimeForCausalLM");
     let mut s = format!(
         "# lime-bench run `{}`\n\n\
          A `{}` model trained by lime-bench on `{} {}` (seed {}, lr {:e}); its test accuracy \
@@ -233,6 +289,13 @@ fn readme(spec: &RunSpec, task: &dyn tasks::Task, result: &RunResult) -> String 
         s += "`modeling_lime.py` (lime-bench's own PyTorch LIMe, named by `auto_map` in \
               config.json) defines the model: LLaMA's blocks, plus a router per layer ≥ 1 that \
               mixes the pre-RoPE keys and values of every layer so far.\n\n";
+        if spec.model != "lime" {
+            s += &format!(
+                "`{}` is a restricted LIMe router; its routers are written as the equivalent \
+                 dense matrices (zeros where it has no weight), so it runs as LIMe.\n\n",
+                spec.model
+            );
+        }
     } else {
         s += "It is a plain `LlamaForCausalLM`.\n\n";
     }
@@ -265,7 +328,7 @@ pub fn run(a: &ExportHfArgs) -> Result<()> {
 pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
     let spec: RunSpec = read_json(&run_dir.join("config.json"))
         .with_context(|| format!("export-hf {}", run_dir.display()))?;
-    if !EXPORTS.iter().any(|(m, _)| *m == spec.model) {
+    if hf_class(&spec.model).is_none() {
         bail!(
             "export-hf: no Hugging Face export for model `{}` (exports: {})",
             spec.model,
@@ -292,7 +355,7 @@ pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
     let w = load_tensors(&weights, &dev)?;
     let task = task_from_spec(&spec)?;
     let model = run_model(&spec, &w, &dev)?;
-    let tensors = hf_tensors(&spec, &w)?;
+    let tensors = hf_tensors(&spec, &model, &w)?;
     let check = check_tensors(&spec, &model, task.as_ref(), check_n, &dev)?;
 
     let name = out
@@ -322,7 +385,7 @@ pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
         let gen = json!({
             "eos_token_id": task.eos_id(),
             "do_sample": false,
-            "use_cache": spec.model != "lime",
+            "use_cache": spec.model == "llama",
         });
         write_atomic(
             &tmp.join("generation_config.json"),
@@ -339,7 +402,7 @@ pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
             &tmp.join("README.md"),
             readme(&spec, task.as_ref(), &result).as_bytes(),
         )?;
-        if spec.model == "lime" {
+        if hf_class(&spec.model) == Some("LimeForCausalLM") {
             write_atomic(&tmp.join("modeling_lime.py"), MODELING_LIME.as_bytes())?;
         }
         std::fs::rename(&tmp, out)
