@@ -202,6 +202,16 @@ fn a_worse_challenger_is_not_reproduced_and_missing_runs_are_named() {
     let v = verdict_lines(&render(&claims()[..1], dir.path()).unwrap());
     assert!(v.iter().all(|l| l.contains("**not reproduced**")), "{v:?}");
 
+    // Both models at or below chance (0.01 in these fake runs): inconclusive, whatever the sign.
+    let untrained = tempfile::tempdir().unwrap();
+    fake_mqar(
+        untrained.path(),
+        |m, _, seed| if m == "lime" { 0.0 } else { 0.011 } + 0.001 * seed as f64,
+        0,
+    );
+    let v = verdict_lines(&render(&claims()[..1], untrained.path()).unwrap());
+    assert!(v.iter().all(|l| l.contains("**inconclusive**")), "{v:?}");
+
     let partial = tempfile::tempdir().unwrap();
     fake_mqar(partial.path(), |_, _, _| 0.5, 3);
     let v = verdict_lines(&render(&claims()[..1], partial.path()).unwrap());
@@ -313,4 +323,16 @@ fn rerun_checks_a_saved_run() {
     let err = crate::cli::stderr(&o);
     assert!(err.contains("the rerun differs: test_acc: saved"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// Floats survive a JSON round trip bit for bit (serde_json's `float_roundtrip`): without it the
+/// committed 1/11 chance of an arith run parsed 1 ulp off, and `harness rerun` reported an exact
+/// rerun of a committed run as different.
+#[test]
+fn result_floats_round_trip_exactly() {
+    for x in [1.0 / 11.0, 1.1309772729873657, 0.36201792143386924f64] {
+        let s = serde_json::to_string(&x).unwrap();
+        let y: f64 = serde_json::from_str(&s).unwrap();
+        assert_eq!(x.to_bits(), y.to_bits(), "{s}");
+    }
 }

@@ -494,9 +494,20 @@ fn pct(x: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The verdict of one comparison.
-fn verdict(missing: usize, w: Option<crate::stats::Welch>) -> String {
+/// Whether a row's test accuracy is above chance: the lower end of its 95% CI above the chance
+/// level (a single seed, no CI: its accuracy above chance).
+fn beats_chance(r: &Row) -> bool {
+    r.test_mean
+        .is_some_and(|m| m - r.test_ci95.unwrap_or(0.0) > r.chance)
+}
+
+/// The verdict of one comparison; `learned`: whether either model beats chance.
+fn verdict(missing: usize, w: Option<crate::stats::Welch>, learned: bool) -> String {
     match (missing, w) {
+        (0, Some(_)) if !learned => {
+            "**inconclusive**: neither model beats chance (the protocol does not train the task)"
+                .into()
+        }
         (0, Some(w)) if w.diff > 0.0 && w.p < 0.05 => "**reproduced** (same sign, p < 0.05)".into(),
         (0, Some(w)) if w.diff > 0.0 => "same sign, not significant".into(),
         (0, Some(w)) if w.diff == 0.0 => "**not reproduced** (no difference)".into(),
@@ -544,7 +555,9 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
          on val; test accuracy is the mean ± 95% Student-t CI over seeds at that lr; the \
          difference challenger − baseline has Welch's 95% CI and two-sided p-value. Verdicts: \
          *reproduced* (same sign as reported, p < 0.05), *same sign, not significant*, *not \
-         reproduced*.\n",
+         reproduced*, or *inconclusive* where neither model's test accuracy is above chance \
+         (the lower end of its 95% CI above the chance level): a protocol that trains neither \
+         model says nothing about the claim.\n",
     );
     let mut differences = Vec::new();
     for c in claims {
@@ -782,7 +795,12 @@ fn section(
                     "| {task} | {} | {ch} − {} | {diff} | {tdf} | {p} | {} |\n",
                     shown(&level),
                     c.baseline,
-                    verdict(missing(ch) + missing(c.baseline), w)
+                    verdict(
+                        missing(ch) + missing(c.baseline),
+                        w,
+                        pick(ch).is_some_and(beats_chance)
+                            || pick(c.baseline).is_some_and(beats_chance)
+                    )
                 );
             }
         }
