@@ -99,7 +99,7 @@ fn the_claims_and_the_depth_arms() {
 
 /// A claim of several arms compares within each arm (lime vs llama at the same depth), names the
 /// arm next to the level, and hands each tested comparison to the difference figure; a claim
-/// whose paper-sized protocol has no committed run says so and prints the command.
+/// whose GPU-scale protocol has no committed run says so and prints the command.
 #[test]
 fn arms_are_compared_apart_and_an_unrun_gpu_protocol_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,7 +149,7 @@ fn arms_are_compared_apart_and_an_unrun_gpu_protocol_is_named() {
     let aet = all.iter().position(|c| c.name == "aet").unwrap();
     let md = render(&all[aet..=aet], dir.path()).unwrap();
     assert!(
-        md.contains("The paper-sized protocol (54 runs) has not been run: no GPU")
+        md.contains("The GPU-scale protocol (54 runs) has not been run: no GPU")
             && md.contains("`harness reproduce --claims aet --scale gpu --device cuda`"),
         "{md}"
     );
