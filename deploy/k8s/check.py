@@ -44,25 +44,10 @@ def check_schema(name, ds):
 
 
 def tiny_plan(out):
-    return f"""tasks = ["mqar"]
-models = ["llama", "lime"]
-seeds = 2
-match = "steps"
-steps = 40
-batch_size = 8
-n_val = 16
-n_test = 32
-out = "{out}"
-[set]
-vocab_size = 32
-seq_len = 16
-num_kv_pairs = 2
-[model_set]
-d_model = 16
-n_layers = 2
-n_heads = 2
-d_ff = 32
-"""
+    """The cluster tests' tiny sweep (deploy/tiny-plan.toml.in), 40 steps, writing to `out`."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "tiny-plan.toml.in")) as f:
+        return f.read().replace("@OUT@", out).replace("@STEPS@", "40")
 
 
 def run_container(c, env_extra, mounts, harness):

@@ -77,28 +77,9 @@ for _ in $(seq 60); do
 done
 sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)' || { echo "slurm test: the node never came up"; cat "$tmp"/slurmd.log "$tmp"/slurmctld.log | tail -20; exit 1; }
 
-# A tiny sweep: 2 models x 2 seeds = 4 cells, one per array task.
+# A tiny sweep: 2 models x 2 seeds = 4 cells, one per array task (deploy/tiny-plan.toml.in).
 plan() {
-  cat <<PLAN
-tasks = ["mqar"]
-models = ["llama", "lime"]
-seeds = 2
-match = "steps"
-steps = 600
-batch_size = 8
-n_val = 16
-n_test = 32
-out = "$1"
-[set]
-vocab_size = 32
-seq_len = 16
-num_kv_pairs = 2
-[model_set]
-d_model = 16
-n_layers = 2
-n_heads = 2
-d_ff = 32
-PLAN
+  sed -e "s|@OUT@|$1|" -e "s|@STEPS@|600|" deploy/tiny-plan.toml.in
 }
 plan "$tmp/sharded" >"$tmp"/sharded.toml
 plan "$tmp/whole" >"$tmp"/whole.toml
