@@ -234,6 +234,16 @@ pub fn state_tracking_sample(
     }
 }
 
+/// The metric of a state-tracking task (parity, S5): every running state teacher-forced, or the
+/// final state generated.
+pub fn state_tracking_metric(running: bool) -> Metric {
+    if running {
+        Metric::TeacherForced
+    } else {
+        Metric::Generate
+    }
+}
+
 /// Verifier of [`state_tracking_sample`]'s examples: every target (running), or exactly the
 /// answer token before the first `eos`.
 pub fn state_tracking_score(ex: &Example, generated: &[u32], running: bool, eos: u32) -> bool {

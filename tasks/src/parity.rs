@@ -143,11 +143,7 @@ impl Task for Parity {
         0.5
     }
     fn metric(&self) -> Metric {
-        if self.cfg.running {
-            Metric::TeacherForced
-        } else {
-            Metric::Generate
-        }
+        crate::state_tracking_metric(self.cfg.running)
     }
 }
 

@@ -213,11 +213,7 @@ impl Task for S5 {
         1.0 / self.group.len() as f64
     }
     fn metric(&self) -> Metric {
-        if self.cfg.running {
-            Metric::TeacherForced
-        } else {
-            Metric::Generate
-        }
+        crate::state_tracking_metric(self.cfg.running)
     }
 }
 
