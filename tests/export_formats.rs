@@ -234,6 +234,18 @@ fn parquet_rows(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `harness gen` of `n` test examples of `task` to `out` on `threads` threads.
+fn gen_test(task: &str, n: &str, out: &Path, threads: &str) {
+    let o = crate::cli::harness()
+        .env("RAYON_NUM_THREADS", threads)
+        .args(["gen", "--task", task, "--split", "test", "--n", n])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// `gen --format parquet` holds the JSONL rows (meta as its JSON text), for tasks with and
 /// without answers and with empty and long lists; its manifest names the format and hashes the
 /// file; the bytes do not depend on the thread count.
@@ -248,24 +260,8 @@ fn parquet_and_jsonl_of_a_split_hold_the_same_rows() {
     ] {
         let j = dir.path().join(format!("{task}.jsonl"));
         let p = dir.path().join(format!("{task}.parquet"));
-        for (out, threads) in [(&j, "2"), (&p, "1")] {
-            let o = crate::cli::harness()
-                .env("RAYON_NUM_THREADS", threads)
-                .args([
-                    "gen",
-                    "--task",
-                    task,
-                    "--split",
-                    "test",
-                    "--n",
-                    n,
-                    "--out",
-                    out.to_str().unwrap(),
-                ])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", stderr(&o));
-        }
+        gen_test(task, n, &j, "2");
+        gen_test(task, n, &p, "1");
         let lines: Vec<Value> = std::fs::read_to_string(&j)
             .unwrap()
             .lines()
@@ -291,22 +287,7 @@ fn parquet_and_jsonl_of_a_split_hold_the_same_rows() {
         );
         // Another thread count, the same bytes.
         let p4 = dir.path().join(format!("{task}-4.parquet"));
-        let o = crate::cli::harness()
-            .env("RAYON_NUM_THREADS", "4")
-            .args([
-                "gen",
-                "--task",
-                task,
-                "--split",
-                "test",
-                "--n",
-                n,
-                "--out",
-                p4.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+        gen_test(task, n, &p4, "4");
         assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&p4).unwrap());
     }
     // --format wins over the file name.
