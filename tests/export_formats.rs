@@ -205,7 +205,7 @@ fn export_hf_refuses_what_it_cannot_export() {
 
 /// A Parquet value of an export as JSON.
 fn json_of(f: &parquet::record::Field) -> Value {
-    use parquet::record::{Field, ListAccessor};
+    use parquet::record::Field;
     match f {
         Field::Str(s) => Value::from(s.as_str()),
         Field::Long(x) => Value::from(*x),

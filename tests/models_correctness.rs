@@ -573,6 +573,50 @@ fn router_init_is_uniform_with_identity_block() -> Result<()> {
 // 4. Finite-difference gradients
 // ---------------------------------------------------------------------------------------------
 
+/// Central finite differences (ε = 1e-5, f64) of the loss at `batch` (ids, targets) against
+/// backward's gradient `grads`, at entries `idxs` of parameter `name`; with `nonzero`, a zero
+/// gradient fails too (it would check nothing).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fd_check(
+    label: &str,
+    model: &Model,
+    vm: &VarMap,
+    batch: (&Tensor, &Tensor),
+    grads: &candle_core::backprop::GradStore,
+    name: &str,
+    idxs: &[usize],
+    nonzero: bool,
+) -> Result<()> {
+    let (ids, targets) = batch;
+    let eps = 1e-5;
+    let w = var(vm, name)?;
+    let g: Vec<f64> = grads
+        .get(w.as_tensor())
+        .with_context(|| format!("{label}: no grad for {name}"))?
+        .flatten_all()?
+        .to_vec1()?;
+    for &i in idxs {
+        let x0 = get_flat(&w, i)?;
+        set_flat(&w, i, x0 + eps)?;
+        let lp = loss(model, ids, targets)?.to_scalar::<f64>()?;
+        set_flat(&w, i, x0 - eps)?;
+        let lm = loss(model, ids, targets)?.to_scalar::<f64>()?;
+        set_flat(&w, i, x0)?;
+        let fd = (lp - lm) / (2.0 * eps);
+        let err = (fd - g[i]).abs();
+        ensure!(
+            err <= 1e-8 + 1e-5 * g[i].abs(),
+            "{label} {name}[{i}]: backward {} vs FD {fd} (err {err})",
+            g[i]
+        );
+        ensure!(
+            !nonzero || g[i] != 0.0,
+            "{label} {name}[{i}]: zero gradient checks nothing"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn get_flat(v: &Var, i: usize) -> Result<f64> {
     Ok(v.as_tensor().flatten_all()?.get(i)?.to_scalar::<f64>()?)
 }
@@ -607,30 +651,18 @@ fn gradients_match_finite_differences() -> Result<()> {
         if c.variant == Variant::LIME_DYNAMIC {
             checks.push(("layers.2.attn.router.u", vec![0, 31, 150]));
         }
-        let eps = 1e-5;
         for (name, idxs) in checks {
-            let v = var(&vm, name)?;
-            let g: Vec<f64> = grads
-                .get(v.as_tensor())
-                .with_context(|| format!("no grad for {name}"))?
-                .flatten_all()?
-                .to_vec1()?;
-            for i in idxs {
-                let x0 = get_flat(&v, i)?;
-                set_flat(&v, i, x0 + eps)?;
-                let lp = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
-                set_flat(&v, i, x0 - eps)?;
-                let lm = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
-                set_flat(&v, i, x0)?;
-                let fd = (lp - lm) / (2.0 * eps);
-                let err = (fd - g[i]).abs();
-                ensure!(
-                    err <= 1e-8 + 1e-5 * g[i].abs(),
-                    "{:?} {name}[{i}]: backward {} vs FD {fd} (err {err})",
-                    c.variant,
-                    g[i]
-                );
-            }
+            let label = format!("{:?}", c.variant);
+            fd_check(
+                &label,
+                &model,
+                &vm,
+                (&ids, &targets),
+                &grads,
+                name,
+                &idxs,
+                false,
+            )?;
         }
     }
     Ok(())

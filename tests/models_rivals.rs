@@ -23,9 +23,7 @@ use models::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::models_correctness::{
-    cfg, get_flat, loss, max_abs_diff, random_ids, randomize, set_flat, var,
-};
+use crate::models_correctness::{cfg, fd_check, loss, max_abs_diff, random_ids, randomize};
 
 /// Every variant this file covers: the built-ins other than llama, lime and lime-dynamic (which
 /// `models_correctness.rs` covers), so a newly registered built-in is covered here by default.
@@ -457,33 +455,18 @@ fn new_weights_match_finite_differences() -> Result<()> {
         let ids = random_ids(2, 7, c.vocab_size, 22)?;
         let targets = random_ids(2, 7, c.vocab_size, 23)?;
         let grads = loss(&model, &ids, &targets)?.backward()?;
-        let eps = 1e-5;
         for (name, idxs) in list {
-            let w = var(&vm, name)?;
-            let g: Vec<f64> = grads
-                .get(w.as_tensor())
-                .with_context(|| format!("{v:?}: no grad for {name}"))?
-                .flatten_all()?
-                .to_vec1()?;
-            for &i in idxs.iter() {
-                let x0 = get_flat(&w, i)?;
-                set_flat(&w, i, x0 + eps)?;
-                let lp = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
-                set_flat(&w, i, x0 - eps)?;
-                let lm = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
-                set_flat(&w, i, x0)?;
-                let fd = (lp - lm) / (2.0 * eps);
-                let err = (fd - g[i]).abs();
-                ensure!(
-                    err <= 1e-8 + 1e-5 * g[i].abs(),
-                    "{v:?} {name}[{i}]: backward {} vs FD {fd} (err {err})",
-                    g[i]
-                );
-                ensure!(
-                    g[i] != 0.0,
-                    "{v:?} {name}[{i}]: zero gradient checks nothing"
-                );
-            }
+            let label = format!("{v:?}");
+            fd_check(
+                &label,
+                &model,
+                &vm,
+                (&ids, &targets),
+                &grads,
+                name,
+                idxs,
+                true,
+            )?;
         }
     }
     Ok(())

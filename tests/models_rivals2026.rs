@@ -23,13 +23,13 @@
 // Plain index loops are the point of the scalar references (they read as the equations).
 #![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use models::{init_varmap, param_group, sorted_vars, Config, KvCache, ParamGroup, Variant};
 
 use crate::models_correctness::{
-    causal_attention_ref, cfg, get_flat, loss, matvec, max_abs_diff, random_ids, randomize,
-    rmsnorm_ref, set_flat, var,
+    causal_attention_ref, cfg, fd_check, loss, matvec, max_abs_diff, random_ids, randomize,
+    rmsnorm_ref, var,
 };
 use crate::models_rivals::{
     copy_shared, pair, randomize_every_var, ref_add, ref_attention, ref_embed, ref_head, ref_mlp,
@@ -320,33 +320,18 @@ fn new_weights_match_finite_differences() -> Result<()> {
         let ids = random_ids(2, 7, c.vocab_size, 69)?;
         let targets = random_ids(2, 7, c.vocab_size, 70)?;
         let grads = loss(&model, &ids, &targets)?.backward()?;
-        let eps = 1e-5;
         for (name, idxs) in list {
-            let w = var(&vm, name)?;
-            let g: Vec<f64> = grads
-                .get(w.as_tensor())
-                .with_context(|| format!("{v:?}: no grad for {name}"))?
-                .flatten_all()?
-                .to_vec1()?;
-            for &i in idxs.iter() {
-                let x0 = get_flat(&w, i)?;
-                set_flat(&w, i, x0 + eps)?;
-                let lp = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
-                set_flat(&w, i, x0 - eps)?;
-                let lm = loss(&model, &ids, &targets)?.to_scalar::<f64>()?;
-                set_flat(&w, i, x0)?;
-                let fd = (lp - lm) / (2.0 * eps);
-                let err = (fd - g[i]).abs();
-                ensure!(
-                    err <= 1e-8 + 1e-5 * g[i].abs(),
-                    "{v:?} {name}[{i}]: backward {} vs FD {fd} (err {err})",
-                    g[i]
-                );
-                ensure!(
-                    g[i] != 0.0,
-                    "{v:?} {name}[{i}]: zero gradient checks nothing"
-                );
-            }
+            let label = format!("{v:?}");
+            fd_check(
+                &label,
+                &model,
+                &vm,
+                (&ids, &targets),
+                &grads,
+                name,
+                idxs,
+                true,
+            )?;
         }
     }
     Ok(())
