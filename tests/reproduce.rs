@@ -123,7 +123,18 @@ fn arms_are_compared_apart_and_an_unrun_gpu_protocol_is_named() {
         }
     }
     let r = report(&all[depth..=depth], dir.path()).unwrap();
-    let v: Vec<&str> = r.md.lines().filter(|l| l.contains(" − llama |")).collect();
+    // The summary at the top repeats each verdict with the claim's name.
+    let glance: Vec<&str> =
+        r.md.lines()
+            .filter(|l| l.starts_with("| `depth` |"))
+            .collect();
+    assert_eq!(glance.len(), 3, "{}", r.md);
+    assert!(glance[0].starts_with("| `depth` | hopk k4 · 2 layers | lime − llama | +30.0 ± "));
+    assert!(glance[0].ends_with("| **reproduced** (same sign, p < 0.05) |"));
+    let v: Vec<&str> =
+        r.md.lines()
+            .filter(|l| l.starts_with("| hopk |") && l.contains(" − llama |"))
+            .collect();
     assert_eq!(v.len(), 3, "{}", r.md);
     assert!(
         v[0].starts_with("| hopk | k4 · 2 layers | lime − llama | +30.0 ± "),
@@ -277,7 +288,10 @@ fn a_staged_search_picks_the_lr_on_seed_0_and_uses_only_its_seeds() {
         "{md}"
     );
     assert!(md.contains("10 of them committed"), "{md}");
-    let v: Vec<&str> = md.lines().filter(|l| l.contains(" − llama |")).collect();
+    let v: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| prosqa |") && l.contains(" − llama |"))
+        .collect();
     assert!(v[0].contains("| +13.3 ± "), "{}", v[0]);
 }
 

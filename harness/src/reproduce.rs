@@ -585,14 +585,17 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
          model says nothing about the claim.\n",
     );
     let mut differences = Vec::new();
+    let mut summary = String::new();
+    let head = std::mem::take(&mut md);
     for c in claims {
         md += &format!(
             "\n## {} (`{}`)\n\nReported: {}.\n\n",
             c.title, c.name, c.reported
         );
         let cpu = arms(c, Scale::Cpu)?.unwrap_or_default();
-        let (text, diffs) = section(c, "CPU scale", &cpu, &loaded.records);
+        let (text, diffs, rows) = section(c, "CPU scale", &cpu, &loaded.records);
         md += &text;
+        summary += &rows;
         if !diffs.is_empty() {
             md += &format!(
                 "\nDifferences {} − {} with their 95% CIs: \
@@ -620,7 +623,12 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
             );
             if loaded.records.iter().any(|r| ids.contains(&r.result.id)) {
                 md += &format!("\n### The GPU-scale protocol ({cmd})\n\n");
-                md += &section(c, "GPU scale", &gpu, &loaded.records).0;
+                let (text, _, rows) = section(c, "GPU scale", &gpu, &loaded.records);
+                md += &text;
+                summary += &rows.replace(
+                    &format!("| `{}` |", c.name),
+                    &format!("| `{}` (GPU) |", c.name),
+                );
             } else {
                 md += &format!(
                     "\nThe GPU-scale protocol ({wanted} runs) has not been run: no GPU has been lent \
@@ -630,16 +638,22 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
             }
         }
     }
+    let md = format!(
+        "{head}\n## Every verdict at a glance\n\n\
+         | claim | task, level | comparison | difference (pts, 95% CI) | p | verdict |\n\
+         |---|---|---|---:|---:|---|\n{summary}{md}"
+    );
     Ok(Report { md, differences })
 }
 
-/// The protocol line, the table and the verdicts of one scale of a claim.
+/// The protocol line, the table and the verdicts of one scale of a claim, its differences, and
+/// its verdicts as rows of the summary table.
 fn section(
     c: &Claim,
     scale: &str,
     arms: &[ArmRuns],
     records: &[Record],
-) -> (String, Vec<Difference>) {
+) -> (String, Vec<Difference>, String) {
     let specs: Vec<&RunSpec> = arms.iter().flat_map(|(_, s)| s).collect();
     let ids: BTreeSet<String> = specs.iter().map(|s| s.id()).collect();
     let mine: Vec<&Record> = records
@@ -721,6 +735,7 @@ fn section(
     md += "| task | level | model | lrs tried | lr (chosen on val) | seeds | test acc % (95% CI) | val acc % | chance % | params | FLOPs | wall-clock s |\n";
     md += "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let mut verdicts = String::new();
+    let mut summary = String::new();
     let mut diffs = Vec::new();
     for ((label, arm_specs), plans) in arms.iter().zip(&plans) {
         let arm_ids: BTreeSet<String> = arm_specs.iter().map(|s| s.id()).collect();
@@ -824,16 +839,22 @@ fn section(
                     }
                     None => ("-".into(), "-".into(), "-".into()),
                 };
+                let v = verdict(
+                    missing(ch) + missing(c.baseline),
+                    w,
+                    pick(ch).is_some_and(beats_chance)
+                        || pick(c.baseline).is_some_and(beats_chance),
+                );
                 verdicts += &format!(
-                    "| {task} | {} | {ch} − {} | {diff} | {tdf} | {p} | {} |\n",
+                    "| {task} | {} | {ch} − {} | {diff} | {tdf} | {p} | {v} |\n",
                     shown(&level),
                     c.baseline,
-                    verdict(
-                        missing(ch) + missing(c.baseline),
-                        w,
-                        pick(ch).is_some_and(beats_chance)
-                            || pick(c.baseline).is_some_and(beats_chance)
-                    )
+                );
+                summary += &format!(
+                    "| `{}` | {task} {} | {ch} − {} | {diff} | {p} | {v} |\n",
+                    c.name,
+                    shown(&level),
+                    c.baseline,
                 );
             }
         }
@@ -862,7 +883,7 @@ fn section(
             devices.into_iter().collect::<Vec<_>>().join("; ")
         );
     }
-    (md, diffs)
+    (md, diffs, summary)
 }
 
 /// The differences of one claim as a forest plot: one row per comparison, the difference in
