@@ -15,6 +15,15 @@ fn tiny(model: &str, out: &Path) -> (harness::spec::RunSpec, PathBuf) {
 }
 
 fn tiny_deep(model: &str, layers: usize, out: &Path) -> (harness::spec::RunSpec, PathBuf) {
+    tiny_with(model, layers, false, out)
+}
+
+fn tiny_with(
+    model: &str,
+    layers: usize,
+    tied: bool,
+    out: &Path,
+) -> (harness::spec::RunSpec, PathBuf) {
     let mut o = three_tiny_steps(
         "mqar",
         &[model.to_string()],
@@ -28,6 +37,7 @@ fn tiny_deep(model: &str, layers: usize, out: &Path) -> (harness::spec::RunSpec,
         "n_heads=4".into(),
         "n_kv_heads=2".into(),
         "d_ff=32".into(),
+        format!("tie_embeddings={tied}"),
     ];
     let spec = harness::spec::resolve(&o).unwrap().remove(0);
     train_to_done(&spec, out);
@@ -438,4 +448,34 @@ fn static_router_ablations_export_as_the_same_function_in_lime() {
         let w3 = &r["model.layers.3.self_attn.router.weight"];
         assert_eq!(w3.dims(), [2, 8], "{model}");
     }
+}
+
+/// A run with a tied LM head exports an untied folder whose `lm_head.weight` is the embedding
+/// (every loader then reads the same function).
+#[test]
+fn a_tied_head_is_written_as_a_copy_of_the_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, run_dir) = tiny_with("lime", 3, true, dir.path());
+    assert!(spec.model_config.tie_embeddings);
+    let out = dir.path().join("hf");
+    let o = run(&[
+        "export-hf",
+        run_dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let d = (&t["lm_head.weight"] - &t["model.embed_tokens.weight"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["tie_word_embeddings"], false);
 }
