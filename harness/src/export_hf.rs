@@ -13,7 +13,8 @@
 //! tensor of the run is mapped exactly once or the export fails), `generation_config.json`,
 //! `vocab.json` (token id → text: the tasks need no tokenizer), `README.md`, and
 //! `lime_bench_check.safetensors`: the first test examples' `input_ids` and the `logits`
-//! lime-bench computes for them from the same weights, so anyone can check a load
+//! lime-bench computes for them from the same weights (in f32, as the export runs), so anyone can
+//! check a load
 //! (`python/tests/test_export_hf.py` does, to 1e-4). It is written under a temporary name and
 //! renamed into place: an existing `D` is never touched.
 
@@ -200,6 +201,7 @@ pub fn hf_config(spec: &RunSpec, task: &dyn tasks::Task, result: &RunResult) -> 
             "test_acc": result.test_acc,
             "metric": task.metric(),
             "code_version": spec.code_version,
+            "precision": spec.precision,
         },
     });
     let m = v.as_object_mut().expect("an object");
@@ -354,7 +356,8 @@ pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
     let dev = Device::Cpu;
     let w = load_tensors(&weights, &dev)?;
     let task = task_from_spec(&spec)?;
-    let model = run_model(&spec, &w, &dev)?;
+    // In f32 throughout (a bf16-matmul run's weights are f32 masters; the export runs in f32).
+    let model = run_model(&spec, &w, &dev)?.with_matmul_dtype(None);
     let tensors = hf_tensors(&spec, &model, &w)?;
     let check = check_tensors(&spec, &model, task.as_ref(), check_n, &dev)?;
 
