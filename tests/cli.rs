@@ -635,6 +635,29 @@ fn default_config_manifests_are_pinned() {
     crate::golden().bind(|| insta::assert_snapshot!("manifests_default_configs", snap));
 }
 
+/// `--model-set attnres_block=S` changes the runs of attnres-block only: every other model keeps
+/// the run id (and so the cached run) it has without the key.
+#[test]
+fn attnres_block_changes_only_attnres_block_ids() {
+    let ids = |sets: Vec<String>| -> Vec<String> {
+        harness::spec::resolve(&harness::overrides::Overrides {
+            task: vec!["mqar".into()],
+            models: vec!["llama".into(), "lime".into(), "attnres-block".into()],
+            seeds: Some(1),
+            model_sets: sets,
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|s| s.id())
+        .collect()
+    };
+    let plain = ids(vec![]);
+    let block1 = ids(vec!["attnres_block=1".into()]);
+    assert_eq!(plain[..2], block1[..2]);
+    assert_ne!(plain[2], block1[2]);
+}
+
 /// A plan sets what the flags set: `match`, `steps`, `epochs`, `precision` give the same specs
 /// (so the same run ids) as `--match steps --steps 7` on the main job.
 #[test]

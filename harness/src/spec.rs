@@ -305,7 +305,12 @@ fn resolve_cell(
         };
         for model_name in &model_names {
             let variant = parse_variant(model_name)?;
-            let cfg = base_shape.clone().with_variant(variant);
+            let mut cfg = base_shape.clone().with_variant(variant);
+            if variant != models::Variant::ATTNRES_BLOCK {
+                // Only attnres-block reads the key: the other models keep their ids (and their
+                // cached runs) whatever `--model-set attnres_block=S` says.
+                cfg.attnres_block = models::config::DEFAULT_ATTNRES_BLOCK;
+            }
             let fps = flops_per_step(&cfg, seq_len, batch_size);
             let steps = match match_mode {
                 MatchMode::Flops => {
