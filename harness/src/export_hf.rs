@@ -19,7 +19,7 @@
 //! renamed into place: an existing `D` is never touched.
 
 use crate::checkpoint::load_tensors;
-use crate::io::{read_json, write_atomic};
+use crate::io::{read_json, write_atomic, write_json};
 use crate::records::RunResult;
 use crate::spec::RunSpec;
 use crate::train::{run_model, task_from_spec};
@@ -61,6 +61,11 @@ pub const EXPORTS: [(&str, &str); 7] = [
 /// The transformers class of `model`'s export, if it has one.
 pub fn hf_class(model: &str) -> Option<&'static str> {
     EXPORTS.iter().find(|(m, _)| *m == model).map(|(_, c)| *c)
+}
+
+/// Whether `model` exports as LIMe (remote code, dense routers; no KV cache in `generate`).
+fn lime_export(model: &str) -> bool {
+    hf_class(model) == Some("LimeForCausalLM")
 }
 
 /// The modeling file shipped with a LIMe export.
@@ -117,7 +122,7 @@ pub fn hf_tensors(
     model: &models::Model,
     weights: &HashMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>> {
-    let lime = hf_class(&spec.model) == Some("LimeForCausalLM");
+    let lime = lime_export(&spec.model);
     let mut out = BTreeMap::new();
     for (name, t) in weights {
         if lime && name.contains(".attn.router.") {
@@ -205,7 +210,7 @@ pub fn hf_config(spec: &RunSpec, task: &dyn tasks::Task, result: &RunResult) -> 
         },
     });
     let m = v.as_object_mut().expect("an object");
-    if hf_class(&spec.model) == Some("LimeForCausalLM") {
+    if lime_export(&spec.model) {
         m.insert("architectures".into(), json!(["LimeForCausalLM"]));
         m.insert("model_type".into(), json!("lime_bench_lime"));
         m.insert(
@@ -264,7 +269,7 @@ fn check_tensors(
 }
 
 fn readme(spec: &RunSpec, task: &dyn tasks::Task, result: &RunResult) -> String {
-    let remote = hf_class(&spec.model) == Some("LimeForCausalLM");
+    let remote = lime_export(&spec.model);
     let mut s = format!(
         "# lime-bench run `{}`\n\n\
          A `{}` model trained by lime-bench on `{} {}` (seed {}, lr {:e}); its test accuracy \
@@ -381,31 +386,22 @@ pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
             &safetensors_bytes(&check)?,
         )?;
         let cfg = hf_config(&spec, task.as_ref(), &result);
-        write_atomic(
-            &tmp.join("config.json"),
-            (serde_json::to_string_pretty(&cfg)? + "\n").as_bytes(),
-        )?;
+        write_json(&tmp.join("config.json"), &cfg)?;
         let gen = json!({
             "eos_token_id": task.eos_id(),
             "do_sample": false,
-            "use_cache": spec.model == "llama",
+            "use_cache": !lime_export(&spec.model),
         });
-        write_atomic(
-            &tmp.join("generation_config.json"),
-            (serde_json::to_string_pretty(&gen)? + "\n").as_bytes(),
-        )?;
+        write_json(&tmp.join("generation_config.json"), &gen)?;
         let vocab: Vec<String> = (0..task.vocab_size() as u32)
             .map(|i| task.token_str(i))
             .collect();
-        write_atomic(
-            &tmp.join("vocab.json"),
-            (serde_json::to_string_pretty(&vocab)? + "\n").as_bytes(),
-        )?;
+        write_json(&tmp.join("vocab.json"), &vocab)?;
         write_atomic(
             &tmp.join("README.md"),
             readme(&spec, task.as_ref(), &result).as_bytes(),
         )?;
-        if hf_class(&spec.model) == Some("LimeForCausalLM") {
+        if lime_export(&spec.model) {
             write_atomic(&tmp.join("modeling_lime.py"), MODELING_LIME.as_bytes())?;
         }
         std::fs::rename(&tmp, out)
