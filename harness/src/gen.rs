@@ -32,9 +32,10 @@ use tasks::{Example, Split, Task};
 pub const EXPORT_VERSION: u32 = 2;
 
 /// File format of an export.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    #[default]
     Jsonl,
     Parquet,
 }
@@ -75,7 +76,7 @@ pub struct Manifest {
     pub start: u64,
     pub file: String,
     /// `jsonl` or `parquet` (absent in manifests written before Parquet: JSONL).
-    #[serde(default = "jsonl")]
+    #[serde(default)]
     pub format: Format,
     pub sha256: String,
     pub generator_version: u32,
@@ -92,23 +93,17 @@ pub struct Manifest {
     pub redraws: u64,
 }
 
-fn jsonl() -> Format {
-    Format::Jsonl
-}
-
 fn one() -> u32 {
     1
 }
 
-/// The answer's text: its tokens rendered without the end-of-sequence token that closes them
+/// The answer's text: its tokens rendered up to the end-of-sequence token that closes them
 /// (the tokens keep it).
 pub fn answer_text(task: &dyn Task, ex: &Example) -> String {
-    let a = ex.answer();
-    let a = match (a.last(), task.eos_id()) {
-        (Some(&last), Some(eos)) if last == eos => &a[..a.len() - 1],
-        _ => a,
-    };
-    task.render(a)
+    match task.eos_id() {
+        Some(eos) => task.render(tasks::until_eos(ex.answer(), eos)),
+        None => task.render(ex.answer()),
+    }
 }
 
 /// Render one example as its JSONL line (without the newline).
@@ -204,54 +199,59 @@ impl Leaf {
     }
 }
 
+/// The data of one Parquet column of a row group.
+enum Column {
+    Text(Vec<ByteArray>),
+    Ints(Vec<i64>),
+    List(Leaf),
+}
+
 /// One row group of examples as Parquet columns.
 fn write_row_group<W: Write + Send>(
     w: &mut SerializedFileWriter<W>,
     task: &dyn Task,
     examples: &[Example],
 ) -> Result<()> {
-    let text = |f: &dyn Fn(&Example) -> String| -> Vec<ByteArray> {
-        examples
-            .iter()
-            .map(|e| ByteArray::from(f(e).as_str()))
-            .collect()
+    let text = |f: &dyn Fn(&Example) -> String| {
+        Column::Text(
+            examples
+                .iter()
+                .map(|e| ByteArray::from(f(e).as_str()))
+                .collect(),
+        )
     };
-    let strings = [
-        text(&|_| task.name().to_string()),
-        text(&|e| e.split.as_str().to_string()),
-        text(&|e| task.render(e.prompt())),
-        text(&|e| answer_text(task, e)),
-        text(&|e| serde_json::to_string(&e.meta).expect("meta serializes")),
-    ];
-    let index: Vec<i64> = examples.iter().map(|e| e.index as i64).collect();
-    let prompt_len: Vec<i64> = examples.iter().map(|e| e.prompt_len as i64).collect();
+    let ints = |f: &dyn Fn(&Example) -> i64| Column::Ints(examples.iter().map(f).collect());
     let (mut tokens, mut targets) = (Leaf::default(), Leaf::default());
     for e in examples {
         tokens.list(e.tokens.iter().map(|&t| t as i64));
         targets.pairs(&e.targets);
     }
+    // In schema order.
+    let columns = [
+        text(&|_| task.name().to_string()),
+        text(&|e| e.split.as_str().to_string()),
+        ints(&|e| e.index as i64),
+        text(&|e| task.render(e.prompt())),
+        text(&|e| answer_text(task, e)),
+        Column::List(tokens),
+        ints(&|e| e.prompt_len as i64),
+        Column::List(targets),
+        text(&|e| serde_json::to_string(&e.meta).expect("meta serializes")),
+    ];
     let mut rg = w.next_row_group()?;
-    let mut column = 0;
-    while let Some(mut col) = rg.next_column()? {
-        // Columns in schema order: task split index prompt answer tokens prompt_len targets meta.
-        match column {
-            0 | 1 | 3 | 4 | 8 => {
-                let which = [0, 1, 0, 2, 3, 0, 0, 0, 4][column];
-                col.typed::<ByteArrayType>()
-                    .write_batch(&strings[which], None, None)?;
-            }
-            2 | 6 => {
-                let v = if column == 2 { &index } else { &prompt_len };
-                col.typed::<Int64Type>().write_batch(v, None, None)?;
-            }
-            _ => {
-                let l = if column == 5 { &tokens } else { &targets };
+    for data in &columns {
+        let mut col = rg
+            .next_column()?
+            .context("the Parquet schema has fewer columns than an example")?;
+        match data {
+            Column::Text(v) => col.typed::<ByteArrayType>().write_batch(v, None, None)?,
+            Column::Ints(v) => col.typed::<Int64Type>().write_batch(v, None, None)?,
+            Column::List(l) => {
                 col.typed::<Int64Type>()
-                    .write_batch(&l.values, Some(&l.def), Some(&l.rep))?;
+                    .write_batch(&l.values, Some(&l.def), Some(&l.rep))?
             }
-        }
+        };
         col.close()?;
-        column += 1;
     }
     rg.close()?;
     Ok(())
