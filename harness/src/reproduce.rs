@@ -508,12 +508,6 @@ fn accs(records: &[&Record], row: &Row) -> Vec<f64> {
         .collect()
 }
 
-/// Whether `s` is among the committed runs `arm`.
-fn arm_ids_done(arm: &[&Record], s: &RunSpec) -> bool {
-    let id = s.id();
-    arm.iter().any(|r| r.result.id == id)
-}
-
 fn pct(x: Option<f64>) -> String {
     x.map(|v| format!("{:.1}", 100.0 * v))
         .unwrap_or_else(|| "-".into())
@@ -571,7 +565,7 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
     } else {
         Default::default()
     };
-    let mut md = String::from(
+    let head = String::from(
         "# Reproduction: the LIMe paper's claims at matched FLOPs\n\n\
          Rendered by `harness reproduce --render-only` from the run folders committed under \
          `results/reproduction/runs/` (each run's `config.json`, `result.json`, `metrics.jsonl`); \
@@ -584,9 +578,9 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
          (the lower end of its 95% CI above the chance level): a protocol that trains neither \
          model says nothing about the claim.\n",
     );
+    let mut md = String::new();
     let mut differences = Vec::new();
     let mut summary = String::new();
-    let head = std::mem::take(&mut md);
     for c in claims {
         md += &format!(
             "\n## {} (`{}`)\n\nReported: {}.\n\n",
@@ -676,6 +670,13 @@ fn section(
         .flatten()
         .map(|p| p.runs.len() + p.pending)
         .sum();
+    // The ids of the runs the plans want, and of the committed runs.
+    let planned: BTreeSet<String> = plans
+        .iter()
+        .flatten()
+        .flat_map(|p| p.runs.iter().map(|s| s.id()))
+        .collect();
+    let committed: BTreeSet<&str> = mine.iter().map(|r| r.result.id.as_str()).collect();
     let mut lrs: Vec<f64> = specs.iter().map(|s| s.optim.lr).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
@@ -719,10 +720,7 @@ fn section(
         },
         budgets.into_iter().collect::<Vec<_>>().join(" / "),
         mine.iter()
-            .filter(|r| plans
-                .iter()
-                .flatten()
-                .any(|p| p.runs.iter().any(|s| s.id() == r.result.id)))
+            .filter(|r| planned.contains(&r.result.id))
             .count(),
         match (scale, c.gpu) {
             ("CPU scale", Some(_)) => format!(
@@ -814,7 +812,11 @@ fn section(
                             .is_some_and(|s| s.task == task && s.level == level && s.model == m)
                     })
                     .map(|p| {
-                        let have = p.runs.iter().filter(|s| arm_ids_done(&arm, s)).count();
+                        let have = p
+                            .runs
+                            .iter()
+                            .filter(|s| committed.contains(s.id().as_str()))
+                            .count();
                         p.runs.len() - have + p.pending
                     })
                     .sum::<usize>()
