@@ -145,19 +145,6 @@ fn model_cfg(variant: models::Variant, l: usize, d: usize, h: usize, v: usize) -
     models::Config::mha(variant, v, d, l, h)
 }
 
-/// The CPU's model name (`/proc/cpuinfo`), for every speed figure.
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
 /// The machine's practical f32 matmul rate on `dev`: best of 5 timed 1024³ matmuls (GFLOP/s).
 /// Training throughput is reported as a fraction of it.
 fn gemm_rate(dev: &Device) -> Result<f64> {
@@ -248,7 +235,7 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
         "device: {}; backend: {}; CPU: {}; GEMM kernels: {}; median of {} steps after {} warm-up; GEMM rate (best 1024^3 f32 matmul) {:.0} GFLOP/s\n",
         crate::device::device_name(dev),
         a.backend.name(),
-        cpu_model(),
+        crate::device::cpu_model(),
         models::fused::gemm_kernels(),
         a.repeats,
         a.warmup,
@@ -364,7 +351,7 @@ fn bench_sweep(a: &BenchArgs, dev: &Device) -> Result<String> {
         s0.flops_per_step,
         crate::device::device_name(dev),
         a.backend.name(),
-        cpu_model(),
+        crate::device::cpu_model(),
         a.repeats,
         a.warmup,
         peak
@@ -424,7 +411,7 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
         ]);
     }
     Ok(md(&["model", "tokens/s (KV cache)", "tokens/s (no cache)", "speed-up"], rows)
-        + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt, median of {} after a warm-up; device {}; backend {}\n", t - 8, a.repeats.clamp(1, 5), crate::device::device_name(dev), a.backend.name()))
+        + &format!("4 layers, d=128, vocab 512, greedy decoding of {} tokens after an 8-token prompt, median of {} after a warm-up; device {}; CPU {}; backend {}\n", t - 8, a.repeats.clamp(1, 5), crate::device::device_name(dev), crate::device::cpu_model(), a.backend.name()))
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {

@@ -38,3 +38,30 @@ pub fn device_name(d: &Device) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// How a run's result names where it ran: the device and, on the CPU, the CPU's model name, so
+/// the wall-clock a result reports always says what it was measured on. (Results written before
+/// this carry `device_name` alone.)
+pub fn run_device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => format!(
+            "cpu ({} threads, {})",
+            candle_core::utils::get_num_threads(),
+            cpu_model()
+        ),
+        other => device_name(other),
+    }
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for every speed figure.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}

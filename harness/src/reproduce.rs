@@ -576,7 +576,9 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
          *reproduced* (same sign as reported, p < 0.05), *same sign, not significant*, *not \
          reproduced*, or *inconclusive* where neither model's test accuracy is above chance \
          (the lower end of its 95% CI above the chance level): a protocol that trains neither \
-         model says nothing about the claim.\n",
+         model says nothing about the claim. Wall-clock is each run's own training time on the \
+         machine named under \"Runs made on\", which was often shared with compiles and other \
+         runs: it is a record, not a speed figure (BENCHMARKS.md holds those).\n",
     );
     let mut md = String::new();
     let mut differences = Vec::new();

@@ -14,7 +14,7 @@ use crate::checkpoint::{
 };
 pub use crate::claim::WhenBusy;
 use crate::claim::{claim_run, RunClaim};
-use crate::device::device_name;
+use crate::device::run_device_name;
 use crate::eval::{generation_accuracy, make_batch, teacher_forced, val_score, Batch};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::optim::{lr_at, AdamW};
@@ -606,7 +606,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             steps: st.step,
             tokens_seen: st.step * (spec.batch_size * spec.seq_len) as u64,
             wall_clock_s: 0.0,
-            device: device_name(dev),
+            device: run_device_name(dev),
             metric: task.metric(),
             chance: task.chance(),
             final_loss: st.last_loss,
