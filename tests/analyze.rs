@@ -216,6 +216,8 @@ fn a_denseformer_run_gets_its_mixing_heatmap() {
     let an = analyze_run(&run, 4, 8, &candle_core::Device::Cpu).unwrap();
     assert!(an.router_heatmap.is_empty());
     assert_eq!(an.mixing_heatmap.len(), 3);
+    assert_eq!(an.mixing_rows, ["B0", "B1", "B2"]);
+    assert_eq!(an.mixing_sources, ["emb", "B0", "B1", "B2"]);
     for (i, row) in an.mixing_heatmap.iter().enumerate() {
         assert_eq!(row.len(), i + 2);
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9);
@@ -235,6 +237,56 @@ fn a_denseformer_run_gets_its_mixing_heatmap() {
         "8",
     ]);
     assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    assert!(run.join("analysis/mixing-heatmap.svg").is_file());
+}
+
+/// MUDDFormer's per-token weights: `analyze` averages the recorded |weights| over the analysed
+/// tokens into one row per reader (q, k, v, r into each block, then the final norm's input),
+/// each the shares over the embedding and the block outputs so far; three steps from its init
+/// (all weight on the newest state), each row still puts most of it there.
+#[test]
+fn a_muddformer_run_gets_its_per_token_mixing_heatmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = crate::cli::three_tiny_steps(
+        "mqar",
+        &["muddformer".to_string()],
+        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
+        3,
+        dir.path(),
+    );
+    let spec = &harness::spec::resolve(&args).unwrap()[0];
+    crate::cli::train_to_done(spec, dir.path());
+    let run = dir.path().join("runs").join(spec.id());
+    let o = crate::cli::run(&[
+        "analyze",
+        run.to_str().unwrap(),
+        "--n",
+        "4",
+        "--probe-n",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    let an: harness::analyze::Analysis =
+        serde_json::from_str(&std::fs::read_to_string(run.join("analysis/analysis.json")).unwrap())
+            .unwrap();
+    assert!(an.router_heatmap.is_empty());
+    let rows = [
+        "B1.q", "B1.k", "B1.v", "B1.r", "B2.q", "B2.k", "B2.v", "B2.r", "out",
+    ];
+    assert_eq!(an.mixing_rows, rows);
+    assert_eq!(an.mixing_sources, ["emb", "B0", "B1", "B2"]);
+    for (r, row) in rows.iter().zip(&an.mixing_heatmap) {
+        let newest = if r.starts_with("B1") {
+            1
+        } else if r.starts_with("B2") {
+            2
+        } else {
+            3
+        };
+        assert_eq!(row.len(), newest + 1, "{r}");
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{r}: {row:?}");
+        assert!(row[newest] > 0.5, "{r}: {row:?}");
+    }
     assert!(run.join("analysis/mixing-heatmap.svg").is_file());
 }
 

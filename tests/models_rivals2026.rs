@@ -910,3 +910,188 @@ fn new_rivals_optimizer_groups() -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. The mixing weights a trace records (`Trace::mixing`, read by `harness analyze`)
+// ---------------------------------------------------------------------------------------------
+
+/// The (reader, sources) labels and the (B·T, S) weights of every mixing record.
+fn mixing_of(
+    model: &models::Model,
+    ids: &Tensor,
+) -> Result<Vec<(String, Vec<String>, Vec<Vec<f64>>)>> {
+    let (logits, trace) = model.forward_trace(ids)?;
+    // Recording changes nothing in the forward pass.
+    ensure!(max_abs_diff(&logits, &model.forward(ids)?)? == 0.0);
+    trace
+        .mixing
+        .iter()
+        .map(|m| {
+            let s = m.weights.dim(candle_core::D::Minus1)?;
+            ensure!(s == m.sources.len(), "{}: {s} weights", m.consumer);
+            let w = m
+                .weights
+                .to_dtype(DType::F64)?
+                .reshape(((), s))?
+                .to_vec2::<f64>()?;
+            Ok((m.consumer.clone(), m.sources.clone(), w))
+        })
+        .collect()
+}
+
+fn names(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|x| x.to_string()).collect()
+}
+
+/// At init every variant's recorded weights are its neutral read, exactly as its module docs
+/// state: AttnRes uniform over its sources (zero pseudo-queries), MUDDFormer all on the newest
+/// hidden state (W2 = 0, a = e_current), HC on stream l mod n (A_m = e_(l mod n)), mHC σ(0) + ε
+/// on every stream (fn ~ N(0, 0.02²) makes it approximate); with the readers and sources named.
+#[test]
+fn traces_record_each_variants_mixing_weights_at_init() -> Result<()> {
+    let ids = random_ids(2, 5, 23, 3)?; // cfg's vocabulary
+    let model = |v: Variant| -> Result<models::Model> {
+        Ok(init_varmap(&cfg(v, 3, 4, 2, false), 0, DType::F32, &Device::Cpu)?.1)
+    };
+    // attnres: A0 M0 A1 M1 A2 M2 out over emb, A0, M0, …
+    let m = mixing_of(&model(Variant::ATTNRES)?, &ids)?;
+    let readers: Vec<&str> = m.iter().map(|r| r.0.as_str()).collect();
+    ensure!(
+        readers == ["A0", "M0", "A1", "M1", "A2", "M2", "out"],
+        "{readers:?}"
+    );
+    ensure!(m[3].1 == names(&["emb", "A0", "M0", "A1"]), "{:?}", m[3].1);
+    for (i, (r, src, w)) in m.iter().enumerate() {
+        ensure!(
+            src.len() == i + 1 && w.len() == if i == 0 { 1 } else { 10 },
+            "{r}"
+        );
+        let u = 1.0 / src.len() as f64;
+        ensure!(
+            w.iter().flatten().all(|&x| (x - u).abs() < 1e-6),
+            "{r}: {w:?}"
+        );
+    }
+    // attnres-block, 2 layers per block: emb, then b1 (layers 0–1), b2 (layer 2) as they fill.
+    let m = mixing_of(&model(Variant::ATTNRES_BLOCK)?, &ids)?;
+    let got: Vec<(&str, usize)> = m.iter().map(|r| (r.0.as_str(), r.1.len())).collect();
+    ensure!(
+        got == [
+            ("A0", 1),
+            ("M0", 2),
+            ("A1", 2),
+            ("M1", 2),
+            ("A2", 2),
+            ("M2", 3),
+            ("out", 3)
+        ],
+        "{got:?}"
+    );
+    ensure!(m[6].1 == names(&["emb", "b1", "b2"]));
+    // muddformer: q, k, v, r into blocks 1 and 2, then out; one-hot on the newest state.
+    let m = mixing_of(&model(Variant::MUDDFORMER)?, &ids)?;
+    let readers: Vec<&str> = m.iter().map(|r| r.0.as_str()).collect();
+    ensure!(
+        readers == ["B1.q", "B1.k", "B1.v", "B1.r", "B2.q", "B2.k", "B2.v", "B2.r", "out"],
+        "{readers:?}"
+    );
+    ensure!(m[8].1 == names(&["emb", "B0", "B1", "B2"]));
+    for (r, src, w) in &m {
+        let k = src.len() - 1;
+        ensure!(
+            w.iter().all(|row| row
+                .iter()
+                .enumerate()
+                .all(|(j, &x)| x == (j == k) as u8 as f64)),
+            "{r}: {w:?}"
+        );
+    }
+    // hyper and hyper-static: A_m = e_(l mod 4), the static one once (1,1,n) per reader.
+    for (v, rows) in [(Variant::HYPER, 10), (Variant::HYPER_STATIC, 1)] {
+        let m = mixing_of(&model(v)?, &ids)?;
+        ensure!(m.len() == 6, "{v:?}");
+        for (i, (r, src, w)) in m.iter().enumerate() {
+            ensure!(
+                *src == models::Mixing::streams(4) && w.len() == rows,
+                "{v:?} {r}"
+            );
+            let l = i / 2;
+            ensure!(*r == format!("{}{l}", ["A", "M"][i % 2]));
+            ensure!(
+                w.iter().all(|row| row
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &x)| x == (j == l % 4) as u8 as f64)),
+                "{v:?} {r}: {w:?}"
+            );
+        }
+    }
+    // mhc: pre = σ(small) + ε ≈ ½ on every stream, for the six sites and the head.
+    let m = mixing_of(&model(Variant::MHC)?, &ids)?;
+    ensure!(m.len() == 7 && m[6].0 == "out");
+    let off = m
+        .iter()
+        .flat_map(|r| r.2.iter().flatten())
+        .fold(0.0f64, |a, &x| a.max((x - 0.5).abs()));
+    ensure!(
+        off > 0.0 && off < 0.2,
+        "mhc pre at init: max |pre − ½| = {off}"
+    );
+    Ok(())
+}
+
+/// At random weights the records are the weights the forward pass used: AttnRes's sum to 1 per
+/// token (a softmax), hyper-static's are its static A_m column, mHC's lie in (ε, 1 + ε), and
+/// tokens differ where the weights are per token.
+#[test]
+fn traces_record_the_weights_the_forward_pass_uses() -> Result<()> {
+    let ids = random_ids(2, 5, 23, 4)?;
+    for v in [
+        Variant::ATTNRES,
+        Variant::ATTNRES_BLOCK,
+        Variant::MUDDFORMER,
+        Variant::HYPER,
+        Variant::HYPER_STATIC,
+        Variant::MHC,
+    ] {
+        let (vm, model) = init_varmap(&cfg(v, 3, 4, 2, false), 0, DType::F64, &Device::Cpu)?;
+        let w = randomize_every_var(&vm, 11)?;
+        let m = mixing_of(&model, &ids)?;
+        ensure!(!m.is_empty(), "{v:?}");
+        for (r, _, rows) in &m {
+            let per_token = v != Variant::HYPER_STATIC && rows.len() > 1;
+            if per_token {
+                ensure!(
+                    rows.iter().any(|x| x != &rows[0]),
+                    "{v:?} {r}: the same weights at every token"
+                );
+            }
+            if v == Variant::ATTNRES || v == Variant::ATTNRES_BLOCK {
+                ensure!(
+                    rows.iter()
+                        .all(|x| (x.iter().sum::<f64>() - 1.0).abs() < 1e-12),
+                    "{v:?} {r}"
+                );
+            }
+            if v == Variant::MHC {
+                ensure!(
+                    rows.iter().flatten().all(|&x| x > 0.0 && x < 1.0 + 2e-6),
+                    "{r}"
+                );
+            }
+        }
+        if v == Variant::HYPER_STATIC {
+            for (i, (r, _, rows)) in m.iter().enumerate() {
+                let name = format!(
+                    "layers.{}.{}.static_alpha",
+                    i / 2,
+                    ["hc_attn", "hc_mlp"][i % 2]
+                );
+                let a = w.get(&name); // (n, n+1) row-major
+                let want: Vec<f64> = (0..4).map(|j| a[j * 5]).collect();
+                ensure!(rows[0] == want, "{r}: {:?} vs {want:?}", rows[0]);
+            }
+        }
+    }
+    Ok(())
+}

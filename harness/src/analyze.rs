@@ -12,9 +12,12 @@
 //! * **linear probe accuracy per layer**: softmax regression on each residual state at the
 //!   supervised positions, predicting the target token, fitted on the first half of the probe
 //!   examples and scored on the second;
-//! * the **router heatmap** (LIMe's mean |W| per layer × source) and, for variants with static
-//!   mixing vectors (DenseFormer's α), the share of each source per block. The dynamic mixing of
-//!   AttnRes, MUDDFormer and the hyper-connections is not summarised yet.
+//! * the **router heatmap** (LIMe's mean |W| per layer × source; lime-dynamic: its static part)
+//!   and, for the other depth connections, a **mixing heatmap**: per reader (a sub-layer's input,
+//!   a MUDDFormer stream, the final norm's input) the share of each source in its weights —
+//!   DenseFormer's static α, or the mean |weight| over the analysed tokens of the weights
+//!   computed per token (`Trace::mixing`: AttnRes's softmax over sources, MUDDFormer's dense
+//!   aggregation weights, HC's A_m and mHC's pre over the residual streams).
 //!
 //! Output: `analysis.json` ([`Analysis`]) and SVG figures in `--out` (default `RUN_DIR/analysis`).
 //! Over a results folder (`DIR/runs/…`), every run with weights is analysed into
@@ -74,29 +77,137 @@ pub struct Analysis {
     pub probe_examples: (usize, usize),
     /// LIMe's router: mean |W| per layer × source layer (empty for other variants).
     pub router_heatmap: Vec<Vec<f64>>,
-    /// Static depth-mixing weights of other variants (DenseFormer's DWA): per block, the share
-    /// of |α| on each source (the embedding, then the blocks' outputs); empty where none.
+    /// Depth-mixing weights of the other variants: per reader (`mixing_rows`), the share of
+    /// each source (`mixing_sources`, the longest reader's; the others read a prefix of them) in
+    /// mean |weight| — DenseFormer's static α, or the weights computed per token averaged over
+    /// the analysed tokens (AttnRes, MUDDFormer, HC, mHC); each row sums to 1; empty where none.
     #[serde(default)]
     pub mixing_heatmap: Vec<Vec<f64>>,
+    /// The readers of `mixing_heatmap`: `A2`/`M2` layer 2's attention/MLP input, `B3.q` a
+    /// MUDDFormer stream into block 3, `B3` DenseFormer's mix after block 3, `out` the final
+    /// norm's input.
+    #[serde(default)]
+    pub mixing_rows: Vec<String>,
+    /// Its sources: `emb` the embedding, `A0`/`M0` sub-layer outputs, `B0` block outputs, `b1`
+    /// AttnRes blocks, `s0` residual streams.
+    #[serde(default)]
+    pub mixing_sources: Vec<String>,
 }
 
-/// The shares of |w| of each 1-D static mixing vector (DenseFormer's α after each block);
-/// empty for a variant whose mixing weights are not vectors (LIMe's are matrices: its router
-/// heatmap covers them).
-fn mixing_shares(model: &models::Model) -> Result<Vec<Vec<f64>>> {
+/// A mixing heatmap with its labels (`Analysis::mixing_*`).
+#[derive(Default)]
+struct MixingMap {
+    rows: Vec<String>,
+    sources: Vec<String>,
+    shares: Vec<Vec<f64>>,
+}
+
+/// Row-normalised shares (a row of zeros stays zeros).
+fn shares(row: &[f64]) -> Vec<f64> {
+    let s: f64 = row.iter().sum();
+    row.iter()
+        .map(|x| if s > 0.0 { x / s } else { 0.0 })
+        .collect()
+}
+
+/// The running sum of |weight| per reader × source over the analysed tokens, from each
+/// sequence's `Trace::mixing`.
+#[derive(Default)]
+struct MixingMean {
+    /// (reader, sources, Σ|w| per source, rows summed).
+    rows: Vec<(String, Vec<String>, Vec<f64>, f64)>,
+}
+
+impl MixingMean {
+    fn add(&mut self, mixing: &[models::Mixing]) -> Result<()> {
+        if self.rows.is_empty() {
+            self.rows = mixing
+                .iter()
+                .map(|m| {
+                    let zeros = vec![0.0; m.sources.len()];
+                    (m.consumer.clone(), m.sources.clone(), zeros, 0.0)
+                })
+                .collect();
+        }
+        if self.rows.len() != mixing.len() {
+            bail!(
+                "the model recorded {} mixing weights for one sequence and {} for another",
+                self.rows.len(),
+                mixing.len()
+            );
+        }
+        for ((name, sources, sum, count), m) in self.rows.iter_mut().zip(mixing) {
+            let s = m.weights.dim(candle_core::D::Minus1)?;
+            if *name != m.consumer || *sources != m.sources || sources.len() != s {
+                bail!(
+                    "mixing weights of `{}` do not match their labels",
+                    m.consumer
+                );
+            }
+            let w: Vec<Vec<f64>> = m
+                .weights
+                .abs()?
+                .to_dtype(DType::F64)?
+                .reshape(((), s))?
+                .to_vec2()?;
+            for row in &w {
+                for (a, x) in sum.iter_mut().zip(row) {
+                    *a += x;
+                }
+            }
+            *count += w.len() as f64;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<MixingMap> {
+        let sources = self
+            .rows
+            .iter()
+            .map(|r| &r.1)
+            .max_by_key(|s| s.len())
+            .cloned()
+            .unwrap_or_default();
+        if let Some(r) = self.rows.iter().find(|r| !sources.starts_with(&r.1)) {
+            bail!(
+                "the sources of mixing row `{}` are not a prefix of {sources:?}",
+                r.0
+            );
+        }
+        Ok(MixingMap {
+            rows: self.rows.iter().map(|r| r.0.clone()).collect(),
+            sources,
+            shares: self
+                .rows
+                .iter()
+                .map(|(_, _, sum, n)| {
+                    shares(&sum.iter().map(|x| x / n.max(1.0)).collect::<Vec<_>>())
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The shares of |w| of each 1-D static mixing vector (DenseFormer's α after block i, over the
+/// embedding and the block outputs so far); empty for a variant whose mixing weights are not
+/// vectors (LIMe's are matrices: its router heatmap covers them).
+fn static_mixing(model: &models::Model) -> Result<MixingMap> {
     let ws = model.mixing_weights()?;
     if ws.iter().any(|w| w.dims().len() != 1) {
-        return Ok(Vec::new());
+        return Ok(MixingMap::default());
     }
-    ws.iter()
-        .map(|w| {
-            let v: Vec<f64> = w.abs()?.to_dtype(DType::F64)?.to_vec1()?;
-            let s: f64 = v.iter().sum();
-            Ok(v.iter()
-                .map(|x| if s > 0.0 { x / s } else { 0.0 })
-                .collect())
-        })
-        .collect()
+    let shares = ws
+        .iter()
+        .map(|w| Ok(shares(&w.abs()?.to_dtype(DType::F64)?.to_vec1()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let k = shares.iter().map(Vec::len).max().unwrap_or(0);
+    Ok(MixingMap {
+        rows: (0..shares.len()).map(|i| format!("B{i}")).collect(),
+        sources: std::iter::once("emb".to_string())
+            .chain((0..k.saturating_sub(1)).map(|j| format!("B{j}")))
+            .collect(),
+        shares,
+    })
 }
 
 /// One sequence's matrix: a row of features per position.
@@ -338,10 +449,14 @@ pub fn analyze_run(
     let mut probe_sets: Vec<Vec<(Vec<f64>, u32)>> = Vec::new();
     let half = probe_n / 2;
     let mut split_at = Vec::new();
+    let mut mixing = MixingMean::default();
     for (i, ex) in examples.iter().enumerate() {
         let len = ex.tokens.len().min(spec.seq_len);
         let ids = Tensor::from_vec(ex.tokens[..len].to_vec(), (1, len), dev)?;
         let (_, trace) = model.forward_trace(&ids)?;
+        if i < n {
+            mixing.add(&trace.mixing)?;
+        }
         if values.is_empty() {
             values.resize(trace.values.len(), Vec::new());
             hidden.resize(trace.hidden.len(), Vec::new());
@@ -379,6 +494,10 @@ pub fn analyze_run(
             probe(&s[..cut], &s[cut..])
         })
         .collect();
+    let mixing = match mixing.finish()? {
+        m if m.rows.is_empty() => static_mixing(&model)?,
+        m => m,
+    };
     Ok(Analysis {
         run: spec.id(),
         task: spec.task.clone(),
@@ -395,7 +514,9 @@ pub fn analyze_run(
             probe_n.min(examples.len()) - half.min(examples.len()),
         ),
         router_heatmap: model.router_heatmap()?,
-        mixing_heatmap: mixing_shares(&model)?,
+        mixing_heatmap: mixing.shares,
+        mixing_rows: mixing.rows,
+        mixing_sources: mixing.sources,
     })
 }
 
@@ -440,27 +561,16 @@ fn write_one(a: &Analysis, out: &Path) -> Result<()> {
         &[(a.model.clone(), color, pts(&a.probe_acc))],
     )?;
     if !a.mixing_heatmap.is_empty() {
-        let k = a.mixing_heatmap.iter().map(Vec::len).max().unwrap_or(0);
         let axes = crate::plots::HeatmapAxes {
-            rows: (0..a.mixing_heatmap.len())
-                .map(|i| format!("B{i}"))
-                .collect(),
-            cols: (0..k)
-                .map(|j| {
-                    if j == 0 {
-                        "emb".to_string()
-                    } else {
-                        format!("B{}", j - 1)
-                    }
-                })
-                .collect(),
-            row_desc: "after block".into(),
-            col_desc: "source (embedding, block outputs)".into(),
+            rows: a.mixing_rows.clone(),
+            cols: a.mixing_sources.clone(),
+            row_desc: "reader (A/M: attention/MLP input, B: block, out: final norm)".into(),
+            col_desc: "source (emb: embedding, then outputs, blocks or streams)".into(),
             blank_rows: Vec::new(),
         };
         crate::plots::heatmap_with(
             &out.join("mixing-heatmap.svg"),
-            &format!("{} {}: share of |α| per source", a.model, a.level),
+            &format!("{} {}: share of mean |weight| per source", a.model, a.level),
             &a.mixing_heatmap,
             &axes,
         )?;

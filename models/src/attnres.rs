@@ -159,13 +159,15 @@ impl AttnResOp {
         })
     }
 
-    /// Σ_i softmax_i(w · RMSNorm_g(v_i)) v_i over `sources` (each (B,T,D)) → (B,T,D).
-    pub fn mix(&self, sources: &[&Tensor]) -> Result<Tensor> {
+    /// Σ_i softmax_i(w · RMSNorm_g(v_i)) v_i over `sources` (each (B,T,D)) → (B,T,D), and
+    /// the weights α (B,T,n).
+    pub fn mix(&self, sources: &[&Tensor]) -> Result<(Tensor, Tensor)> {
         let v = Tensor::stack(sources, 2)?; // (B,T,n,D)
         let k = ops::rms_norm(self.backend, &v, &self.key_gain, self.eps)?; // (B,T,n,D)
         let logits = k.broadcast_matmul(&self.query)?; // (B,T,n,1)
-        let alpha = candle_nn::ops::softmax(&logits, 2)?; // over depth n
-        alpha.transpose(2, 3)?.matmul(&v)?.squeeze(2) // (B,T,1,n)·(B,T,n,D) → (B,T,D)
+        let alpha = candle_nn::ops::softmax(&logits, 2)?.transpose(2, 3)?; // (B,T,1,n) over depth
+        let y = alpha.matmul(&v)?.squeeze(2)?; // (B,T,1,n)·(B,T,n,D) → (B,T,D)
+        Ok((y, alpha.squeeze(2)?))
     }
 }
 
@@ -182,8 +184,25 @@ struct DepthAttention {
 }
 
 impl DepthAttention {
-    /// Applies op `which`, after checking its source count against [`source_counts`].
-    fn apply(&self, which: Op, sources: &[&Tensor]) -> Result<Tensor> {
+    /// Applies op `which`, after checking its source count against [`source_counts`], and
+    /// records its weights in the trace.
+    fn apply(&self, which: Op, sources: &[&Tensor], pass: &mut Pass) -> Result<Tensor> {
+        let labels = || {
+            let consumer = match which {
+                Op::Attn(l) => format!("A{l}"),
+                Op::Mlp(l) => format!("M{l}"),
+                Op::Out => "out".to_string(),
+            };
+            // Sources: the embedding, then every sub-layer output (`A0`, `M0`, `A1`, …) or,
+            // per block of `attnres_block` layers, the block's (partial) sum `b1`, `b2`, ….
+            let source = |i: usize| match (i, self.block) {
+                (0, _) => "emb".to_string(),
+                (i, Some(_)) => format!("b{i}"),
+                (i, None) if i % 2 == 1 => format!("A{}", i / 2),
+                (i, None) => format!("M{}", i / 2 - 1),
+            };
+            (consumer, (0..sources.len()).map(source).collect())
+        };
         if !self.counts.contains(&(which, sources.len())) {
             bail!(
                 "attnres: {which:?} reads {} sources, the FLOP count assumes {:?}",
@@ -197,8 +216,18 @@ impl DepthAttention {
             Op::Out => Some(&self.out),
         };
         match op {
-            Some(op) => op.mix(sources),
-            None if sources.len() == 1 => Ok(sources[0].clone()),
+            Some(op) => {
+                let (y, alpha) = op.mix(sources)?;
+                pass.record_mixing(&alpha, labels);
+                Ok(y)
+            }
+            None if sources.len() == 1 => {
+                if pass.tracing() {
+                    let one = Tensor::ones((1, 1, 1), sources[0].dtype(), sources[0].device())?;
+                    pass.record_mixing(&one, labels);
+                }
+                Ok(sources[0].clone())
+            }
             None => bail!(
                 "attnres: {which:?} has no weights but {} sources",
                 sources.len()
@@ -222,15 +251,15 @@ impl Connection for DepthAttention {
             None => {
                 let mut src = vec![x]; // v_0 …, each (B,T,D)
                 for l in 0..net.len() {
-                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>())?;
+                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>(), pass)?;
                     src.push(net.attn(l, &h, pass, &mut plain_kv)?);
-                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>())?;
+                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>(), pass)?;
                     src.push(net.mlp(l, &h)?);
                     if pass.tracing() {
                         pass.record(&sum_all(&src.iter().collect::<Vec<_>>())?);
                     }
                 }
-                self.apply(Op::Out, &src.iter().collect::<Vec<_>>())
+                self.apply(Op::Out, &src.iter().collect::<Vec<_>>(), pass)
             }
             Some(s) => {
                 let mut done: Vec<Tensor> = Vec::new(); // b_0 = embedding, completed block sums
@@ -243,14 +272,14 @@ impl Connection for DepthAttention {
                         done.extend(partial.take());
                     }
                     let src = with(&done, &partial);
-                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>())?;
+                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>(), pass)?;
                     let y = net.attn(l, &h, pass, &mut plain_kv)?;
                     let p = match partial.take() {
                         Some(p) => (p + y)?,
                         None => y,
                     };
                     let src = with(&done, &Some(p.clone()));
-                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>())?;
+                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>(), pass)?;
                     let p = (p + net.mlp(l, &h)?)?;
                     partial = Some(p);
                     if pass.tracing() {
@@ -259,7 +288,7 @@ impl Connection for DepthAttention {
                     }
                 }
                 let src = with(&done, &partial);
-                self.apply(Op::Out, &src.iter().collect::<Vec<_>>())
+                self.apply(Op::Out, &src.iter().collect::<Vec<_>>(), pass)
             }
         }
     }

@@ -53,7 +53,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::accounting::{per_mac, FlopMode};
 use crate::config::Config;
 use crate::init::{layer_of, ParamGroup};
-use crate::llama::{plain_kv, Blocks, Pass};
+use crate::llama::{plain_kv, Blocks, Mixing, Pass};
 use crate::ops::Backend;
 use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
 
@@ -91,6 +91,8 @@ pub struct Width {
     pub carried: Tensor,
     /// B (B,T,n,1) or (1,1,n,1).
     pub beta: Tensor,
+    /// The read-in weights A_m (B,T,n) or (1,1,n): how much of each stream the sub-layer reads.
+    pub read: Tensor,
 }
 
 impl HyperConnection {
@@ -153,7 +155,15 @@ impl HyperConnection {
         let mix = mix.expect("n ≥ 1");
         let h = mix.narrow(2, 0, 1)?.squeeze(2)?; // A_mᵀH (B,T,D)
         let carried = mix.narrow(2, 1, n)?; // A_rᵀH (B,T,n,D)
-        Ok((h, Width { carried, beta }))
+        let read = alpha.narrow(3, 0, 1)?.squeeze(3)?; // A_m (·,·,n)
+        Ok((
+            h,
+            Width {
+                carried,
+                beta,
+                read,
+            },
+        ))
     }
 
     /// Depth connection: H' = B ⊗ y + A_rᵀH, with the sub-layer output y (B,T,D).
@@ -217,8 +227,10 @@ impl Connection for Streams {
         let mut hs = expand(&x)?; // (B,T,n,D)
         for (l, hc) in self.0.iter().enumerate() {
             let (h, w) = hc.attn.width(&hs)?; // h = A_mᵀH (B,T,D)
+            pass.record_mixing(&w.read, || (format!("A{l}"), Mixing::streams(STREAMS)));
             hs = hc.attn.depth(&net.attn(l, &h, pass, &mut plain_kv)?, w)?; // (B,T,n,D)
             let (h, w) = hc.mlp.width(&hs)?;
+            pass.record_mixing(&w.read, || (format!("M{l}"), Mixing::streams(STREAMS)));
             hs = hc.mlp.depth(&net.mlp(l, &h)?, w)?;
             if pass.tracing() || l + 1 == self.0.len() {
                 x = read_out(&hs)?; // Σ_i h_i (B,T,D): trace and head

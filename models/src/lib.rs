@@ -55,6 +55,6 @@ pub use init::{
     param_groups, save_weights, seeded_var_builder, sorted_vars, state_dict, ParamGroup, INIT_STD,
     ROUTER_LR_MULT,
 };
-pub use llama::{plain_kv, validate_config, Blocks, KvCache, KvRoute, Model, Pass, Trace};
+pub use llama::{plain_kv, validate_config, Blocks, KvCache, KvRoute, Mixing, Model, Pass, Trace};
 pub use ops::Backend;
 pub use variant::{register, Connection, ExtraFlops, Variant, VariantDef};

@@ -506,6 +506,44 @@ impl Pass<'_> {
             tr.hidden.push(x.clone());
         }
     }
+
+    /// Records the per-token depth-mixing weights one consumer reads its input with
+    /// (`Trace::mixing`): `weights` (B,T,S), or (1,1,S) where they do not vary per token, over
+    /// S sources; `labels` (called only while tracing) names the consumer and the S sources.
+    pub fn record_mixing(
+        &mut self,
+        weights: &Tensor,
+        labels: impl FnOnce() -> (String, Vec<String>),
+    ) {
+        if let Some(tr) = self.trace.as_deref_mut() {
+            let (consumer, sources) = labels();
+            tr.mixing.push(Mixing {
+                consumer,
+                sources,
+                weights: weights.clone(),
+            });
+        }
+    }
+}
+
+/// One consumer's depth-mixing weights in a [`Trace`].
+#[derive(Clone, Debug)]
+pub struct Mixing {
+    /// What reads the mix (`A2`: layer 2's attention input, `M2`: its MLP input, `B3.q`:
+    /// MUDDFormer's query stream of block 3, `out`: the final norm's input).
+    pub consumer: String,
+    /// What each of the S weights multiplies (`emb`, `A0`, `B1`, a stream `s2`, …); for the
+    /// depth-dense variants each consumer's sources are a prefix of the next one's.
+    pub sources: Vec<String>,
+    /// (B,T,S), or (1,1,S) for weights that do not depend on the token.
+    pub weights: Tensor,
+}
+
+impl Mixing {
+    /// The names of n residual streams as sources: `s0` … `s{n-1}`.
+    pub fn streams(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("s{i}")).collect()
+    }
 }
 
 /// Incremental-decoding cache: per layer the post-RoPE keys and values of all past positions.
@@ -566,6 +604,12 @@ pub struct Trace {
     pub hidden: Vec<Tensor>,
     /// Values used by the attention of each layer (after LIMe routing), each (B,R,T,d_h).
     pub values: Vec<Tensor>,
+    /// The depth-mixing weights computed in the forward pass, in forward order: AttnRes's
+    /// softmax over sources, MUDDFormer's aggregate weights, the hyper-connections' read-in
+    /// weights over the streams (HC's A_m, mHC's pre). Empty for the variants whose mixing is a
+    /// weight of the model (LIMe's router, DenseFormer's α: `Model::router_heatmap`,
+    /// `Model::mixing_weights`) or that have none.
+    pub mixing: Vec<Mixing>,
 }
 
 /// The decoder: the shared skeleton around a variant's [`Connection`].
@@ -720,6 +764,7 @@ impl Model {
         let mut trace = Trace {
             hidden: Vec::new(),
             values: Vec::new(),
+            mixing: Vec::new(),
         };
         let logits = self.lm_head(&self.run(ids, None, Some(&mut trace))?)?;
         Ok((logits, trace))

@@ -65,7 +65,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::accounting::{per_mac, FlopMode};
 use crate::config::Config;
 use crate::init::{normal, ParamGroup};
-use crate::llama::{plain_kv, Blocks, Pass};
+use crate::llama::{plain_kv, Blocks, Mixing, Pass};
 use crate::ops::Backend;
 use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
 
@@ -143,11 +143,18 @@ pub fn sinkhorn(mut comb: Tensor) -> Result<Tensor> {
 struct Site(Coeffs);
 
 impl Site {
-    /// Streams (B,T,n,D) → the sub-layer input h (B,T,D), post (B,T,n) and comb (B,T,n,n).
-    fn width(&self, hs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// Streams (B,T,n,D) → the sub-layer input h (B,T,D), post (B,T,n) and comb (B,T,n,n);
+    /// `pre` (B,T,n) is recorded in the trace as the consumer's mixing weights.
+    fn width(
+        &self,
+        hs: &Tensor,
+        pass: &mut Pass,
+        consumer: impl FnOnce() -> String,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let n = STREAMS;
         let m = self.0.mix(hs)?; // (B,T,(2+n)n)
         let pre = self.0.gate(&m, 0, 0, n)?;
+        pass.record_mixing(&pre, || (consumer(), Mixing::streams(STREAMS)));
         let post = self.0.gate(&m, 1, n, n)?;
         let (b, t, _) = m.dims3()?;
         let comb = sinkhorn(self.0.gate(&m, 2, 2 * n, n * n)?.reshape((b, t, n, n))?)?;
@@ -170,9 +177,11 @@ struct Streams {
 }
 
 impl Streams {
-    fn head(&self, hs: &Tensor) -> Result<Tensor> {
+    fn head(&self, hs: &Tensor, pass: &mut Pass) -> Result<Tensor> {
         let m = self.head.mix(hs)?; // (B,T,n)
-        read_in(&self.head.gate(&m, 0, 0, STREAMS)?, hs)
+        let pre = self.head.gate(&m, 0, 0, STREAMS)?;
+        pass.record_mixing(&pre, || ("out".to_string(), Mixing::streams(STREAMS)));
+        read_in(&pre, hs)
     }
 }
 
@@ -184,17 +193,17 @@ impl Connection for Streams {
             .broadcast_as((b, t, STREAMS, d))?
             .contiguous()?; // (B,T,n,D)
         for (l, (attn, mlp)) in self.sites.iter().enumerate() {
-            let (h, post, comb) = attn.width(&hs)?;
+            let (h, post, comb) = attn.width(&hs, pass, || format!("A{l}"))?;
             let y = net.attn(l, &h, pass, &mut plain_kv)?;
             hs = Site::depth(&y, &post, &comb, &hs)?;
-            let (h, post, comb) = mlp.width(&hs)?;
+            let (h, post, comb) = mlp.width(&hs, pass, || format!("M{l}"))?;
             let y = net.mlp(l, &h)?;
             hs = Site::depth(&y, &post, &comb, &hs)?;
             if pass.tracing() {
                 pass.record(&hs.sum(2)?); // the sum of the streams
             }
         }
-        self.head(&hs)
+        self.head(&hs, pass)
     }
 }
 

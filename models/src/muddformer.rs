@@ -115,8 +115,9 @@ impl DenseAggregation {
         })
     }
 
-    /// `hids` = [X_0 … X_{i+1}], each (B,T,D) → the C aggregates (B,T,C,D).
-    fn forward(&self, hids: &[Tensor]) -> Result<Tensor> {
+    /// `hids` = [X_0 … X_{i+1}], each (B,T,D) → the C aggregates (B,T,C,D), and the weights
+    /// A_i (B,T,C,n).
+    fn forward(&self, hids: &[Tensor]) -> Result<(Tensor, Tensor)> {
         let x = hids.last().expect("n ≥ 2");
         let (b, t, _) = x.dims3()?;
         let ms = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?; // (B,T,1)
@@ -126,7 +127,7 @@ impl DenseAggregation {
             .reshape((b, t, self.c, self.n))?
             .broadcast_add(&self.bias)?; // (B,T,C,n)
         let stacked = Tensor::stack(hids, 2)?; // (B,T,n,D)
-        dw.matmul(&stacked) // (B,T,C,D)
+        Ok((dw.matmul(&stacked)?, dw)) // (B,T,C,D)
     }
 }
 
@@ -144,7 +145,21 @@ impl Connection for Multiway {
         for (i, da) in self.da.iter().enumerate() {
             hids.push(y);
             pass.record(hids.last().expect("pushed"));
-            let agg = da.forward(&hids)?; // (B,T,C,D)
+            let (agg, dw) = da.forward(&hids)?; // (B,T,C,D), (B,T,C,n)
+            if pass.tracing() {
+                for c in 0..da.c {
+                    pass.record_mixing(&dw.narrow(2, c, 1)?.squeeze(2)?, || {
+                        let consumer = match i + 1 == net.len() {
+                            true => "out".to_string(),
+                            false => format!("B{}.{}", i + 1, ["q", "k", "v", "r"][c]),
+                        };
+                        let sources = std::iter::once("emb".to_string())
+                            .chain((0..=i).map(|j| format!("B{j}")))
+                            .collect();
+                        (consumer, sources)
+                    });
+                }
+            }
             let s = |c: usize| agg.narrow(2, c, 1).and_then(|a| a.squeeze(2)); // (B,T,D)
             if i + 1 == net.len() {
                 return s(0); // the final aggregate (C = 1)
