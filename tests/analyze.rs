@@ -108,34 +108,50 @@ fn a_probe_separates_linearly_separable_classes() {
     assert!(probe(&train, &shuffled) < 0.6);
 }
 
+/// A tiny `model` run on MQAR trained to its end in `dir` (`layers` layers): its spec and folder.
+fn tiny_run(
+    model: &str,
+    layers: usize,
+    dir: &std::path::Path,
+) -> (harness::spec::RunSpec, std::path::PathBuf) {
+    let args = crate::cli::three_tiny_steps(
+        "mqar",
+        &[model.to_string()],
+        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
+        layers,
+        dir,
+    );
+    let spec = harness::spec::resolve(&args).unwrap().remove(0);
+    crate::cli::train_to_done(&spec, dir);
+    let run = dir.join("runs").join(spec.id());
+    (spec, run)
+}
+
+/// `harness analyze RUN --n N --probe-n P`, then the analysis.json it wrote.
+fn analyze_cli(run: &std::path::Path, n: usize, probe_n: usize) -> harness::analyze::Analysis {
+    let (n, probe_n) = (n.to_string(), probe_n.to_string());
+    let o = crate::cli::run(&[
+        "analyze",
+        run.to_str().unwrap(),
+        "--n",
+        &n,
+        "--probe-n",
+        &probe_n,
+    ]);
+    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(run.join("analysis/analysis.json")).unwrap())
+        .unwrap()
+}
+
 /// A trained tiny llama: `harness analyze` writes analysis.json with one entry per layer, and
 /// its layer-0 value entropy equals the entropy of values recomputed from the saved weights with
 /// composed ops (embedding row → RMSNorm with the saved gain → v_proj).
 #[test]
 fn a_trained_runs_value_entropy_matches_a_composed_recomputation() {
     let dir = tempfile::tempdir().unwrap();
-    let args = crate::cli::three_tiny_steps(
-        "mqar",
-        &["llama".to_string()],
-        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
-        2,
-        dir.path(),
-    );
-    let spec = &harness::spec::resolve(&args).unwrap()[0];
-    crate::cli::train_to_done(spec, dir.path());
-    let run = dir.path().join("runs").join(spec.id());
-    let o = crate::cli::run(&[
-        "analyze",
-        run.to_str().unwrap(),
-        "--n",
-        "8",
-        "--probe-n",
-        "16",
-    ]);
-    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
-    let an: harness::analyze::Analysis =
-        serde_json::from_str(&std::fs::read_to_string(run.join("analysis/analysis.json")).unwrap())
-            .unwrap();
+    let (spec, run) = tiny_run("llama", 2, dir.path());
+    let spec = &spec;
+    let an = analyze_cli(&run, 8, 16);
     assert_eq!(an.value_entropy.len(), 2);
     assert_eq!(an.hidden_entropy.len(), 3);
     assert_eq!(an.probe_acc.len(), 3);
@@ -203,16 +219,7 @@ fn a_trained_runs_value_entropy_matches_a_composed_recomputation() {
 #[test]
 fn a_denseformer_run_gets_its_mixing_heatmap() {
     let dir = tempfile::tempdir().unwrap();
-    let args = crate::cli::three_tiny_steps(
-        "mqar",
-        &["denseformer".to_string()],
-        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
-        3,
-        dir.path(),
-    );
-    let spec = &harness::spec::resolve(&args).unwrap()[0];
-    crate::cli::train_to_done(spec, dir.path());
-    let run = dir.path().join("runs").join(spec.id());
+    let (_, run) = tiny_run("denseformer", 3, dir.path());
     let an = analyze_run(&run, 4, 8, &candle_core::Device::Cpu).unwrap();
     assert!(an.router_heatmap.is_empty());
     assert_eq!(an.mixing_heatmap.len(), 3);
@@ -228,15 +235,7 @@ fn a_denseformer_run_gets_its_mixing_heatmap() {
         "{:?}",
         an.mixing_heatmap
     );
-    let o = crate::cli::run(&[
-        "analyze",
-        run.to_str().unwrap(),
-        "--n",
-        "4",
-        "--probe-n",
-        "8",
-    ]);
-    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    assert_eq!(analyze_cli(&run, 4, 8), an);
     assert!(run.join("analysis/mixing-heatmap.svg").is_file());
 }
 
@@ -247,28 +246,8 @@ fn a_denseformer_run_gets_its_mixing_heatmap() {
 #[test]
 fn a_muddformer_run_gets_its_per_token_mixing_heatmap() {
     let dir = tempfile::tempdir().unwrap();
-    let args = crate::cli::three_tiny_steps(
-        "mqar",
-        &["muddformer".to_string()],
-        &["vocab_size=32", "seq_len=16", "num_kv_pairs=2"],
-        3,
-        dir.path(),
-    );
-    let spec = &harness::spec::resolve(&args).unwrap()[0];
-    crate::cli::train_to_done(spec, dir.path());
-    let run = dir.path().join("runs").join(spec.id());
-    let o = crate::cli::run(&[
-        "analyze",
-        run.to_str().unwrap(),
-        "--n",
-        "4",
-        "--probe-n",
-        "8",
-    ]);
-    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
-    let an: harness::analyze::Analysis =
-        serde_json::from_str(&std::fs::read_to_string(run.join("analysis/analysis.json")).unwrap())
-            .unwrap();
+    let (_, run) = tiny_run("muddformer", 3, dir.path());
+    let an = analyze_cli(&run, 4, 8);
     assert!(an.router_heatmap.is_empty());
     let rows = [
         "B1.q", "B1.k", "B1.v", "B1.r", "B2.q", "B2.k", "B2.v", "B2.r", "out",
