@@ -269,6 +269,58 @@ fn a_muddformer_run_gets_its_per_token_mixing_heatmap() {
     assert!(run.join("analysis/mixing-heatmap.svg").is_file());
 }
 
+/// Once a run is analysed, `harness leaderboard` adds its value entropy (mean over layers, mean
+/// over the row's analysed runs) in every format; an analysis.json of another run makes the
+/// folder unreadable, named under the table, instead of lending its numbers.
+#[test]
+fn the_leaderboard_shows_the_value_entropy_of_analysed_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run) = tiny_run("llama", 2, dir.path());
+    let results = dir.path().to_str().unwrap();
+    let board = |format: &str| {
+        let o = crate::cli::run(&["leaderboard", "--results", results, "--format", format]);
+        assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(!board("md").contains("value entropy"));
+    assert!(!board("json").contains("value_entropy"));
+    let an = analyze_cli(&run, 4, 8);
+    let h = an.value_entropy.iter().sum::<f64>() / an.value_entropy.len() as f64;
+    assert!(h > 0.0);
+    let md = board("md");
+    assert!(md.contains("value entropy (nats, analysed runs)"), "{md}");
+    assert!(md.contains(&format!("{h:.2} (1 of 1)")), "{md}");
+    let csv = board("csv");
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",value_entropy,analysed"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().nth(1).unwrap().ends_with(&format!(",{h:.6},1")),
+        "{csv}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&board("json")).unwrap();
+    assert_eq!(json[0]["value_entropy"].as_f64(), Some(h));
+    assert_eq!(json[0]["analysed"].as_u64(), Some(1));
+
+    let path = run.join("analysis/analysis.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(&an.run, "mqar-kv2-llama-s9-000000000000"),
+    )
+    .unwrap();
+    let md = board("md");
+    assert!(md.contains("1 run folder(s) could not be read"), "{md}");
+    assert!(
+        md.contains("is run mqar-kv2-llama-s9-000000000000's analysis, not this run's"),
+        "{md}"
+    );
+}
+
 /// Bad input: a folder without weights is a one-line error naming what is missing.
 #[test]
 fn analyze_without_weights_is_a_one_line_error() {

@@ -27,12 +27,12 @@
 use crate::checkpoint::load_tensors;
 use crate::device::device;
 use crate::io::{read_json, write_atomic};
+pub use crate::records::Analysis;
 use crate::spec::RunSpec;
 use crate::train::{run_model, task_from_spec};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tasks::Split;
@@ -53,45 +53,6 @@ pub struct AnalyzeArgs {
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-}
-
-/// What `analysis.json` holds (one run).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Analysis {
-    pub run: String,
-    pub task: String,
-    pub level: String,
-    pub model: String,
-    /// Sequences behind the entropies.
-    pub n: usize,
-    /// Mean over sequences of the values' matrix entropy, one per layer.
-    pub value_entropy: Vec<f64>,
-    pub value_entropy_std: Vec<f64>,
-    /// The same for the residual stream: the embedding output, then each block's output.
-    pub hidden_entropy: Vec<f64>,
-    pub hidden_entropy_std: Vec<f64>,
-    /// Linear-probe accuracy on the target token, per residual state (as `hidden_entropy`).
-    pub probe_acc: Vec<f64>,
-    /// Examples fitted / scored by the probes.
-    pub probe_examples: (usize, usize),
-    /// LIMe's router: mean |W| per layer × source layer (empty for other variants).
-    pub router_heatmap: Vec<Vec<f64>>,
-    /// Depth-mixing weights of the other variants: per reader (`mixing_rows`), the share of
-    /// each source (`mixing_sources`, the longest reader's; the others read a prefix of them) in
-    /// mean |weight| — DenseFormer's static α, or the weights computed per token averaged over
-    /// the analysed tokens (AttnRes, MUDDFormer, HC, mHC); each row sums to 1; empty where none.
-    #[serde(default)]
-    pub mixing_heatmap: Vec<Vec<f64>>,
-    /// The readers of `mixing_heatmap`: `A2`/`M2` layer 2's attention/MLP input, `B3.q` a
-    /// MUDDFormer stream into block 3, `B3` DenseFormer's mix after block 3, `out` the final
-    /// norm's input.
-    #[serde(default)]
-    pub mixing_rows: Vec<String>,
-    /// Its sources: `emb` the embedding, `A0`/`M0` sub-layer outputs, `B0` block outputs, `b1`
-    /// AttnRes blocks, `s0` residual streams.
-    #[serde(default)]
-    pub mixing_sources: Vec<String>,
 }
 
 /// A mixing heatmap with its labels (`Analysis::mixing_*`).

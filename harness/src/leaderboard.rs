@@ -5,8 +5,11 @@
 //! column names what tells rows of one task, level and model apart. Reads only each run folder's
 //! `config.json` and `result.json`, so shards of a sweep merge by copying their run folders
 //! together; a folder that cannot be read is named under the table and the rest still render.
+//! Where `harness analyze` has written a run's `analysis.json` (in the run folder's `analysis/`,
+//! or under `<results>/analysis/<run-id>/`), the row also gets the mean value entropy of its
+//! analysed runs (a column that appears only when some row has one).
 
-use crate::records::{RunResult, RunStatus};
+use crate::records::{Analysis, RunResult, RunStatus};
 use crate::spec::RunSpec;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -59,13 +62,22 @@ pub struct Row {
     pub test_macro_mean: Option<f64>,
     pub chance: f64,
     pub wall_clock_s: f64,
+    /// Mean over the chosen lr's analysed runs of their value entropy averaged over layers
+    /// (`harness analyze`, nats); None where no run of the row has an `analysis.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_entropy: Option<f64>,
+    /// How many of the row's runs that mean covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysed: Option<usize>,
 }
 
-/// A finished run as the leaderboard reads it: the result and the spec that made it.
+/// A finished run as the leaderboard reads it: the result, the spec that made it and, where
+/// `harness analyze` wrote one, its analysis.
 #[derive(Clone, Debug)]
 pub struct Record {
     pub result: RunResult,
     pub spec: RunSpec,
+    pub analysis: Option<Analysis>,
 }
 
 /// Run folders that could not be read: (folder, why).
@@ -170,7 +182,34 @@ fn load_record(run_dir: &Path) -> Result<Record> {
             result.id
         );
     }
-    Ok(Record { result, spec })
+    // `harness analyze RUN` writes RUN/analysis/, `harness analyze RESULTS` RESULTS/analysis/ID/.
+    let beside = run_dir
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("analysis").join(&result.id).join("analysis.json"));
+    let analysis = match [Some(run_dir.join("analysis/analysis.json")), beside]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+    {
+        None => None,
+        Some(p) => {
+            let a: Analysis = crate::io::read_json(&p)?;
+            if a.run != result.id {
+                anyhow::bail!(
+                    "{} is run {}'s analysis, not this run's",
+                    p.display(),
+                    a.run
+                );
+            }
+            Some(a)
+        }
+    };
+    Ok(Record {
+        result,
+        spec,
+        analysis,
+    })
 }
 
 /// Aggregate: per cell pick the lr with the best mean val accuracy, then report its test mean ±
@@ -205,13 +244,11 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 v.iter().sum::<f64>() / v.len() as f64
             }
         };
-        let best: Vec<&RunResult> = by_lr
+        let chosen = by_lr
             .values()
             .max_by(|a, b| score(a).total_cmp(&score(b)))
-            .expect("non-empty cell")
-            .iter()
-            .map(|r| &r.result)
-            .collect();
+            .expect("non-empty cell");
+        let best: Vec<&RunResult> = chosen.iter().map(|r| &r.result).collect();
         let ok: Vec<&RunResult> = best
             .iter()
             .copied()
@@ -221,6 +258,13 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
         let val: Vec<f64> = ok.iter().filter_map(|r| r.val_acc).collect();
         let macro_: Vec<f64> = ok.iter().filter_map(|r| r.test_macro_acc).collect();
         let (test_mean, test_ci95) = mean_ci(&test);
+        let entropies: Vec<f64> = chosen
+            .iter()
+            .filter(|r| r.result.status == RunStatus::Ok)
+            .filter_map(|r| r.analysis.as_ref())
+            .filter(|a| !a.value_entropy.is_empty())
+            .map(|a| a.value_entropy.iter().sum::<f64>() / a.value_entropy.len() as f64)
+            .collect();
         let r0 = best[0];
         let n = best.len() as f64;
         out.push(Row {
@@ -240,6 +284,8 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
             test_macro_mean: mean_ci(&macro_).0,
             chance: r0.chance,
             wall_clock_s: best.iter().map(|r| r.wall_clock_s).sum::<f64>() / n,
+            value_entropy: mean_ci(&entropies).0,
+            analysed: (!entropies.is_empty()).then_some(entropies.len()),
         });
     }
     // Rows of one task, level and model in order of FLOPs (then setting), not of cell hashes.
@@ -349,14 +395,21 @@ fn pct(x: Option<f64>) -> String {
 
 /// Render rows; `wall_clock` false replaces timings with "-" (for snapshots).
 pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> {
+    // The value-entropy columns only where some run has been analysed.
+    let with_entropy = rows.iter().any(|r| r.value_entropy.is_some());
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(rows)? + "\n",
         Format::Csv => {
-            let mut s = String::from("task,level,model,cell,setting,params,flops,lr,seeds,diverged,test_mean,test_ci95,val_mean,test_macro_mean,chance,wall_clock_s\n");
+            let mut s = String::from("task,level,model,cell,setting,params,flops,lr,seeds,diverged,test_mean,test_ci95,val_mean,test_macro_mean,chance,wall_clock_s");
+            s += if with_entropy {
+                ",value_entropy,analysed\n"
+            } else {
+                "\n"
+            };
             for r in rows {
                 let o = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
                 s += &format!(
-                    "{},{},{},{},\"{}\",{},{:.6e},{:e},{},{},{},{},{},{},{:.6},{}\n",
+                    "{},{},{},{},\"{}\",{},{:.6e},{:e},{},{},{},{},{},{},{:.6},{}",
                     r.task,
                     r.level,
                     r.model,
@@ -378,6 +431,14 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                         String::new()
                     }
                 );
+                if with_entropy {
+                    s += &format!(
+                        ",{},{}",
+                        o(r.value_entropy),
+                        r.analysed.map(|n| n.to_string()).unwrap_or_default()
+                    );
+                }
+                s += "\n";
             }
             s
         }
@@ -401,6 +462,9 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                 "chance %",
                 "wall-clock",
             ]);
+            if with_entropy {
+                header.push("value entropy (nats, analysed runs)");
+            }
             b.push_record(header);
             for r in rows {
                 let test = match (r.test_mean, r.test_ci95) {
@@ -432,6 +496,12 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                         "-".into()
                     },
                 ]);
+                if with_entropy {
+                    record.push(match (r.value_entropy, r.analysed) {
+                        (Some(h), Some(n)) => format!("{h:.2} ({n} of {})", r.seeds),
+                        _ => "-".into(),
+                    });
+                }
                 b.push_record(record);
             }
             let mut t = b.build();
