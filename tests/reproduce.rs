@@ -308,6 +308,41 @@ fn committed_reproduction_md_re_renders_byte_for_byte() {
     );
 }
 
+/// The README's paragraph on what the committed runs say quotes REPRODUCTION.md: every signed
+/// difference (`+85.0`, `-0.8`) and CI half-width (`± 2.1`) in it is in the rendered file, so the
+/// summary cannot drift from the results it summarises.
+#[test]
+fn the_readme_verdict_paragraph_quotes_reproduction_md() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let report = std::fs::read_to_string(root.join("REPRODUCTION.md")).unwrap();
+    let start = readme
+        .find("**What the committed runs say**")
+        .expect("README has the verdict paragraph");
+    let para = &readme[start..start + readme[start..].find("\n\n").unwrap()];
+    let words: Vec<&str> = para
+        .split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | ';' | ':'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut quoted = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        let number = |x: &str| x.contains('.') && x.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if (w.starts_with('+') || w.starts_with('-')) && number(&w[1..]) {
+            quoted.push(w.to_string());
+        }
+        if *w == "±" && words.get(i + 1).is_some_and(|x| number(x)) {
+            quoted.push(format!("± {}", words[i + 1]));
+        }
+    }
+    assert!(quoted.len() >= 10, "{quoted:?}");
+    for q in &quoted {
+        assert!(
+            report.contains(q.as_str()),
+            "README quotes {q}, which REPRODUCTION.md does not show"
+        );
+    }
+}
+
 /// `harness rerun` retrains a run from its config.json alone: equal to the saved result, and a
 /// saved figure that no training produced is reported as a difference (non-zero exit).
 #[test]
