@@ -322,6 +322,7 @@ fn the_readme_verdict_paragraph_quotes_reproduction_md() {
     let para = &readme[start..start + readme[start..].find("\n\n").unwrap()];
     let words: Vec<&str> = para
         .split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | ',' | ';' | ':'))
+        .map(|w| w.trim_end_matches('.')) // a sentence's full stop
         .filter(|w| !w.is_empty())
         .collect();
     let mut quoted = Vec::new();
