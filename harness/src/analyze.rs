@@ -485,7 +485,7 @@ pub fn analyze_run(
 fn write_one(a: &Analysis, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let json = serde_json::to_string_pretty(a)? + "\n";
-    write_atomic(&out.join("analysis.json"), json.as_bytes())?;
+    write_atomic(&out.join(crate::records::ANALYSIS_FILE), json.as_bytes())?;
     let color = crate::plots::model_color(&a.model);
     let pts = |v: &[f64]| {
         v.iter()
@@ -552,14 +552,20 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         bail!("--n must be at least 1 and --probe-n at least 2");
     }
     if !a.run_dir.join("runs").is_dir() {
-        let out = a.out.clone().unwrap_or_else(|| a.run_dir.join("analysis"));
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| a.run_dir.join(crate::records::ANALYSIS_DIR));
         let an = analyze_run(&a.run_dir, a.n, a.probe_n, &dev)?;
         write_one(&an, &out)?;
         println!("{}", summary(&an));
         eprintln!("wrote {}/analysis.json and its figures", out.display());
         return Ok(());
     }
-    let out = a.out.clone().unwrap_or_else(|| a.run_dir.join("analysis"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.run_dir.join(crate::records::ANALYSIS_DIR));
     let mut all = Vec::new();
     let mut runs: Vec<PathBuf> = std::fs::read_dir(a.run_dir.join("runs"))
         .with_context(|| format!("cannot read {}", a.run_dir.join("runs").display()))?

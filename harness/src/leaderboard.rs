@@ -182,14 +182,8 @@ fn load_record(run_dir: &Path) -> Result<Record> {
             result.id
         );
     }
-    // `harness analyze RUN` writes RUN/analysis/, `harness analyze RESULTS` RESULTS/analysis/ID/.
-    let beside = run_dir
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("analysis").join(&result.id).join("analysis.json"));
-    let analysis = match [Some(run_dir.join("analysis/analysis.json")), beside]
+    let analysis = match crate::records::analysis_paths(run_dir, &result.id)
         .into_iter()
-        .flatten()
         .find(|p| p.is_file())
     {
         None => None,

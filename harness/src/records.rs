@@ -3,6 +3,7 @@
 //! `harness analyze` writes of a run (`analysis.json`), which the leaderboard reads where present.
 
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// How a run ended (`"ok"` / `"diverged"` in `result.json`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,6 +60,22 @@ pub struct RunResult {
     #[serde(default)]
     pub router_heatmap: Vec<Vec<f64>>,
 }
+
+/// Where `harness analyze` writes a run's `analysis.json` by default, in the order the
+/// leaderboard looks: `RUN/analysis/` (one run), `RESULTS/analysis/<id>/` (over a results folder
+/// whose `runs/<id>` is `run_dir`).
+pub fn analysis_paths(run_dir: &Path, id: &str) -> Vec<PathBuf> {
+    let mut out = vec![run_dir.join(ANALYSIS_DIR).join(ANALYSIS_FILE)];
+    if let Some(results) = run_dir.parent().and_then(Path::parent) {
+        out.push(results.join(ANALYSIS_DIR).join(id).join(ANALYSIS_FILE));
+    }
+    out
+}
+
+/// The folder name `harness analyze` writes into, beside `runs/` or inside a run folder.
+pub const ANALYSIS_DIR: &str = "analysis";
+/// The file name of one run's analysis.
+pub const ANALYSIS_FILE: &str = "analysis.json";
 
 /// What `analysis.json` holds (one run).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
