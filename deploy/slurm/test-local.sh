@@ -86,9 +86,27 @@ plan "$tmp/whole" >"$tmp"/whole.toml
 read -r array render < <(deploy/slurm/submit.sh "$tmp"/sharded.toml 4 --chdir="$tmp" --cpus-per-task=1)
 echo "slurm test: array job $array, render job $render"
 
+# What the jobs did, for a failure's message: each job's state, reason and exit code, the jobs'
+# output, the controller's last words.
+explain() {
+  squeue -a -o '%i %T %r' 2>/dev/null || true
+  scontrol show job "$array" 2>/dev/null | grep -E 'JobId=|JobState=|ExitCode=|Restarts=' || true
+  scontrol show job "$render" 2>/dev/null | grep -E 'JobId=|JobState=|Dependency=' || true
+  for f in "$tmp"/slurm-*.out; do [ -f "$f" ] && { echo "== $f"; tail -5 "$f"; }; done
+  tail -20 "$tmp"/slurmctld.log
+}
+# An array task that ended badly leaves the render step waiting forever: say so at once.
+fail_if_a_task_failed() {
+  if squeue -h -j "$render" -o %r 2>/dev/null | grep -q DependencyNeverSatisfied; then
+    echo "slurm test: an array task failed, the render step can never run"
+    explain
+    exit 1
+  fi
+}
 # Requeue task 1 while its run trains (it has written metrics but no result yet).
 run1=$("$bin" sweep "$tmp"/sharded.toml --dry-run | grep -oE 'mqar-[a-z0-9-]+' | sed -n 2p)
-for _ in $(seq 300); do
+requeued=0
+for _ in $(seq 1500); do
   d=$tmp/sharded/runs/$run1
   if [ -s "$d/metrics.jsonl" ] && [ ! -f "$d/result.json" ]; then
     scontrol requeue "${array}_1"
@@ -99,19 +117,23 @@ for _ in $(seq 300); do
       sleep 0.2
     done
     scontrol update JobId="${array}_1" StartTime=now || true
+    requeued=1
     break
   fi
   [ -f "$d/result.json" ] && { echo "slurm test: task 1 finished before it could be requeued"; exit 1; }
+  fail_if_a_task_failed
   sleep 0.2
 done
+[ "$requeued" = 1 ] || { echo "slurm test: task 1 never started training within 300 s, nothing was requeued"; exit 1; }
 t0=$SECONDS
 for _ in $(seq 600); do
   [ -z "$(squeue -h -j "$array,$render" 2>/dev/null)" ] && break
+  fail_if_a_task_failed
   sleep 1
 done
 echo "slurm test: array and render done $((SECONDS - t0)) s after the requeue"
-[ -z "$(squeue -h -j "$array,$render")" ] || { echo "slurm test: jobs still queued"; squeue; exit 1; }
-[ -f "$tmp/sharded/leaderboard.csv" ] || { echo "slurm test: the render step wrote no leaderboard"; cat "$tmp"/slurm-*.out; exit 1; }
+[ -z "$(squeue -h -j "$array,$render")" ] || { echo "slurm test: jobs still queued"; explain; exit 1; }
+[ -f "$tmp/sharded/leaderboard.csv" ] || { echo "slurm test: the render step wrote no leaderboard"; explain; exit 1; }
 
 "$bin" sweep "$tmp"/whole.toml --quiet >/dev/null
 bash deploy/slurm/render.sbatch "$tmp/whole" >/dev/null
