@@ -372,6 +372,16 @@ fn rerun_checks_a_saved_run() {
     assert!(!o.status.success());
     let err = crate::cli::stderr(&o);
     assert!(err.contains("the rerun differs: test_acc: saved"), "{err}");
+    assert!(!err.contains("saved on"), "same machine, no machine note: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // Made elsewhere: the difference comes with both machines' names, still on one line.
+    r.device = "cpu (2 threads, Some Other CPU)".into();
+    std::fs::write(&path, serde_json::to_string(&r).unwrap()).unwrap();
+    let o = crate::cli::run(&["rerun", run_dir.to_str().unwrap(), "--quiet"]);
+    assert!(!o.status.success());
+    let err = crate::cli::stderr(&o);
+    assert!(err.contains("saved on cpu (2 threads, Some Other CPU), rerun on cpu"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 

@@ -578,7 +578,10 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
          (the lower end of its 95% CI above the chance level): a protocol that trains neither \
          model says nothing about the claim. Wall-clock is each run's own training time on the \
          machine named under \"Runs made on\", which was often shared with compiles and other \
-         runs: it is a record, not a speed figure (BENCHMARKS.md holds those).\n",
+         runs: it is a record, not a speed figure (BENCHMARKS.md holds those). To check any \
+         number, `harness rerun results/reproduction/runs/<id>` retrains that run from its \
+         `config.json` alone and compares every figure of its `result.json` (exactly equal on \
+         the same kind of machine).\n",
     );
     let mut md = String::new();
     let mut differences = Vec::new();

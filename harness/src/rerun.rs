@@ -96,6 +96,20 @@ pub fn run(a: &RerunArgs) -> Result<()> {
         );
         Ok(())
     } else {
-        bail!("{}: the rerun differs: {}", spec.id(), diff.join("; "))
+        // Sums in another order (another SIMD width, another CPU kind) move the last bits and,
+        // over hundreds of steps, the figures: say where each result was made.
+        let machines = if saved.device == new.device {
+            String::new()
+        } else {
+            format!(
+                " (saved on {}, rerun on {}: results are exact only on the same kind of machine)",
+                saved.device, new.device
+            )
+        };
+        bail!(
+            "{}: the rerun differs: {}{machines}",
+            spec.id(),
+            diff.join("; ")
+        )
     }
 }
