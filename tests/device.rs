@@ -90,6 +90,85 @@ fn cuda_matches_the_cpu_reference_in_f32_and_bf16() {
     assert_all_ok(&bf, Precision::Bf16);
 }
 
+/// A process allowed fewer CPUs than the machine has cores (taskset here; Slurm's
+/// `--cpus-per-task` or a container's CPU limit on a cluster) computes with that many threads,
+/// not with the machine's core count, and its results say so.
+#[test]
+fn the_thread_count_follows_the_cpus_the_process_may_use() {
+    let o = Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_harness")])
+        .args(["check-device", "--device", "cpu", "--models", "llama"])
+        .output()
+        .expect("taskset (util-linux) runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("device cpu (1 threads)"), "{out}");
+}
+
+/// Training does not depend on the thread count: the default MQAR cell (full-size GEMMs, which
+/// the GEMM kernels do split across threads) trained at 1 and 3 threads gives the same losses,
+/// val scores and result, every figure but speed and the device's name. So a run made by a
+/// process pinned to one CPU reruns exactly on the whole machine.
+#[test]
+fn training_gives_the_same_figures_at_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let scrub_speed = |t: String| {
+        t.lines()
+            .map(|l| match l.find(",\"tokens_per_s\"") {
+                Some(i) => l[..i].to_string(),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut runs = Vec::new();
+    for threads in ["1", "3"] {
+        let out = dir.path().join(threads);
+        let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+            .env("RAYON_NUM_THREADS", threads)
+            .args([
+                "--task", "mqar", "--models", "lime,mhc", "--seeds", "1", "--match", "steps",
+            ])
+            .args([
+                "--steps", "4", "--n-val", "32", "--n-test", "32", "--quiet", "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        runs.push(out.join("runs"));
+    }
+    let mut ids: Vec<_> = std::fs::read_dir(&runs[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        let read = |k: usize, f: &str| std::fs::read_to_string(runs[k].join(&id).join(f)).unwrap();
+        let metrics = scrub_speed(read(0, "metrics.jsonl"));
+        assert!(metrics.len() > 4, "{metrics:?}");
+        assert_eq!(metrics, scrub_speed(read(1, "metrics.jsonl")), "{id:?}");
+        let result = |k: usize| {
+            let mut r: harness::records::RunResult =
+                serde_json::from_str(&read(k, "result.json")).unwrap();
+            assert!(
+                r.device
+                    .starts_with(&format!("cpu ({} threads", ["1", "3"][k])),
+                "{}",
+                r.device
+            );
+            r.wall_clock_s = 0.0;
+            r.device.clear();
+            serde_json::to_string(&r).unwrap()
+        };
+        assert_eq!(result(0), result(1), "{id:?}");
+    }
+}
+
 #[test]
 fn check_device_cli_passes_on_the_cpu_and_rejects_bf16_there() {
     let o = harness_bin(&["check-device", "--device", "cpu", "--models", "llama,lime"]);

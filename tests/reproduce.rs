@@ -372,7 +372,10 @@ fn rerun_checks_a_saved_run() {
     assert!(!o.status.success());
     let err = crate::cli::stderr(&o);
     assert!(err.contains("the rerun differs: test_acc: saved"), "{err}");
-    assert!(!err.contains("saved on"), "same machine, no machine note: {err}");
+    assert!(
+        !err.contains("saved on"),
+        "same machine, no machine note: {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // Made elsewhere: the difference comes with both machines' names, still on one line.
@@ -381,7 +384,10 @@ fn rerun_checks_a_saved_run() {
     let o = crate::cli::run(&["rerun", run_dir.to_str().unwrap(), "--quiet"]);
     assert!(!o.status.success());
     let err = crate::cli::stderr(&o);
-    assert!(err.contains("saved on cpu (2 threads, Some Other CPU), rerun on cpu"), "{err}");
+    assert!(
+        err.contains("saved on cpu (2 threads, Some Other CPU), rerun on cpu"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 

@@ -32,6 +32,18 @@ pub fn device(spec: &str) -> Result<Device> {
     }
 }
 
+/// The CPU threads a run computes with when RAYON_NUM_THREADS does not say (resolved once, in
+/// main): candle's default, the machine's physical cores read from /proc/cpuinfo, capped by the
+/// CPUs this process may use (`taskset`, Slurm's `--cpus-per-task`, a container's CPU limit:
+/// `available_parallelism` reads the affinity mask and cgroup quota). Uncapped, a 2-CPU Slurm
+/// task on a 64-core node split every GEMM 64 ways, and threads outnumbering CPUs make each
+/// parallel op wait for a descheduled thread (BENCHMARKS.md, "Two runs on one machine").
+pub fn default_cpu_threads() -> usize {
+    let physical = candle_core::utils::get_num_threads();
+    let usable = std::thread::available_parallelism().map_or(physical, |n| n.get());
+    physical.min(usable).max(1)
+}
+
 pub fn device_name(d: &Device) -> String {
     match d {
         Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),

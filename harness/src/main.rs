@@ -19,12 +19,14 @@ fn main() {
     }
     // candle asks for its thread count on every CPU matmul, and without RAYON_NUM_THREADS that
     // means parsing /proc/cpuinfo each time: 80% of a KV-cache decoding step (perf). Resolve it
-    // once: rayon's pool keeps its own default (built first), candle's GEMMs keep theirs.
+    // once: rayon's pool keeps its own default (built first: the CPUs this process may use),
+    // candle's GEMMs get the physical cores, capped by those usable CPUs
+    // (`device::default_cpu_threads`).
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let _ = rayon::ThreadPoolBuilder::new().build_global();
         std::env::set_var(
             "RAYON_NUM_THREADS",
-            candle_core::utils::get_num_threads().to_string(),
+            harness::device::default_cpu_threads().to_string(),
         );
     }
     let code = match harness::cli::parse() {
