@@ -229,6 +229,59 @@ fn a_worse_challenger_is_not_reproduced_and_missing_runs_are_named() {
     assert!(v[0].contains("incomplete: 3 run(s)"), "{v:?}");
 }
 
+/// The rivals claim also sets each router ablation against LIMe itself, with no direction
+/// assumed: a clearly worse ablation *differs*, an equal one does not, none is ever
+/// *reproduced*; the difference figure keeps the claim's comparisons with llama alone.
+#[test]
+fn ablations_are_compared_with_lime_without_a_direction() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = claims();
+    let rivals = all.iter().position(|c| c.name == "rivals").unwrap();
+    // Every model's seed 0 is best on val at lr 1e-3, so the staged search keeps that lr.
+    for s in protocol(&all[rivals], Scale::Cpu).unwrap().unwrap() {
+        let test = match s.model.as_str() {
+            "lime" | "lime-last-2" => 0.9,
+            "lime-avg" => 0.4,
+            _ => 0.5,
+        } + 0.01 * s.seed as f64;
+        let val = if s.optim.lr == 1e-3 { 0.9 } else { 0.2 };
+        write_run(dir.path(), &s, val, test, RunStatus::Ok);
+    }
+    let r = report(&all[rivals..=rivals], dir.path()).unwrap();
+    let row = |cmp: &str| {
+        r.md.lines()
+            .find(|l| l.starts_with("| mqar | kv8 |") && l.contains(&format!("| {cmp} |")))
+            .unwrap_or_else(|| panic!("no row {cmp}: {}", r.md))
+            .to_string()
+    };
+    let avg = row("lime-avg − lime");
+    assert!(
+        avg.contains("| -50.0 ± ") && avg.contains("**differs** (p < 0.05)"),
+        "{avg}"
+    );
+    let last2 = row("lime-last-2 − lime");
+    assert!(
+        last2.contains("| +0.0 ± ") && last2.contains("| no significant difference |"),
+        "{last2}"
+    );
+    // Against llama the same ablation is judged with the reported direction.
+    assert!(
+        row("lime-avg − llama").contains("**not reproduced**"),
+        "{}",
+        row("lime-avg − llama")
+    );
+    let versus: Vec<&str> = r.md.lines().filter(|l| l.contains(" − lime |")).collect();
+    // 7 pairs, each in the verdict table and in the at-a-glance summary.
+    assert_eq!(versus.len(), 14, "{versus:?}");
+    assert!(
+        versus.iter().all(|l| !l.contains("reproduced")),
+        "{versus:?}"
+    );
+    let (_, diffs) = &r.differences[0];
+    assert_eq!(diffs.len(), all[rivals].challengers.len());
+    assert!(diffs.iter().all(|d| d.label.starts_with("mqar kv8 ")));
+}
+
 /// A staged search trains seed 0 at every lr, then the other seeds at the lr seed 0 chose on val
 /// (5 runs per model, not 9); runs at other lrs — even better ones — do not enter its statistics,
 /// and a stage 1 still training counts its stage 2 as missing.

@@ -73,6 +73,9 @@ pub struct Claim {
     pub baseline: &'static str,
     /// Each is compared with the baseline.
     pub challengers: &'static [&'static str],
+    /// Further comparisons `(challenger, baseline)` among the protocol's own models, for which
+    /// no paper gives a direction: judged *differs* (p < 0.05) or not, never *reproduced*.
+    pub versus: &'static [(&'static str, &'static str)],
     pub cpu: fn() -> Vec<Arm>,
     /// The GPU-scale protocol (the paper's sizes where it gives them), for a machine with a GPU.
     pub gpu: Option<fn() -> Vec<Arm>>,
@@ -140,6 +143,18 @@ const RIVALS: [&str; 16] = [
     "lime-same-head",
     "lime-per-dim",
     "lime-random-init",
+];
+
+/// LIMe's router ablations (and the dynamic router) against full static LIMe: does the part of
+/// the router they remove or add matter on this cell?
+const ABLATIONS_VS_LIME: [(&str, &str); 7] = [
+    ("lime-dynamic", "lime"),
+    ("lime-avg", "lime"),
+    ("lime-last-2", "lime"),
+    ("lime-first-2", "lime"),
+    ("lime-same-head", "lime"),
+    ("lime-per-dim", "lime"),
+    ("lime-random-init", "lime"),
 ];
 
 fn rivals_cpu() -> Overrides {
@@ -253,6 +268,7 @@ pub fn claims() -> Vec<Claim> {
                    setting took llama 2,850 steps and lime 300",
             baseline: "llama",
             challengers: &["lime"],
+            versus: &[],
             // The MQAR preset (V256, T64, 2 layers, d=64, 2 heads, batch 128, 6e12 FLOPs per run).
             cpu: || one(mqar_cpu()),
             gpu: None,
@@ -263,9 +279,11 @@ pub fn claims() -> Vec<Claim> {
             title: "Every depth connection against llama on one MQAR cell",
             reported: "each rival's paper reports gains over its baseline (DenseFormer, \
                        Hyper-Connections, ResFormer, Attention Residuals, MUDDFormer, mHC); the \
-                       router ablations are the LIMe paper's own",
+                       router ablations are the LIMe paper's own, and are also compared with \
+                       LIMe itself (no direction assumed: *differs* or not)",
             baseline: "llama",
             challengers: &RIVALS,
+            versus: &ABLATIONS_VS_LIME,
             // The MQAR claim's kv8 cell: its llama and lime runs are the same runs (same specs).
             cpu: || one(rivals_cpu()),
             gpu: None,
@@ -278,6 +296,7 @@ pub fn claims() -> Vec<Claim> {
                    d=32; 50,000 examples per operand count, 200 epochs, lr 1e-3 linear decay)",
             baseline: "llama",
             challengers: &["lime"],
+            versus: &[],
             cpu: || one(aet_cpu()),
             gpu: Some(|| one(aet_gpu())),
             search: Search::Grid,
@@ -289,6 +308,7 @@ pub fn claims() -> Vec<Claim> {
                    are trained from scratch at 4 layers, d=64",
             baseline: "llama",
             challengers: &["lime"],
+            versus: &[],
             cpu: prosqa_cpu,
             gpu: Some(prosqa_gpu),
             search: Search::Staged,
@@ -301,6 +321,7 @@ pub fn claims() -> Vec<Claim> {
                    llama at 2L)",
             baseline: "llama",
             challengers: &["lime"],
+            versus: &[],
             cpu: depth_cpu,
             gpu: Some(depth_gpu),
             search: Search::Staged,
@@ -531,6 +552,21 @@ fn verdict(missing: usize, w: Option<crate::stats::Welch>, learned: bool) -> Str
         (0, Some(w)) if w.diff > 0.0 => "same sign, not significant".into(),
         (0, Some(w)) if w.diff == 0.0 => "**not reproduced** (no difference)".into(),
         (0, Some(_)) => "**not reproduced**".into(),
+        (0, None) => "too few runs for a test".into(),
+        (m, _) => format!("incomplete: {m} run(s) of the protocol not yet committed"),
+    }
+}
+
+/// The verdict of a [`Claim::versus`] comparison, which no paper gives a direction for.
+fn neutral_verdict(missing: usize, w: Option<crate::stats::Welch>, learned: bool) -> String {
+    match (missing, w) {
+        (0, Some(_)) if !learned => {
+            "**inconclusive**: neither model beats chance (the protocol does not train the task)"
+                .into()
+        }
+        (0, Some(w)) if w.p < 0.05 => "**differs** (p < 0.05)".into(),
+        (0, Some(w)) if w.diff == 0.0 && w.ci95 == 0.0 => "no difference".into(),
+        (0, Some(_)) => "no significant difference".into(),
         (0, None) => "too few runs for a test".into(),
         (m, _) => format!("incomplete: {m} run(s) of the protocol not yet committed"),
     }
@@ -826,18 +862,27 @@ fn section(
                     })
                     .sum::<usize>()
             };
-            for &ch in c.challengers {
-                let w = match (pick(ch), pick(c.baseline)) {
+            // Each comparison: the claim's (challenger − baseline, verdict against the reported
+            // direction, drawn in the difference figure), then its `versus` pairs (neutral).
+            let pairs = c
+                .challengers
+                .iter()
+                .map(|&ch| (ch, c.baseline, true))
+                .chain(c.versus.iter().map(|&(ch, base)| (ch, base, false)));
+            for (ch, base, claimed) in pairs {
+                let w = match (pick(ch), pick(base)) {
                     (Some(a), Some(b)) => welch(&accs(&used, a), &accs(&used, b)),
                     _ => None,
                 };
                 let (diff, tdf, p) = match w {
                     Some(w) => {
-                        diffs.push(Difference {
-                            label: format!("{task} {} {ch}", shown(&level)),
-                            diff: w.diff,
-                            ci95: w.ci95,
-                        });
+                        if claimed {
+                            diffs.push(Difference {
+                                label: format!("{task} {} {ch}", shown(&level)),
+                                diff: w.diff,
+                                ci95: w.ci95,
+                            });
+                        }
                         (
                             format!("{:+.1} ± {:.1}", 100.0 * w.diff, 100.0 * w.ci95),
                             format!("{:.2}, {:.1}", w.t, w.df),
@@ -846,22 +891,20 @@ fn section(
                     }
                     None => ("-".into(), "-".into(), "-".into()),
                 };
-                let v = verdict(
-                    missing(ch) + missing(c.baseline),
+                let judge = if claimed { verdict } else { neutral_verdict };
+                let v = judge(
+                    missing(ch) + missing(base),
                     w,
-                    pick(ch).is_some_and(beats_chance)
-                        || pick(c.baseline).is_some_and(beats_chance),
+                    pick(ch).is_some_and(beats_chance) || pick(base).is_some_and(beats_chance),
                 );
                 verdicts += &format!(
-                    "| {task} | {} | {ch} − {} | {diff} | {tdf} | {p} | {v} |\n",
+                    "| {task} | {} | {ch} − {base} | {diff} | {tdf} | {p} | {v} |\n",
                     shown(&level),
-                    c.baseline,
                 );
                 summary += &format!(
-                    "| `{}` | {task} {} | {ch} − {} | {diff} | {p} | {v} |\n",
+                    "| `{}` | {task} {} | {ch} − {base} | {diff} | {p} | {v} |\n",
                     c.name,
                     shown(&level),
-                    c.baseline,
                 );
             }
         }
