@@ -85,6 +85,9 @@ def main():
         c = spec["template"]["spec"]["containers"][0]
         env = {e["name"]: e["value"] for e in c["env"]}
         assert int(env["SHARDS"]) == spec["completions"], f"{name}: SHARDS != completions"
+        # Without a CPU limit the container sees every core of the node: threads = the request.
+        assert env.get("RAYON_NUM_THREADS") == c["resources"]["requests"]["cpu"], \
+            f"{name}: RAYON_NUM_THREADS != the CPU request"
         plan = next(d for d in ds if d["kind"] == "ConfigMap")["data"]["plan.toml"]
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert 'out = "/results"' in plan and "/results" in mounts, f"{name}: plan out is not the PVC"

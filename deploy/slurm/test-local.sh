@@ -135,6 +135,10 @@ echo "slurm test: array and render done $((SECONDS - t0)) s after the requeue"
 [ -z "$(squeue -h -j "$array,$render")" ] || { echo "slurm test: jobs still queued"; explain; exit 1; }
 [ -f "$tmp/sharded/leaderboard.csv" ] || { echo "slurm test: the render step wrote no leaderboard"; explain; exit 1; }
 
+# Each task trained with the one CPU it was given (--cpus-per-task=1), not with the node's cores.
+threads=$(sed -n 's/.*"device": *"cpu (\([0-9]*\) threads.*/\1/p' "$tmp"/sharded/runs/*/result.json | sort -u)
+[ "$threads" = 1 ] || { echo "slurm test: array tasks trained with '$threads' threads, not 1"; exit 1; }
+
 "$bin" sweep "$tmp"/whole.toml --quiet >/dev/null
 bash deploy/slurm/render.sbatch "$tmp/whole" >/dev/null
 strip() { python3 -c '
