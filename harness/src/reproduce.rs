@@ -541,32 +541,29 @@ fn beats_chance(r: &Row) -> bool {
         .is_some_and(|m| m - r.test_ci95.unwrap_or(0.0) > r.chance)
 }
 
-/// The verdict of one comparison; `learned`: whether either model beats chance.
-fn verdict(missing: usize, w: Option<crate::stats::Welch>, learned: bool) -> String {
+/// The verdict of one comparison; `learned`: whether either model beats chance; `directed`:
+/// whether a paper reports a direction (positive) to reproduce, else (a [`Claim::versus`] pair)
+/// the difference is only judged significant or not.
+fn verdict(
+    missing: usize,
+    w: Option<crate::stats::Welch>,
+    learned: bool,
+    directed: bool,
+) -> String {
     match (missing, w) {
         (0, Some(_)) if !learned => {
             "**inconclusive**: neither model beats chance (the protocol does not train the task)"
                 .into()
         }
+        (0, Some(w)) if !directed => match w {
+            w if w.p < 0.05 => "**differs** (p < 0.05)".into(),
+            w if w.diff == 0.0 && w.ci95 == 0.0 => "no difference".into(),
+            _ => "no significant difference".into(),
+        },
         (0, Some(w)) if w.diff > 0.0 && w.p < 0.05 => "**reproduced** (same sign, p < 0.05)".into(),
         (0, Some(w)) if w.diff > 0.0 => "same sign, not significant".into(),
         (0, Some(w)) if w.diff == 0.0 => "**not reproduced** (no difference)".into(),
         (0, Some(_)) => "**not reproduced**".into(),
-        (0, None) => "too few runs for a test".into(),
-        (m, _) => format!("incomplete: {m} run(s) of the protocol not yet committed"),
-    }
-}
-
-/// The verdict of a [`Claim::versus`] comparison, which no paper gives a direction for.
-fn neutral_verdict(missing: usize, w: Option<crate::stats::Welch>, learned: bool) -> String {
-    match (missing, w) {
-        (0, Some(_)) if !learned => {
-            "**inconclusive**: neither model beats chance (the protocol does not train the task)"
-                .into()
-        }
-        (0, Some(w)) if w.p < 0.05 => "**differs** (p < 0.05)".into(),
-        (0, Some(w)) if w.diff == 0.0 && w.ci95 == 0.0 => "no difference".into(),
-        (0, Some(_)) => "no significant difference".into(),
         (0, None) => "too few runs for a test".into(),
         (m, _) => format!("incomplete: {m} run(s) of the protocol not yet committed"),
     }
@@ -891,11 +888,11 @@ fn section(
                     }
                     None => ("-".into(), "-".into(), "-".into()),
                 };
-                let judge = if claimed { verdict } else { neutral_verdict };
-                let v = judge(
+                let v = verdict(
                     missing(ch) + missing(base),
                     w,
                     pick(ch).is_some_and(beats_chance) || pick(base).is_some_and(beats_chance),
+                    claimed,
                 );
                 verdicts += &format!(
                     "| {task} | {} | {ch} − {base} | {diff} | {tdf} | {p} | {v} |\n",
