@@ -127,7 +127,7 @@ fn training_gives_the_same_figures_at_any_thread_count() {
     let mut runs = Vec::new();
     for threads in ["1", "3"] {
         let out = dir.path().join(threads);
-        let o = Command::new(env!("CARGO_BIN_EXE_harness"))
+        let o = crate::cli::harness()
             .env("RAYON_NUM_THREADS", threads)
             .args([
                 "--task", "mqar", "--models", "lime,mhc", "--seeds", "1", "--match", "steps",

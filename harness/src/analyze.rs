@@ -72,11 +72,11 @@ fn shares(row: &[f64]) -> Vec<f64> {
 }
 
 /// The running sum of |weight| per reader × source over the analysed tokens, from each
-/// sequence's `Trace::mixing`.
+/// sequence's `Trace::mixing` (its shares are those of the mean: the token count cancels).
 #[derive(Default)]
 struct MixingMean {
-    /// (reader, sources, Σ|w| per source, rows summed).
-    rows: Vec<(String, Vec<String>, Vec<f64>, f64)>,
+    /// (reader, sources, Σ|w| per source).
+    rows: Vec<(String, Vec<String>, Vec<f64>)>,
 }
 
 impl MixingMean {
@@ -86,7 +86,7 @@ impl MixingMean {
                 .iter()
                 .map(|m| {
                     let zeros = vec![0.0; m.sources.len()];
-                    (m.consumer.clone(), m.sources.clone(), zeros, 0.0)
+                    (m.consumer.clone(), m.sources.clone(), zeros)
                 })
                 .collect();
         }
@@ -97,7 +97,7 @@ impl MixingMean {
                 mixing.len()
             );
         }
-        for ((name, sources, sum, count), m) in self.rows.iter_mut().zip(mixing) {
+        for ((name, sources, sum), m) in self.rows.iter_mut().zip(mixing) {
             let s = m.weights.dim(candle_core::D::Minus1)?;
             if *name != m.consumer || *sources != m.sources || sources.len() != s {
                 bail!(
@@ -116,7 +116,6 @@ impl MixingMean {
                     *a += x;
                 }
             }
-            *count += w.len() as f64;
         }
         Ok(())
     }
@@ -138,13 +137,7 @@ impl MixingMean {
         Ok(MixingMap {
             rows: self.rows.iter().map(|r| r.0.clone()).collect(),
             sources,
-            shares: self
-                .rows
-                .iter()
-                .map(|(_, _, sum, n)| {
-                    shares(&sum.iter().map(|x| x / n.max(1.0)).collect::<Vec<_>>())
-                })
-                .collect(),
+            shares: self.rows.iter().map(|(_, _, sum)| shares(sum)).collect(),
         })
     }
 }
@@ -551,21 +544,17 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
     if a.n == 0 || a.probe_n < 2 {
         bail!("--n must be at least 1 and --probe-n at least 2");
     }
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.run_dir.join(crate::records::ANALYSIS_DIR));
     if !a.run_dir.join("runs").is_dir() {
-        let out = a
-            .out
-            .clone()
-            .unwrap_or_else(|| a.run_dir.join(crate::records::ANALYSIS_DIR));
         let an = analyze_run(&a.run_dir, a.n, a.probe_n, &dev)?;
         write_one(&an, &out)?;
         println!("{}", summary(&an));
         eprintln!("wrote {}/analysis.json and its figures", out.display());
         return Ok(());
     }
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.run_dir.join(crate::records::ANALYSIS_DIR));
     let mut all = Vec::new();
     let mut runs: Vec<PathBuf> = std::fs::read_dir(a.run_dir.join("runs"))
         .with_context(|| format!("cannot read {}", a.run_dir.join("runs").display()))?
