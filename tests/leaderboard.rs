@@ -46,6 +46,7 @@ pub(crate) fn write_run(out: &Path, spec: &RunSpec, val: f64, test: f64, status:
         final_loss: Some(0.5),
         best_step: Some(spec.steps),
         val_acc: ok.then_some(val),
+        val_loss: None,
         test_acc: ok.then_some(test),
         test_token_acc: ok.then_some(test),
         test_macro_acc: ok.then_some(test - 0.05),
@@ -104,7 +105,7 @@ fn leaderboard_renders_fixed_records() {
     assert_eq!(lime["lr"], 1e-3);
     assert_eq!(lime["seeds"], 3);
     assert!((lime["test_mean"].as_f64().unwrap() - 0.97).abs() < 1e-9);
-    assert!((lime["test_ci95"].as_f64().unwrap() - 4.303 * 0.01 / 3f64.sqrt()).abs() < 1e-6);
+    assert!((lime["test_ci95"].as_f64().unwrap() - 4.302_652_729 * 0.01 / 3f64.sqrt()).abs() < 1e-6);
     assert!(rows.iter().all(|r| r["setting"] == ""), "one cell each");
     let snap = format!(
         "{}\n{}",

@@ -90,6 +90,31 @@ fn step(cfg: &models::Config, dtype: DType, dev: &Device, p: Precision) -> Resul
     Ok((logits, loss, named))
 }
 
+/// Whether two model configs compute the same function: from the same seed in f64 on the CPU
+/// they have the same parameters (names and shapes), the same logits and the same gradient of
+/// every weight (to 1e-12 relative). An ablation that is its parent at some shape (LIMe's
+/// `lime-last-2` at 2 layers, where the last two layers are all there are) is no ablation there.
+pub fn same_function(a: &models::Config, b: &models::Config) -> Result<bool> {
+    if models::accounting::num_params(a) != models::accounting::num_params(b) {
+        return Ok(false);
+    }
+    let (la, lossa, ga) = step(a, DType::F64, &Device::Cpu, Precision::F32)?;
+    let (lb, lossb, gb) = step(b, DType::F64, &Device::Cpu, Precision::F32)?;
+    if ga.len() != gb.len() || ga.iter().zip(&gb).any(|((na, x), (nb, y))| na != nb || x.dims() != y.dims()) {
+        return Ok(false);
+    }
+    let close = |x: &Tensor, y: &Tensor| -> Result<bool> { Ok(rel(x, y, 1e-12)? <= 1e-12) };
+    if !close(&la, &lb)? || !close(&lossa, &lossb)? {
+        return Ok(false);
+    }
+    for ((_, x), (_, y)) in ga.iter().zip(&gb) {
+        if !close(x, y)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Runs the check for `variants` on `dev`.
 pub fn check(variants: &[models::Variant], dev: &Device, p: Precision) -> Result<Vec<Check>> {
     let mut out = Vec::new();

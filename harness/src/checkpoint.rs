@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 pub(crate) struct TrainState {
     pub step: u64,
     pub best_val: Option<f64>,
+    /// Val loss at the best step (absent from checkpoints written before it was recorded).
+    #[serde(default)]
+    pub best_val_loss: Option<f64>,
     pub best_step: Option<u64>,
     pub elapsed_s: f64,
     pub last_loss: Option<f64>,

@@ -136,7 +136,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Leaderboard(a)) => crate::leaderboard::run(&a),
         Some(Command::Sweep(a)) => crate::sweep::run(&a),
         Some(Command::Bench(a)) => crate::bench::run(&a),
-        Some(Command::Reproduce(a)) => crate::reproduce::run(&a),
+        Some(Command::Reproduce(a)) => {
+            crate::reproduce::train(&a)?;
+            match a.plan {
+                true => Ok(()),
+                false => crate::report::write(&a),
+            }
+        }
         Some(Command::Rerun(a)) => crate::rerun::run(&a),
         Some(Command::Analyze(a)) => crate::analyze::run(&a),
         Some(Command::CheckDevice(a)) => crate::check_device::run(&a),

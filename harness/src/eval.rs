@@ -73,6 +73,8 @@ pub struct TfScores {
     /// Macro accuracy: mean over target classes of each class's accuracy (MAD's torchmetrics
     /// default), reported as a second figure.
     pub macro_acc: f64,
+    /// Mean cross-entropy (nats) at the supervised positions: what breaks a tie in val accuracy.
+    pub loss: f64,
 }
 
 /// Teacher-forced accuracy of `examples` (batched by `bs`).
@@ -85,11 +87,20 @@ pub fn teacher_forced(
     bs: usize,
 ) -> Result<TfScores> {
     let (mut right, mut total, mut seq_right) = (0usize, 0usize, 0usize);
+    let mut nll = 0.0f64;
     let mut pairs: Vec<(u32, u32)> = Vec::new();
     for chunk in examples.chunks(bs.max(1)) {
         let batch = make_batch(task, chunk, seq_len, device)?;
-        let pred = supervised_logits(model, &batch)?.argmax(D::Minus1)?;
+        let logits = supervised_logits(model, &batch)?; // (N, V)
+        let pred = logits.argmax(D::Minus1)?;
         let (pv, tv): (Vec<u32>, Vec<u32>) = (pred.to_vec1()?, batch.targets.to_vec1()?);
+        // Cross-entropy on the host, in f64: logsumexp − the target's logit, per row.
+        let rows: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        for (row, &t) in rows.iter().zip(&tv) {
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+            nll += lse - row[t as usize] as f64;
+        }
         pairs.extend(tv.into_iter().zip(pv));
         let ok: Vec<u8> = pred.eq(&batch.targets)?.to_vec1()?;
         right += ok.iter().map(|&x| x as usize).sum::<usize>();
@@ -106,6 +117,7 @@ pub fn teacher_forced(
         token_acc: right as f64 / total.max(1) as f64,
         seq_acc: seq_right as f64 / examples.len().max(1) as f64,
         macro_acc: tasks::mad::macro_accuracy(&pairs),
+        loss: nll / total.max(1) as f64,
     })
 }
 

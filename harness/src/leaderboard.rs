@@ -11,6 +11,7 @@
 
 use crate::records::{Analysis, RunResult, RunStatus};
 use crate::spec::RunSpec;
+use crate::verdict::{ArmData, Rules};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -28,6 +29,11 @@ pub struct LeaderboardArgs {
     /// Only these tasks (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub task: Vec<String>,
+    /// Judge every other model against this one (the reproduction's verdict rules: solve rate or
+    /// mean accuracy or FLOPs-to-99%, Holm over the table, TOST at ±2 points): a table of
+    /// verdicts under the leaderboard (markdown only).
+    #[arg(long)]
+    pub versus: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,39 +107,7 @@ impl Loaded {
     }
 }
 
-/// Two-sided 95% Student t quantile t_{0.975, df}.
-pub fn t975(df: usize) -> f64 {
-    const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
-    ];
-    match df {
-        0 => f64::NAN,
-        d if d <= 30 => T[d - 1],
-        // Cornish-Fisher expansion around the normal quantile; < 1e-3 off beyond df 30.
-        d => {
-            let z = 1.959964f64;
-            let n = d as f64;
-            z + (z.powi(3) + z) / (4.0 * n)
-                + (5.0 * z.powi(5) + 16.0 * z.powi(3) + 3.0 * z) / (96.0 * n * n)
-        }
-    }
-}
-
-/// Mean and 95% CI half-width.
-pub fn mean_ci(xs: &[f64]) -> (Option<f64>, Option<f64>) {
-    if xs.is_empty() {
-        return (None, None);
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    if xs.len() < 2 {
-        return (Some(mean), None);
-    }
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (Some(mean), Some(t975(xs.len() - 1) * (var / n).sqrt()))
-}
+pub use crate::stats::mean_ci;
 
 /// Every finished run under `<dir>/runs/` (a folder with a `result.json`), sorted by id. A folder
 /// whose files cannot be read or do not agree is listed in [`Loaded::unreadable`]; only a missing
@@ -539,5 +513,203 @@ pub fn render_dir(dir: &Path, tasks: Option<&[String]>, format: Format) -> Resul
 
 pub fn run(a: &LeaderboardArgs) -> Result<()> {
     print!("{}", render_dir(&a.results, Some(&a.task), a.format)?);
+    if let Some(base) = &a.versus {
+        if a.format != Format::Md {
+            anyhow::bail!("--versus renders a markdown table: use --format md");
+        }
+        let loaded = load_results(&a.results)?;
+        let records: Vec<Record> = loaded
+            .records
+            .into_iter()
+            .filter(|r| a.task.is_empty() || a.task.contains(&r.result.task))
+            .collect();
+        print!("{}", versus_table(&records, base, &a.results)?);
+    }
     Ok(())
+}
+
+/// The fraction of the budget a run had spent when its val accuracy first reached `tau`
+/// (`metrics.jsonl`), 1.0 when it never did.
+pub fn flops_to_tau(results: &Path, r: &Record, tau: f64) -> f64 {
+    let path = results.join("runs").join(&r.result.id).join("metrics.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(step), Some(acc)) = (
+            v.get("step").and_then(|s| s.as_u64()),
+            v.get("val_acc").and_then(|a| a.as_f64()),
+        ) else {
+            continue;
+        };
+        if acc >= tau {
+            return (step as f64 * r.spec.flops_per_step / r.spec.budget_flops).min(1.0);
+        }
+    }
+    1.0
+}
+
+/// The per-seed numbers of a cell's evaluation runs, for the verdict rules.
+pub fn evidence(results: &Path, runs: &[&Record], rules: &Rules) -> ArmData {
+    let mut d = ArmData::default();
+    for r in runs {
+        let ok = r.result.status == RunStatus::Ok;
+        d.acc.push(match (ok, r.result.test_acc) {
+            (true, Some(a)) => a,
+            _ => rules.floor,
+        });
+        d.flops_to_tau.push(match ok {
+            true => flops_to_tau(results, r, rules.tau),
+            false => 1.0,
+        });
+        d.resolution = 1.0 / r.spec.n_test.max(1) as f64;
+        d.flops_resolution =
+            (r.spec.eval_every as f64 * r.spec.flops_per_step / r.spec.budget_flops).min(1.0);
+    }
+    d
+}
+
+
+/// What tells two models' cells apart beyond the model: the spec without the model, its variant,
+/// seed, lr and what follows from the model (FLOPs per step, steps, eval and checkpoint cadence).
+fn pair_key(spec: &RunSpec) -> String {
+    let mut v = serde_json::to_value(spec).expect("a spec serializes");
+    if let Some(o) = v.as_object_mut() {
+        for k in ["model", "seed", "flops_per_step", "steps", "eval_every", "ckpt_every"] {
+            o.remove(k);
+        }
+        if let Some(m) = o.get_mut("model_config").and_then(|m| m.as_object_mut()) {
+            m.remove("variant");
+        }
+        if let Some(m) = o.get_mut("optim").and_then(|m| m.as_object_mut()) {
+            m.remove("lr");
+        }
+    }
+    v.to_string()
+}
+
+/// The verdict rules on a researcher's own results: every model against `base` in each setting
+/// both were run in. Where several lrs were swept, seed 0 chooses the lr
+/// ([`crate::verdict::choose_lr_on`] over the lrs present) and only seeds ≥ 1 at that lr are
+/// judged; with one lr every seed is. Holm runs over the whole table.
+pub fn versus_table(records: &[Record], base: &str, results: &Path) -> Result<String> {
+    use crate::verdict::{judge_family_with, Comparison, Direction, Rules};
+    // (pair key, task, level, model) → its records.
+    let mut cells: BTreeMap<(String, String, String, String), Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        cells
+            .entry((
+                pair_key(&r.spec),
+                r.result.task.clone(),
+                r.result.level.clone(),
+                r.result.model.clone(),
+            ))
+            .or_default()
+            .push(r);
+    }
+    if !cells.keys().any(|k| k.3 == base) {
+        anyhow::bail!("--versus {base}: no run of model {base} in {}", results.display());
+    }
+    let evaluation = |rs: &[&Record]| -> (Option<f64>, Vec<Record>) {
+        let lrs: BTreeSet<String> = rs.iter().map(|r| format!("{:e}", r.result.lr)).collect();
+        let mut grid: Vec<f64> = rs.iter().map(|r| r.result.lr).collect();
+        grid.sort_by(f64::total_cmp);
+        grid.dedup();
+        let (lr, skip_seed0) = if lrs.len() == 1 {
+            (grid[0], false)
+        } else {
+            let tuned: Vec<crate::verdict::Tuned> = rs
+                .iter()
+                .filter(|r| r.result.seed == 0)
+                .map(|r| crate::verdict::Tuned {
+                    lr: r.result.lr,
+                    val_acc: (r.result.status == RunStatus::Ok)
+                        .then_some(r.result.val_acc)
+                        .flatten(),
+                    val_loss: r.result.val_loss,
+                })
+                .collect();
+            let n_val = rs[0].spec.n_val.max(1);
+            match crate::verdict::choose_lr_on(&tuned, n_val, &grid, &grid).chosen {
+                Some(l) => (l, true),
+                None => return (None, Vec::new()),
+            }
+        };
+        let mut ev: Vec<Record> = rs
+            .iter()
+            .filter(|r| r.result.lr == lr && !(skip_seed0 && r.result.seed == 0))
+            .map(|r| (*r).clone())
+            .collect();
+        ev.sort_by_key(|r| r.result.seed);
+        (Some(lr), ev)
+    };
+    let mut comps = Vec::new();
+    let mut labels = Vec::new();
+    for ((key, task, level, model), rs) in &cells {
+        if model == base {
+            continue;
+        }
+        let Some(brs) = cells.get(&(key.clone(), task.clone(), level.clone(), base.to_string()))
+        else {
+            continue;
+        };
+        let ((la, ea), (lb, eb)) = (evaluation(rs), evaluation(brs));
+        let chance = rs[0].result.chance;
+        let rules = Rules {
+            direction: Direction::Directed,
+            delta: 0.02,
+            delta_flops: 0.1,
+            tau: 0.99,
+            floor: chance,
+            paper_effect: None,
+        };
+        fn refs(e: &[Record]) -> Vec<&Record> {
+            e.iter().collect()
+        }
+        comps.push((
+            Comparison {
+                a: evidence(results, &refs(&ea), &rules),
+                b: evidence(results, &refs(&eb), &rules),
+            },
+            rules,
+        ));
+        labels.push((task.clone(), level.clone(), model.clone(), la, lb));
+    }
+    let mut judged = judge_family_with(&comps);
+    crate::verdict::fill_exact(&mut judged, &comps);
+    let mut out = format!(
+        "\n### Against {base} (verdict rules of REPRODUCTION.md; Holm over these {} comparisons)\n\n\
+         | task | level | model | lr | {base} lr | metric | n | solved | difference (adjusted CI) | Holm p | verdict |\n\
+         |---|---|---|---:|---:|---|---:|---:|---:|---:|---|\n",
+        judged.len()
+    );
+    let lr = |l: Option<f64>| l.map(|l| format!("{l:e}")).unwrap_or("-".into());
+    for ((task, level, model, la, lb), j) in labels.iter().zip(&judged) {
+        let (metric, n, solved, diff, holm) = match &j.test {
+            Some(t) => (
+                format!("{:?}", t.metric),
+                t.n.to_string(),
+                format!("{}/{} vs {}/{}", t.solved.0, t.n, t.solved.1, t.n),
+                match t.ci.0.is_finite() {
+                    true => format!(
+                        "{:+.1} [{:+.1}, {:+.1}]",
+                        100.0 * t.diff,
+                        100.0 * t.ci.0,
+                        100.0 * t.ci.1
+                    ),
+                    false => format!("{:+.1}", 100.0 * t.diff),
+                },
+                format!("{:.3}", t.p_holm),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        out += &format!(
+            "| {task} | {level} | {model} | {} | {} | {metric} | {n} | {solved} | {diff} | {holm} | {} |\n",
+            lr(*la),
+            lr(*lb),
+            j.verdict.label()
+        );
+    }
+    Ok(out)
 }

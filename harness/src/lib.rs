@@ -36,6 +36,7 @@ pub mod bench;
 pub mod check_device;
 pub mod checkpoint;
 pub mod claim;
+pub mod claims;
 pub mod device;
 pub mod eval;
 pub mod export_hf;
@@ -47,12 +48,14 @@ pub mod overrides;
 pub mod plots;
 pub mod presets;
 pub mod records;
+pub mod report;
 pub mod reproduce;
 pub mod rerun;
 pub mod spec;
 pub mod stats;
 pub mod sweep;
 pub mod train;
+pub mod verdict;
 
 #[cfg(test)]
 mod tests {

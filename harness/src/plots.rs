@@ -13,7 +13,7 @@
 //! area, tick labels are at most 8 characters and drawn at [`TICK_FONT`] px (tests/plots.rs
 //! renders every kind and checks both).
 
-use crate::leaderboard::{t975, Record, Row};
+use crate::leaderboard::{Record, Row};
 use anyhow::{Context, Result};
 use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::Shift;
@@ -122,14 +122,12 @@ struct Series {
 
 /// Mean and band of values at one x: 95% t CI with ≥ 3 values, min–max with 2, none with 1.
 fn band(v: &[f64]) -> (f64, f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
+    let m = v.iter().sum::<f64>() / v.len() as f64;
     match v.len() {
         1 => (m, m, m),
         2 => (m, v[0].min(v[1]), v[0].max(v[1])),
-        k => {
-            let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-            let h = t975(k - 1) * sd / n.sqrt();
+        _ => {
+            let h = crate::stats::mean_ci(v).1.unwrap_or(0.0);
             (m, m - h, m + h)
         }
     }
@@ -680,6 +678,123 @@ pub fn layer_plot(
             .map(|(l, c, _)| (l.clone(), *c, false))
             .collect();
         legend(&side, &entries)?;
+        root.present()?;
+    }
+    crate::io::write_atomic(path, buf.as_bytes())
+}
+
+/// One comparison as the forest plot draws it (all in points: accuracy and solve-rate
+/// differences ×100, FLOPs-to-τ in % of the budget).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForestRow {
+    /// `task level[ · arm] challenger − baseline (metric)`.
+    pub label: String,
+    pub diff: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// The no-effect margin ±δ.
+    pub delta: f64,
+    /// The paper's effect, where it reports one.
+    pub paper: Option<f64>,
+    /// Per seed, challenger minus baseline of the same seed (accuracy metrics only).
+    pub seeds: Vec<f64>,
+    pub verdict: String,
+}
+
+/// A claim's comparisons as a forest plot: per comparison the difference (points) with its
+/// family-adjusted interval, the ±δ band of *no effect* (shaded), a tick at the paper's effect
+/// where it reports one, and the per-seed differences as small dots; the zero line dashed.
+pub fn forest_plot(path: &Path, claim: &str, rows: &[ForestRow]) -> Result<()> {
+    let n = rows.len();
+    let mut lo = rows
+        .iter()
+        .flat_map(|r| [r.lo, -r.delta].into_iter().chain(r.seeds.iter().copied()))
+        .fold(0.0f64, f64::min);
+    let mut hi = rows
+        .iter()
+        .flat_map(|r| {
+            [r.hi, r.delta]
+                .into_iter()
+                .chain(r.paper)
+                .chain(r.seeds.iter().copied())
+        })
+        .fold(0.0f64, f64::max);
+    let pad = ((hi - lo) * 0.05).max(1.0);
+    lo = (lo - pad).max(-100.0 - pad);
+    hi = (hi + pad).min(100.0 + pad);
+    let mut buf = String::new();
+    {
+        let height = 130 + 40 * n as u32;
+        let root = SVGBackend::with_string(&mut buf, (1000, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{claim}: challenger − baseline (adjusted CI; ±δ shaded; ◆ paper)"),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(330)
+            .build_cartesian_2d(lo..hi, -0.5..n as f64 - 0.5)?;
+        let names: Vec<String> = rows.iter().map(|d| d.label.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|y| {
+                let i = y.round();
+                if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                    names[n - 1 - i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .x_label_formatter(&|x| format!("{x:+.0}"))
+            .x_desc("difference (points; FLOPs-to-τ: % of the budget saved)")
+            .draw()?;
+        let blue = RGBColor(31, 119, 180);
+        let grey = RGBColor(200, 200, 200);
+        for (i, d) in rows.iter().enumerate() {
+            let y = (n - 1 - i) as f64;
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(-d.delta, y - 0.35), (d.delta, y + 0.35)],
+                grey.mix(0.5).filled(),
+            )))?;
+        }
+        chart.draw_series(DashedLineSeries::new(
+            vec![(0.0, -0.5), (0.0, n as f64 - 0.5)],
+            4,
+            4,
+            BLACK.stroke_width(1),
+        ))?;
+        for (i, d) in rows.iter().enumerate() {
+            let y = (n - 1 - i) as f64;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(d.lo, y), (d.hi, y)],
+                blue.stroke_width(2),
+            )))?;
+            for x in [d.lo, d.hi] {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, y - 0.15), (x, y + 0.15)],
+                    blue.stroke_width(2),
+                )))?;
+            }
+            for &s in &d.seeds {
+                chart.draw_series(std::iter::once(Circle::new(
+                    (s, y + 0.22),
+                    2,
+                    BLACK.mix(0.6).filled(),
+                )))?;
+            }
+            chart.draw_series(std::iter::once(Circle::new((d.diff, y), 5, blue.filled())))?;
+            if let Some(p) = d.paper {
+                chart.draw_series(std::iter::once(TriangleMarker::new(
+                    (p, y - 0.22),
+                    5,
+                    RED.filled(),
+                )))?;
+            }
+        }
         root.present()?;
     }
     crate::io::write_atomic(path, buf.as_bytes())

@@ -48,6 +48,10 @@ pub struct RunResult {
     /// Step whose weights were selected on val (early stopping).
     pub best_step: Option<u64>,
     pub val_acc: Option<f64>,
+    /// Teacher-forced cross-entropy on val at the selected step: breaks a val-accuracy tie when
+    /// learning rates are chosen (absent from results written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
     /// The reported number: teacher-forced accuracy at supervised positions (recall tasks) or the
     /// verifier's accuracy on greedy generations (answer tasks).
     pub test_acc: Option<f64>,

@@ -42,6 +42,8 @@ struct MetricLine {
     tokens_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     val_acc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    val_loss: Option<f64>,
 }
 
 /// Indices of the train examples of `step` (fresh stream or draws from a fixed pool).
@@ -337,6 +339,7 @@ fn prepare<'a>(
         st: TrainState {
             step: 0,
             best_val: None,
+            best_val_loss: None,
             best_step: None,
             elapsed_s: 0.0,
             last_loss: None,
@@ -508,6 +511,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
                     lr: None,
                     tokens_per_s: None,
                     val_acc: None,
+                    val_loss: None,
                 };
                 metric(&path, nan).ok();
                 continue;
@@ -526,6 +530,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
                         lr: Some(lr),
                         tokens_per_s: Some(tps),
                         val_acc: None,
+                        val_loss: None,
                     },
                 )?;
             }
@@ -549,17 +554,15 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
                 1 => model.clone(),
                 _ => run_model(m.spec, &weights, dev)?,
             };
-            let score = val_score(
+            let tf = teacher_forced(
+                &eval_model,
                 task,
-                teacher_forced(
-                    &eval_model,
-                    task,
-                    &val,
-                    m.spec.seq_len,
-                    dev,
-                    m.spec.batch_size,
-                )?,
-            );
+                &val,
+                m.spec.seq_len,
+                dev,
+                m.spec.batch_size,
+            )?;
+            let score = val_score(task, tf);
             metric(
                 &m.dir.join("metrics.jsonl"),
                 MetricLine {
@@ -569,10 +572,12 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
                     lr: None,
                     tokens_per_s: None,
                     val_acc: Some(score),
+                    val_loss: Some(tf.loss),
                 },
             )?;
             if m.st.best_val.is_none_or(|b| score > b) {
                 m.st.best_val = Some(score);
+                m.st.best_val_loss = Some(tf.loss);
                 m.st.best_step = Some(step);
                 m.best = Some(weights.clone());
             }
@@ -612,6 +617,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             final_loss: st.last_loss,
             best_step: None,
             val_acc: None,
+            val_loss: None,
             test_acc: None,
             test_token_acc: None,
             test_macro_acc: None,
@@ -634,6 +640,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             result.best_step = st.best_step;
             result.router_heatmap = model.router_heatmap()?;
             result.val_acc = st.best_val;
+            result.val_loss = st.best_val_loss;
             if let Some(b) = &m.best {
                 save_tensors(&m.dir.join("best.safetensors"), b)?;
             }
