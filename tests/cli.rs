@@ -763,6 +763,8 @@ fn every_run_flag_is_a_plan_key() {
         "arith-paper",
         "--out",
         "elsewhere",
+        "--versus",
+        "llama",
     ])
     .unwrap();
     let plan: harness::sweep::Plan = toml::from_str(
@@ -787,6 +789,7 @@ fn every_run_flag_is_a_plan_key() {
         backend = "reference"
         experiment = "arith-paper"
         out = "elsewhere"
+        versus = "llama"
         "#,
     )
     .unwrap();

@@ -223,3 +223,37 @@ fn results_of_older_code_are_separate_rows() {
     );
     assert!(rows.iter().all(|r| r["seeds"] == 1));
 }
+
+/// `harness leaderboard --versus llama` judges a researcher's own results with the verdict
+/// rules: with several lrs swept, seed 0 picks the lr and only seeds ≥ 1 are judged (so 5
+/// evaluation seeds need 6); an unknown baseline is a one-line error.
+#[test]
+fn leaderboard_versus_judges_with_the_verdict_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in specs("llama,lime", 6, &[1e-3, 3e-3], None, "kv4") {
+        // Seed 0 prefers 1e-3 for both; lime solves every evaluation seed, llama none. The
+        // tuning seed's own test accuracy (0.0) would show if it were counted.
+        let val = if s.optim.lr == 1e-3 { 0.9 } else { 0.5 };
+        let test = match (s.seed, s.model.as_str()) {
+            (0, _) => 0.0,
+            (_, "lime") => 1.0,
+            _ => 0.4 + 0.01 * s.seed as f64,
+        };
+        write_run(dir.path(), &s, val, test, RunStatus::Ok);
+    }
+    let o = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--versus", "llama"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| mqar | kv4 | lime | 1e-3 | 1e-3 |"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("| SolveRate | 5 | 5/5 vs 0/5 |"), "{row}");
+    assert!(row.ends_with("| **reproduced** |"), "{row}");
+
+    let o = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--versus", "gpt"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("no run of model gpt"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

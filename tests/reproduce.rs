@@ -173,7 +173,7 @@ fn statistics_never_include_the_tuning_seed() {
 
 /// The MQAR claim end to end on fake runs: tuning first, then five evaluation seeds; 5/5 solved
 /// against 0/5 is reproduced (Boschloo 2⁻⁹ survives Holm over the family of two), three seeds
-/// are incomplete, and a mixed 3/5 against 1/5 asks for seven.
+/// continue to five, and 5/5 against 1/5 asks for seven.
 #[test]
 fn verdicts_follow_the_rules_on_fake_runs() {
     let c = &claims()[0];
@@ -192,7 +192,7 @@ fn verdicts_follow_the_rules_on_fake_runs() {
     assert_eq!(st.wanted.len(), 32);
     assert_eq!(st.missing(&recs).len(), 8);
     let md = render(&claims()[..1], three.path()).unwrap();
-    assert!(md.contains("incomplete: 5 seeds per arm wanted"), "{md}");
+    assert!(md.contains("continue: 5 seeds per arm next"), "{md}");
 
     let dir = tempfile::tempdir().unwrap();
     fake_mqar(dir.path(), 5, |m, level, seed| match (m, level) {

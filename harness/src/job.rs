@@ -113,6 +113,20 @@ pub fn main_job(a: &RunArgs) -> Result<()> {
         crate::leaderboard::render(&rows, crate::leaderboard::Format::Md, true)?,
         crate::leaderboard::unreadable_footer(&unreadable)
     );
+    if let Some(base) = &a.run.versus {
+        // The verdicts of this job's tasks, printed and appended to leaderboard.md.
+        let records: Vec<crate::leaderboard::Record> = crate::leaderboard::load_results(&out)?
+            .records
+            .into_iter()
+            .filter(|r| specs.iter().any(|s| s.task == r.result.task))
+            .collect();
+        let table = crate::leaderboard::versus_table(&records, base, &out)?;
+        print!("{table}");
+        let path = out.join("leaderboard.md");
+        let mut md = std::fs::read_to_string(&path).unwrap_or_default();
+        md += &table;
+        crate::io::write_atomic(&path, md.as_bytes())?;
+    }
     Ok(())
 }
 

@@ -95,6 +95,11 @@ pub struct Overrides {
     /// Folder for runs and the leaderboard [default: runs].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Judge every other model against this one with the verdict rules of REPRODUCTION.md and
+    /// add the table of verdicts under leaderboard.md (plan key `versus`; see `harness
+    /// leaderboard --versus`).
+    #[arg(long)]
+    pub versus: Option<String>,
 }
 
 impl Overrides {

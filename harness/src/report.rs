@@ -406,7 +406,17 @@ fn section(
                 }
                 v => v.label(),
             };
-            let (cells, diff_s, flags) = row_cells(j);
+            let (cells, diff_s, mut flags) = row_cells(j);
+            // The lr selection's flags of either arm.
+            let sels = [&st.selections[l.challenger], &st.selections[l.baseline]];
+            for (on, what) in [
+                (sels.iter().any(|s| s.tie), "val tie"),
+                (sels.iter().any(|s| s.edge), "lr at edge"),
+            ] {
+                if on {
+                    flags += &format!("{}{what}", if flags.is_empty() { "" } else { ", " });
+                }
+            }
             let _ = writeln!(
                 md,
                 "| {} | {} | {level} | {cmp} | {cells} | {flags} | {verdict} |",

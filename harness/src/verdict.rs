@@ -4,7 +4,8 @@
 //! the paper's effect) and groups its comparisons into families. [`judge_family`] then applies,
 //! to every comparison of a family, in this order:
 //!
-//! 1. *incomplete* — an arm has fewer evaluation seeds than the first look needs;
+//! 1. *incomplete* — an arm has no evaluation seed yet (with some, but fewer than the first look
+//!    needs: *continue*);
 //! 2. *inconclusive (floor)* — no arm solved a seed (accuracy ≥ τ) and no arm's 95% lower bound
 //!    clears floor + δ: the protocol trained neither model, so it says nothing about the claim;
 //! 3. *saturated* — every seed of both arms ≥ τ: accuracy cannot tell them apart, so the metric
@@ -159,7 +160,7 @@ impl Test {
 /// The verdict of one comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum Verdict {
-    /// An arm has fewer evaluation seeds than the look asks for (`seeds` per arm).
+    /// An arm has no evaluation seed yet (the first look wants `seeds` per arm).
     Incomplete { seeds: usize },
     /// Neither arm trained above the floor.
     Floor,
@@ -426,17 +427,20 @@ pub fn judge_family_with(comps: &[(Comparison, Rules)]) -> Vec<Judged> {
             .enumerate()
             .map(|(i, (c, rules))| (out[i].is_none() && has(c, n)).then(|| test(c, n, rules)))
             .collect();
-        for (i, (c, _)) in comps.iter().enumerate() {
+        for (i, (c, rules)) in comps.iter().enumerate() {
             if out[i].is_none() && !has(c, n) {
-                // The first look lacks seeds: incomplete; a later one: continue to it.
-                let verdict = match j {
-                    0 => Verdict::Incomplete { seeds: n },
-                    _ => Verdict::Continue { seeds: n },
+                // An arm without a seed: incomplete; seeds short of the look: continue to it.
+                let empty = c.a.acc.is_empty() || c.b.acc.is_empty();
+                let verdict = match empty {
+                    true => Verdict::Incomplete { seeds: n },
+                    false => Verdict::Continue { seeds: n },
                 };
+                // Saturation is visible before the first look (no test is made on it yet).
+                let all_solved = |x: &[f64]| x.iter().all(|&v| v >= rules.tau);
                 out[i] = Some(Judged {
                     verdict,
                     test: None,
-                    saturated: false,
+                    saturated: !empty && all_solved(&c.a.acc) && all_solved(&c.b.acc),
                     floor: false,
                 });
             }
@@ -826,8 +830,14 @@ mod tests {
         assert!(j.saturated);
         assert_eq!(j.test.as_ref().unwrap().metric, Metric::FlopsToTau);
         assert!(!j.verdict.asserts_difference(), "{j:?}");
-        // Three seeds: too few for the first look.
+        // The three seeds, [1,1,1] vs [1,1,0.99988]: saturated already, and too few for
+        // the first look, which the rules ask for.
         let j = one(&[1.0; 3], &[1.0, 1.0, 0.99988], &rules(Direction::Directed, 0.01));
+        assert!(j.saturated);
+        assert_eq!(j.verdict, Verdict::Continue { seeds: 5 });
+        assert!(!j.verdict.asserts_difference());
+        // No seed at all in an arm: incomplete.
+        let j = one(&[1.0; 3], &[], &rules(Direction::Directed, 0.01));
         assert_eq!(j.verdict, Verdict::Incomplete { seeds: 5 });
     }
 
@@ -849,7 +859,7 @@ mod tests {
         // 3/3 vs 0/3 cannot be significant (the smallest exact p is 0.03 with Boschloo): the
         // rules ask for the first look's five seeds.
         let j = one(&[1.0; 3], &[0.15; 3], &rules(Direction::Directed, 0.01));
-        assert_eq!(j.verdict.wants(), Some(5));
+        assert_eq!(j.verdict, Verdict::Continue { seeds: 5 });
         // At five seeds the solve-rate test decides.
         let j = one(&[1.0; 5], &[0.15; 5], &rules(Direction::Directed, 0.01));
         assert_eq!(j.verdict, Verdict::Reproduced { smaller: false });
