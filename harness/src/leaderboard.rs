@@ -528,26 +528,30 @@ pub fn run(a: &LeaderboardArgs) -> Result<()> {
     Ok(())
 }
 
-/// The fraction of the budget a run had spent when its val accuracy first reached `tau`
-/// (`metrics.jsonl`), 1.0 when it never did.
-pub fn flops_to_tau(results: &Path, r: &Record, tau: f64) -> f64 {
+/// The first evaluation at which a run's val accuracy reached `tau` (`metrics.jsonl`): its step.
+fn first_step_at(results: &Path, r: &Record, tau: f64) -> Option<u64> {
     let path = results.join("runs").join(&r.result.id).join("metrics.jsonl");
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let (Some(step), Some(acc)) = (
-            v.get("step").and_then(|s| s.as_u64()),
-            v.get("val_acc").and_then(|a| a.as_f64()),
-        ) else {
-            continue;
-        };
-        if acc >= tau {
-            return (step as f64 * r.spec.flops_per_step / r.spec.budget_flops).min(1.0);
-        }
+    text.lines().find_map(|line| {
+        let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        let step = v.get("step")?.as_u64()?;
+        let acc = v.get("val_acc")?.as_f64()?;
+        (acc >= tau).then_some(step)
+    })
+}
+
+/// The fraction of the budget a run had spent when its val accuracy first reached `tau`
+/// (`metrics.jsonl`), 1.0 when it never did (censored at the budget).
+pub fn flops_to_tau(results: &Path, r: &Record, tau: f64) -> f64 {
+    match first_step_at(results, r, tau) {
+        Some(step) => (step as f64 * r.spec.flops_per_step / r.spec.budget_flops).min(1.0),
+        None => 1.0,
     }
-    1.0
+}
+
+/// Whether a run's val accuracy ever reached `tau`.
+pub fn reaches_tau(results: &Path, r: &Record, tau: f64) -> bool {
+    first_step_at(results, r, tau).is_some()
 }
 
 /// The per-seed numbers of a cell's evaluation runs, for the verdict rules.
