@@ -24,7 +24,7 @@ use crate::train::{run_all, Outcome, RunOptions, WhenBusy};
 use crate::verdict::{choose_lr_on, Comparison, Judged, Rules, Selection, Tuned, LOOKS};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -250,6 +250,26 @@ pub fn locate(family: &Family, cells: &[Cell]) -> Result<Vec<Located>> {
     Ok(out)
 }
 
+/// Train examples the majority predictor counts.
+const FLOOR_TRAIN: u64 = 4096;
+
+/// A cell's measured floor: the best of its task's chance and the majority predictor's test
+/// accuracy ([`tasks::floor::majority`], over the cell's own test split), remembered by task
+/// config in `memo`.
+pub fn floor_of(cell: &Cell, memo: &mut BTreeMap<String, f64>) -> Result<f64> {
+    let spec = &cell.specs[0];
+    let key = format!("{}/{}/{}/{}", spec.task, spec.level, spec.task_config, spec.n_test);
+    if let Some(&f) = memo.get(&key) {
+        return Ok(f);
+    }
+    let task = crate::train::task_from_spec(spec)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.task))?;
+    let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
+    let f = tasks::floor::majority(task.as_ref(), FLOOR_TRAIN, &test).max(task.chance());
+    memo.insert(key, f);
+    Ok(f)
+}
+
 /// Where a claim stands at one scale: every cell's selection and evaluation runs, every
 /// family's verdicts, and the runs the rules want next.
 pub struct Standing {
@@ -261,6 +281,8 @@ pub struct Standing {
     pub families: Vec<Vec<(Located, Option<Judged>)>>,
     /// Runs the protocol wants (tuning and evaluation), committed or not.
     pub wanted: Vec<RunSpec>,
+    /// Per cell, its measured floor (cells in some live comparison).
+    pub floors: Vec<Option<f64>>,
 }
 
 impl Standing {
@@ -300,6 +322,7 @@ pub fn standing(
     let mut seeds_wanted = vec![LOOKS[0]; cells.len()];
     let mut involved = vec![false; cells.len()];
     let mut families = Vec::new();
+    let mut floors: BTreeMap<String, f64> = BTreeMap::new();
     for f in claim.families {
         let located = locate(f, &cells)?;
         let mut judged: Vec<Option<Judged>> = vec![None; located.len()];
@@ -309,19 +332,14 @@ pub fn standing(
             involved[located[*l].challenger] = true;
             involved[located[*l].baseline] = true;
         }
-        if let Some(&first) = live.first() {
-            let chance = |i: usize| {
-                evaluation[i]
-                    .first()
-                    .map(|r| r.result.chance)
-                    .unwrap_or(0.0)
-            };
+        if !live.is_empty() {
+            let mut measured = |i: usize| -> Result<f64> { floor_of(&cells[i], &mut floors) };
             // One rules per comparison (floor and paper effect vary by level); Holm over all.
             let comps: Vec<(Comparison, Rules)> = live
                 .iter()
                 .map(|&i| {
                     let l = &located[i];
-                    let ch = chance(l.baseline).max(chance(l.challenger));
+                    let ch = measured(l.baseline)?.max(measured(l.challenger)?);
                     let rules = claim.rules(f, &l.level, ch);
                     let a = evidence(
                         results,
@@ -333,10 +351,9 @@ pub fn standing(
                         &evaluation[l.baseline].iter().collect::<Vec<_>>(),
                         &rules,
                     );
-                    (Comparison { a, b }, rules)
+                    Ok((Comparison { a, b }, rules))
                 })
-                .collect();
-            let _ = first;
+                .collect::<Result<_>>()?;
             let mut out = crate::verdict::judge_family_with(&comps);
             crate::verdict::fill_exact(&mut out, &comps);
             for (k, &i) in live.iter().enumerate() {
@@ -372,12 +389,21 @@ pub fn standing(
             }
         }
     }
+    let floors = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match involved[i] {
+            true => floor_of(c, &mut floors).map(Some),
+            false => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Standing {
         cells,
         selections,
         evaluation,
         families,
         wanted,
+        floors,
     })
 }
 

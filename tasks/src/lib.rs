@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 pub mod arith;
 pub mod counting;
 pub mod draw;
+pub mod floor;
 pub mod hopk;
 pub mod knobs;
 pub mod listops;
