@@ -455,3 +455,41 @@ fn result_floats_round_trip_exactly() {
         assert_eq!(x.to_bits(), y.to_bits(), "{s}");
     }
 }
+
+/// `harness calibrate` on a small task: MQAR with 16 tokens and 2 pairs, a one-layer llama,
+/// steps from easy (1,600) to hard (50). The bisection trains the baseline at the candidates it
+/// needs (ordinary runs under --out) and lands in the default band (25–75% of the way from the
+/// measured floor to 100%); a band the wrong way round is a one-line error.
+#[test]
+fn calibrate_lands_a_small_task_in_the_band() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let args = [
+        "calibrate", "--task", "mqar", "--models", "llama", "--set", "vocab_size=16", "--set",
+        "seq_len=16", "--set", "num_kv_pairs=2", "--model-set", "d_model=16", "--model-set",
+        "n_layers=1", "--model-set", "n_heads=2", "--model-set", "d_ff=32", "--match", "steps",
+        "--batch-size", "16", "--n-val", "32", "--n-test", "32", "--lr", "3e-3", "--knob",
+        "steps", "--values", "1600,800,400,200,100,50", "--out", out, "--quiet",
+    ];
+    let o = crate::cli::run(&args);
+    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    let cal: harness::calibrate::Calibration = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("calibration/mqar-llama-steps.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(cal.in_band, "{cal:?}");
+    let chosen = cal.tried.iter().find(|t| Some(&t.value) == cal.chosen.as_ref()).unwrap();
+    assert!((0.25..=0.75).contains(&chosen.position), "{cal:?}");
+    // Each candidate tried is an ordinary run folder with its result.
+    for t in &cal.tried {
+        assert!(dir.path().join("runs").join(&t.run).join("result.json").is_file());
+        assert!(t.floor >= 1.0 / 16.0 - 1e-12);
+    }
+    let mut bad = args.to_vec();
+    bad.extend(["--band", "0.8,0.2"]);
+    let o = crate::cli::run(&bad);
+    assert!(!o.status.success());
+    let err = crate::cli::stderr(&o);
+    assert!(err.contains("--band must be lo,hi"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -36,6 +36,9 @@ pub enum Command {
     Sweep(crate::sweep::SweepArgs),
     /// The paper's claims as protocols: train what is missing, then render REPRODUCTION.md from the committed results.
     Reproduce(crate::reproduce::ReproduceArgs),
+    /// Find the knob value (level, budget, task knob, model shape) at which a baseline's val
+    /// accuracy lands in a target band between the task's floor and 100%.
+    Calibrate(crate::calibrate::CalibrateArgs),
     /// Retrain a saved run from its config.json alone and check the result equals the saved one.
     Rerun(crate::rerun::RerunArgs),
     /// The paper's diagnostics of a trained run (or of every run under a results folder): value
@@ -143,6 +146,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 false => crate::report::write(&a),
             }
         }
+        Some(Command::Calibrate(a)) => crate::calibrate::run(&a),
         Some(Command::Rerun(a)) => crate::rerun::run(&a),
         Some(Command::Analyze(a)) => crate::analyze::run(&a),
         Some(Command::CheckDevice(a)) => crate::check_device::run(&a),

@@ -33,6 +33,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
 }
 pub mod analyze;
 pub mod bench;
+pub mod calibrate;
 pub mod check_device;
 pub mod checkpoint;
 pub mod claim;
