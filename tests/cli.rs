@@ -765,6 +765,8 @@ fn every_run_flag_is_a_plan_key() {
         "elsewhere",
         "--versus",
         "llama",
+        "--val-metric",
+        "task",
     ])
     .unwrap();
     let plan: harness::sweep::Plan = toml::from_str(
@@ -790,6 +792,7 @@ fn every_run_flag_is_a_plan_key() {
         experiment = "arith-paper"
         out = "elsewhere"
         versus = "llama"
+        val_metric = "task"
         "#,
     )
     .unwrap();

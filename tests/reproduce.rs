@@ -493,3 +493,37 @@ fn calibrate_lands_a_small_task_in_the_band() {
     assert!(err.contains("--band must be lo,hi"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `--val-metric task` selects on what test reports: for an answer task the early-stopping step
+/// is chosen by the verifier's score of greedy generations on val, so the result's val accuracy
+/// is the generation accuracy of the saved best weights on the val split; the default
+/// (teacher-forced) keeps the ids runs had before the option existed.
+#[test]
+fn val_is_scored_with_the_tasks_metric_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = crate::cli::three_tiny_steps(
+        "arith",
+        &["llama".to_string()],
+        &["mode=int", "output=cot", "max_value=5"],
+        1,
+        dir.path(),
+    );
+    let teacher = harness::spec::resolve(&args).unwrap().remove(0);
+    assert!(!serde_json::to_string(&teacher).unwrap().contains("val_metric"));
+    args.val_metric = harness::overrides::ValMetric::Task;
+    args.n_val = Some(12);
+    let spec = harness::spec::resolve(&args).unwrap().remove(0);
+    assert_ne!(spec.id(), teacher.id());
+    let r = crate::cli::train_to_done(&spec, dir.path());
+    let dev = candle_core::Device::Cpu;
+    let w = candle_core::safetensors::load(
+        dir.path().join("runs").join(spec.id()).join("best.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let model = harness::train::run_model(&spec, &w, &dev).unwrap();
+    let task = harness::train::task_from_spec(&spec).unwrap();
+    let val = tasks::generate_range(task.as_ref(), tasks::Split::Val, 0, spec.n_val);
+    let gen = harness::eval::generation_accuracy(&model, task.as_ref(), &val, &dev).unwrap();
+    assert_eq!(r.val_acc, Some(gen));
+}

@@ -71,6 +71,12 @@ pub struct Overrides {
     /// f32 norms/softmax/loss/optimizer; the CPU stays f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// What val scores to choose the early-stopping step: `teacher` (teacher-forced, cheap) or
+    /// `task` (the task's own metric: greedy generation and the verifier for answer tasks, the
+    /// number test reports).
+    #[arg(long, value_enum, default_value_t = ValMetric::Teacher)]
+    #[serde(default)]
+    pub val_metric: ValMetric,
     /// Implementation of the model's building blocks: `fused` (the f32 CPU kernels where they
     /// apply; elsewhere the reference) or `reference` (composed candle ops, for A/B runs).
     #[arg(long, default_value = "fused", value_parser = parse_backend)]
@@ -157,6 +163,24 @@ pub enum MatchMode {
     Flops,
     /// Every model trains the same number of steps.
     Steps,
+}
+
+/// What the early-stopping step (and, through it, the lr) is chosen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValMetric {
+    /// Teacher-forced: token accuracy (recall tasks) or whole-answer accuracy (answer tasks).
+    #[default]
+    Teacher,
+    /// The task's own metric: for answer tasks, the verifier's score of a greedy generation —
+    /// what test reports, so selection and report agree (slower: one generation per val example).
+    Task,
+}
+
+impl ValMetric {
+    pub fn is_teacher(&self) -> bool {
+        *self == ValMetric::Teacher
+    }
 }
 
 /// Matmul precision of a run (see `models::Model::with_matmul_dtype`).

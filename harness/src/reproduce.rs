@@ -36,6 +36,9 @@ pub struct ReproduceArgs {
     /// report still judges every comparison from what is committed.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Train only the cells of these levels (comma-separated) [default: every level].
+    #[arg(long, value_delimiter = ',')]
+    pub levels: Vec<String>,
     /// Protocol size: `cpu` (fits a 2-core machine) or `gpu` (the paper's sizes, where defined).
     #[arg(long, value_enum, default_value_t = Scale::Cpu)]
     pub scale: Scale,
@@ -441,6 +444,7 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
                     .missing(&records)
                     .into_iter()
                     .filter(|s| a.models.is_empty() || a.models.contains(&s.model))
+                    .filter(|s| a.levels.is_empty() || a.levels.contains(&s.level))
                     .filter(|s| !tried.contains(&s.id()))
                     .collect();
                 if a.plan {

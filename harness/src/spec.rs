@@ -49,6 +49,9 @@ pub struct RunSpec {
     /// The two backends agree to float rounding, not bit for bit, so they are different runs.
     #[serde(default, skip_serializing_if = "models::Backend::is_fused")]
     pub backend: models::Backend,
+    /// Omitted when teacher-forced (the default), so those runs keep the ids they had before.
+    #[serde(default, skip_serializing_if = "crate::overrides::ValMetric::is_teacher")]
+    pub val_metric: crate::overrides::ValMetric,
 }
 
 impl RunSpec {
@@ -361,6 +364,7 @@ fn resolve_cell(
                         ckpt_every: eval_every,
                         precision: a.precision,
                         backend: a.backend,
+                        val_metric: a.val_metric,
                     });
                 }
             }

@@ -562,7 +562,12 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
                 dev,
                 m.spec.batch_size,
             )?;
-            let score = val_score(task, tf);
+            let score = match (m.spec.val_metric, task.metric()) {
+                (crate::overrides::ValMetric::Task, tasks::Metric::Generate) => {
+                    generation_accuracy(&eval_model, task, &val, dev)?
+                }
+                _ => val_score(task, tf),
+            };
             metric(
                 &m.dir.join("metrics.jsonl"),
                 MetricLine {
