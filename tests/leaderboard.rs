@@ -105,7 +105,9 @@ fn leaderboard_renders_fixed_records() {
     assert_eq!(lime["lr"], 1e-3);
     assert_eq!(lime["seeds"], 3);
     assert!((lime["test_mean"].as_f64().unwrap() - 0.97).abs() < 1e-9);
-    assert!((lime["test_ci95"].as_f64().unwrap() - 4.302_652_729 * 0.01 / 3f64.sqrt()).abs() < 1e-6);
+    assert!(
+        (lime["test_ci95"].as_f64().unwrap() - 4.302_652_729 * 0.01 / 3f64.sqrt()).abs() < 1e-6
+    );
     assert!(rows.iter().all(|r| r["setting"] == ""), "one cell each");
     let snap = format!(
         "{}\n{}",
@@ -241,7 +243,13 @@ fn leaderboard_versus_judges_with_the_verdict_rules() {
         };
         write_run(dir.path(), &s, val, test, RunStatus::Ok);
     }
-    let o = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--versus", "llama"]);
+    let o = run(&[
+        "leaderboard",
+        "--results",
+        dir.path().to_str().unwrap(),
+        "--versus",
+        "llama",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let row = out
@@ -251,7 +259,13 @@ fn leaderboard_versus_judges_with_the_verdict_rules() {
     assert!(row.contains("| SolveRate | 5 | 5/5 vs 0/5 |"), "{row}");
     assert!(row.ends_with("| **reproduced** |"), "{row}");
 
-    let o = run(&["leaderboard", "--results", dir.path().to_str().unwrap(), "--versus", "gpt"]);
+    let o = run(&[
+        "leaderboard",
+        "--results",
+        dir.path().to_str().unwrap(),
+        "--versus",
+        "gpt",
+    ]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("no run of model gpt"), "{err}");

@@ -19,14 +19,23 @@ fn every_protocol_trains_what_its_families_compare() {
     for c in claims() {
         let a = arms(&c, Scale::Cpu).unwrap().unwrap();
         let cs = cells(&a);
-        let models: std::collections::BTreeSet<&str> = cs.iter().map(|x| x.model.as_str()).collect();
+        let models: std::collections::BTreeSet<&str> =
+            cs.iter().map(|x| x.model.as_str()).collect();
         let compared: std::collections::BTreeSet<&str> = c.models().into_iter().collect();
         assert_eq!(models, compared, "{}", c.name);
         for cell in &cs {
             for lr in LRS {
-                assert!(cell.specs.iter().any(|s| s.seed == TUNING_SEED && s.optim.lr == lr));
+                assert!(cell
+                    .specs
+                    .iter()
+                    .any(|s| s.seed == TUNING_SEED && s.optim.lr == lr));
             }
-            assert!(cell.specs.iter().any(|s| s.seed == 10), "{} {}", c.name, cell.model);
+            assert!(
+                cell.specs.iter().any(|s| s.seed == 10),
+                "{} {}",
+                c.name,
+                cell.model
+            );
         }
         if c.name == "rivals" {
             assert_eq!(models.len(), models::Variant::ALL.len());
@@ -66,7 +75,10 @@ fn the_claims_and_their_arms() {
     );
     assert_eq!(
         layers("rivals"),
-        [("2 layers".to_string(), vec![2]), ("4 layers".to_string(), vec![4])]
+        [
+            ("2 layers".to_string(), vec![2]),
+            ("4 layers".to_string(), vec![4])
+        ]
     );
 }
 
@@ -88,7 +100,11 @@ fn the_lr_is_chosen_on_the_tuning_seed_with_ties_and_edges_handled() {
     assert_eq!((s.chosen, s.want.clone()), (None, vec![3e-4, 3e-3]));
     // A clear interior winner.
     let s = choose_lr(
-        &[tuned(3e-4, 0.5, None), tuned(1e-3, 0.9, None), tuned(3e-3, 0.6, None)],
+        &[
+            tuned(3e-4, 0.5, None),
+            tuned(1e-3, 0.9, None),
+            tuned(3e-3, 0.6, None),
+        ],
         512,
     );
     assert_eq!((s.chosen, s.tie, s.edge), (Some(1e-3), false, false));
@@ -104,15 +120,26 @@ fn the_lr_is_chosen_on_the_tuning_seed_with_ties_and_edges_handled() {
     let mut more = runs.to_vec();
     more.push(tuned(1e-2, 0.2, Some(3.0)));
     let s = choose_lr(&more, 512);
-    assert_eq!((s.chosen, s.tie, s.tie_by_loss, s.edge), (Some(3e-3), true, true, false));
+    assert_eq!(
+        (s.chosen, s.tie, s.tie_by_loss, s.edge),
+        (Some(3e-3), true, true, false)
+    );
     // Within 1/n_val is a tie too; without losses the middle lr wins (flagged).
     let s = choose_lr(
-        &[tuned(3e-4, 0.5, None), tuned(1e-3, 0.999, None), tuned(3e-3, 1.0, None)],
+        &[
+            tuned(3e-4, 0.5, None),
+            tuned(1e-3, 0.999, None),
+            tuned(3e-3, 1.0, None),
+        ],
         512,
     );
     assert_eq!((s.chosen, s.tie, s.tie_by_loss), (Some(1e-3), true, false));
     // Two extensions at most: 3e-3 → 1e-2 → 3e-2, and a winner at 3e-2 stays on the edge.
-    let mut up = vec![tuned(3e-4, 0.1, None), tuned(1e-3, 0.2, None), tuned(3e-3, 0.3, None)];
+    let mut up = vec![
+        tuned(3e-4, 0.1, None),
+        tuned(1e-3, 0.2, None),
+        tuned(3e-3, 0.3, None),
+    ];
     assert_eq!(choose_lr(&up, 512).want, vec![1e-2]);
     up.push(tuned(1e-2, 0.4, None));
     assert_eq!(choose_lr(&up, 512).want, vec![3e-2]);
@@ -123,7 +150,11 @@ fn the_lr_is_chosen_on_the_tuning_seed_with_ties_and_edges_handled() {
     let s = choose_lr(
         &[
             tuned(3e-4, 0.1, None),
-            Tuned { lr: 1e-3, val_acc: None, val_loss: None },
+            Tuned {
+                lr: 1e-3,
+                val_acc: None,
+                val_loss: None,
+            },
             tuned(3e-3, 0.05, None),
         ],
         512,
@@ -161,7 +192,11 @@ fn statistics_never_include_the_tuning_seed() {
     // Seeds 1..=5: 41..45 %, mean 43.0; the tuning seed's 100% appears nowhere.
     let r = rows(&md, "| mqar | kv4 | lime |");
     assert_eq!(r.len(), 1, "{md}");
-    assert!(r[0].contains("| 5 | 41.0 42.0 43.0 44.0 45.0 | 0/5 | 43.0 ± "), "{}", r[0]);
+    assert!(
+        r[0].contains("| 5 | 41.0 42.0 43.0 44.0 45.0 | 0/5 | 43.0 ± "),
+        "{}",
+        r[0]
+    );
     let c = &claims()[0];
     let a = arms(c, Scale::Cpu).unwrap().unwrap();
     let recs = committed(dir.path()).unwrap();
@@ -185,7 +220,11 @@ fn verdicts_follow_the_rules_on_fake_runs() {
     assert!(st.wanted.iter().all(|s| s.seed == TUNING_SEED));
 
     let three = tempfile::tempdir().unwrap();
-    fake_mqar(three.path(), 3, |m, _, _| if m == "lime" { 1.0 } else { 0.15 });
+    fake_mqar(
+        three.path(),
+        3,
+        |m, _, _| if m == "lime" { 1.0 } else { 0.15 },
+    );
     let recs = committed(three.path()).unwrap();
     let st = standing(c, &a, &recs, three.path()).unwrap();
     // Five seeds per cell wanted at 1e-3: 12 tuning + 4 × 5.
@@ -202,7 +241,10 @@ fn verdicts_follow_the_rules_on_fake_runs() {
     });
     let recs = committed(dir.path()).unwrap();
     let st = standing(c, &a, &recs, dir.path()).unwrap();
-    let judged: Vec<_> = st.families[0].iter().map(|(_, j)| j.clone().unwrap()).collect();
+    let judged: Vec<_> = st.families[0]
+        .iter()
+        .map(|(_, j)| j.clone().unwrap())
+        .collect();
     // kv4: lime 5/5 vs llama 1/5: Boschloo p ≈ 0.048 is not enough at 0.0221: continue to 7.
     assert_eq!(judged[0].verdict, Verdict::Continue { seeds: 7 });
     assert_eq!(judged[0].test.as_ref().unwrap().metric, Metric::SolveRate);
@@ -213,12 +255,18 @@ fn verdicts_follow_the_rules_on_fake_runs() {
     // The rules now want 7 seeds of the kv4 cells only.
     let missing = st.missing(&recs);
     assert_eq!(missing.len(), 4, "{missing:?}");
-    assert!(missing.iter().all(|s| s.level == "kv4" && s.seed >= 6 && s.seed <= 7));
+    assert!(missing
+        .iter()
+        .all(|s| s.level == "kv4" && s.seed >= 6 && s.seed <= 7));
     let md = render(&claims()[..1], dir.path()).unwrap();
     let glance = rows(&md, "| `mqar` |");
     assert_eq!(glance.len(), 2, "{md}");
     assert!(glance[1].contains("| **reproduced** |"), "{}", glance[1]);
-    assert!(glance[0].contains("continue: 7 seeds per arm next"), "{}", glance[0]);
+    assert!(
+        glance[0].contains("continue: 7 seeds per arm next"),
+        "{}",
+        glance[0]
+    );
     // Byte-identical on a second render.
     assert_eq!(md, render(&claims()[..1], dir.path()).unwrap());
 }
@@ -297,7 +345,13 @@ fn every_committed_positive_verdict_survives_an_exact_test() {
                     permutation_brute(&f(l.challenger), &f(l.baseline))
                 }
             };
-            assert!(p <= 0.05, "{} {} {}: exact p {p}", c.name, l.level, st.cells[l.challenger].model);
+            assert!(
+                p <= 0.05,
+                "{} {} {}: exact p {p}",
+                c.name,
+                l.level,
+                st.cells[l.challenger].model
+            );
             checked += 1;
         }
     }
@@ -382,7 +436,13 @@ fn the_readme_verdict_paragraph_quotes_reproduction_md() {
 #[test]
 fn the_forest_plot_draws_what_the_report_says() {
     let dir = tempfile::tempdir().unwrap();
-    fake_mqar(dir.path(), 5, |m, _, seed| if m == "lime" { 0.6 + 0.01 * seed as f64 } else { 0.4 });
+    fake_mqar(dir.path(), 5, |m, _, seed| {
+        if m == "lime" {
+            0.6 + 0.01 * seed as f64
+        } else {
+            0.4
+        }
+    });
     let r = report(&claims()[..1], dir.path()).unwrap();
     let (_, rows) = &r.forest[0];
     assert_eq!(rows.len(), 2);
@@ -465,11 +525,42 @@ fn calibrate_lands_a_small_task_in_the_band() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let args = [
-        "calibrate", "--task", "mqar", "--models", "llama", "--set", "vocab_size=16", "--set",
-        "seq_len=16", "--set", "num_kv_pairs=2", "--model-set", "d_model=16", "--model-set",
-        "n_layers=1", "--model-set", "n_heads=2", "--model-set", "d_ff=32", "--match", "steps",
-        "--batch-size", "16", "--n-val", "32", "--n-test", "32", "--lr", "3e-3", "--knob",
-        "steps", "--values", "1600,800,400,200,100,50", "--out", out, "--quiet",
+        "calibrate",
+        "--task",
+        "mqar",
+        "--models",
+        "llama",
+        "--set",
+        "vocab_size=16",
+        "--set",
+        "seq_len=16",
+        "--set",
+        "num_kv_pairs=2",
+        "--model-set",
+        "d_model=16",
+        "--model-set",
+        "n_layers=1",
+        "--model-set",
+        "n_heads=2",
+        "--model-set",
+        "d_ff=32",
+        "--match",
+        "steps",
+        "--batch-size",
+        "16",
+        "--n-val",
+        "32",
+        "--n-test",
+        "32",
+        "--lr",
+        "3e-3",
+        "--knob",
+        "steps",
+        "--values",
+        "1600,800,400,200,100,50",
+        "--out",
+        out,
+        "--quiet",
     ];
     let o = crate::cli::run(&args);
     assert!(o.status.success(), "{}", crate::cli::stderr(&o));
@@ -478,11 +569,20 @@ fn calibrate_lands_a_small_task_in_the_band() {
     )
     .unwrap();
     assert!(cal.in_band, "{cal:?}");
-    let chosen = cal.tried.iter().find(|t| Some(&t.value) == cal.chosen.as_ref()).unwrap();
+    let chosen = cal
+        .tried
+        .iter()
+        .find(|t| Some(&t.value) == cal.chosen.as_ref())
+        .unwrap();
     assert!((0.25..=0.75).contains(&chosen.position), "{cal:?}");
     // Each candidate tried is an ordinary run folder with its result.
     for t in &cal.tried {
-        assert!(dir.path().join("runs").join(&t.run).join("result.json").is_file());
+        assert!(dir
+            .path()
+            .join("runs")
+            .join(&t.run)
+            .join("result.json")
+            .is_file());
         assert!(t.floor >= 1.0 / 16.0 - 1e-12);
     }
     let mut bad = args.to_vec();
@@ -509,7 +609,9 @@ fn val_is_scored_with_the_tasks_metric_when_asked() {
         dir.path(),
     );
     let teacher = harness::spec::resolve(&args).unwrap().remove(0);
-    assert!(!serde_json::to_string(&teacher).unwrap().contains("val_metric"));
+    assert!(!serde_json::to_string(&teacher)
+        .unwrap()
+        .contains("val_metric"));
     args.val_metric = harness::overrides::ValMetric::Task;
     args.n_val = Some(12);
     let spec = harness::spec::resolve(&args).unwrap().remove(0);
@@ -517,7 +619,10 @@ fn val_is_scored_with_the_tasks_metric_when_asked() {
     let r = crate::cli::train_to_done(&spec, dir.path());
     let dev = candle_core::Device::Cpu;
     let w = candle_core::safetensors::load(
-        dir.path().join("runs").join(spec.id()).join("best.safetensors"),
+        dir.path()
+            .join("runs")
+            .join(spec.id())
+            .join("best.safetensors"),
         &dev,
     )
     .unwrap();

@@ -61,6 +61,10 @@ pub struct Calibration {
     pub in_band: bool,
 }
 
+/// What [`bisect`] found: the index chosen, whether it is in the band, the (index, position) pairs
+/// tried in order.
+pub type Bisection = (Option<usize>, bool, Vec<(usize, f64)>);
+
 /// Bisection over candidates ordered easiest → hardest: `position(i)` is where candidate i's
 /// baseline lands (0 = floor, 1 = perfect); above the band means too easy (go harder), below
 /// means too hard (go easier). Returns (index chosen, whether it is in the band, indices tried in
@@ -69,7 +73,7 @@ pub fn bisect(
     n: usize,
     band: (f64, f64),
     mut position: impl FnMut(usize) -> Result<f64>,
-) -> Result<(Option<usize>, bool, Vec<(usize, f64)>)> {
+) -> Result<Bisection> {
     let (mut lo, mut hi) = (0i64, n as i64 - 1);
     let mut tried: Vec<(usize, f64)> = Vec::new();
     while lo <= hi {
@@ -111,7 +115,11 @@ pub fn run(a: &CalibrateArgs) -> Result<()> {
     if a.run.task.len() != 1 || a.run.models.len() != 1 {
         bail!("calibrate needs one --task and one --models (the baseline)");
     }
-    if a.band.len() != 2 || !(0.0..=1.0).contains(&a.band[0]) || a.band[0] > a.band[1] || a.band[1] > 1.0 {
+    if a.band.len() != 2
+        || !(0.0..=1.0).contains(&a.band[0])
+        || a.band[0] > a.band[1]
+        || a.band[1] > 1.0
+    {
         bail!("--band must be lo,hi with 0 <= lo <= hi <= 1");
     }
     if a.run.seeds() != 1 || a.run.lr.len() > 1 {
@@ -128,7 +136,11 @@ pub fn run(a: &CalibrateArgs) -> Result<()> {
                 .with_context(|| format!("--knob {} = {v}", a.knob))?;
             match specs.as_slice() {
                 [s] => Ok(s.clone()),
-                _ => bail!("--knob {} = {v} resolves to {} runs, not one", a.knob, specs.len()),
+                _ => bail!(
+                    "--knob {} = {v} resolves to {} runs, not one",
+                    a.knob,
+                    specs.len()
+                ),
             }
         })
         .collect::<Result<_>>()?;
@@ -188,7 +200,11 @@ pub fn run(a: &CalibrateArgs) -> Result<()> {
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     crate::io::write_json(&path, &cal)?;
     match (&cal.chosen, in_band) {
-        (Some(v), true) => println!("{} = {v}: in the band (written to {})", cal.knob, path.display()),
+        (Some(v), true) => println!(
+            "{} = {v}: in the band (written to {})",
+            cal.knob,
+            path.display()
+        ),
         (Some(v), false) => println!(
             "no value in the band; nearest: {} = {v} (written to {})",
             cal.knob,

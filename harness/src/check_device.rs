@@ -100,7 +100,12 @@ pub fn same_function(a: &models::Config, b: &models::Config) -> Result<bool> {
     }
     let (la, lossa, ga) = step(a, DType::F64, &Device::Cpu, Precision::F32)?;
     let (lb, lossb, gb) = step(b, DType::F64, &Device::Cpu, Precision::F32)?;
-    if ga.len() != gb.len() || ga.iter().zip(&gb).any(|((na, x), (nb, y))| na != nb || x.dims() != y.dims()) {
+    if ga.len() != gb.len()
+        || ga
+            .iter()
+            .zip(&gb)
+            .any(|((na, x), (nb, y))| na != nb || x.dims() != y.dims())
+    {
         return Ok(false);
     }
     let close = |x: &Tensor, y: &Tensor| -> Result<bool> { Ok(rel(x, y, 1e-12)? <= 1e-12) };

@@ -38,7 +38,7 @@ pub enum Command {
     Reproduce(crate::reproduce::ReproduceArgs),
     /// Find the knob value (level, budget, task knob, model shape) at which a baseline's val
     /// accuracy lands in a target band between the task's floor and 100%.
-    Calibrate(crate::calibrate::CalibrateArgs),
+    Calibrate(Box<crate::calibrate::CalibrateArgs>),
     /// Retrain a saved run from its config.json alone and check the result equals the saved one.
     Rerun(crate::rerun::RerunArgs),
     /// The paper's diagnostics of a trained run (or of every run under a results folder): value

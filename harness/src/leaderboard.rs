@@ -530,7 +530,10 @@ pub fn run(a: &LeaderboardArgs) -> Result<()> {
 
 /// The first evaluation at which a run's val accuracy reached `tau` (`metrics.jsonl`): its step.
 fn first_step_at(results: &Path, r: &Record, tau: f64) -> Option<u64> {
-    let path = results.join("runs").join(&r.result.id).join("metrics.jsonl");
+    let path = results
+        .join("runs")
+        .join(&r.result.id)
+        .join("metrics.jsonl");
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines().find_map(|line| {
         let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
@@ -574,13 +577,30 @@ pub fn evidence(results: &Path, runs: &[&Record], rules: &Rules) -> ArmData {
     d
 }
 
+/// A tuning run as the lr selection reads it (a diverged run has no val accuracy).
+pub fn tuned(r: &Record) -> crate::verdict::Tuned {
+    crate::verdict::Tuned {
+        lr: r.result.lr,
+        val_acc: (r.result.status == RunStatus::Ok)
+            .then_some(r.result.val_acc)
+            .flatten(),
+        val_loss: r.result.val_loss,
+    }
+}
 
 /// What tells two models' cells apart beyond the model: the spec without the model, its variant,
 /// seed, lr and what follows from the model (FLOPs per step, steps, eval and checkpoint cadence).
 fn pair_key(spec: &RunSpec) -> String {
     let mut v = serde_json::to_value(spec).expect("a spec serializes");
     if let Some(o) = v.as_object_mut() {
-        for k in ["model", "seed", "flops_per_step", "steps", "eval_every", "ckpt_every"] {
+        for k in [
+            "model",
+            "seed",
+            "flops_per_step",
+            "steps",
+            "eval_every",
+            "ckpt_every",
+        ] {
             o.remove(k);
         }
         if let Some(m) = o.get_mut("model_config").and_then(|m| m.as_object_mut()) {
@@ -613,7 +633,10 @@ pub fn versus_table(records: &[Record], base: &str, results: &Path) -> Result<St
             .push(r);
     }
     if !cells.keys().any(|k| k.3 == base) {
-        anyhow::bail!("--versus {base}: no run of model {base} in {}", results.display());
+        anyhow::bail!(
+            "--versus {base}: no run of model {base} in {}",
+            results.display()
+        );
     }
     let evaluation = |rs: &[&Record]| -> (Option<f64>, Vec<Record>) {
         let lrs: BTreeSet<String> = rs.iter().map(|r| format!("{:e}", r.result.lr)).collect();
@@ -626,13 +649,7 @@ pub fn versus_table(records: &[Record], base: &str, results: &Path) -> Result<St
             let tuned: Vec<crate::verdict::Tuned> = rs
                 .iter()
                 .filter(|r| r.result.seed == 0)
-                .map(|r| crate::verdict::Tuned {
-                    lr: r.result.lr,
-                    val_acc: (r.result.status == RunStatus::Ok)
-                        .then_some(r.result.val_acc)
-                        .flatten(),
-                    val_loss: r.result.val_loss,
-                })
+                .map(|r| tuned(r))
                 .collect();
             let n_val = rs[0].spec.n_val.max(1);
             match crate::verdict::choose_lr_on(&tuned, n_val, &grid, &grid).chosen {

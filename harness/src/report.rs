@@ -135,7 +135,11 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
         let _ = write!(head, "| {s:?} |");
         for k in NULL_SIZES {
             let r = null.iter().find(|r| r.scenario == s && r.family == k);
-            let _ = write!(head, " {} |", r.map(|r| format!("{:.3}", r.rate())).unwrap_or_default());
+            let _ = write!(
+                head,
+                " {} |",
+                r.map(|r| format!("{:.3}", r.rate())).unwrap_or_default()
+            );
         }
         head += "\n";
     }
@@ -212,7 +216,8 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
             |---|---|---|---|---:|---:|---:|---|\n";
     out += &summary;
     if !remaining.is_empty() {
-        out += "\n**What the rules still want** (CPU scale; committed runs are never retrained):\n\n";
+        out +=
+            "\n**What the rules still want** (CPU scale; committed runs are never retrained):\n\n";
         out += &remaining;
     }
     out += &md;
@@ -227,10 +232,9 @@ fn rules_line(c: &Claim) -> String {
                            frequent answer, counted on 4,096 train examples and scored on the \
                            test split; the floor % column)"
             .to_string(),
-        Floor::Declared(f, why) => format!(
-            "{}% (or the measured floor where higher) — {why}",
-            pct(f)
-        ),
+        Floor::Declared(f, why) => {
+            format!("{}% (or the measured floor where higher) — {why}", pct(f))
+        }
     };
     let families = c
         .families
@@ -340,7 +344,10 @@ fn section(
         if sel.edge {
             flags.push("lr on the grid's edge");
         }
-        if ev.iter().any(|r| r.result.status != crate::records::RunStatus::Ok) {
+        if ev
+            .iter()
+            .any(|r| r.result.status != crate::records::RunStatus::Ok)
+        {
             flags.push("diverged seed");
         }
         let accs: Vec<f64> = ev
@@ -478,11 +485,7 @@ fn section(
                         .paper_effect
                         .filter(|_| t.metric != Metric::FlopsToTau);
                     forest.push(ForestRow {
-                        label: format!(
-                            "{} {level} {cmp} ({})",
-                            l.task,
-                            metric_name(t.metric)
-                        ),
+                        label: format!("{} {level} {cmp} ({})", l.task, metric_name(t.metric)),
                         diff: 100.0 * t.diff,
                         lo: 100.0 * t.ci.0,
                         hi: 100.0 * t.ci.1,

@@ -18,7 +18,6 @@
 use crate::claims::{claims, Claim, Family, LADDER, LRS, TUNING_SEED};
 use crate::device::device;
 use crate::leaderboard::{evidence, load_results, Record};
-use crate::records::RunStatus;
 use crate::spec::RunSpec;
 use crate::train::{run_all, Outcome, RunOptions, WhenBusy};
 use crate::verdict::{choose_lr_on, Comparison, Judged, Rules, Selection, Tuned, LOOKS};
@@ -180,13 +179,7 @@ pub fn selection(cell: &Cell, records: &[Record]) -> Selection {
         .iter()
         .filter(|s| s.seed == TUNING_SEED)
         .filter_map(|s| record(records, s))
-        .map(|r| Tuned {
-            lr: r.result.lr,
-            val_acc: (r.result.status == RunStatus::Ok)
-                .then_some(r.result.val_acc)
-                .flatten(),
-            val_loss: r.result.val_loss,
-        })
+        .map(crate::leaderboard::tuned)
         .collect();
     let n_val = cell.specs.first().map(|s| s.n_val).unwrap_or(1).max(1);
     choose_lr(&tuned, n_val)
@@ -238,8 +231,7 @@ pub fn locate(family: &Family, cells: &[Cell]) -> Result<Vec<Located>> {
                 continue;
             };
             let (sa, sb) = (&cells[a].specs[0], &cells[b].specs[0]);
-            let vacuous =
-                crate::check_device::same_function(&sa.model_config, &sb.model_config)?;
+            let vacuous = crate::check_device::same_function(&sa.model_config, &sb.model_config)?;
             out.push(Located {
                 arm: arm.clone(),
                 task: task.clone(),
@@ -261,12 +253,15 @@ const FLOOR_TRAIN: u64 = 4096;
 /// config in `memo`.
 pub fn floor_of(cell: &Cell, memo: &mut BTreeMap<String, f64>) -> Result<f64> {
     let spec = &cell.specs[0];
-    let key = format!("{}/{}/{}/{}", spec.task, spec.level, spec.task_config, spec.n_test);
+    let key = format!(
+        "{}/{}/{}/{}",
+        spec.task, spec.level, spec.task_config, spec.n_test
+    );
     if let Some(&f) = memo.get(&key) {
         return Ok(f);
     }
-    let task = crate::train::task_from_spec(spec)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.task))?;
+    let task =
+        crate::train::task_from_spec(spec).map_err(|e| anyhow::anyhow!("{}: {e}", spec.task))?;
     let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
     let f = tasks::floor::majority(task.as_ref(), FLOOR_TRAIN, &test).max(task.chance());
     memo.insert(key, f);
@@ -330,7 +325,9 @@ pub fn standing(
         let located = locate(f, &cells)?;
         let mut judged: Vec<Option<Judged>> = vec![None; located.len()];
         // Rules by level: the floor follows each level's chance.
-        let live: Vec<usize> = (0..located.len()).filter(|&i| !located[i].vacuous).collect();
+        let live: Vec<usize> = (0..located.len())
+            .filter(|&i| !located[i].vacuous)
+            .collect();
         for l in &live {
             involved[located[*l].challenger] = true;
             involved[located[*l].baseline] = true;
@@ -460,18 +457,25 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
                     break;
                 }
                 tried.extend(todo.iter().map(|s| s.id()));
-                let done = run_all(&todo, &a.results, &dev, opts, a.pack.max(1), |spec, done| {
-                    n += 1;
-                    match done {
-                        Outcome::Done(r) if !a.quiet => {
-                            eprintln!("claim {} run {n}: {} {}", c.name, r.id, r.status)
+                let done = run_all(
+                    &todo,
+                    &a.results,
+                    &dev,
+                    opts,
+                    a.pack.max(1),
+                    |spec, done| {
+                        n += 1;
+                        match done {
+                            Outcome::Done(r) if !a.quiet => {
+                                eprintln!("claim {} run {n}: {} {}", c.name, r.id, r.status)
+                            }
+                            Outcome::Busy => {
+                                eprintln!("{}: held by another process, left to it", spec.id())
+                            }
+                            _ => {}
                         }
-                        Outcome::Busy => {
-                            eprintln!("{}: held by another process, left to it", spec.id())
-                        }
-                        _ => {}
-                    }
-                })?;
+                    },
+                )?;
                 if done.iter().any(|d| matches!(d, Outcome::Interrupted)) {
                     break 'claims;
                 }

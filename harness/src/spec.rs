@@ -50,7 +50,10 @@ pub struct RunSpec {
     #[serde(default, skip_serializing_if = "models::Backend::is_fused")]
     pub backend: models::Backend,
     /// Omitted when teacher-forced (the default), so those runs keep the ids they had before.
-    #[serde(default, skip_serializing_if = "crate::overrides::ValMetric::is_teacher")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::overrides::ValMetric::is_teacher"
+    )]
     pub val_metric: crate::overrides::ValMetric,
 }
 

@@ -379,7 +379,14 @@ pub fn permutation_p(a: &[f64], b: &[f64]) -> Option<f64> {
     let observed = diff(a.iter().sum()).abs();
     let tol = 1e-12 * (1.0 + observed);
     // Every k-subset, depth first with a running sum (one addition per node).
-    fn walk(all: &[f64], i: usize, left: usize, sum: f64, hit: &dyn Fn(f64) -> bool, c: &mut (u64, u64)) {
+    fn walk(
+        all: &[f64],
+        i: usize,
+        left: usize,
+        sum: f64,
+        hit: &dyn Fn(f64) -> bool,
+        c: &mut (u64, u64),
+    ) {
         if left == 0 {
             c.1 += 1;
             c.0 += u64::from(hit(sum));
@@ -484,7 +491,10 @@ mod tests {
         // Newcombe (1998), Table II example (a): 56/70 − 48/80, method 10: 0.0524 to 0.3339.
         let (d, lo, hi) = newcombe(56, 70, 48, 80, 0.95);
         assert!((d - 0.2).abs() < 1e-12);
-        assert!((lo - 0.0524).abs() < 5e-5 && (hi - 0.3339).abs() < 5e-5, "{lo} {hi}");
+        assert!(
+            (lo - 0.0524).abs() < 5e-5 && (hi - 0.3339).abs() < 5e-5,
+            "{lo} {hi}"
+        );
     }
 
     /// Fisher's two-sided p by brute force: every table with the observed margins, weighted by

@@ -26,8 +26,7 @@
 //! is measured by [`null_simulation`], a seeded simulation under the null; the report states it.
 
 use crate::stats::{
-    boschloo, holm, mean_ci, newcombe, permutation_p, t_two_sided_p, t_two_sided_quantile,
-    wilson,
+    boschloo, holm, mean_ci, newcombe, permutation_p, t_two_sided_p, t_two_sided_quantile, wilson,
 };
 use serde::Serialize;
 use std::cell::RefCell;
@@ -106,7 +105,12 @@ enum Stat {
     /// Welch: difference, standard error (variances floored at the resolution), df.
     Welch { diff: f64, se: f64, df: f64 },
     /// Solve counts.
-    Counts { ka: usize, na: usize, kb: usize, nb: usize },
+    Counts {
+        ka: usize,
+        na: usize,
+        kb: usize,
+        nb: usize,
+    },
 }
 
 /// One comparison tested at one look.
@@ -201,11 +205,11 @@ impl Verdict {
     pub fn label(self) -> String {
         match self {
             Verdict::Incomplete { seeds } => format!("incomplete: {seeds} seeds per arm wanted"),
-            Verdict::Floor => "**inconclusive (floor)**: neither arm trained above the floor".into(),
-            Verdict::Reproduced { smaller: false } => "**reproduced**".into(),
-            Verdict::Reproduced { smaller: true } => {
-                "**reproduced, smaller than reported**".into()
+            Verdict::Floor => {
+                "**inconclusive (floor)**: neither arm trained above the floor".into()
             }
+            Verdict::Reproduced { smaller: false } => "**reproduced**".into(),
+            Verdict::Reproduced { smaller: true } => "**reproduced, smaller than reported**".into(),
             Verdict::Contradicted => "**contradicted**".into(),
             Verdict::NoEffect => "**no effect** (within ±δ)".into(),
             Verdict::Differs => "**differs**".into(),
@@ -348,11 +352,9 @@ fn test(c: &Comparison, n: usize, rules: &Rules) -> (Test, bool) {
         )
     };
     let (diff, p, p_tost) = match stat {
-        Stat::Welch { diff, se, df } => (
-            diff,
-            welch_p(diff, se, df),
-            welch_tost(diff, se, df, delta),
-        ),
+        Stat::Welch { diff, se, df } => {
+            (diff, welch_p(diff, se, df), welch_tost(diff, se, df, delta))
+        }
         Stat::Counts { ka, na, kb, nb } => (
             ka as f64 / na as f64 - kb as f64 / nb as f64,
             boschloo_memo(ka, na, kb, nb),
@@ -592,13 +594,20 @@ pub fn choose_lr_on(tuned: &[Tuned], n_val: u64, grid: &[f64], ladder: &[f64]) -
             };
         }
         let score = |l: f64| has(l).and_then(|t| t.val_acc).unwrap_or(f64::NEG_INFINITY);
-        let best = grid.iter().map(|&l| score(l)).fold(f64::NEG_INFINITY, f64::max);
+        let best = grid
+            .iter()
+            .map(|&l| score(l))
+            .fold(f64::NEG_INFINITY, f64::max);
         let tied: Vec<f64> = grid
             .iter()
             .copied()
             .filter(|&l| score(l).is_finite() && score(l) >= best - 1.0 / n_val as f64)
             .collect();
-        let (tie, by_loss) = (tied.len() > 1, tied.iter().all(|&l| has(l).and_then(|t| t.val_loss).is_some()));
+        let (tie, by_loss) = (
+            tied.len() > 1,
+            tied.iter()
+                .all(|&l| has(l).and_then(|t| t.val_loss).is_some()),
+        );
         let middle = grid.iter().map(|l| l.ln()).sum::<f64>() / grid.len() as f64;
         let winner = match (tied.len(), by_loss) {
             (0, _) => grid[grid.len() / 2], // every run diverged
@@ -832,7 +841,11 @@ mod tests {
         assert!(!j.verdict.asserts_difference(), "{j:?}");
         // The three seeds, [1,1,1] vs [1,1,0.99988]: saturated already, and too few for
         // the first look, which the rules ask for.
-        let j = one(&[1.0; 3], &[1.0, 1.0, 0.99988], &rules(Direction::Directed, 0.01));
+        let j = one(
+            &[1.0; 3],
+            &[1.0, 1.0, 0.99988],
+            &rules(Direction::Directed, 0.01),
+        );
         assert!(j.saturated);
         assert_eq!(j.verdict, Verdict::Continue { seeds: 5 });
         assert!(!j.verdict.asserts_difference());
@@ -901,7 +914,10 @@ mod tests {
             paper_effect: Some(0.5),
             ..rules(Direction::Directed, 0.01)
         };
-        assert_eq!(one(&a, &b, &r).verdict, Verdict::Reproduced { smaller: true });
+        assert_eq!(
+            one(&a, &b, &r).verdict,
+            Verdict::Reproduced { smaller: true }
+        );
     }
 
     #[test]
