@@ -632,3 +632,54 @@ fn val_is_scored_with_the_tasks_metric_when_asked() {
     let gen = harness::eval::generation_accuracy(&model, task.as_ref(), &val, &dev).unwrap();
     assert_eq!(r.val_acc, Some(gen));
 }
+
+/// ProsQA's two-way choice is scored beside its generated answer: a run's `test_choice_acc`
+/// equals, to one example, the fraction of test examples where the saved model — run on each
+/// example alone, unbatched — gives the answer a higher logit than the distractor at the
+/// decisive position.
+#[test]
+fn prosqa_runs_report_the_two_way_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args =
+        crate::cli::three_tiny_steps("prosqa", &["llama".to_string()], &[], 1, dir.path());
+    args.n_test = Some(16);
+    let spec = harness::spec::resolve(&args).unwrap().remove(0);
+    let r = crate::cli::train_to_done(&spec, dir.path());
+    let got = r.test_choice_acc.expect("prosqa reports the choice");
+    let dev = candle_core::Device::Cpu;
+    let w = candle_core::safetensors::load(
+        dir.path()
+            .join("runs")
+            .join(spec.id())
+            .join("best.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let model = harness::train::run_model(&spec, &w, &dev).unwrap();
+    let task = harness::train::task_from_spec(&spec).unwrap();
+    let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
+    let mut right = 0;
+    for ex in &test {
+        let c = task.choice(ex).unwrap();
+        let ids =
+            candle_core::Tensor::from_vec(ex.tokens.clone(), (1, ex.tokens.len()), &dev).unwrap();
+        let logits = model.forward(&ids).unwrap(); // (1, T, V)
+        let row: Vec<f32> = logits
+            .get(0)
+            .unwrap()
+            .get(c.position as usize)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        right += usize::from(row[c.right as usize] > row[c.wrong as usize]);
+    }
+    let want = right as f64 / test.len() as f64;
+    assert!(
+        (got - want).abs() <= 1.0 / test.len() as f64 + 1e-12,
+        "{got} vs {want}"
+    );
+    // Other tasks pose no choice.
+    let mqar = tasks::build("mqar", None, &[]).unwrap();
+    let ex = tasks::generate_range(mqar.as_ref(), tasks::Split::Test, 0, 1).remove(0);
+    assert!(mqar.choice(&ex).is_none());
+}

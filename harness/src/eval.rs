@@ -121,6 +121,44 @@ pub fn teacher_forced(
     })
 }
 
+/// Two-way choice accuracy (tasks whose examples are a choice between two candidates, see
+/// `Task::choice`): the fraction of examples where the model, teacher-forced on the reference up
+/// to the decisive position, gives the right candidate a higher logit than the wrong one (a tie
+/// counts as wrong). None when the task poses no choice.
+pub fn choice_accuracy(
+    model: &models::Model,
+    task: &dyn Task,
+    examples: &[Example],
+    seq_len: usize,
+    device: &Device,
+    bs: usize,
+) -> Result<Option<f64>> {
+    if examples.first().and_then(|ex| task.choice(ex)).is_none() {
+        return Ok(None);
+    }
+    let (mut right, mut total) = (0usize, 0usize);
+    for chunk in examples.chunks(bs.max(1)) {
+        let batch = make_batch(task, chunk, seq_len, device)?;
+        let logits: Vec<Vec<f32>> = supervised_logits(model, &batch)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2()?; // (N, V)
+        let mut offset = 0;
+        for (ex, &k) in chunk.iter().zip(&batch.per_example) {
+            if let Some(c) = task.choice(ex) {
+                // The row of the decisive position among this example's supervised rows.
+                let kept = ex.targets.iter().filter(|&&(p, _)| (p as usize) < seq_len);
+                if let Some(j) = kept.clone().position(|&(p, _)| p == c.position) {
+                    let row = &logits[offset + j];
+                    total += 1;
+                    right += usize::from(row[c.right as usize] > row[c.wrong as usize]);
+                }
+            }
+            offset += k;
+        }
+    }
+    Ok(Some(right as f64 / total.max(1) as f64))
+}
+
 /// Greedy decoding with the KV cache from `prompt` until EOS or `max_new` tokens.
 pub fn greedy(
     model: &models::Model,

@@ -59,6 +59,10 @@ pub struct RunResult {
     pub test_token_acc: Option<f64>,
     /// Teacher-forced macro accuracy on test (mean per-class accuracy; MAD's default metric).
     pub test_macro_acc: Option<f64>,
+    /// Two-way choice accuracy on test, for tasks whose examples choose between two candidates
+    /// (ProsQA): which the model ranks higher at the decisive position (chance exactly 1/2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_choice_acc: Option<f64>,
     /// LIMe variants: mean |W_l| per (layer, source layer) of the selected weights, rows
     /// normalised to 1 (the paper's Figure 5). Empty for models without a router.
     #[serde(default)]

@@ -15,7 +15,9 @@ use crate::checkpoint::{
 pub use crate::claim::WhenBusy;
 use crate::claim::{claim_run, RunClaim};
 use crate::device::run_device_name;
-use crate::eval::{generation_accuracy, make_batch, teacher_forced, val_score, Batch};
+use crate::eval::{
+    choice_accuracy, generation_accuracy, make_batch, teacher_forced, val_score, Batch,
+};
 use crate::io::{read_json, write_atomic, write_json};
 use crate::optim::{lr_at, AdamW};
 use crate::records::{RunResult, RunStatus};
@@ -626,6 +628,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             test_acc: None,
             test_token_acc: None,
             test_macro_acc: None,
+            test_choice_acc: None,
             router_heatmap: Vec::new(),
         };
         if !m.diverged {
@@ -636,6 +639,8 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             let model = run_model(spec, &w, dev)?;
             let test = tasks::generate_range(task, Split::Test, 0, spec.n_test);
             let tf = teacher_forced(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
+            result.test_choice_acc =
+                choice_accuracy(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
             result.test_token_acc = Some(tf.token_acc);
             result.test_macro_acc = Some(tf.macro_acc);
             result.test_acc = Some(match task.metric() {

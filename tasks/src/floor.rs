@@ -86,7 +86,11 @@ mod tests {
         let (mut r, mut n) = (0, 0);
         for ex in &test {
             for (j, &(_, tok)) in ex.targets.iter().enumerate() {
-                let m = by_ord[&j].iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).unwrap().0;
+                let m = by_ord[&j]
+                    .iter()
+                    .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                    .unwrap()
+                    .0;
                 n += 1;
                 r += usize::from(*m == tok);
             }

@@ -187,6 +187,21 @@ pub trait Task: Send + Sync {
     fn max_new_tokens(&self) -> usize {
         self.max_len()
     }
+    /// Where the example is a choice between two candidates (ProsQA's `Is Name a X or Y?`):
+    /// the decisive prediction, so a model can be scored on which candidate it ranks higher
+    /// (chance exactly 1/2) beside its generated answer. None for other tasks.
+    fn choice(&self, _ex: &Example) -> Option<Choice> {
+        None
+    }
+}
+
+/// A two-way choice inside an example: at input `position` the model predicts the next token,
+/// which is `right` in the reference and `wrong` had the other candidate been the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub position: u32,
+    pub right: u32,
+    pub wrong: u32,
 }
 
 /// The generated span up to (not including) the first `eos`, for verifiers of answer tasks.

@@ -721,6 +721,25 @@ impl Task for Prosqa {
         Metric::Generate
     }
 
+    /// The final answer's concept token (its last occurrence in the answer) against the
+    /// distractor's: which of the two the model ranks higher where the reference names the
+    /// answer, with the reference's own path before it.
+    fn choice(&self, ex: &Example) -> Option<crate::Choice> {
+        let id = |key: &str| {
+            let name = ex.meta.get(key)?.as_str()?;
+            (0..self.vocab_size() as u32).find(|&t| self.token_str(t) == name)
+        };
+        let (right, wrong) = (id("answer")?, id("distractor")?);
+        let at = (ex.prompt_len..ex.tokens.len())
+            .rev()
+            .find(|&i| ex.tokens[i] == right)?;
+        Some(crate::Choice {
+            position: at as u32 - 1,
+            right,
+            wrong,
+        })
+    }
+
     fn max_new_tokens(&self) -> usize {
         let c = &self.cfg;
         match c.rendering {
@@ -1084,5 +1103,27 @@ mod tests {
         let b = generate(&task(&[]), Split::Test, 7);
         assert_eq!(a, b);
         assert_ne!(a.tokens, generate(&t, Split::Test, 8).tokens);
+    }
+
+    #[test]
+    fn the_two_way_choice_points_at_the_final_answer() {
+        for rendering in ["sentences", "symbolic"] {
+            for cot in ["true", "false"] {
+                let t = task(&[("rendering", rendering), ("cot", cot)]);
+                for ex in crate::generate_range(&t, Split::Test, 0, 20) {
+                    let c = t.choice(&ex).expect("every ProsQA example is a choice");
+                    // The reference predicts `right` at `position`, a supervised position.
+                    assert_eq!(ex.tokens[c.position as usize + 1], c.right);
+                    assert!(ex.targets.contains(&(c.position, c.right)));
+                    assert_ne!(c.right, c.wrong);
+                    assert_eq!(
+                        t.token_str(c.wrong),
+                        ex.meta["distractor"].as_str().unwrap()
+                    );
+                    // Both candidates are named in the question.
+                    assert!(ex.prompt().contains(&c.right) && ex.prompt().contains(&c.wrong));
+                }
+            }
+        }
     }
 }
