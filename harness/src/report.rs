@@ -409,8 +409,8 @@ fn section(
            (100 where it never did), with how many seeds reached it — MQAR's own evidence is a \
            time-to-99% run. The tuning val column is the tuning seed's best of its ~10 val \
            checkpoints at the chosen lr: it selects, and reads optimistic beside test.\n";
-    md += "\n| family | task | level | comparison | metric | n | solved | difference (adjusted CI) | p | Holm p | exact p | TOST p | flags | verdict |\n";
-    md += "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n";
+    md += "\n| family | task | level | comparison | per seed % (challenger; baseline) | metric | n | solved | difference (adjusted CI) | p | Holm p | exact p | TOST p | flags | verdict |\n";
+    md += "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n";
     let mut forest = Vec::new();
     let mut glance = String::new();
     for (f, comps) in c.families.iter().zip(&st.families) {
@@ -422,7 +422,7 @@ fn section(
                 let v = "refused: computes the same function as the baseline at this shape";
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {level} | {cmp} | - | - | - | - | - | - | - | - | - | {v} |",
+                    "| {} | {} | {level} | {cmp} | - | - | - | - | - | - | - | - | - | - | {v} |",
                     f.name, l.task
                 );
                 let _ = writeln!(
@@ -452,9 +452,23 @@ fn section(
                     flags += &format!("{}{what}", if flags.is_empty() { "" } else { ", " });
                 }
             }
+            // The per-seed values the look judged (its first n seeds of each arm).
+            let n = j.test.as_ref().map(|t| t.n).unwrap_or(0);
+            let seeds = |i: usize| {
+                st.evaluation[i]
+                    .iter()
+                    .take(n)
+                    .map(|r| r.result.test_acc.map(pct).unwrap_or("div".into()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let per_seed = match n {
+                0 => "-".to_string(),
+                _ => format!("{}; {}", seeds(l.challenger), seeds(l.baseline)),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {level} | {cmp} | {cells} | {flags} | {verdict} |",
+                "| {} | {} | {level} | {cmp} | {per_seed} | {cells} | {flags} | {verdict} |",
                 f.name, l.task
             );
             let (metric, n) = match &j.test {
