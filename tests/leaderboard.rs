@@ -51,6 +51,7 @@ pub(crate) fn write_run(out: &Path, spec: &RunSpec, val: f64, test: f64, status:
         test_token_acc: ok.then_some(test),
         test_macro_acc: ok.then_some(test - 0.05),
         test_choice_acc: None,
+        test_steps_valid: None,
         router_heatmap: vec![],
     };
     let d = out.join("runs").join(spec.id());

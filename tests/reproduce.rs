@@ -631,6 +631,12 @@ fn val_is_scored_with_the_tasks_metric_when_asked() {
     let val = tasks::generate_range(task.as_ref(), tasks::Split::Val, 0, spec.n_val);
     let gen = harness::eval::generation_accuracy(&model, task.as_ref(), &val, &dev).unwrap();
     assert_eq!(r.val_acc, Some(gen));
+    // Worked solutions also report how many test generations are valid at every step.
+    let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
+    let (acc, steps) =
+        harness::eval::generation_scores(&model, task.as_ref(), &test, &dev).unwrap();
+    assert_eq!((r.test_acc, r.test_steps_valid), (Some(acc), steps));
+    assert!(steps.is_some());
 }
 
 /// ProsQA's two-way choice is scored beside its generated answer: a run's `test_choice_acc`

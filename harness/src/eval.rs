@@ -193,7 +193,18 @@ pub fn generation_accuracy(
     examples: &[Example],
     device: &Device,
 ) -> Result<f64> {
-    let mut right = 0usize;
+    Ok(generation_scores(model, task, examples, device)?.0)
+}
+
+/// Verifier accuracy of greedy generations and, for tasks with worked solutions
+/// (`Task::steps_valid`), the fraction of generations whose every step is valid.
+pub fn generation_scores(
+    model: &models::Model,
+    task: &dyn Task,
+    examples: &[Example],
+    device: &Device,
+) -> Result<(f64, Option<f64>)> {
+    let (mut right, mut valid, mut judged) = (0usize, 0usize, 0usize);
     for ex in examples {
         let max_new = task
             .max_new_tokens()
@@ -202,8 +213,16 @@ pub fn generation_accuracy(
         if task.score(ex, &gen) {
             right += 1;
         }
+        if let Some(ok) = task.steps_valid(ex, &gen) {
+            judged += 1;
+            valid += usize::from(ok);
+        }
     }
-    Ok(right as f64 / examples.len().max(1) as f64)
+    let n = examples.len().max(1) as f64;
+    Ok((
+        right as f64 / n,
+        (judged > 0).then(|| valid as f64 / judged as f64),
+    ))
 }
 
 /// The validation score used for model selection (cheap: teacher-forced).

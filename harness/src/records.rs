@@ -63,6 +63,10 @@ pub struct RunResult {
     /// (ProsQA): which the model ranks higher at the decisive position (chance exactly 1/2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_choice_acc: Option<f64>,
+    /// For worked solutions (arith with `output=cot`): the fraction of test generations whose
+    /// every step is arithmetically valid, whatever their final answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_steps_valid: Option<f64>,
     /// LIMe variants: mean |W_l| per (layer, source layer) of the selected weights, rows
     /// normalised to 1 (the paper's Figure 5). Empty for models without a router.
     #[serde(default)]

@@ -404,6 +404,33 @@ fn section(
                 .unwrap_or("-".into()),
         );
     }
+    // Worked solutions: how many generations are valid at every step (arith's chain).
+    let valid: Vec<String> = st
+        .cells
+        .iter()
+        .zip(&st.evaluation)
+        .filter_map(|(cell, ev)| {
+            let v: Vec<f64> = ev.iter().filter_map(|r| r.result.test_steps_valid).collect();
+            (!v.is_empty()).then(|| {
+                format!(
+                    "{} {} {} {}% ({} seeds)",
+                    cell.task,
+                    shown(&cell.level, &cell.arm),
+                    cell.model,
+                    pct(v.iter().sum::<f64>() / v.len() as f64),
+                    v.len()
+                )
+            })
+        })
+        .collect();
+    if !valid.is_empty() {
+        let _ = write!(
+            md,
+            "\nTest generations valid at every step (each `=`-separated step parses and keeps the \
+             expression's value; mean over evaluation seeds): {}.\n",
+            valid.join("; ")
+        );
+    }
     md += "\nTest accuracy per seed lists evaluation seeds 1, 2, … in order. FLOPs to τ: the mean \
            over evaluation seeds of the budget fraction spent when val accuracy first reached τ \
            (100 where it never did), with how many seeds reached it — MQAR's own evidence is a \

@@ -16,7 +16,8 @@ pub use crate::claim::WhenBusy;
 use crate::claim::{claim_run, RunClaim};
 use crate::device::run_device_name;
 use crate::eval::{
-    choice_accuracy, generation_accuracy, make_batch, teacher_forced, val_score, Batch,
+    choice_accuracy, generation_accuracy, generation_scores, make_batch, teacher_forced, val_score,
+    Batch,
 };
 use crate::io::{read_json, write_atomic, write_json};
 use crate::optim::{lr_at, AdamW};
@@ -629,6 +630,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             test_token_acc: None,
             test_macro_acc: None,
             test_choice_acc: None,
+            test_steps_valid: None,
             router_heatmap: Vec::new(),
         };
         if !m.diverged {
@@ -645,7 +647,11 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             result.test_macro_acc = Some(tf.macro_acc);
             result.test_acc = Some(match task.metric() {
                 tasks::Metric::TeacherForced => tf.token_acc,
-                tasks::Metric::Generate => generation_accuracy(&model, task, &test, dev)?,
+                tasks::Metric::Generate => {
+                    let (acc, steps) = generation_scores(&model, task, &test, dev)?;
+                    result.test_steps_valid = steps;
+                    acc
+                }
             });
             result.best_step = st.best_step;
             result.router_heatmap = model.router_heatmap()?;

@@ -355,6 +355,90 @@ impl Arith {
     }
 }
 
+/// The value of an expression in arith's tokens (recursive descent: expr := term (± term)*,
+/// term := factor (×÷ factor)*, factor := number | ( expr )), mod `modulus` or over the integers
+/// with exact division; None when the tokens do not parse or a division is not exact / by zero.
+fn eval_tokens(t: &[u32], modulus: Option<i64>) -> Option<i64> {
+    struct P<'a> {
+        t: &'a [u32],
+        i: usize,
+        m: Option<i64>,
+    }
+    impl P<'_> {
+        fn apply(&self, op: u32, x: i64, y: i64) -> Option<i64> {
+            let v = match (op, self.m) {
+                (ADD, _) => x + y,
+                (SUB, _) => x - y,
+                (MUL, _) => x.checked_mul(y)?,
+                (DIV, Some(p)) => {
+                    let inv = (1..p).find(|z| y.rem_euclid(p) * z % p == 1)?;
+                    x * inv
+                }
+                (DIV, None) => {
+                    if y == 0 || x % y != 0 {
+                        return None;
+                    }
+                    x / y
+                }
+                _ => return None,
+            };
+            Some(match self.m {
+                Some(p) => v.rem_euclid(p),
+                None => v,
+            })
+        }
+        fn expr(&mut self) -> Option<i64> {
+            let mut a = self.term()?;
+            while let Some(&op @ (ADD | SUB)) = self.t.get(self.i) {
+                self.i += 1;
+                let b = self.term()?;
+                a = self.apply(op, a, b)?;
+            }
+            Some(a)
+        }
+        fn term(&mut self) -> Option<i64> {
+            let mut a = self.factor()?;
+            while let Some(&op @ (MUL | DIV)) = self.t.get(self.i) {
+                self.i += 1;
+                let b = self.factor()?;
+                a = self.apply(op, a, b)?;
+            }
+            Some(a)
+        }
+        fn factor(&mut self) -> Option<i64> {
+            match *self.t.get(self.i)? {
+                LPAR => {
+                    self.i += 1;
+                    let a = self.expr()?;
+                    (self.t.get(self.i) == Some(&RPAR)).then_some(())?;
+                    self.i += 1;
+                    Some(a)
+                }
+                d if d >= NUM0 => {
+                    let mut v: i64 = 0;
+                    while let Some(&d) = self.t.get(self.i).filter(|&&d| d >= NUM0) {
+                        v = v.checked_mul(if self.m.is_some() { 0 } else { 10 })?
+                            + (d - NUM0) as i64;
+                        self.i += 1;
+                        if self.m.is_some() {
+                            break; // one token per residue
+                        }
+                    }
+                    Some(v)
+                }
+                _ => None,
+            }
+        }
+    }
+    let mut p = P {
+        t,
+        i: 0,
+        m: modulus,
+    };
+    let v = p.expr()?;
+    (p.i == t.len()).then_some(v)
+}
+
 /// Uniform over the pairs `(a, b)` in `0..=m` with `a·b = 0`: `(0, b)` for any b, `(a, 0)`, a ≠ 0.
 fn zero_product(rng: &mut ChaCha8Rng, m: u64) -> (u64, u64) {
     let r = rng.gen_range(0..2 * m + 1);
@@ -501,6 +585,23 @@ impl Task for Arith {
     }
     fn metric(&self) -> Metric {
         Metric::Generate
+    }
+    /// Every `=`-separated step of the generation (up to `<eos>`) parses and has the prompt
+    /// expression's value: the solution is arithmetically valid throughout, whatever its answer.
+    fn steps_valid(&self, ex: &Example, generated: &[u32]) -> Option<bool> {
+        let modulus = (self.cfg.mode == Mode::Mod).then_some(self.cfg.modulus as i64);
+        let prompt = ex.prompt();
+        let expr = prompt.strip_suffix(&[EQ]).unwrap_or(prompt);
+        let Some(want) = eval_tokens(expr, modulus) else {
+            return Some(false);
+        };
+        let gen = crate::until_eos(generated, EOS);
+        Some(
+            !gen.is_empty()
+                && gen
+                    .split(|&t| t == EQ)
+                    .all(|step| eval_tokens(step, modulus) == Some(want)),
+        )
     }
 }
 
@@ -844,5 +945,31 @@ mod tests {
         assert_eq!(m.metric(), Metric::Generate);
         assert_eq!(m.eos_id(), Some(EOS));
         assert_eq!(Arith::from_json(m.config()).unwrap().config(), m.config());
+    }
+
+    #[test]
+    fn reference_solutions_are_valid_step_by_step_and_corrupted_ones_are_not() {
+        for sets_ in [
+            sets(&[("mode", "int"), ("output", "cot")]),
+            sets(&[("output", "cot")]),
+            sets(&[("mode", "int")]),
+        ] {
+            let t = build(NAME, Some("ops4"), &sets_).unwrap();
+            for ex in crate::generate_range(t.as_ref(), Split::Test, 0, 50) {
+                assert_eq!(
+                    t.steps_valid(&ex, ex.answer()),
+                    Some(true),
+                    "{}",
+                    t.render(&ex.tokens)
+                );
+                // A wrong final number breaks validity; an unparsable step too.
+                let mut bad = ex.answer().to_vec();
+                let last = bad.iter().rposition(|&x| x >= NUM0).unwrap();
+                bad[last] = if bad[last] == NUM0 { NUM0 + 1 } else { NUM0 };
+                assert_eq!(t.steps_valid(&ex, &bad), Some(false));
+                assert_eq!(t.steps_valid(&ex, &[ADD, EQ]), Some(false));
+                assert_eq!(t.steps_valid(&ex, &[]), Some(false));
+            }
+        }
     }
 }

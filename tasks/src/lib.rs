@@ -193,6 +193,11 @@ pub trait Task: Send + Sync {
     fn choice(&self, _ex: &Example) -> Option<Choice> {
         None
     }
+    /// For tasks whose answers are worked solutions (arith's chain of steps): whether every step
+    /// of `generated` is valid, whatever the final answer. None for other tasks.
+    fn steps_valid(&self, _ex: &Example, _generated: &[u32]) -> Option<bool> {
+        None
+    }
 }
 
 /// A two-way choice inside an example: at input `position` the model predicts the next token,
