@@ -161,7 +161,9 @@ pub fn run(a: &CalibrateArgs) -> Result<()> {
         };
         let task = crate::train::task_from_spec(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
         let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
-        let floor = tasks::floor::majority(task.as_ref(), 4096, &test).max(task.chance());
+        let floor = tasks::floor::majority(task.as_ref(), 4096, &test)
+            .max(tasks::floor::shallow(task.as_ref(), &test))
+            .max(task.chance());
         let val = result.val_acc.unwrap_or(floor);
         let position = ((val - floor) / (1.0 - floor).max(1e-12)).clamp(0.0, 1.0);
         eprintln!(

@@ -227,10 +227,11 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
 /// The declared rules of a claim, one paragraph.
 fn rules_line(c: &Claim) -> String {
     let floor = match c.rules.floor {
-        Floor::Trivial => "measured per level: the better of chance and the majority predictor \
-                           (the most frequent target per supervised position, or the most \
-                           frequent answer, counted on 4,096 train examples and scored on the \
-                           test split; the floor % column)"
+        Floor::Trivial => "measured per level: the best of chance, the majority predictor (the \
+                           most frequent target per supervised position, or the most frequent \
+                           answer, counted on 4,096 train examples) and the task's shallow \
+                           heuristics (hop-k: copying the current token, one induction hop), \
+                           scored on the test split (the floor % column)"
             .to_string(),
         Floor::Declared(f, why) => {
             format!("{}% (or the measured floor where higher) — {why}", pct(f))
@@ -410,7 +411,10 @@ fn section(
         .iter()
         .zip(&st.evaluation)
         .filter_map(|(cell, ev)| {
-            let v: Vec<f64> = ev.iter().filter_map(|r| r.result.test_steps_valid).collect();
+            let v: Vec<f64> = ev
+                .iter()
+                .filter_map(|r| r.result.test_steps_valid)
+                .collect();
             (!v.is_empty()).then(|| {
                 format!(
                     "{} {} {} {}% ({} seeds)",

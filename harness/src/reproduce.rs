@@ -248,9 +248,10 @@ pub fn locate(family: &Family, cells: &[Cell]) -> Result<Vec<Located>> {
 /// Train examples the majority predictor counts.
 const FLOOR_TRAIN: u64 = 4096;
 
-/// A cell's measured floor: the best of its task's chance and the majority predictor's test
-/// accuracy ([`tasks::floor::majority`], over the cell's own test split), remembered by task
-/// config in `memo`.
+/// A cell's measured floor: the best of its task's chance, the majority predictor's test
+/// accuracy ([`tasks::floor::majority`]) and the task's shallow heuristics
+/// ([`tasks::floor::shallow`]), over the cell's own test split, remembered by task config in
+/// `memo`.
 pub fn floor_of(cell: &Cell, memo: &mut BTreeMap<String, f64>) -> Result<f64> {
     let spec = &cell.specs[0];
     let key = format!(
@@ -263,7 +264,9 @@ pub fn floor_of(cell: &Cell, memo: &mut BTreeMap<String, f64>) -> Result<f64> {
     let task =
         crate::train::task_from_spec(spec).map_err(|e| anyhow::anyhow!("{}: {e}", spec.task))?;
     let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
-    let f = tasks::floor::majority(task.as_ref(), FLOOR_TRAIN, &test).max(task.chance());
+    let f = tasks::floor::majority(task.as_ref(), FLOOR_TRAIN, &test)
+        .max(tasks::floor::shallow(task.as_ref(), &test))
+        .max(task.chance());
     memo.insert(key, f);
     Ok(f)
 }

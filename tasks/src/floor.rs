@@ -6,7 +6,9 @@
 //! training examples (teacher-forced tasks), or the most frequent whole answer (generated
 //! tasks, scored by the task's own verifier), and returns its accuracy on `test` under the
 //! task's metric. A model below it has learnt nothing from the context; a verdict's floor gate
-//! uses the larger of it and chance.
+//! uses the larger of it and chance. [`shallow`] measures the task's own shallow heuristics
+//! (hop-k's copy of the current token and its one-hop induction), which a model of too few
+//! layers can still compute.
 
 use crate::{generate_range, Example, Metric, Split, Task};
 use std::collections::BTreeMap;
@@ -59,6 +61,26 @@ pub fn majority(task: &dyn Task, n_train: u64, test: &[Example]) -> f64 {
     }
 }
 
+/// The best accuracy on `test` of the task's shallow heuristics ([`Task::shallow`]), micro over
+/// supervised targets; 0 where the task has none.
+pub fn shallow(task: &dyn Task, test: &[Example]) -> f64 {
+    let mut best = 0.0f64;
+    let predictors = test.first().map(|ex| task.shallow(ex).len()).unwrap_or(0);
+    for h in 0..predictors {
+        let (mut right, mut total) = (0u64, 0u64);
+        for ex in test {
+            let preds = task.shallow(ex);
+            for (j, &(_, t)) in ex.targets.iter().enumerate() {
+                total += 1;
+                let guess = preds.get(h).and_then(|p| p.get(j).copied().flatten());
+                right += u64::from(guess == Some(t));
+            }
+        }
+        best = best.max(right as f64 / total.max(1) as f64);
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +119,35 @@ mod tests {
         }
         assert_eq!(f, r as f64 / n as f64);
         assert!(f >= 0.0 && f < 0.2, "mqar floor {f}");
+    }
+
+    #[test]
+    fn hopk_shallow_heuristics_are_the_lower_hops() {
+        // hop_0 (copy) and hop_1 (one induction head), each scored against hop_k by brute force
+        // from the definition; the floor is the better one.
+        let t = build("hopk", Some("k4"), &[]).unwrap();
+        let test = generate_range(t.as_ref(), Split::Test, 0, 200);
+        let s = shallow(t.as_ref(), &test);
+        let m = majority(t.as_ref(), 2000, &test);
+        assert!(s > 0.0 && s < 1.0, "{s}");
+        // Each predictor's accuracy, by hand from the definition of hops.
+        let mut best = 0.0f64;
+        for j in 0..2 {
+            let (mut r, mut n) = (0, 0);
+            for ex in &test {
+                let h = crate::hopk::hops(&ex.tokens[1..], j);
+                for &(p, tok) in &ex.targets {
+                    n += 1;
+                    r += usize::from(h[p as usize - 1] == Some(tok));
+                }
+            }
+            best = best.max(r as f64 / n as f64);
+        }
+        assert_eq!(s, best);
+        eprintln!("hopk k4: shallow floor {s:.3}, majority {m:.3}");
+        // Tasks without heuristics measure 0.
+        let p = build("parity", None, &[]).unwrap();
+        let pt = generate_range(p.as_ref(), Split::Test, 0, 10);
+        assert_eq!(shallow(p.as_ref(), &pt), 0.0);
     }
 }

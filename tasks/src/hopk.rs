@@ -204,6 +204,21 @@ impl Task for Hopk {
     fn score(&self, ex: &Example, generated: &[u32]) -> bool {
         crate::targets_match(ex, generated)
     }
+    /// `hop_0` (copy the current token) and `hop_1` (one induction head): what one or two layers
+    /// compute without solving k hops. (At k4, copying the current token scores 35% — the
+    /// plateau every model of the first depth protocol reached.)
+    fn shallow(&self, ex: &Example) -> Vec<Vec<Option<u32>>> {
+        let x = &ex.tokens[1..];
+        (0..2)
+            .map(|j| {
+                let h = hops(x, j);
+                ex.targets
+                    .iter()
+                    .map(|&(p, _)| h.get(p as usize - 1).copied().flatten())
+                    .collect()
+            })
+            .collect()
+    }
     fn chance(&self) -> f64 {
         1.0 / self.cfg.alphabet as f64
     }

@@ -193,6 +193,13 @@ pub trait Task: Send + Sync {
     fn choice(&self, _ex: &Example) -> Option<Choice> {
         None
     }
+    /// Shallow heuristics a model can reach without solving the task, each as one predicted
+    /// token per supervised target (None: no prediction), in target order — hop-k's copy of the
+    /// current token and its one-hop induction. The measured floor is the best of them
+    /// ([`floor::shallow`]).
+    fn shallow(&self, _ex: &Example) -> Vec<Vec<Option<u32>>> {
+        Vec::new()
+    }
     /// For tasks whose answers are worked solutions (arith's chain of steps): whether every step
     /// of `generated` is valid, whatever the final answer. None for other tasks.
     fn steps_valid(&self, _ex: &Example, _generated: &[u32]) -> Option<bool> {
