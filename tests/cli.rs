@@ -822,3 +822,20 @@ fn models_lists_every_variant() {
         assert!(row.contains(&format!("| {params} ")), "{row}");
     }
 }
+
+/// Printing into a closed pipe (`harness … | head`) ends the process quietly, by SIGPIPE as any
+/// Unix tool does, never with a panic: the read end is closed before the binary writes.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let mut child = harness()
+        .args(["tasks"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

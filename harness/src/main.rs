@@ -10,6 +10,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`harness reproduce --plan | head`)
+    // panics; the default action ends the process quietly instead, as `cat` would.
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition before any other thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Never hand freed pages back to the OS: a training step frees and reallocates the same
     // buffers every time, and re-faulting them cost 20-25% of a small model's step (measured,
     // BENCHMARKS.md). MIMALLOC_PURGE_DELAY in the environment still wins.

@@ -450,8 +450,14 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
                 if a.plan {
                     for s in &todo {
                         println!(
-                            "{}\t{} {} {} seed {} lr {:e}",
-                            c.name, s.task, s.level, s.model, s.seed, s.optim.lr
+                            "{}\t{} {} {} ({} layers) seed {} lr {:e}",
+                            c.name,
+                            s.task,
+                            s.level,
+                            s.model,
+                            s.model_config.n_layers,
+                            s.seed,
+                            s.optim.lr
                         );
                     }
                     continue 'claims;
