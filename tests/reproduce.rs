@@ -689,3 +689,36 @@ fn prosqa_runs_report_the_two_way_choice() {
     let ex = tasks::generate_range(mqar.as_ref(), tasks::Split::Test, 0, 1).remove(0);
     assert!(mqar.choice(&ex).is_none());
 }
+
+/// A diverged evaluation run is not dropped (survivorship): it counts at the floor, unsolved,
+/// and its cell is flagged.
+#[test]
+fn a_diverged_seed_counts_at_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_mqar(
+        dir.path(),
+        5,
+        |m, _, _| if m == "lime" { 1.0 } else { 0.15 },
+    );
+    let c = &claims()[0];
+    let a = arms(c, Scale::Cpu).unwrap().unwrap();
+    // lime's seed 3 at kv8 diverged.
+    let spec = a
+        .iter()
+        .flat_map(|(_, s)| s)
+        .find(|s| s.model == "lime" && s.level == "kv8" && s.seed == 3 && s.optim.lr == 1e-3)
+        .unwrap();
+    write_run(dir.path(), spec, 0.0, 0.0, RunStatus::Diverged);
+    let recs = committed(dir.path()).unwrap();
+    let st = standing(c, &a, &recs, dir.path()).unwrap();
+    let (l, j) = &st.families[0][1];
+    assert_eq!(l.level, "kv8");
+    let t = j.as_ref().unwrap().test.as_ref().unwrap();
+    assert_eq!(t.solved, (4, 0), "{t:?}");
+    let rules = c.rules(&c.families[0], "kv8", st.floors[l.challenger].unwrap());
+    let ev: Vec<_> = st.evaluation[l.challenger].iter().collect();
+    let d = harness::leaderboard::evidence(dir.path(), &ev, &rules);
+    assert_eq!(d.acc[2], rules.floor);
+    let md = render(&claims()[..1], dir.path()).unwrap();
+    assert!(md.contains("diverged seed"), "{md}");
+}
