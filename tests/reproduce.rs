@@ -722,3 +722,42 @@ fn a_diverged_seed_counts_at_the_floor() {
     let md = render(&claims()[..1], dir.path()).unwrap();
     assert!(md.contains("diverged seed"), "{md}");
 }
+
+/// `reproduce --plan` lists what the rules want next and trains nothing; a filter naming no
+/// model or level of the selected claims is a one-line error.
+#[test]
+fn reproduce_plan_and_its_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().to_str().unwrap();
+    let o = crate::cli::run(&[
+        "reproduce",
+        "--claims",
+        "mqar",
+        "--plan",
+        "--results",
+        results,
+    ]);
+    assert!(o.status.success(), "{}", crate::cli::stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Nothing committed: the tuning seed at each of 3 lrs, 2 models, 2 levels.
+    assert_eq!(out.lines().count(), 12, "{out}");
+    assert!(out.lines().all(|l| l.contains(" seed 0 ")), "{out}");
+    assert!(!dir.path().join("runs").exists());
+    let o = crate::cli::run(&[
+        "reproduce",
+        "--claims",
+        "mqar",
+        "--models",
+        "gpt",
+        "--plan",
+        "--results",
+        results,
+    ]);
+    assert!(!o.status.success());
+    let err = crate::cli::stderr(&o);
+    assert!(
+        err.contains("`gpt` is in none of the selected claims"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -422,6 +422,21 @@ pub fn committed(results: &Path) -> Result<Vec<Record>> {
 /// `--render-only`; with `--plan`, print it instead).
 pub fn train(a: &ReproduceArgs) -> Result<()> {
     let claims = selected(&a.claims)?;
+    // A filter naming nothing the selected claims train is a typo, not an empty plan.
+    for (what, names) in [("--models", &a.models), ("--levels", &a.levels)] {
+        for n in names {
+            let known = claims.iter().any(|c| {
+                arms(c, a.scale).ok().flatten().is_some_and(|arms| {
+                    arms.iter()
+                        .flat_map(|(_, s)| s)
+                        .any(|s| &s.model == n || &s.level == n)
+                })
+            });
+            if !known {
+                bail!("{what}: `{n}` is in none of the selected claims' protocols");
+            }
+        }
+    }
     if !a.render_only {
         let dev = device(&a.device)?;
         let opts = RunOptions {
