@@ -435,6 +435,35 @@ fn section(
             valid.join("; ")
         );
     }
+    // Name the metric behind each accuracy column, from the cells' own specs.
+    let metrics: BTreeSet<String> = st
+        .cells
+        .iter()
+        .filter_map(|cell| {
+            let spec = &cell.specs[0];
+            let task = crate::train::task_from_spec(spec).ok()?;
+            let test = match task.metric() {
+                tasks::Metric::TeacherForced => {
+                    "teacher-forced accuracy at the supervised positions"
+                }
+                tasks::Metric::Generate => "the verifier's score of a greedy generation",
+            };
+            let val = match (spec.val_metric, task.metric()) {
+                (crate::overrides::ValMetric::Task, _) | (_, tasks::Metric::TeacherForced) => {
+                    "the same".to_string()
+                }
+                _ => "teacher-forced whole-answer accuracy".to_string(),
+            };
+            Some(format!("{}: test = {test}, val = {val}", cell.task))
+        })
+        .collect();
+    if !metrics.is_empty() {
+        let _ = write!(
+            md,
+            "\nMetrics: {}.\n",
+            metrics.into_iter().collect::<Vec<_>>().join("; ")
+        );
+    }
     md += "\nTest accuracy per seed lists evaluation seeds 1, 2, … in order. FLOPs to τ: the mean \
            over evaluation seeds of the budget fraction spent when val accuracy first reached τ \
            (100 where it never did), with how many seeds reached it — MQAR's own evidence is a \
