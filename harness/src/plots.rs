@@ -729,7 +729,7 @@ pub fn forest_plot(path: &Path, claim: &str, rows: &[ForestRow]) -> Result<()> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("{claim}: challenger − baseline (adjusted CI; ±δ shaded; ◆ paper)"),
+                format!("{claim}: challenger − baseline (adjusted CI; ±δ shaded; red triangle: the paper)"),
                 ("sans-serif", 18),
             )
             .margin(10)
