@@ -203,17 +203,15 @@ pub fn normal_quantile(q: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
-/// Welch's t-test of mean(a) − mean(b).
+/// Welch's unequal-variance statistic for mean(a) − mean(b): the difference, its standard error
+/// and the Welch–Satterthwaite degrees of freedom; [`Welch::p`], [`Welch::ci`] and
+/// [`Welch::tost`] read the test, the interval at any level and the equivalence test from it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Welch {
     /// mean(a) − mean(b).
     pub diff: f64,
-    /// Half-width of its 95% confidence interval (Welch–Satterthwaite degrees of freedom).
-    pub ci95: f64,
-    pub t: f64,
+    pub se: f64,
     pub df: f64,
-    /// Two-sided p-value of "the means are equal".
-    pub p: f64,
 }
 
 fn mean_var(xs: &[f64]) -> (f64, f64) {
@@ -225,50 +223,70 @@ fn mean_var(xs: &[f64]) -> (f64, f64) {
     )
 }
 
-/// Welch's test with a 95% CI; `None` unless both samples have at least two values. When both
-/// samples have zero variance the difference is exact: p = 1 if the means are equal, else 0,
-/// with a zero CI (callers that know their metric's resolution use [`welch_at`] instead).
-pub fn welch(a: &[f64], b: &[f64]) -> Option<Welch> {
-    welch_at(a, b, 0.95, 0.0)
-}
-
-/// Welch's test with a two-sided `level` CI (`ci95` then holds that level's half-width), each
-/// sample's variance floored at `var_floor`: a metric measured to a resolution r cannot claim a
-/// spread below its rounding error (r²/12), so two constant arms a rounding step apart are not
-/// "exactly" different.
-pub fn welch_at(a: &[f64], b: &[f64], level: f64, var_floor: f64) -> Option<Welch> {
+/// Welch's statistic; `None` unless both samples have at least two values. Each sample's
+/// variance is floored at its `floor` (a metric measured to a resolution r cannot claim a
+/// seed-to-seed spread below r², so two arms constant a rounding step apart are not "exactly"
+/// different); with floors 0 and no variance the difference is exact (p 1 or 0, a zero CI).
+pub fn welch(a: &[f64], b: &[f64], floor_a: f64, floor_b: f64) -> Option<Welch> {
     if a.len() < 2 || b.len() < 2 {
         return None;
     }
     let ((ma, va), (mb, vb)) = (mean_var(a), mean_var(b));
-    let (va, vb) = (va.max(var_floor), vb.max(var_floor));
-    let (sa, sb) = (va / a.len() as f64, vb / b.len() as f64);
-    let diff = ma - mb;
+    let (sa, sb) = (
+        va.max(floor_a) / a.len() as f64,
+        vb.max(floor_b) / b.len() as f64,
+    );
     let se2 = sa + sb;
-    if se2 == 0.0 {
-        let p = if diff == 0.0 { 1.0 } else { 0.0 };
-        let t = if diff == 0.0 {
-            0.0
-        } else {
-            diff.signum() * f64::INFINITY
-        };
-        return Some(Welch {
-            diff,
-            ci95: 0.0,
-            t,
-            df: f64::INFINITY,
-            p,
-        });
-    }
-    let df = se2 * se2 / (sa * sa / (a.len() as f64 - 1.0) + sb * sb / (b.len() as f64 - 1.0));
-    let t = diff / se2.sqrt();
+    let df = match se2 {
+        0.0 => f64::INFINITY,
+        _ => se2 * se2 / (sa * sa / (a.len() as f64 - 1.0) + sb * sb / (b.len() as f64 - 1.0)),
+    };
     Some(Welch {
-        diff,
-        ci95: t_two_sided_quantile(1.0 - level, df) * se2.sqrt(),
-        t,
+        diff: ma - mb,
+        se: se2.sqrt(),
         df,
-        p: t_two_sided_p(t, df),
     })
+}
+
+impl Welch {
+    pub fn t(&self) -> f64 {
+        self.diff / self.se
+    }
+
+    /// Two-sided p of "the means are equal".
+    pub fn p(&self) -> f64 {
+        match self.se {
+            0.0 if self.diff == 0.0 => 1.0,
+            0.0 => 0.0,
+            _ => t_two_sided_p(self.t(), self.df),
+        }
+    }
+
+    /// The two-sided `level` interval of the difference.
+    pub fn ci(&self, level: f64) -> (f64, f64) {
+        if self.se == 0.0 {
+            return (self.diff, self.diff);
+        }
+        let h = t_two_sided_quantile(1.0 - level, self.df) * self.se;
+        (self.diff - h, self.diff + h)
+    }
+
+    /// TOST p against ±`delta` (Schuirmann): the larger of the two one-sided p's.
+    pub fn tost(&self, delta: f64) -> f64 {
+        if self.se == 0.0 {
+            return if self.diff.abs() < delta { 0.0 } else { 1.0 };
+        }
+        // P(T ≥ t).
+        let upper = |t: f64| {
+            let p2 = t_two_sided_p(t, self.df);
+            if t >= 0.0 {
+                p2 / 2.0
+            } else {
+                1.0 - p2 / 2.0
+            }
+        };
+        upper((self.diff + delta) / self.se).max(upper((delta - self.diff) / self.se))
+    }
 }
 
 /// The Wilson score interval of a proportion k/n at two-sided `level` (`(0, 1)` when n = 0).
@@ -449,20 +467,40 @@ mod tests {
     fn welch_by_hand() {
         // a: mean 3, var 2.5; b: mean 6, var 10 (n = 5 each): se² = 0.5 + 2 = 2.5,
         // t = −3/√2.5, df = 2.5² / (0.5²/4 + 2²/4) = 6.25 / 1.0625.
-        let w = welch(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 4.0, 6.0, 8.0, 10.0]).unwrap();
+        let w = welch(
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+            &[2.0, 4.0, 6.0, 8.0, 10.0],
+            0.0,
+            0.0,
+        )
+        .unwrap();
         assert_eq!(w.diff, -3.0);
-        assert!((w.t + 3.0 / 2.5f64.sqrt()).abs() < 1e-12);
+        assert!((w.t() + 3.0 / 2.5f64.sqrt()).abs() < 1e-12);
         assert!((w.df - 6.25 / 1.0625).abs() < 1e-12);
         // 0.1075312 by numerical integration of the t density (midpoint rule, 2e5 steps).
-        assert!((w.p - 0.107_531_2).abs() < 1e-6, "{w:?}");
-        assert!((t_two_sided_p(w.t, w.df) - w.p).abs() < 1e-15);
-        assert!((w.ci95 - t_two_sided_quantile(0.05, w.df) * 2.5f64.sqrt()).abs() < 1e-12);
+        assert!((w.p() - 0.107_531_2).abs() < 1e-6, "{w:?}");
+        let (lo, hi) = w.ci(0.95);
+        let h = t_two_sided_quantile(0.05, w.df) * 2.5f64.sqrt();
+        assert!((lo + 3.0 + h).abs() < 1e-12 && (hi + 3.0 - h).abs() < 1e-12);
+        // TOST at ±δ: the larger one-sided p; by symmetry, at diff 0 both equal P(T ≥ δ/se).
+        let z = welch(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0], 0.0, 0.0).unwrap();
+        assert!((z.tost(1.0) - t_two_sided_p(1.0 / z.se, z.df) / 2.0).abs() < 1e-12);
         // Symmetric, and exact when nothing varies.
-        let v = welch(&[2.0, 4.0, 6.0, 8.0, 10.0], &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
-        assert_eq!((v.diff, v.p), (3.0, w.p));
-        assert_eq!(welch(&[1.0, 1.0], &[1.0, 1.0]).unwrap().p, 1.0);
-        assert_eq!(welch(&[1.0, 1.0], &[0.5, 0.5]).unwrap().p, 0.0);
-        assert!(welch(&[1.0], &[1.0, 2.0]).is_none());
+        let v = welch(
+            &[2.0, 4.0, 6.0, 8.0, 10.0],
+            &[1.0, 2.0, 3.0, 4.0, 5.0],
+            0.0,
+            0.0,
+        )
+        .unwrap();
+        assert_eq!((v.diff, v.p()), (3.0, w.p()));
+        assert_eq!(welch(&[1.0, 1.0], &[1.0, 1.0], 0.0, 0.0).unwrap().p(), 1.0);
+        assert_eq!(welch(&[1.0, 1.0], &[0.5, 0.5], 0.0, 0.0).unwrap().p(), 0.0);
+        assert!(welch(&[1.0], &[1.0, 2.0], 0.0, 0.0).is_none());
+        // A variance floor: constant arms 1e-4 apart with a resolution of 1e-3 are far from
+        // significant.
+        let f = welch(&[0.5; 5], &[0.5001; 5], 1e-6, 1e-6).unwrap();
+        assert!(f.p() > 0.5, "{f:?}");
     }
 
     #[test]

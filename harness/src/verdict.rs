@@ -25,9 +25,7 @@
 //! The family-wise error of the whole procedure (every look, every family size the claims use)
 //! is measured by [`null_simulation`], a seeded simulation under the null; the report states it.
 
-use crate::stats::{
-    boschloo, holm, mean_ci, newcombe, permutation_p, t_two_sided_p, t_two_sided_quantile, wilson,
-};
+use crate::stats::{boschloo, holm, mean_ci, newcombe, permutation_p, welch, wilson, Welch};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -102,8 +100,9 @@ pub enum Metric {
 /// The statistic behind a [`Test`], enough to compute its interval at any level.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stat {
-    /// Welch: difference, standard error (variances floored at the resolution), df.
-    Welch { diff: f64, se: f64, df: f64 },
+    /// Welch, each arm's variance floored at its resolution² (a seed-to-seed spread below one
+    /// test example, or one evaluation interval, is not measured).
+    Welch(Welch),
     /// Solve counts.
     Counts {
         ka: usize,
@@ -146,13 +145,7 @@ impl Test {
     /// The two-sided interval of the difference at `level`.
     fn interval(&self, level: f64) -> (f64, f64) {
         match self.stat {
-            Stat::Welch { diff, se, df } => {
-                if se == 0.0 {
-                    return (diff, diff);
-                }
-                let h = t_two_sided_quantile(1.0 - level, df) * se;
-                (diff - h, diff + h)
-            }
+            Stat::Welch(w) => w.ci(level),
             Stat::Counts { ka, na, kb, nb } => {
                 let (_, lo, hi) = newcombe(ka, na, kb, nb, level);
                 (lo, hi)
@@ -249,52 +242,6 @@ fn solved(xs: &[f64], tau: f64) -> usize {
     xs.iter().filter(|&&x| x >= tau).count()
 }
 
-/// Welch on the first `n` values, each arm's variance floored at resolution²: a seed-to-seed
-/// spread below one test example (or one evaluation interval) is not measured, so two arms that
-/// are constant a test example apart are not "exactly" different.
-fn welch_stat(a: &[f64], b: &[f64], ra: f64, rb: f64) -> (f64, f64, f64) {
-    let mv = |x: &[f64]| {
-        let m = x.iter().sum::<f64>() / x.len() as f64;
-        let v = x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() as f64 - 1.0);
-        (m, v)
-    };
-    let ((ma, va), (mb, vb)) = (mv(a), mv(b));
-    let (va, vb) = (va.max(ra * ra), vb.max(rb * rb));
-    let (sa, sb) = (va / a.len() as f64, vb / b.len() as f64);
-    let se2 = sa + sb;
-    let df = if se2 == 0.0 {
-        f64::INFINITY
-    } else {
-        se2 * se2 / (sa * sa / (a.len() as f64 - 1.0) + sb * sb / (b.len() as f64 - 1.0))
-    };
-    (ma - mb, se2.sqrt(), df)
-}
-
-/// Two-sided p of a Welch statistic.
-fn welch_p(diff: f64, se: f64, df: f64) -> f64 {
-    if se == 0.0 {
-        return if diff == 0.0 { 1.0 } else { 0.0 };
-    }
-    t_two_sided_p(diff / se, df)
-}
-
-/// TOST p of a Welch statistic against ±δ: the larger of the two one-sided p's.
-fn welch_tost(diff: f64, se: f64, df: f64, delta: f64) -> f64 {
-    if se == 0.0 {
-        return if diff.abs() < delta { 0.0 } else { 1.0 };
-    }
-    let one_sided = |t: f64| {
-        // P(T ≥ t).
-        let p2 = t_two_sided_p(t, df);
-        if t >= 0.0 {
-            p2 / 2.0
-        } else {
-            1.0 - p2 / 2.0
-        }
-    };
-    one_sided((diff + delta) / se).max(one_sided((delta - diff) / se))
-}
-
 /// TOST p of solve rates: the smallest α whose 1 − 2α Newcombe interval lies inside ±δ (by
 /// bisection; 1 when none does).
 fn counts_tost(ka: usize, na: usize, kb: usize, nb: usize, delta: f64) -> f64 {
@@ -326,12 +273,9 @@ fn test(c: &Comparison, n: usize, rules: &Rules) -> (Test, bool) {
     let (metric, stat, delta) = if saturated {
         let (fa, fb) = (&c.a.flops_to_tau[..n], &c.b.flops_to_tau[..n]);
         // Positive favours the challenger: it needed less of the budget.
-        let (d, se, df) = welch_stat(fb, fa, c.b.flops_resolution, c.a.flops_resolution);
-        (
-            Metric::FlopsToTau,
-            Stat::Welch { diff: d, se, df },
-            rules.delta_flops,
-        )
+        let (rb, ra) = (c.b.flops_resolution, c.a.flops_resolution);
+        let w = welch(fb, fa, rb * rb, ra * ra).expect("a look has at least two seeds");
+        (Metric::FlopsToTau, Stat::Welch(w), rules.delta_flops)
     } else if ka != kb || mixed(ka) || mixed(kb) {
         (
             Metric::SolveRate,
@@ -344,17 +288,12 @@ fn test(c: &Comparison, n: usize, rules: &Rules) -> (Test, bool) {
             rules.delta,
         )
     } else {
-        let (d, se, df) = welch_stat(a, b, c.a.resolution, c.b.resolution);
-        (
-            Metric::Accuracy,
-            Stat::Welch { diff: d, se, df },
-            rules.delta,
-        )
+        let (ra, rb) = (c.a.resolution, c.b.resolution);
+        let w = welch(a, b, ra * ra, rb * rb).expect("a look has at least two seeds");
+        (Metric::Accuracy, Stat::Welch(w), rules.delta)
     };
     let (diff, p, p_tost) = match stat {
-        Stat::Welch { diff, se, df } => {
-            (diff, welch_p(diff, se, df), welch_tost(diff, se, df, delta))
-        }
+        Stat::Welch(w) => (w.diff, w.p(), w.tost(delta)),
         Stat::Counts { ka, na, kb, nb } => (
             ka as f64 / na as f64 - kb as f64 / nb as f64,
             boschloo_memo(ka, na, kb, nb),
