@@ -617,17 +617,7 @@ fn val_is_scored_with_the_tasks_metric_when_asked() {
     let spec = harness::spec::resolve(&args).unwrap().remove(0);
     assert_ne!(spec.id(), teacher.id());
     let r = crate::cli::train_to_done(&spec, dir.path());
-    let dev = candle_core::Device::Cpu;
-    let w = candle_core::safetensors::load(
-        dir.path()
-            .join("runs")
-            .join(spec.id())
-            .join("best.safetensors"),
-        &dev,
-    )
-    .unwrap();
-    let model = harness::train::run_model(&spec, &w, &dev).unwrap();
-    let task = harness::train::task_from_spec(&spec).unwrap();
+    let (model, task, dev) = best_model(&spec, dir.path());
     let val = tasks::generate_range(task.as_ref(), tasks::Split::Val, 0, spec.n_val);
     let gen = harness::eval::generation_accuracy(&model, task.as_ref(), &val, &dev).unwrap();
     assert_eq!(r.val_acc, Some(gen));
@@ -652,17 +642,7 @@ fn prosqa_runs_report_the_two_way_choice() {
     let spec = harness::spec::resolve(&args).unwrap().remove(0);
     let r = crate::cli::train_to_done(&spec, dir.path());
     let got = r.test_choice_acc.expect("prosqa reports the choice");
-    let dev = candle_core::Device::Cpu;
-    let w = candle_core::safetensors::load(
-        dir.path()
-            .join("runs")
-            .join(spec.id())
-            .join("best.safetensors"),
-        &dev,
-    )
-    .unwrap();
-    let model = harness::train::run_model(&spec, &w, &dev).unwrap();
-    let task = harness::train::task_from_spec(&spec).unwrap();
+    let (model, task, dev) = best_model(&spec, dir.path());
     let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
     let mut right = 0;
     for ex in &test {
@@ -760,4 +740,16 @@ fn reproduce_plan_and_its_filters() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// A finished run's saved best weights as a model, with its task (on the CPU).
+fn best_model(
+    spec: &harness::spec::RunSpec,
+    out: &Path,
+) -> (models::Model, Box<dyn tasks::Task>, candle_core::Device) {
+    let dev = candle_core::Device::Cpu;
+    let best = out.join("runs").join(spec.id()).join("best.safetensors");
+    let w = candle_core::safetensors::load(best, &dev).unwrap();
+    let model = harness::train::run_model(spec, &w, &dev).unwrap();
+    (model, harness::train::task_from_spec(spec).unwrap(), dev)
 }
