@@ -258,7 +258,7 @@ fn leaderboard_versus_judges_with_the_verdict_rules() {
         .lines()
         .find(|l| l.starts_with("| mqar | kv4 | lime | 1e-3 | 1e-3 |"))
         .unwrap_or_else(|| panic!("{out}"));
-    assert!(row.contains("| SolveRate | 5 | 5/5 vs 0/5 |"), "{row}");
+    assert!(row.contains("| solve rate | 5 | 5/5 vs 0/5 |"), "{row}");
     assert!(row.ends_with("| **reproduced** |"), "{row}");
 
     let o = run(&[

@@ -709,7 +709,7 @@ pub fn versus_table(records: &[Record], base: &str, results: &Path) -> Result<St
     for ((task, level, model, la, lb), j) in labels.iter().zip(&judged) {
         let (metric, n, solved, diff, holm) = match &j.test {
             Some(t) => (
-                format!("{:?}", t.metric),
+                t.metric.name().to_string(),
                 t.n.to_string(),
                 format!("{}/{} vs {}/{}", t.solved.0, t.n, t.solved.1, t.n),
                 match t.ci.0.is_finite() {

@@ -53,14 +53,6 @@ fn p3(p: f64) -> String {
     }
 }
 
-fn metric_name(m: Metric) -> &'static str {
-    match m {
-        Metric::Accuracy => "mean accuracy",
-        Metric::SolveRate => "solve rate",
-        Metric::FlopsToTau => "FLOPs-to-τ",
-    }
-}
-
 /// [`render`] and the rows behind its forest plots.
 pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
     let records = committed(results)?;
@@ -532,7 +524,7 @@ fn section(
                 f.name, l.task
             );
             let (metric, n) = match &j.test {
-                Some(t) => (metric_name(t.metric), t.n.to_string()),
+                Some(t) => (t.metric.name(), t.n.to_string()),
                 None => ("-", "-".into()),
             };
             let holm = j.test.as_ref().map(|t| p3(t.p_holm)).unwrap_or("-".into());
@@ -559,7 +551,7 @@ fn section(
                         .paper_effect
                         .filter(|_| t.metric != Metric::FlopsToTau);
                     forest.push(ForestRow {
-                        label: format!("{} {level} {cmp} ({})", l.task, metric_name(t.metric)),
+                        label: format!("{} {level} {cmp} ({})", l.task, t.metric.name()),
                         diff: 100.0 * t.diff,
                         lo: 100.0 * t.ci.0,
                         hi: 100.0 * t.ci.1,
@@ -623,7 +615,7 @@ fn row_cells(j: &Judged) -> (String, String, String) {
     (
         format!(
             "{} | {} | {solved} | {diff} | {} | {} | {} | {}",
-            metric_name(t.metric),
+            t.metric.name(),
             t.n,
             p3(t.p),
             p3(t.p_holm),

@@ -97,6 +97,17 @@ pub enum Metric {
     FlopsToTau,
 }
 
+impl Metric {
+    /// The report's words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "mean accuracy",
+            Metric::SolveRate => "solve rate",
+            Metric::FlopsToTau => "FLOPs-to-τ",
+        }
+    }
+}
+
 /// The statistic behind a [`Test`], enough to compute its interval at any level.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stat {
