@@ -2,7 +2,7 @@
 //! committed run folders alone — no clock, no machine state — so a re-render is byte for byte
 //! (tested), and the rows of the forest plots ([`crate::plots::forest_plot`]).
 
-use crate::claims::{Claim, Floor, LRS, TUNING_SEED};
+use crate::claims::{Claim, LRS, TUNING_SEED};
 use crate::reproduce::{arms, committed, standing, Scale, Standing};
 use crate::stats::mean_ci;
 use crate::verdict::{
@@ -218,17 +218,10 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
 
 /// The declared rules of a claim, one paragraph.
 fn rules_line(c: &Claim) -> String {
-    let floor = match c.rules.floor {
-        Floor::Trivial => "measured per level: the best of chance, the majority predictor (the \
-                           most frequent target per supervised position, or the most frequent \
-                           answer, counted on 4,096 train examples) and the task's shallow \
-                           heuristics (hop-k: copying the current token, one induction hop), \
-                           scored on the test split (the floor % column)"
-            .to_string(),
-        Floor::Declared(f, why) => {
-            format!("{}% (or the measured floor where higher) — {why}", pct(f))
-        }
-    };
+    let floor = "measured per level: the best of chance, the majority predictor (the most \
+                 frequent target per supervised position, or the most frequent answer, counted \
+                 on 4,096 train examples) and the task's shallow heuristics (hop-k: copying the \
+                 current token, one induction hop), scored on the test split (the floor % column)";
     let families = c
         .families
         .iter()

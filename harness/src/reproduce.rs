@@ -318,73 +318,85 @@ pub fn standing(
             None => Vec::new(),
         })
         .collect();
+    // Every family's comparisons, and the cells some comparison that is not refused involves:
+    // only those are trained and get a floor.
+    let located: Vec<Vec<Located>> = claim
+        .families
+        .iter()
+        .map(|f| locate(f, &cells))
+        .collect::<Result<_>>()?;
+    let mut involved = vec![false; cells.len()];
+    for l in located.iter().flatten().filter(|l| !l.vacuous) {
+        involved[l.challenger] = true;
+        involved[l.baseline] = true;
+    }
+    let mut memo = BTreeMap::new();
+    let floors = cells
+        .iter()
+        .zip(&involved)
+        .map(|(c, &inv)| match inv {
+            true => floor_of(c, &mut memo).map(Some),
+            false => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Seeds per arm each cell is asked for: the first look's, or more where a comparison of it
     // continues.
     let mut seeds_wanted = vec![LOOKS[0]; cells.len()];
-    let mut involved = vec![false; cells.len()];
     let mut families = Vec::new();
-    let mut floors: BTreeMap<String, f64> = BTreeMap::new();
-    for f in claim.families {
-        let located = locate(f, &cells)?;
-        let mut judged: Vec<Option<Judged>> = vec![None; located.len()];
-        // Rules by level: the floor follows each level's chance.
+    for (f, located) in claim.families.iter().zip(located) {
         let live: Vec<usize> = (0..located.len())
             .filter(|&i| !located[i].vacuous)
             .collect();
-        for l in &live {
-            involved[located[*l].challenger] = true;
-            involved[located[*l].baseline] = true;
-        }
-        if !live.is_empty() {
-            let mut measured = |i: usize| -> Result<f64> { floor_of(&cells[i], &mut floors) };
-            // One rules per comparison (floor and paper effect vary by level); Holm over all.
-            let comps: Vec<(Comparison, Rules)> = live
-                .iter()
-                .map(|&i| {
-                    let l = &located[i];
-                    let ch = measured(l.baseline)?.max(measured(l.challenger)?);
-                    let rules = claim.rules(f, &l.level, ch);
-                    let a = evidence(
-                        results,
-                        &evaluation[l.challenger].iter().collect::<Vec<_>>(),
-                        &rules,
-                    );
-                    let b = evidence(
-                        results,
-                        &evaluation[l.baseline].iter().collect::<Vec<_>>(),
-                        &rules,
-                    );
-                    Ok((Comparison { a, b }, rules))
-                })
-                .collect::<Result<_>>()?;
-            let mut out = crate::verdict::judge_family_with(&comps);
-            crate::verdict::fill_exact(&mut out, &comps);
-            for (k, &i) in live.iter().enumerate() {
-                let j = out[k].clone();
-                if let Some(n) = j.verdict.wants() {
-                    let l = &located[i];
-                    for c in [l.challenger, l.baseline] {
-                        seeds_wanted[c] = seeds_wanted[c].max(n);
-                    }
+        // One rules per comparison (the floor and the paper's effect vary by level); Holm over
+        // the family.
+        let comps: Vec<(Comparison, Rules)> = live
+            .iter()
+            .map(|&i| {
+                let l = &located[i];
+                // Both cells are involved, so both have a floor.
+                let floor = [l.baseline, l.challenger]
+                    .iter()
+                    .filter_map(|&c| floors[c])
+                    .fold(0.0, f64::max);
+                let rules = claim.rules(f, &l.level, floor);
+                let arm =
+                    |c: usize| evidence(results, &evaluation[c].iter().collect::<Vec<_>>(), &rules);
+                (
+                    Comparison {
+                        a: arm(l.challenger),
+                        b: arm(l.baseline),
+                    },
+                    rules,
+                )
+            })
+            .collect();
+        let mut out = crate::verdict::judge_family_with(&comps);
+        crate::verdict::fill_exact(&mut out, &comps);
+        let mut judged: Vec<Option<Judged>> = vec![None; located.len()];
+        for (&i, j) in live.iter().zip(out) {
+            if let Some(n) = j.verdict.wants() {
+                let l = &located[i];
+                for c in [l.challenger, l.baseline] {
+                    seeds_wanted[c] = seeds_wanted[c].max(n);
                 }
-                judged[i] = Some(j);
             }
+            judged[i] = Some(j);
         }
         families.push(located.into_iter().zip(judged).collect());
     }
     let mut wanted = Vec::new();
-    for (i, (c, s)) in cells.iter().zip(&selections).enumerate() {
+    for (i, (c, sel)) in cells.iter().zip(&selections).enumerate() {
         if !involved[i] {
             continue; // only in refused comparisons
         }
         for s in c
             .specs
             .iter()
-            .filter(|x| x.seed == TUNING_SEED && s.grid.contains(&x.optim.lr))
+            .filter(|x| x.seed == TUNING_SEED && sel.grid.contains(&x.optim.lr))
         {
             wanted.push(s.clone());
         }
-        if let Some(lr) = s.chosen {
+        if let Some(lr) = sel.chosen {
             for seed in 1..=seeds_wanted[i] as u64 {
                 if let Some(x) = c.spec(TUNING_SEED + seed, lr) {
                     wanted.push(x.clone());
@@ -392,14 +404,6 @@ pub fn standing(
             }
         }
     }
-    let floors = cells
-        .iter()
-        .enumerate()
-        .map(|(i, c)| match involved[i] {
-            true => floor_of(c, &mut floors).map(Some),
-            false => Ok(None),
-        })
-        .collect::<Result<Vec<_>>>()?;
     Ok(Standing {
         cells,
         selections,

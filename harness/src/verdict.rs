@@ -25,7 +25,7 @@
 //! The family-wise error of the whole procedure (every look, every family size the claims use)
 //! is measured by [`null_simulation`], a seeded simulation under the null; the report states it.
 
-use crate::stats::{boschloo, holm, mean_ci, newcombe, permutation_p, welch, wilson, Welch};
+use crate::stats::{boschloo, holm, mean_ci, newcombe, permutation_p, welch, Welch};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -735,11 +735,6 @@ pub fn null_report(sizes: &[usize]) -> Vec<NullResult> {
         }
     }
     out
-}
-
-/// The solve threshold's Wilson interval of one arm, for the report (k/n at 95%).
-pub fn solve_interval(k: usize, n: usize) -> (f64, f64) {
-    wilson(k, n, 0.95)
 }
 
 #[cfg(test)]
