@@ -309,16 +309,11 @@ fn section(
     for (i, cell) in st.cells.iter().enumerate() {
         let sel = &st.selections[i];
         let ev = &st.evaluation[i];
-        let tuning = sel.chosen.and_then(|lr| {
-            records
-                .iter()
-                .find(|r| {
-                    cell.specs
-                        .iter()
-                        .any(|s| s.seed == TUNING_SEED && s.optim.lr == lr && s.id() == r.result.id)
-                })
-                .and_then(|r| r.result.val_acc)
-        });
+        let tuning = sel
+            .chosen
+            .and_then(|lr| cell.spec(TUNING_SEED, lr))
+            .and_then(|s| crate::reproduce::record(records, s))
+            .and_then(|r| r.result.val_acc);
         let mut flags = Vec::new();
         if sel.tie {
             flags.push(if sel.tie_by_loss {

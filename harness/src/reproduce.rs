@@ -129,7 +129,8 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn spec(&self, seed: u64, lr: f64) -> Option<&RunSpec> {
+    /// The cell's spec of one seed and lr, if its protocol has it.
+    pub fn spec(&self, seed: u64, lr: f64) -> Option<&RunSpec> {
         self.specs
             .iter()
             .find(|s| s.seed == seed && s.optim.lr == lr)
@@ -163,8 +164,8 @@ pub fn cells(arms: &[ArmRuns]) -> Vec<Cell> {
     out
 }
 
-/// A cell's committed runs, by id.
-fn record<'a>(records: &'a [Record], spec: &RunSpec) -> Option<&'a Record> {
+/// A spec's committed run, if any (`records` sorted by id).
+pub fn record<'a>(records: &'a [Record], spec: &RunSpec) -> Option<&'a Record> {
     let id = spec.id();
     records
         .binary_search_by(|r| r.result.id.as_str().cmp(&id))
