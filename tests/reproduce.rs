@@ -670,6 +670,57 @@ fn prosqa_runs_report_the_two_way_choice() {
     assert!(mqar.choice(&ex).is_none());
 }
 
+/// `--val-metric choice` selects ProsQA on its two-way choice and judges the run on it: the val
+/// accuracy is the saved weights' choice accuracy on val, the judged number is test's choice
+/// accuracy (not the generated answer's score), and the floor is exactly 1/2. A task that poses
+/// no choice is refused with one line.
+#[test]
+fn a_run_selected_on_the_choice_is_judged_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args =
+        crate::cli::three_tiny_steps("prosqa", &["llama".to_string()], &[], 1, dir.path());
+    args.val_metric = harness::overrides::ValMetric::Choice;
+    args.n_val = Some(12);
+    args.n_test = Some(12);
+    let spec = harness::spec::resolve(&args).unwrap().remove(0);
+    assert!(serde_json::to_string(&spec).unwrap().contains("\"choice\""));
+    let r = crate::cli::train_to_done(&spec, dir.path());
+    let (model, task, dev) = best_model(&spec, dir.path());
+    let val = tasks::generate_range(task.as_ref(), tasks::Split::Val, 0, spec.n_val);
+    let on_val = harness::eval::choice_accuracy(
+        &model,
+        task.as_ref(),
+        &val,
+        spec.seq_len,
+        &dev,
+        spec.batch_size,
+    )
+    .unwrap();
+    assert_eq!(r.val_acc, on_val);
+    let record = harness::leaderboard::Record {
+        result: r.clone(),
+        spec: spec.clone(),
+        analysis: None,
+    };
+    assert_eq!(record.judged_acc(), r.test_choice_acc);
+    assert!(r.test_choice_acc.is_some());
+    let cell = harness::reproduce::Cell {
+        task: spec.task.clone(),
+        level: spec.level.clone(),
+        model: spec.model.clone(),
+        arm: String::new(),
+        specs: vec![spec.clone()],
+    };
+    let floor = harness::reproduce::floor_of(&cell, &mut Default::default()).unwrap();
+    assert_eq!(floor, 0.5);
+
+    let mut mqar = crate::cli::three_tiny_steps("mqar", &["llama".to_string()], &[], 1, dir.path());
+    mqar.val_metric = harness::overrides::ValMetric::Choice;
+    let err = harness::spec::resolve(&mqar).unwrap_err().to_string();
+    assert!(err.contains("--val-metric choice needs a task"), "{err}");
+    assert_eq!(err.lines().count(), 1);
+}
+
 /// A diverged evaluation run is not dropped (survivorship): it counts at the floor, unsolved,
 /// and its cell is flagged.
 #[test]

@@ -86,6 +86,17 @@ pub struct Record {
     pub analysis: Option<Analysis>,
 }
 
+impl Record {
+    /// The test number a run is judged on: what its val selected on — the two-way choice
+    /// accuracy for a run selected on choices, else `test_acc`. None for a diverged run.
+    pub fn judged_acc(&self) -> Option<f64> {
+        match self.spec.val_metric {
+            crate::overrides::ValMetric::Choice => self.result.test_choice_acc,
+            _ => self.result.test_acc,
+        }
+    }
+}
+
 /// Run folders that could not be read: (folder, why).
 pub type Unreadable = Vec<(PathBuf, String)>;
 
@@ -562,7 +573,7 @@ pub fn evidence(results: &Path, runs: &[&Record], rules: &Rules) -> ArmData {
     let mut d = ArmData::default();
     for r in runs {
         let ok = r.result.status == RunStatus::Ok;
-        d.acc.push(match (ok, r.result.test_acc) {
+        d.acc.push(match (ok, r.judged_acc()) {
             (true, Some(a)) => a,
             _ => rules.floor,
         });

@@ -71,9 +71,10 @@ pub struct Overrides {
     /// f32 norms/softmax/loss/optimizer; the CPU stays f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
-    /// What val scores to choose the early-stopping step: `teacher` (teacher-forced, cheap) or
+    /// What val scores to choose the early-stopping step: `teacher` (teacher-forced, cheap),
     /// `task` (the task's own metric: greedy generation and the verifier for answer tasks, the
-    /// number test reports).
+    /// number test reports) or `choice` (two-way choice accuracy, for tasks that pose a choice;
+    /// the run is then judged on test's choice accuracy too).
     #[arg(long, value_enum, default_value_t = ValMetric::Teacher)]
     #[serde(default)]
     pub val_metric: ValMetric,
@@ -175,6 +176,10 @@ pub enum ValMetric {
     /// The task's own metric: for answer tasks, the verifier's score of a greedy generation —
     /// what test reports, so selection and report agree (slower: one generation per val example).
     Task,
+    /// Two-way choice accuracy (tasks that pose a choice between two candidates, ProsQA): which
+    /// candidate the model ranks higher at the decisive position. A run selected on it is judged
+    /// on it too (`Record::judged_acc`): chance is exactly 1/2.
+    Choice,
 }
 
 impl ValMetric {

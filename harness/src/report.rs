@@ -331,10 +331,7 @@ fn section(
         {
             flags.push("diverged seed");
         }
-        let accs: Vec<f64> = ev
-            .iter()
-            .map(|r| r.result.test_acc.unwrap_or(0.0))
-            .collect();
+        let accs: Vec<f64> = ev.iter().map(|r| r.judged_acc().unwrap_or(0.0)).collect();
         let solved = accs.iter().filter(|&&a| a >= c.rules.tau).count();
         let (m, h) = mean_ci(&accs);
         let r0 = ev.first();
@@ -422,16 +419,19 @@ fn section(
         .filter_map(|cell| {
             let spec = &cell.specs[0];
             let task = crate::train::task_from_spec(spec).ok()?;
-            let test = match task.metric() {
-                tasks::Metric::TeacherForced => {
+            let test = match (spec.val_metric, task.metric()) {
+                (crate::overrides::ValMetric::Choice, _) => {
+                    "two-way choice accuracy (the answer's logit above the distractor's at the \
+                     decisive position, teacher-forced on the reference before it)"
+                }
+                (_, tasks::Metric::TeacherForced) => {
                     "teacher-forced accuracy at the supervised positions"
                 }
-                tasks::Metric::Generate => "the verifier's score of a greedy generation",
+                (_, tasks::Metric::Generate) => "the verifier's score of a greedy generation",
             };
             let val = match (spec.val_metric, task.metric()) {
-                (crate::overrides::ValMetric::Task, _) | (_, tasks::Metric::TeacherForced) => {
-                    "the same".to_string()
-                }
+                (crate::overrides::ValMetric::Task | crate::overrides::ValMetric::Choice, _)
+                | (_, tasks::Metric::TeacherForced) => "the same".to_string(),
                 _ => "teacher-forced whole-answer accuracy".to_string(),
             };
             Some(format!("{}: test = {test}, val = {val}", cell.task))
@@ -498,7 +498,7 @@ fn section(
                 st.evaluation[i]
                     .iter()
                     .take(n)
-                    .map(|r| r.result.test_acc.map(pct).unwrap_or("div".into()))
+                    .map(|r| r.judged_acc().map(pct).unwrap_or("div".into()))
                     .collect::<Vec<_>>()
                     .join(" ")
             };
@@ -529,7 +529,7 @@ fn section(
                             .iter()
                             .zip(eb)
                             .take(t.n)
-                            .filter_map(|(a, b)| Some(a.result.test_acc? - b.result.test_acc?))
+                            .filter_map(|(a, b)| Some(a.judged_acc()? - b.judged_acc()?))
                             .map(|d| 100.0 * d)
                             .collect(),
                         _ => Vec::new(),

@@ -256,6 +256,13 @@ fn resolve_cell(
         if seq_len == 0 {
             bail!("task {task_name} produces sequences too short to train on");
         }
+        if a.val_metric == crate::overrides::ValMetric::Choice
+            && task
+                .choice(&tasks::generate(task.as_ref(), tasks::Split::Val, 0))
+                .is_none()
+        {
+            bail!("--val-metric choice needs a task that poses a two-way choice (prosqa); {task_name} does not");
+        }
         let batch_size = a.batch_size.unwrap_or(preset.batch_size);
         if batch_size == 0 || batch_size > 1 << 16 {
             bail!("--batch-size must be between 1 and 65536");

@@ -569,6 +569,16 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
                 (crate::overrides::ValMetric::Task, tasks::Metric::Generate) => {
                     generation_accuracy(&eval_model, task, &val, dev)?
                 }
+                // The spec refused `choice` for a task that poses none.
+                (crate::overrides::ValMetric::Choice, _) => choice_accuracy(
+                    &eval_model,
+                    task,
+                    &val,
+                    m.spec.seq_len,
+                    dev,
+                    m.spec.batch_size,
+                )?
+                .unwrap_or(0.0),
                 _ => val_score(task, tf),
             };
             metric(
