@@ -4,8 +4,8 @@
 //! a task, a baseline model, a budget and a knob with candidate values listed from easiest to
 //! hardest, `calibrate` trains the baseline at candidates chosen by bisection (ordinary cached
 //! runs under `--out`) until one lands in the target band of val accuracy — by default 25–75% of
-//! the way from the task's measured floor ([`tasks::floor::majority`], or chance where higher)
-//! to 100% — and writes what it tried and chose to `<out>/calibration/<task>-<model>-<knob>.json`
+//! the way from the floor the verdicts use ([`crate::reproduce::spec_floor`]: the majority
+//! predictor, the task's shallow heuristics or chance, whichever is highest) to 100% — and writes what it tried and chose to `<out>/calibration/<task>-<model>-<knob>.json`
 //! for the protocol to cite. The knob is a task knob (`--set` key), `level`, `budget`
 //! (`budget_flops`), `steps`, or `model.<key>` (a `--model-set` key such as `model.n_layers`).
 
@@ -159,11 +159,7 @@ pub fn run(a: &CalibrateArgs) -> Result<()> {
             Some(Outcome::Done(r)) | Some(Outcome::Skipped(r)) => r,
             _ => bail!("{}: did not finish", spec.id()),
         };
-        let task = crate::train::task_from_spec(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
-        let floor = tasks::floor::majority(task.as_ref(), 4096, &test)
-            .max(tasks::floor::shallow(task.as_ref(), &test))
-            .max(task.chance());
+        let floor = crate::reproduce::spec_floor(spec)?;
         let val = result.val_acc.unwrap_or(floor);
         let position = ((val - floor) / (1.0 - floor).max(1e-12)).clamp(0.0, 1.0);
         eprintln!(

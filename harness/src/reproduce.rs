@@ -255,26 +255,32 @@ const FLOOR_TRAIN: u64 = 4096;
 /// `memo`.
 pub fn floor_of(cell: &Cell, memo: &mut BTreeMap<String, f64>) -> Result<f64> {
     let spec = &cell.specs[0];
+    let key = format!(
+        "{}/{}/{}/{}/{:?}",
+        spec.task, spec.level, spec.task_config, spec.n_test, spec.val_metric
+    );
+    if let Some(&f) = memo.get(&key) {
+        return Ok(f);
+    }
+    let f = spec_floor(spec)?;
+    memo.insert(key, f);
+    Ok(f)
+}
+
+/// The floor of what a run is judged on ([`floor_of`] without the memo; `harness calibrate`
+/// measures its positions from it too).
+pub fn spec_floor(spec: &RunSpec) -> Result<f64> {
     // Judged on a two-way choice whose candidates the question lists in random order: no
     // predictor that ignores the facts beats 1/2.
     if spec.val_metric == crate::overrides::ValMetric::Choice {
         return Ok(0.5);
     }
-    let key = format!(
-        "{}/{}/{}/{}",
-        spec.task, spec.level, spec.task_config, spec.n_test
-    );
-    if let Some(&f) = memo.get(&key) {
-        return Ok(f);
-    }
     let task =
         crate::train::task_from_spec(spec).map_err(|e| anyhow::anyhow!("{}: {e}", spec.task))?;
     let test = tasks::generate_range(task.as_ref(), tasks::Split::Test, 0, spec.n_test);
-    let f = tasks::floor::majority(task.as_ref(), FLOOR_TRAIN, &test)
+    Ok(tasks::floor::majority(task.as_ref(), FLOOR_TRAIN, &test)
         .max(tasks::floor::shallow(task.as_ref(), &test))
-        .max(task.chance());
-    memo.insert(key, f);
-    Ok(f)
+        .max(task.chance()))
 }
 
 /// Where a claim stands at one scale: every cell's selection and evaluation runs, every
