@@ -47,13 +47,66 @@ const PALETTE: [RGBColor; 16] = [
 ];
 
 /// The colour of a model in every figure: its place among the known variants (llama blue,
-/// lime red, …), by name hash for a name no variant has.
+/// lime red, …); a name no variant has is placed after them by a hash of its name, so its colour
+/// is stable and differs from every built-in's.
 pub fn model_color(model: &str) -> RGBColor {
-    let i = models::Variant::all()
+    let all = models::Variant::all();
+    let i = all
         .iter()
         .position(|v| v.name() == model)
-        .unwrap_or_else(|| model.bytes().map(usize::from).sum());
-    PALETTE[i % PALETTE.len()]
+        .unwrap_or_else(|| {
+            let h = model.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            all.len() + (h % 64) as usize
+        });
+    color_at(i)
+}
+
+/// The i-th colour: the 16-colour palette, then hues a golden angle apart at three lightnesses,
+/// each kept only if it differs by at least 32 in some channel from every colour before it (56
+/// such colours in all, then they repeat; the same ones on every run).
+fn color_at(i: usize) -> RGBColor {
+    if i < PALETTE.len() {
+        return PALETTE[i];
+    }
+    let far = |a: &RGBColor, b: &RGBColor| {
+        (a.0 as i32 - b.0 as i32)
+            .abs()
+            .max((a.1 as i32 - b.1 as i32).abs())
+            .max((a.2 as i32 - b.2 as i32).abs())
+            >= 32
+    };
+    let mut kept: Vec<RGBColor> = PALETTE.to_vec();
+    let mut k = 0u32;
+    while kept.len() <= i {
+        let hue = (285.0 + 137.508 * f64::from(k)) % 360.0;
+        let c = hsl(hue, 0.65, [0.42, 0.58, 0.30][(k % 3) as usize]);
+        // Past 20,000 candidates the space is spent: repeat rather than loop for ever.
+        if k > 20_000 || kept.iter().all(|p| far(p, &c)) {
+            kept.push(c);
+        }
+        k += 1;
+    }
+    kept[i]
+}
+
+/// HSL (hue in degrees, saturation and lightness in 0..1) to RGB.
+fn hsl(h: f64, s: f64, l: f64) -> RGBColor {
+    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
+    let hp = h / 60.0;
+    let x = c * (1.0 - (hp % 2.0 - 1.0).abs());
+    let (r, g, b) = match hp as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = l - c / 2.0;
+    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    RGBColor(to(r), to(g), to(b))
 }
 
 /// A tick value in at most 8 characters: `1e11`, `2.5e12`, `0.001`, `350`.
@@ -798,4 +851,37 @@ pub fn forest_plot(path: &Path, claim: &str, rows: &[ForestRow]) -> Result<()> {
         root.present()?;
     }
     crate::io::write_atomic(path, buf.as_bytes())
+}
+
+#[cfg(test)]
+mod colour_tests {
+    use super::*;
+
+    /// One colour per model: each of the 40 colours after the palette differs by at least
+    /// 32 in some channel from every colour before it, an unknown name never takes a built-in's
+    /// colour and keeps its own.
+    #[test]
+    fn every_model_gets_its_own_colour() {
+        let cs: Vec<RGBColor> = (0..PALETTE.len() + 40).map(color_at).collect();
+        for (i, a) in cs.iter().enumerate() {
+            for b in &cs[..i] {
+                let d = (a.0 as i32 - b.0 as i32)
+                    .abs()
+                    .max((a.1 as i32 - b.1 as i32).abs())
+                    .max((a.2 as i32 - b.2 as i32).abs());
+                assert!(d > 0, "colour {i} repeats: {a:?}");
+                if i >= 16 {
+                    assert!(d >= 32, "colour {i} too close to another: {a:?} {b:?}");
+                }
+            }
+        }
+        let builtin: Vec<RGBColor> = models::Variant::all()
+            .iter()
+            .map(|v| model_color(v.name()))
+            .collect();
+        let mine = model_color("my-variant");
+        assert!(!builtin.contains(&mine));
+        assert_eq!(mine, model_color("my-variant"));
+        assert_eq!(model_color("llama"), PALETTE[0]);
+    }
 }
