@@ -7,7 +7,7 @@
 # Prints a markdown table, one row per process and setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${HARNESS:-target/release/harness}
+bin=${HARNESS:-$(scripts/target-dir.sh)/release/harness}
 models=${1:-llama,mhc}
 n=$(nproc)
 [ "$n" -ge 2 ] || { echo "coschedule: needs at least 2 CPUs"; exit 1; }

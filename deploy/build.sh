@@ -11,7 +11,7 @@ mkdir -p "$out"
 case $flavour in
   cpu)
     cargo build --release --locked -p harness
-    cp target/release/harness "$out/harness"
+    cp "$(scripts/target-dir.sh)/release/harness" "$out/harness"
     ;;
   cuda)
     scripts/build-cuda.sh

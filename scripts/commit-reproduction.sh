@@ -5,7 +5,7 @@
 # (tests/reproduce.rs), even while `harness reproduce` is still training the next run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${HARNESS:-target/release/harness}
+bin=${HARNESS:-$(scripts/target-dir.sh)/release/harness}
 snap=$(mktemp -d)
 trap 'rm -rf "$snap"' EXIT
 mkdir -p "$snap/runs"

@@ -4,7 +4,7 @@
 # results/reproduction/runs/ with the same spec (so the same id) are reused; any other is trained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${HARNESS:-target/release/harness}
+bin=${HARNESS:-$(scripts/target-dir.sh)/release/harness}
 for seeds in 1 2; do
   work=$(mktemp -d)
   mkdir -p "$work/runs"

@@ -12,7 +12,7 @@ if [ "${SKIP_SLURM_TEST:-0}" = 1 ]; then
 fi
 cd "$(dirname "$0")/../.."
 root=$(pwd)
-bin=${HARNESS:-$root/target/release/harness}
+bin=${HARNESS:-$(scripts/target-dir.sh)/release/harness}
 [ -x "$bin" ] || cargo build --release -p harness
 export HARNESS=$bin
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
