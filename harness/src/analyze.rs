@@ -26,7 +26,7 @@
 
 use crate::checkpoint::load_tensors;
 use crate::device::device;
-use crate::io::{read_json, write_atomic};
+use crate::io::write_atomic;
 pub use crate::records::Analysis;
 use crate::spec::RunSpec;
 use crate::train::{run_model, task_from_spec};
@@ -385,9 +385,11 @@ pub fn analyze_run(
     probe_n: usize,
     dev: &candle_core::Device,
 ) -> Result<Analysis> {
-    let spec: RunSpec = read_json(&run_dir.join("config.json"))
+    let run = crate::rundir::RunDir::at(run_dir);
+    let spec: RunSpec = run
+        .read_spec()
         .with_context(|| format!("analyze {}", run_dir.display()))?;
-    let weights = run_dir.join("best.safetensors");
+    let weights = run.best();
     if !weights.is_file() {
         bail!(
             "{}: no best.safetensors (a finished run keeps its best-on-val weights; committed \
@@ -548,7 +550,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| a.run_dir.join(crate::records::ANALYSIS_DIR));
-    if !a.run_dir.join("runs").is_dir() {
+    if !crate::rundir::has_runs(&a.run_dir) {
         let an = analyze_run(&a.run_dir, a.n, a.probe_n, &dev)?;
         write_one(&an, &out)?;
         println!("{}", summary(&an));
@@ -556,12 +558,11 @@ pub fn run(a: &AnalyzeArgs) -> Result<()> {
         return Ok(());
     }
     let mut all = Vec::new();
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(a.run_dir.join("runs"))
-        .with_context(|| format!("cannot read {}", a.run_dir.join("runs").display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("best.safetensors").is_file())
+    let runs: Vec<PathBuf> = crate::rundir::list(&a.run_dir)?
+        .into_iter()
+        .filter(|r| r.best().is_file())
+        .map(|r| r.path().to_path_buf())
         .collect();
-    runs.sort();
     if runs.is_empty() {
         bail!(
             "{}: no run with best.safetensors under runs/",

@@ -54,10 +54,10 @@ pub(crate) fn save_checkpoint(
     save_tensors(&new.join("weights.safetensors"), weights)?;
     save_tensors(&new.join("optim.safetensors"), optim)?;
     if let Some(b) = best {
-        save_tensors(&new.join("best.safetensors"), b)?;
+        save_tensors(&new.join(crate::rundir::BEST), b)?;
     }
     write_json(&new.join("state.json"), st)?; // last: marks the folder complete
-    let cur = dir.join("ckpt");
+    let cur = dir.join(crate::rundir::CKPT);
     let _ = std::fs::remove_dir_all(&cur);
     std::fs::rename(&new, &cur)
         .with_context(|| format!("cannot move checkpoint into {}", cur.display()))?;
@@ -70,7 +70,7 @@ const CKPT_NEW: &str = "ckpt-new-";
 /// The checkpoint to resume from: `ckpt/`, else the newest complete temporary folder (a process
 /// killed between removing `ckpt/` and renaming its new one). Called under the run's lock.
 pub(crate) fn find_checkpoint(dir: &Path) -> Option<PathBuf> {
-    let cur = dir.join("ckpt");
+    let cur = dir.join(crate::rundir::CKPT);
     if cur.join("state.json").is_file() {
         return Some(cur);
     }

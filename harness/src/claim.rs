@@ -24,7 +24,7 @@ pub enum WhenBusy {
 /// [`WhenBusy::Skip`].
 pub fn claim_run(dir: &Path, when: WhenBusy, quiet: bool) -> Result<Option<RunClaim>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("lock");
+    let path = dir.join(crate::rundir::LOCK);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

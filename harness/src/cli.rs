@@ -167,8 +167,9 @@ fn gen(a: &GenArgs) -> Result<()> {
     }
     let (task, level) = match (&a.from_run, a.task.as_deref()) {
         (Some(run), _) => {
-            let spec: crate::spec::RunSpec =
-                crate::io::read_json(&run.join("config.json")).context("gen --from-run")?;
+            let spec: crate::spec::RunSpec = crate::rundir::RunDir::at(run)
+                .read_spec()
+                .context("gen --from-run")?;
             (crate::train::task_from_spec(&spec)?, spec.level)
         }
         (None, Some(name)) => {

@@ -19,7 +19,7 @@
 //! renamed into place: an existing `D` is never touched.
 
 use crate::checkpoint::load_tensors;
-use crate::io::{read_json, write_atomic, write_json};
+use crate::io::{write_atomic, write_json};
 use crate::records::RunResult;
 use crate::spec::RunSpec;
 use crate::train::{run_model, task_from_spec};
@@ -333,7 +333,9 @@ pub fn run(a: &ExportHfArgs) -> Result<()> {
 
 /// Writes the export of `run_dir` to `out` (which must not exist); returns `out`.
 pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
-    let spec: RunSpec = read_json(&run_dir.join("config.json"))
+    let run = crate::rundir::RunDir::at(run_dir);
+    let spec: RunSpec = run
+        .read_spec()
         .with_context(|| format!("export-hf {}", run_dir.display()))?;
     if hf_class(&spec.model).is_none() {
         bail!(
@@ -342,9 +344,10 @@ pub fn export(run_dir: &Path, out: &Path, check_n: u64) -> Result<PathBuf> {
             EXPORTS.map(|(m, _)| m).join(", ")
         );
     }
-    let result: RunResult = read_json(&run_dir.join("result.json"))
+    let result: RunResult = run
+        .read_result()
         .with_context(|| format!("export-hf {}: not a finished run", run_dir.display()))?;
-    let weights = run_dir.join("best.safetensors");
+    let weights = run.best();
     if !weights.is_file() {
         bail!(
             "export-hf {}: no best.safetensors (the weights the test accuracy was measured with; \

@@ -124,7 +124,7 @@ pub use crate::stats::mean_ci;
 /// whose files cannot be read or do not agree is listed in [`Loaded::unreadable`]; only a missing
 /// or unreadable `runs/` folder is an error.
 pub fn load_results(dir: &Path) -> Result<Loaded> {
-    let runs = dir.join("runs");
+    let runs = dir.join(crate::rundir::RUNS);
     if !runs.is_dir() {
         anyhow::bail!(
             "no runs in {} (expected {}/runs/<id>/result.json)",
@@ -137,7 +137,7 @@ pub fn load_results(dir: &Path) -> Result<Loaded> {
         let run_dir = e
             .with_context(|| format!("cannot read {}", runs.display()))?
             .path();
-        if !run_dir.join("result.json").exists() {
+        if !crate::rundir::RunDir::at(&run_dir).finished() {
             continue; // unfinished (or not a run folder)
         }
         match load_record(&run_dir) {
@@ -151,8 +151,9 @@ pub fn load_results(dir: &Path) -> Result<Loaded> {
 }
 
 fn load_record(run_dir: &Path) -> Result<Record> {
-    let result: RunResult = crate::io::read_json(&run_dir.join("result.json"))?;
-    let spec: RunSpec = crate::io::read_json(&run_dir.join("config.json"))?;
+    let run = crate::rundir::RunDir::at(run_dir);
+    let result: RunResult = run.read_result()?;
+    let spec: RunSpec = run.read_spec()?;
     let folder = run_dir.file_name().unwrap_or_default().to_string_lossy();
     if result.id != folder {
         anyhow::bail!(
@@ -541,17 +542,13 @@ pub fn run(a: &LeaderboardArgs) -> Result<()> {
 
 /// The first evaluation at which a run's val accuracy reached `tau` (`metrics.jsonl`): its step.
 fn first_step_at(results: &Path, r: &Record, tau: f64) -> Option<u64> {
-    let path = results
-        .join("runs")
-        .join(&r.result.id)
-        .join("metrics.jsonl");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().find_map(|line| {
-        let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
-        let step = v.get("step")?.as_u64()?;
-        let acc = v.get("val_acc")?.as_f64()?;
-        (acc >= tau).then_some(step)
-    })
+    let lines = crate::rundir::RunDir::of(results, &r.result.id)
+        .read_metrics()
+        .unwrap_or_default();
+    lines
+        .iter()
+        .find(|m| m.val_acc.is_some_and(|a| a >= tau))
+        .map(|m| m.step)
 }
 
 /// The fraction of the budget a run had spent when its val accuracy first reached `tau`

@@ -52,6 +52,7 @@ pub mod records;
 pub mod report;
 pub mod reproduce;
 pub mod rerun;
+pub mod rundir;
 pub mod spec;
 pub mod stats;
 pub mod sweep;

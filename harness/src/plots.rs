@@ -14,6 +14,7 @@
 //! renders every kind and checks both).
 
 use crate::leaderboard::{Record, Row};
+use crate::rundir::{MetricLine, RunDir};
 use anyhow::{Context, Result};
 use plotters::coord::combinators::BindKeyPoints;
 use plotters::coord::Shift;
@@ -143,22 +144,21 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     out
 }
 
+/// Which number of a metric line a curve follows.
+type Pick = fn(&MetricLine) -> Option<f64>;
+
 /// (flops, value) points of a run's metrics.jsonl: the training loss, or the val accuracy (whose
-/// lines carry only the step: x = step × FLOPs per step).
-fn curve(dir: &Path, r: &Record, key: &str) -> Vec<(f64, f64)> {
-    let Ok(text) =
-        std::fs::read_to_string(dir.join("runs").join(&r.result.id).join("metrics.jsonl"))
-    else {
-        return vec![];
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            let y = v.get(key)?.as_f64()?;
-            let x = match v.get("flops").and_then(|f| f.as_f64()) {
-                Some(f) => f,
-                None => v.get("step")?.as_f64()? * r.spec.flops_per_step,
-            };
+/// lines carry only the step: x = step × FLOPs per step). A folder whose metrics cannot be read
+/// draws no curve.
+fn curve(dir: &Path, r: &Record, pick: Pick) -> Vec<(f64, f64)> {
+    let lines = RunDir::of(dir, &r.result.id)
+        .read_metrics()
+        .unwrap_or_default();
+    lines
+        .iter()
+        .filter_map(|m| {
+            let y = pick(m)?;
+            let x = m.flops.unwrap_or(m.step as f64 * r.spec.flops_per_step);
             Some((x, y))
         })
         .filter(|(x, y)| *x > 0.0 && y.is_finite())
@@ -206,8 +206,8 @@ fn row_label(row: &Row, many_levels: bool) -> String {
     s
 }
 
-fn mean_curve(dir: &Path, runs: &[&Record], key: &str) -> Vec<(f64, f64, f64, f64)> {
-    let curves: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| curve(dir, r, key)).collect();
+fn mean_curve(dir: &Path, runs: &[&Record], pick: Pick) -> Vec<(f64, f64, f64, f64)> {
+    let curves: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| curve(dir, r, pick)).collect();
     let n = curves.iter().map(Vec::len).min().unwrap_or(0);
     (0..n)
         .map(|i| {
@@ -221,9 +221,8 @@ fn mean_curve(dir: &Path, runs: &[&Record], key: &str) -> Vec<(f64, f64, f64, f6
 
 pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
     for r in records.iter().filter(|r| r.result.router_heatmap.len() > 1) {
-        let path = dir
-            .join("runs")
-            .join(&r.result.id)
+        let path = RunDir::of(dir, &r.result.id)
+            .path()
             .join("router-heatmap.svg");
         let title = format!(
             "{} {} seed {}: mean |W| per source",
@@ -241,16 +240,18 @@ pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
         levels.sort();
         levels.dedup();
         let many = levels.len() > 1;
-        for (key, file, yl) in [
-            ("loss", "loss-vs-flops", "training loss"),
-            ("val_acc", "val-acc-vs-flops", "val accuracy"),
+        let loss: Pick = |m| m.loss;
+        let val: Pick = |m| m.val_acc;
+        for (pick, accuracy, file, yl) in [
+            (loss, false, "loss-vs-flops", "training loss"),
+            (val, true, "val-acc-vs-flops", "val accuracy"),
         ] {
             let series: Vec<Series> = rows
                 .iter()
                 .map(|row| Series {
                     label: row_label(row, many),
                     color: model_color(&row.model),
-                    pts: mean_curve(dir, &runs_of(records, row), key),
+                    pts: mean_curve(dir, &runs_of(records, row), pick),
                 })
                 .filter(|s| !s.pts.is_empty())
                 .collect();
@@ -266,7 +267,7 @@ pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
             budgets.dedup();
             let path = dir.join(format!("{task}-{file}.svg"));
             let title = format!("{task}: {yl} vs FLOPs (mean over seeds, 95% CI band)");
-            flops_plot(&path, &title, yl, &series, &budgets, key == "val_acc")
+            flops_plot(&path, &title, yl, &series, &budgets, accuracy)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         let path = dir.join(format!("{task}-accuracy-vs-level.svg"));

@@ -428,7 +428,7 @@ pub fn standing(
 
 /// Records under `results` (none when it has no `runs/`), sorted by id.
 pub fn committed(results: &Path) -> Result<Vec<Record>> {
-    match results.join("runs").is_dir() {
+    match crate::rundir::has_runs(results) {
         true => Ok(load_results(results)?.records),
         false => Ok(Vec::new()),
     }

@@ -4,7 +4,6 @@
 //! same kind of machine every figure but the wall-clock must come back equal.
 
 use crate::device::device;
-use crate::io::read_json;
 use crate::records::RunResult;
 use crate::spec::RunSpec;
 use crate::train::{run_one, Outcome, RunOptions};
@@ -46,9 +45,12 @@ pub fn differences(saved: &RunResult, new: &RunResult) -> Vec<String> {
 }
 
 pub fn run(a: &RerunArgs) -> Result<()> {
-    let spec: RunSpec = read_json(&a.run_dir.join("config.json"))
+    let run = crate::rundir::RunDir::at(&a.run_dir);
+    let spec: RunSpec = run
+        .read_spec()
         .with_context(|| format!("rerun {}", a.run_dir.display()))?;
-    let saved: RunResult = read_json(&a.run_dir.join("result.json"))
+    let saved: RunResult = run
+        .read_result()
         .with_context(|| format!("rerun {}", a.run_dir.display()))?;
     if saved.id != spec.id() {
         bail!(

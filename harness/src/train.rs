@@ -26,28 +26,12 @@ use crate::spec::RunSpec;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+
+use crate::rundir::{MetricLine, RunDir};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 use tasks::{Example, Split, Task};
-
-#[derive(Serialize, Deserialize)]
-struct MetricLine {
-    step: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    flops: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lr: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tokens_per_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    val_acc: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    val_loss: Option<f64>,
-}
 
 /// Indices of the train examples of `step` (fresh stream or draws from a fixed pool).
 fn train_indices(spec: &RunSpec, step: u64) -> Vec<u64> {
@@ -295,7 +279,7 @@ fn packs(specs: &[RunSpec], pack: usize) -> Vec<Vec<usize>> {
 /// A run of a pack, claimed and ready to train.
 struct Member<'a> {
     spec: &'a RunSpec,
-    dir: PathBuf,
+    run: RunDir,
     _claim: RunClaim,
     st: TrainState,
     /// The weights to start from (the checkpoint's, else the seed's init); taken when the pack
@@ -314,8 +298,9 @@ fn prepare<'a>(
     o: RunOptions,
 ) -> Result<std::result::Result<Member<'a>, Outcome>> {
     spec.precision.check_device(dev)?; // before anything is written
-    let dir = out.join("runs").join(spec.id());
-    let result_path = dir.join("result.json");
+    let run = RunDir::of(out, &spec.id());
+    let dir = run.path().to_path_buf();
+    let result_path = run.result();
     if result_path.is_file() && !o.force {
         return Ok(Err(Outcome::Skipped(read_json(&result_path)?)));
     }
@@ -327,17 +312,17 @@ fn prepare<'a>(
         return Ok(Err(Outcome::Skipped(read_json(&result_path)?)));
     }
     if o.force {
-        let _ = std::fs::remove_dir_all(dir.join("ckpt"));
+        let _ = std::fs::remove_dir_all(run.ckpt());
         for t in temp_checkpoints(&dir) {
             let _ = std::fs::remove_dir_all(t);
         }
-        let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+        let _ = std::fs::remove_file(run.metrics());
     }
-    write_json(&dir.join("config.json"), spec)?;
-    let metrics_path = dir.join("metrics.jsonl");
+    write_json(&run.config(), spec)?;
+    let metrics_path = run.metrics();
     let mut m = Member {
         spec,
-        dir: dir.clone(),
+        run: run.clone(),
         _claim: claim,
         st: TrainState {
             step: 0,
@@ -356,13 +341,13 @@ fn prepare<'a>(
         m.st = read_json(&ck.join("state.json"))?;
         m.weights = Some(load_tensors(&ck.join("weights.safetensors"), dev)?);
         m.optim = Some(load_tensors(&ck.join("optim.safetensors"), dev)?);
-        if ck.join("best.safetensors").is_file() {
-            m.best = Some(load_tensors(&ck.join("best.safetensors"), dev)?);
+        if ck.join(crate::rundir::BEST).is_file() {
+            m.best = Some(load_tensors(&ck.join(crate::rundir::BEST), dev)?);
         }
         truncate_metrics(&metrics_path, m.st.step)?;
-        if ck != dir.join("ckpt") {
+        if ck != run.ckpt() {
             // A kill between removing ckpt/ and the rename: make the found folder the checkpoint.
-            std::fs::rename(&ck, dir.join("ckpt"))
+            std::fs::rename(&ck, run.ckpt())
                 .with_context(|| format!("cannot move {} to ckpt/", ck.display()))?;
         }
     } else {
@@ -504,7 +489,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             let (Some(lr), loss) = (lrs[p], losses[p]) else {
                 continue; // diverged earlier
             };
-            let path = m.dir.join("metrics.jsonl");
+            let path = m.run.metrics();
             if !loss.is_finite() {
                 m.diverged = true;
                 let nan = MetricLine {
@@ -582,7 +567,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
                 _ => val_score(task, tf),
             };
             metric(
-                &m.dir.join("metrics.jsonl"),
+                &m.run.metrics(),
                 MetricLine {
                     step,
                     flops: None,
@@ -601,7 +586,7 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             }
             m.st.elapsed_s = t0[p].elapsed().as_secs_f64();
             if step.is_multiple_of(m.spec.ckpt_every) && step < steps {
-                save_checkpoint(&m.dir, &weights, &opt.state_of(p), &m.best, &m.st)?;
+                save_checkpoint(m.run.path(), &weights, &opt.state_of(p), &m.best, &m.st)?;
             }
         }
     }
@@ -668,13 +653,13 @@ fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<V
             result.val_acc = st.best_val;
             result.val_loss = st.best_val_loss;
             if let Some(b) = &m.best {
-                save_tensors(&m.dir.join("best.safetensors"), b)?;
+                save_tensors(&m.run.best(), b)?;
             }
         }
         result.wall_clock_s = t0[p].elapsed().as_secs_f64();
-        write_json(&m.dir.join("result.json"), &result)?;
-        let _ = std::fs::remove_dir_all(m.dir.join("ckpt"));
-        for t in temp_checkpoints(&m.dir) {
+        write_json(&m.run.result(), &result)?;
+        let _ = std::fs::remove_dir_all(m.run.ckpt());
+        for t in temp_checkpoints(m.run.path()) {
             let _ = std::fs::remove_dir_all(t);
         }
         outcomes.push(Outcome::Done(result));
