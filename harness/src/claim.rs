@@ -10,7 +10,7 @@ pub struct RunClaim {
     _file: std::fs::File,
 }
 
-/// What [`run_one`] does when another process holds the run.
+/// What `train::run_one` (and `run_all`) does when another process holds the run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhenBusy {
     /// Wait for the other process, then use its result (or resume, if it stopped early).

@@ -164,7 +164,7 @@ impl AdamW {
             .collect()
     }
 
-    /// The optimiser half of every training step — `run_one`'s and `bench train`'s alike: every
+    /// The optimiser half of every training step — the training loop's and `bench train`'s alike: every
     /// weight's gradient (an error if one received none), global-norm clipping at the spec's
     /// `grad_clip` (gradients scaled by clip / (norm + 1e-6) above it), one AdamW step at `lr`.
     /// Returns the gradient norm before clipping.

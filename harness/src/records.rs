@@ -1,5 +1,5 @@
 //! What a finished run leaves behind (`result.json`), read by the leaderboard, the plots and
-//! anyone with the run folder. Written by `train::run_one`, never edited afterwards. Also what
+//! anyone with the run folder. Written by the training loop's `finish`, never edited afterwards. Also what
 //! `harness analyze` writes of a run (`analysis.json`), which the leaderboard reads where present.
 
 use serde::{Deserialize, Serialize};

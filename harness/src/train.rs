@@ -1,7 +1,8 @@
-//! Training one run spec into its run directory, with resume: [`run_one`] drives the loop, [`step`]
-//! is the one training step (also what `harness bench train` times). Batches and scores are in
-//! [`crate::eval`], the checkpoint folder in [`crate::checkpoint`], the one-writer lock in
-//! [`crate::claim`].
+//! Training one run spec into its run directory, with resume: [`run_one`] claims and prepares the
+//! run, `train_pack` is the loop (a `Trainer`: `train_step`, `evaluate`, `checkpoint`, `finish`),
+//! [`step`] is the one training step (also what `harness bench train` times). Batches and scores
+//! are in [`crate::eval`], the checkpoint folder in [`crate::checkpoint`], the one-writer lock in
+//! [`crate::claim`], the run folder's layout in [`crate::rundir`].
 //!
 //! Run directory `<out>/runs/<id>/`: `config.json` (the [`RunSpec`], written before step 0),
 //! `metrics.jsonl` (one line per logged step and per evaluation), `ckpt/` (weights, optimizer
@@ -420,251 +421,348 @@ pub fn run_model(
         .with_matmul_dtype(spec.precision.matmul_dtype()))
 }
 
-fn metric(path: &Path, m: MetricLine) -> Result<()> {
-    append_metric(path, &m)
-}
-
-/// The training loop of [`run_pack`] for members standing at the same step.
-fn train_pack(mut members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<Vec<Outcome>> {
-    let (quiet, stop_after) = (o.quiet, o.stop_after);
-    let spec0 = members[0].spec;
-    let (pack, steps) = (members.len(), spec0.steps);
-    let task = task_from_spec(spec0)?;
-    let task = task.as_ref();
-    let digest = tasks::config_digest(task);
-    let val = tasks::generate_range(task, Split::Val, 0, spec0.n_val);
-    let start: Vec<HashMap<String, Tensor>> = members
-        .iter_mut()
-        .map(|m| m.weights.take().expect("prepared weights"))
-        .collect();
-    let varmap = models::pack::stack(&start)?;
-    drop(start);
-    let model = models::pack::model(&spec0.model_config, &varmap, pack, spec0.backend)?
-        .with_matmul_dtype(spec0.precision.matmul_dtype());
-    let params = models::accounting::num_params(&spec0.model_config);
-    let mut opt = AdamW::packed(&varmap, spec0.model_config.variant, &spec0.optim, pack)?;
-    for (p, m) in members.iter_mut().enumerate() {
-        if let Some(state) = m.optim.take() {
-            opt.load_state_of(p, &state, m.st.step)?;
+/// The training loop of [`run_pack`] for members standing at the same step: one run reads top
+/// to bottom; a pack of several runs is the same loop over a stacked model.
+fn train_pack(members: Vec<Member>, dev: &Device, o: RunOptions) -> Result<Vec<Outcome>> {
+    let mut t = Trainer::new(members, dev, o)?;
+    while t.step < t.steps {
+        if o.stop_after.is_some_and(|s| t.step >= s) {
+            return Ok(t.interrupt());
+        }
+        t.train_step()?;
+        if t.all_diverged() {
+            break;
+        }
+        if t.step.is_multiple_of(t.eval_every) || t.step == t.steps {
+            t.evaluate()?;
+            t.checkpoint()?;
         }
     }
-    let bars: Vec<_> = members
-        .iter()
-        .map(|m| progress(m.spec, quiet, m.st.step))
-        .collect();
-    let t0: Vec<Instant> = members
-        .iter()
-        .map(|m| Instant::now() - std::time::Duration::from_secs_f64(m.st.elapsed_s))
-        .collect();
-    let log_every = (steps / 50).max(1);
-    let mut window = Instant::now();
-    let mut window_tokens = 0u64;
-    let mut step = members[0].st.step;
-    while step < steps {
-        if stop_after.is_some_and(|s| step >= s) {
-            bars.iter().for_each(|pb| pb.abandon());
-            return Ok(members.iter().map(|_| Outcome::Interrupted).collect());
+    t.finish()
+}
+
+/// The state of a training loop: the (packed) model and optimizer, the task and its val split,
+/// the runs it trains and where each stands.
+struct Trainer<'a> {
+    members: Vec<Member<'a>>,
+    dev: &'a Device,
+    task: Box<dyn Task>,
+    /// The task config's digest (train batches are keyed by it).
+    digest: [u8; 32],
+    val: Vec<Example>,
+    /// The packed weights: member p's parameters are slice p of each.
+    varmap: candle_nn::VarMap,
+    model: models::Model,
+    opt: AdamW,
+    bars: Vec<indicatif::ProgressBar>,
+    /// When each member started, its earlier sessions' time included.
+    t0: Vec<Instant>,
+    step: u64,
+    steps: u64,
+    eval_every: u64,
+    log_every: u64,
+    /// Throughput since the last log line.
+    window: Instant,
+    window_tokens: u64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Stack the members' starting weights into one model and load their optimizer states.
+    fn new(mut members: Vec<Member<'a>>, dev: &'a Device, o: RunOptions) -> Result<Self> {
+        let spec0 = members[0].spec;
+        let pack = members.len();
+        let task = task_from_spec(spec0)?;
+        let digest = tasks::config_digest(task.as_ref());
+        let val = tasks::generate_range(task.as_ref(), Split::Val, 0, spec0.n_val);
+        let start: Vec<HashMap<String, Tensor>> = members
+            .iter_mut()
+            .map(|m| m.weights.take().expect("prepared weights"))
+            .collect();
+        let varmap = models::pack::stack(&start)?;
+        drop(start);
+        let model = models::pack::model(&spec0.model_config, &varmap, pack, spec0.backend)?
+            .with_matmul_dtype(spec0.precision.matmul_dtype());
+        let mut opt = AdamW::packed(&varmap, spec0.model_config.variant, &spec0.optim, pack)?;
+        for (p, m) in members.iter_mut().enumerate() {
+            if let Some(state) = m.optim.take() {
+                opt.load_state_of(p, &state, m.st.step)?;
+            }
         }
-        let batches = members
+        let bars = members
+            .iter()
+            .map(|m| progress(m.spec, o.quiet, m.st.step))
+            .collect();
+        let t0 = members
+            .iter()
+            .map(|m| Instant::now() - std::time::Duration::from_secs_f64(m.st.elapsed_s))
+            .collect();
+        Ok(Trainer {
+            step: members[0].st.step,
+            steps: spec0.steps,
+            eval_every: spec0.eval_every,
+            log_every: (spec0.steps / 50).max(1),
+            members,
+            dev,
+            task,
+            digest,
+            val,
+            varmap,
+            model,
+            opt,
+            bars,
+            t0,
+            window: Instant::now(),
+            window_tokens: 0,
+        })
+    }
+
+    fn all_diverged(&self) -> bool {
+        self.members.iter().all(|m| m.diverged)
+    }
+
+    /// Stop as if killed (`--stop-after`): the last checkpoint stays.
+    fn interrupt(&self) -> Vec<Outcome> {
+        self.bars.iter().for_each(|pb| pb.abandon());
+        self.members.iter().map(|_| Outcome::Interrupted).collect()
+    }
+
+    /// One optimizer step of every live member on its own batch at its own lr; logs the loss
+    /// every `log_every` steps; a non-finite loss marks its member diverged (the others go on).
+    fn train_step(&mut self) -> Result<()> {
+        let (task, step, steps) = (self.task.as_ref(), self.step, self.steps);
+        let batches = self
+            .members
             .iter()
             .map(|m| {
-                make_batch(
-                    task,
-                    &train_batch(task, &digest, m.spec, step),
-                    m.spec.seq_len,
-                    dev,
-                )
+                let examples = train_batch(task, &self.digest, m.spec, step);
+                make_batch(task, &examples, m.spec.seq_len, self.dev)
             })
             .collect::<Result<Vec<_>>>()?;
-        let lrs: Vec<Option<f64>> = members
+        let lrs: Vec<Option<f64>> = self
+            .members
             .iter()
             .map(|m| (!m.diverged).then(|| lr_at(&m.spec.optim, m.spec.optim.lr, step, steps)))
             .collect();
-        let losses = step_pack(&model, &mut opt, &batches, &lrs, false)?.losses;
-        step += 1;
-        window_tokens += (spec0.batch_size * spec0.seq_len) as u64;
-        let log = step.is_multiple_of(log_every) || step == steps;
-        let tps = window_tokens as f64 / window.elapsed().as_secs_f64().max(1e-9);
-        for (p, m) in members.iter_mut().enumerate() {
+        let losses = step_pack(&self.model, &mut self.opt, &batches, &lrs, false)?.losses;
+        self.step += 1;
+        let step = self.step;
+        let spec0 = self.members[0].spec;
+        self.window_tokens += (spec0.batch_size * spec0.seq_len) as u64;
+        let log = step.is_multiple_of(self.log_every) || step == steps;
+        let tps = self.window_tokens as f64 / self.window.elapsed().as_secs_f64().max(1e-9);
+        for (p, m) in self.members.iter_mut().enumerate() {
             let (Some(lr), loss) = (lrs[p], losses[p]) else {
                 continue; // diverged earlier
             };
-            let path = m.run.metrics();
             if !loss.is_finite() {
                 m.diverged = true;
                 let nan = MetricLine {
                     step: step - 1,
-                    flops: None,
                     loss: Some(f64::NAN),
-                    lr: None,
-                    tokens_per_s: None,
-                    val_acc: None,
-                    val_loss: None,
+                    ..MetricLine::default()
                 };
-                metric(&path, nan).ok();
+                append_metric(&m.run.metrics(), &nan).ok();
                 continue;
             }
             m.st.step = step;
             m.st.last_loss = Some(loss);
-            bars[p].set_position(step);
+            self.bars[p].set_position(step);
             if log {
-                bars[p].set_message(format!("loss {loss:.4}"));
-                metric(
-                    &path,
-                    MetricLine {
-                        step,
-                        flops: Some(step as f64 * m.spec.flops_per_step),
-                        loss: Some(loss),
-                        lr: Some(lr),
-                        tokens_per_s: Some(tps),
-                        val_acc: None,
-                        val_loss: None,
-                    },
-                )?;
+                self.bars[p].set_message(format!("loss {loss:.4}"));
+                let line = MetricLine {
+                    step,
+                    flops: Some(step as f64 * m.spec.flops_per_step),
+                    loss: Some(loss),
+                    lr: Some(lr),
+                    tokens_per_s: Some(tps),
+                    ..MetricLine::default()
+                };
+                append_metric(&m.run.metrics(), &line)?;
             }
         }
         if log {
-            window = Instant::now();
-            window_tokens = 0;
+            self.window = Instant::now();
+            self.window_tokens = 0;
         }
-        if members.iter().all(|m| m.diverged) {
-            break;
-        }
-        if !(step.is_multiple_of(spec0.eval_every) || step == steps) {
-            continue;
-        }
-        for (p, m) in members.iter_mut().enumerate() {
+        Ok(())
+    }
+
+    /// Score every live member on val with its spec's val metric, log it, and keep its weights
+    /// when they are its best so far (early stopping).
+    fn evaluate(&mut self) -> Result<()> {
+        let (task, step, dev, pack) = (self.task.as_ref(), self.step, self.dev, self.members.len());
+        for (p, m) in self.members.iter_mut().enumerate() {
             if m.diverged {
                 continue;
             }
-            let weights = models::pack::member(&varmap, pack, p)?;
-            let eval_model = match pack {
-                1 => model.clone(),
+            let weights = models::pack::member(&self.varmap, pack, p)?;
+            let model = match pack {
+                1 => self.model.clone(),
                 _ => run_model(m.spec, &weights, dev)?,
             };
-            let tf = teacher_forced(
-                &eval_model,
-                task,
-                &val,
-                m.spec.seq_len,
-                dev,
-                m.spec.batch_size,
-            )?;
-            let score = match (m.spec.val_metric, task.metric()) {
-                (crate::overrides::ValMetric::Task, tasks::Metric::Generate) => {
-                    generation_accuracy(&eval_model, task, &val, dev)?
-                }
-                // The spec refused `choice` for a task that poses none.
-                (crate::overrides::ValMetric::Choice, _) => choice_accuracy(
-                    &eval_model,
-                    task,
-                    &val,
-                    m.spec.seq_len,
-                    dev,
-                    m.spec.batch_size,
-                )?
-                .unwrap_or(0.0),
-                _ => val_score(task, tf),
+            let (score, loss) = val_scores(&model, task, &self.val, m.spec, dev)?;
+            let line = MetricLine {
+                step,
+                val_acc: Some(score),
+                val_loss: Some(loss),
+                ..MetricLine::default()
             };
-            metric(
-                &m.run.metrics(),
-                MetricLine {
-                    step,
-                    flops: None,
-                    loss: None,
-                    lr: None,
-                    tokens_per_s: None,
-                    val_acc: Some(score),
-                    val_loss: Some(tf.loss),
-                },
-            )?;
+            append_metric(&m.run.metrics(), &line)?;
             if m.st.best_val.is_none_or(|b| score > b) {
                 m.st.best_val = Some(score);
-                m.st.best_val_loss = Some(tf.loss);
+                m.st.best_val_loss = Some(loss);
                 m.st.best_step = Some(step);
-                m.best = Some(weights.clone());
+                m.best = Some(weights);
             }
-            m.st.elapsed_s = t0[p].elapsed().as_secs_f64();
-            if step.is_multiple_of(m.spec.ckpt_every) && step < steps {
-                save_checkpoint(m.run.path(), &weights, &opt.state_of(p), &m.best, &m.st)?;
-            }
+            m.st.elapsed_s = self.t0[p].elapsed().as_secs_f64();
         }
+        Ok(())
     }
-    bars.iter().for_each(|pb| pb.finish_and_clear());
 
-    let mut outcomes = Vec::with_capacity(pack);
-    for (p, m) in members.iter().enumerate() {
-        let spec = m.spec;
-        let st = &m.st;
-        let mut result = RunResult {
-            id: spec.id(),
-            status: if m.diverged {
-                RunStatus::Diverged
-            } else {
-                RunStatus::Ok
-            },
-            task: spec.task.clone(),
-            level: spec.level.clone(),
-            model: spec.model.clone(),
-            seed: spec.seed,
-            lr: spec.optim.lr,
-            params,
-            budget_flops: spec.budget_flops,
-            flops_spent: st.step as f64 * spec.flops_per_step,
-            steps: st.step,
-            tokens_seen: st.step * (spec.batch_size * spec.seq_len) as u64,
-            wall_clock_s: 0.0,
-            device: run_device_name(dev),
-            metric: task.metric(),
-            chance: task.chance(),
-            final_loss: st.last_loss,
-            best_step: None,
-            val_acc: None,
-            val_loss: None,
-            test_acc: None,
-            test_token_acc: None,
-            test_macro_acc: None,
-            test_choice_acc: None,
-            test_steps_valid: None,
-            router_heatmap: Vec::new(),
-        };
-        if !m.diverged {
-            let w = match &m.best {
-                Some(b) => b.clone(),
-                None => models::pack::member(&varmap, pack, p)?,
-            };
-            let model = run_model(spec, &w, dev)?;
-            let test = tasks::generate_range(task, Split::Test, 0, spec.n_test);
-            let tf = teacher_forced(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
-            result.test_choice_acc =
-                choice_accuracy(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
-            result.test_token_acc = Some(tf.token_acc);
-            result.test_macro_acc = Some(tf.macro_acc);
-            result.test_acc = Some(match task.metric() {
-                tasks::Metric::TeacherForced => tf.token_acc,
-                tasks::Metric::Generate => {
-                    let (acc, steps) = generation_scores(&model, task, &test, dev)?;
-                    result.test_steps_valid = steps;
-                    acc
-                }
-            });
-            result.best_step = st.best_step;
-            result.router_heatmap = model.router_heatmap()?;
-            result.val_acc = st.best_val;
-            result.val_loss = st.best_val_loss;
-            if let Some(b) = &m.best {
-                save_tensors(&m.run.best(), b)?;
+    /// Save the live members' resumable state every `ckpt_every` steps (not at the end: the
+    /// result replaces it).
+    fn checkpoint(&mut self) -> Result<()> {
+        let pack = self.members.len();
+        for (p, m) in self.members.iter().enumerate() {
+            if m.diverged || !self.step.is_multiple_of(m.spec.ckpt_every) || self.step >= self.steps
+            {
+                continue;
             }
+            let weights = models::pack::member(&self.varmap, pack, p)?;
+            save_checkpoint(
+                m.run.path(),
+                &weights,
+                &self.opt.state_of(p),
+                &m.best,
+                &m.st,
+            )?;
         }
-        result.wall_clock_s = t0[p].elapsed().as_secs_f64();
-        write_json(&m.run.result(), &result)?;
-        let _ = std::fs::remove_dir_all(m.run.ckpt());
-        for t in temp_checkpoints(m.run.path()) {
-            let _ = std::fs::remove_dir_all(t);
-        }
-        outcomes.push(Outcome::Done(result));
+        Ok(())
     }
-    Ok(outcomes)
+
+    /// Test every member with its selected weights, write its `result.json` and drop its
+    /// checkpoint.
+    fn finish(self) -> Result<Vec<Outcome>> {
+        self.bars.iter().for_each(|pb| pb.finish_and_clear());
+        let task = self.task.as_ref();
+        let pack = self.members.len();
+        let params = models::accounting::num_params(&self.members[0].spec.model_config);
+        let mut outcomes = Vec::with_capacity(pack);
+        for (p, m) in self.members.iter().enumerate() {
+            let mut result = empty_result(m, params, task, self.dev);
+            if !m.diverged {
+                let w = match &m.best {
+                    Some(b) => b.clone(),
+                    None => models::pack::member(&self.varmap, pack, p)?,
+                };
+                test_into(&mut result, m, &w, task, self.dev)?;
+                if let Some(b) = &m.best {
+                    save_tensors(&m.run.best(), b)?;
+                }
+            }
+            result.wall_clock_s = self.t0[p].elapsed().as_secs_f64();
+            write_json(&m.run.result(), &result)?;
+            let _ = std::fs::remove_dir_all(m.run.ckpt());
+            for t in temp_checkpoints(m.run.path()) {
+                let _ = std::fs::remove_dir_all(t);
+            }
+            outcomes.push(Outcome::Done(result));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A member's val accuracy by its spec's val metric, and its teacher-forced val loss.
+fn val_scores(
+    model: &models::Model,
+    task: &dyn Task,
+    val: &[Example],
+    spec: &RunSpec,
+    dev: &Device,
+) -> Result<(f64, f64)> {
+    let tf = teacher_forced(model, task, val, spec.seq_len, dev, spec.batch_size)?;
+    let score = match (spec.val_metric, task.metric()) {
+        (crate::overrides::ValMetric::Task, tasks::Metric::Generate) => {
+            generation_accuracy(model, task, val, dev)?
+        }
+        // The spec refused `choice` for a task that poses none.
+        (crate::overrides::ValMetric::Choice, _) => {
+            choice_accuracy(model, task, val, spec.seq_len, dev, spec.batch_size)?.unwrap_or(0.0)
+        }
+        _ => val_score(task, tf),
+    };
+    Ok((score, tf.loss))
+}
+
+/// A member's result before testing: what it trained, how it ended, nothing measured yet.
+fn empty_result(m: &Member, params: u64, task: &dyn Task, dev: &Device) -> RunResult {
+    let (spec, st) = (m.spec, &m.st);
+    RunResult {
+        id: spec.id(),
+        status: if m.diverged {
+            RunStatus::Diverged
+        } else {
+            RunStatus::Ok
+        },
+        task: spec.task.clone(),
+        level: spec.level.clone(),
+        model: spec.model.clone(),
+        seed: spec.seed,
+        lr: spec.optim.lr,
+        params,
+        budget_flops: spec.budget_flops,
+        flops_spent: st.step as f64 * spec.flops_per_step,
+        steps: st.step,
+        tokens_seen: st.step * (spec.batch_size * spec.seq_len) as u64,
+        wall_clock_s: 0.0,
+        device: run_device_name(dev),
+        metric: task.metric(),
+        chance: task.chance(),
+        final_loss: st.last_loss,
+        best_step: None,
+        val_acc: None,
+        val_loss: None,
+        test_acc: None,
+        test_token_acc: None,
+        test_macro_acc: None,
+        test_choice_acc: None,
+        test_steps_valid: None,
+        router_heatmap: Vec::new(),
+    }
+}
+
+/// Test a member's selected weights `w` on the test split into `result`: teacher-forced
+/// accuracies, the two-way choice where the task poses one, the generated answers' score (and
+/// their steps' validity) for answer tasks, the router heatmap, and the val numbers it was
+/// selected on.
+fn test_into(
+    result: &mut RunResult,
+    m: &Member,
+    w: &HashMap<String, Tensor>,
+    task: &dyn Task,
+    dev: &Device,
+) -> Result<()> {
+    let spec = m.spec;
+    let model = run_model(spec, w, dev)?;
+    let test = tasks::generate_range(task, Split::Test, 0, spec.n_test);
+    let tf = teacher_forced(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
+    result.test_choice_acc =
+        choice_accuracy(&model, task, &test, spec.seq_len, dev, spec.batch_size)?;
+    result.test_token_acc = Some(tf.token_acc);
+    result.test_macro_acc = Some(tf.macro_acc);
+    result.test_acc = Some(match task.metric() {
+        tasks::Metric::TeacherForced => tf.token_acc,
+        tasks::Metric::Generate => {
+            let (acc, steps) = generation_scores(&model, task, &test, dev)?;
+            result.test_steps_valid = steps;
+            acc
+        }
+    });
+    result.best_step = m.st.best_step;
+    result.router_heatmap = model.router_heatmap()?;
+    result.val_acc = m.st.best_val;
+    result.val_loss = m.st.best_val_loss;
+    Ok(())
 }
 
 /// Rebuild the task from the exact config stored in the spec.
