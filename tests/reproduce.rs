@@ -46,7 +46,7 @@ fn every_protocol_trains_what_its_families_compare() {
     }
 }
 
-/// The claims in report order; the depth claim has one arm per depth (2, 4, 8 layers), the rivals
+/// The claims in report order; the depth claim has one arm per depth (2, 3, 4 layers), the rivals
 /// claim one for the rivals (the MQAR preset's 2 layers) and one for the router ablations at 4.
 #[test]
 fn the_claims_and_their_arms() {
@@ -69,8 +69,8 @@ fn the_claims_and_their_arms() {
         layers("depth"),
         [
             ("2 layers".to_string(), vec![2]),
-            ("4 layers".to_string(), vec![4]),
-            ("8 layers".to_string(), vec![8])
+            ("3 layers".to_string(), vec![3]),
+            ("4 layers".to_string(), vec![4])
         ]
     );
     assert_eq!(
@@ -204,6 +204,22 @@ fn statistics_never_include_the_tuning_seed() {
     for ev in &st.evaluation {
         assert!(ev.iter().all(|r| r.result.seed != TUNING_SEED));
     }
+}
+
+/// `reproduce --stale` lists exactly the committed runs no protocol resolves to: a protocol's own
+/// runs are kept, a run of another setting (here MQAR at a budget no claim uses) is listed.
+#[test]
+fn stale_runs_are_the_ones_no_protocol_wants() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_mqar(dir.path(), 1, |_, _, _| 0.5);
+    let c = &claims()[0];
+    let mut other = arms(c, Scale::Cpu).unwrap().unwrap()[0].1[0].clone();
+    other.budget_flops *= 2.0;
+    write_run(dir.path(), &other, 0.5, 0.5, RunStatus::Ok);
+    let stale = harness::reproduce::stale(dir.path()).unwrap();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert!(stale[0].ends_with(other.id()));
+    assert!(committed(dir.path()).unwrap().len() > 1);
 }
 
 /// The MQAR claim end to end on fake runs: tuning first, then five evaluation seeds; 5/5 solved
@@ -592,6 +608,55 @@ fn calibrate_lands_a_small_task_in_the_band() {
     let err = crate::cli::stderr(&o);
     assert!(err.contains("--band must be lo,hi"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// A calibrated protocol cites a committed `harness calibrate` output whose chosen value landed in
+/// the band, and whose chosen run is the protocol's own tuning run of the calibrated baseline
+/// (same spec id) — so the protocol runs exactly what was calibrated; the calibration's command
+/// names its knob. A fixed protocol says why.
+#[test]
+fn calibrated_protocols_run_what_was_calibrated() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut calibrated = 0;
+    for c in claims() {
+        match c.setting {
+            harness::claims::Setting::Calibrated { file, command } => {
+                calibrated += 1;
+                let text = std::fs::read_to_string(root.join(file)).unwrap();
+                let cal: harness::calibrate::Calibration = serde_json::from_str(&text).unwrap();
+                assert!(cal.in_band, "{}: {file}", c.name);
+                assert!(
+                    command.contains(&format!("--knob {}", cal.knob)),
+                    "{command}"
+                );
+                let chosen = cal.chosen.clone().unwrap();
+                let run = &cal.tried.iter().find(|t| t.value == chosen).unwrap().run;
+                let a = arms(&c, Scale::Cpu).unwrap().unwrap();
+                let own = cells(&a).iter().any(|cell| {
+                    cell.model == cal.model
+                        && cell
+                            .specs
+                            .iter()
+                            .any(|s| s.seed == TUNING_SEED && &s.id() == run)
+                });
+                assert!(
+                    own,
+                    "{}: {run} is not one of the protocol's tuning runs",
+                    c.name
+                );
+                // The run it chose is committed beside it.
+                let dir = Path::new(file).parent().unwrap().parent().unwrap();
+                assert!(root
+                    .join(dir)
+                    .join("runs")
+                    .join(run)
+                    .join("result.json")
+                    .is_file());
+            }
+            harness::claims::Setting::Fixed(why) => assert!(why.len() > 40, "{}", c.name),
+        }
+    }
+    assert!(calibrated >= 1);
 }
 
 /// `--val-metric task` selects on what test reports: for an answer task the early-stopping step

@@ -23,7 +23,8 @@ pub struct CalibrateArgs {
     /// The knob to search: a task knob, `level`, `budget`, `steps` or `model.<key>`.
     #[arg(long)]
     pub knob: String,
-    /// Its candidate values, from easiest to hardest (comma-separated).
+    /// Its candidate values, from easiest to hardest (comma-separated): for `budget` and
+    /// `steps` that is the largest first.
     #[arg(long, value_delimiter = ',', required = true)]
     pub values: Vec<String>,
     /// The target band, as fractions of the way from the floor to 100% (`lo,hi`).

@@ -149,6 +149,7 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
             "\n## {} (`{}`)\n\nReported: {}.\n\n",
             c.title, c.name, c.reported
         );
+        md += &setting_line(c);
         md += &rules_line(c);
         let Some(cpu) = arms(c, Scale::Cpu)? else {
             continue;
@@ -217,6 +218,18 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
 }
 
 /// The declared rules of a claim, one paragraph.
+/// How the CPU protocol's difficulty was set: the calibration that chose it, or why it is fixed.
+fn setting_line(c: &Claim) -> String {
+    match c.setting {
+        crate::claims::Setting::Calibrated { file, command } => format!(
+            "Setting: calibrated — `{command}` chose it (baseline at the tuning seed; what it \
+             tried and chose: [{name}]({file})).\n\n",
+            name = file.rsplit('/').next().unwrap_or(file)
+        ),
+        crate::claims::Setting::Fixed(why) => format!("Setting: not calibrated — {why}.\n\n"),
+    }
+}
+
 fn rules_line(c: &Claim) -> String {
     let floor = "measured per level: the best of chance, the majority predictor (the most \
                  frequent target per supervised position, or the most frequent answer, counted \
@@ -623,7 +636,7 @@ pub fn write(a: &crate::reproduce::ReproduceArgs) -> Result<()> {
     let report = report(&claims, &a.results)?;
     crate::io::write_atomic(&a.out, report.md.as_bytes())?;
     eprintln!("wrote {}", a.out.display());
-    if a.results.join("runs").is_dir() {
+    if crate::rundir::has_runs(&a.results) {
         // The leaderboard and its figures of every committed run, beside the run folders.
         crate::job::write_report(&a.results)?;
         for (name, rows) in &report.forest {

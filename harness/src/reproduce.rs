@@ -47,6 +47,10 @@ pub struct ReproduceArgs {
     /// Print the runs the protocols want next (train nothing, write nothing).
     #[arg(long)]
     pub plan: bool,
+    /// Print the committed run folders no claim's protocol (at either scale) resolves to —
+    /// earlier protocols' runs, which git history keeps — and train nothing.
+    #[arg(long)]
+    pub stale: bool,
     /// The committed results (run folders under `<results>/runs/`).
     #[arg(long, default_value = "results/reproduction")]
     pub results: PathBuf,
@@ -426,6 +430,27 @@ pub fn standing(
     })
 }
 
+/// The run folders under `results` whose spec no claim's protocol resolves to, at either scale.
+pub fn stale(results: &Path) -> Result<Vec<PathBuf>> {
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    for c in claims() {
+        for scale in [Scale::Cpu, Scale::Gpu] {
+            for (_, specs) in arms(&c, scale)?.unwrap_or_default() {
+                ids.extend(specs.iter().map(|s| s.id()));
+            }
+        }
+    }
+    Ok(committed(results)?
+        .into_iter()
+        .filter(|r| !ids.contains(&r.result.id))
+        .map(|r| {
+            crate::rundir::RunDir::of(results, &r.result.id)
+                .path()
+                .to_path_buf()
+        })
+        .collect())
+}
+
 /// Records under `results` (none when it has no `runs/`), sorted by id.
 pub fn committed(results: &Path) -> Result<Vec<Record>> {
     match crate::rundir::has_runs(results) {
@@ -452,6 +477,12 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
                 bail!("{what}: `{n}` is in none of the selected claims' protocols");
             }
         }
+    }
+    if a.stale {
+        for path in stale(&a.results)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
     }
     if !a.render_only {
         let dev = device(&a.device)?;
