@@ -813,7 +813,7 @@ fn models_lists_every_variant() {
     let o = run(&["models"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for v in models::Variant::ALL {
+    for &v in models::Variant::ALL {
         let params = models::accounting::num_params(&models::Config::mha(v, 256, 64, 2, 2));
         let row = out
             .lines()

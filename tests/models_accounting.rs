@@ -31,7 +31,7 @@ fn tiny(
 /// A spread of small shapes: tied/untied, MHA/GQA/MQA, 1–4 layers, every variant.
 fn tiny_zoo() -> Vec<Config> {
     let mut out = Vec::new();
-    for v in Variant::ALL {
+    for &v in Variant::ALL {
         for &(l, h, r, tied) in &[
             (1, 4, 4, true),
             (2, 4, 2, false),
@@ -407,7 +407,7 @@ fn render(rows: &[Row]) -> String {
 fn golden_paper_1b_table() {
     let cfgs: Vec<Config> = [true, false]
         .into_iter()
-        .flat_map(|gqa| Variant::ALL.map(|v| paper_1b(v, gqa)))
+        .flat_map(|gqa| Variant::ALL.iter().map(move |&v| paper_1b(v, gqa)))
         .collect();
     let mut text = String::new();
     for mode in FlopMode::ALL {

@@ -175,7 +175,7 @@ fn fused_attention_reads_narrowed_kv_views_in_place() {
 #[test]
 fn fused_kv_cache_decoding_matches_full_forward_across_growth() {
     // f32 on the CPU takes the fused kernels; capacity 3 forces the cache to grow twice.
-    for variant in models::Variant::ALL {
+    for &variant in models::Variant::ALL {
         let cfg = small_cfg(variant, 2);
         let (_vm, model) = models::init_varmap(&cfg, 8, DType::F32, &Device::Cpu).unwrap();
         let ids = small_ids(&[2, 10], 7, 3);
@@ -287,7 +287,7 @@ fn fused_cross_entropy_matches_candle() {
 /// logits and every parameter's gradient agree to f32 precision, for every variant and GQA.
 #[test]
 fn fused_f32_model_matches_composed_f64_model() {
-    for variant in models::Variant::ALL {
+    for &variant in models::Variant::ALL {
         for kv in [4, 2] {
             let cfg = small_cfg(variant, kv);
             let ids = small_ids(&[2, 9], 7, 3);

@@ -189,7 +189,7 @@ fn a_pack_gives_each_run_its_weights_back() -> Result<()> {
 
 #[test]
 fn variants_without_a_run_axis_refuse_to_pack() -> Result<()> {
-    for v in Variant::ALL {
+    for &v in Variant::ALL {
         let c = cfg(v);
         let (vm, _) = models::init_model(&c, 0, DType::F32, &Device::Cpu, Backend::Fused)?;
         let w = models::state_dict(&vm)?;

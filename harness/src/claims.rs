@@ -92,7 +92,7 @@ impl Claim {
     pub fn models(&self) -> Vec<&'static str> {
         let mut out: Vec<&'static str> = Vec::new();
         for f in self.families {
-            for m in std::iter::once(f.baseline).chain(f.challengers.iter().copied()) {
+            for m in std::iter::once(f.baseline).chain(f.challengers.names()) {
                 if !out.contains(&m) {
                     out.push(m);
                 }
@@ -107,10 +107,29 @@ impl Claim {
 pub struct Family {
     pub name: &'static str,
     pub baseline: &'static str,
-    pub challengers: &'static [&'static str],
+    pub challengers: Challengers,
     pub direction: Direction,
     /// The arms it compares within (labels); empty: every arm.
     pub arms: &'static [&'static str],
+}
+
+/// A family's challengers: named, or every built-in variant of one role (so a new built-in joins
+/// the rivals claim by declaring its role in its own file).
+pub enum Challengers {
+    Named(&'static [&'static str]),
+    Role(models::Role),
+}
+
+impl Challengers {
+    pub fn names(&self) -> Vec<&'static str> {
+        match self {
+            Challengers::Named(n) => n.to_vec(),
+            Challengers::Role(r) => models::Variant::with_role(*r)
+                .into_iter()
+                .map(|v| v.name())
+                .collect(),
+        }
+    }
 }
 
 impl Family {
@@ -154,30 +173,6 @@ fn mqar_cpu() -> Overrides {
     })
 }
 
-/// The rivals against llama: the other papers' depth connections (lime against llama on the same
-/// cell is the MQAR claim's comparison, in its own family).
-const RIVALS: [&str; 8] = [
-    "denseformer",
-    "hyper",
-    "hyper-static",
-    "resformer",
-    "attnres",
-    "attnres-block",
-    "muddformer",
-    "mhc",
-];
-
-/// LIMe's router ablations (and the dynamic router), judged against full static LIMe.
-const ABLATIONS: [&str; 7] = [
-    "lime-dynamic",
-    "lime-avg",
-    "lime-last-2",
-    "lime-first-2",
-    "lime-same-head",
-    "lime-per-dim",
-    "lime-random-init",
-];
-
 /// The rivals on the MQAR claim's kv8 cell (its llama and lime runs are the same runs), and the
 /// router ablations against lime at 4 layers: at the preset's 2 layers `lime-last-2` and
 /// `lime-first-2` are LIMe itself (every layer's two sources are all there are), so they are
@@ -187,7 +182,7 @@ fn rivals_cpu() -> Vec<Arm> {
         level: vec!["kv8".into()],
         models: ["llama", "lime"]
             .into_iter()
-            .chain(RIVALS)
+            .chain(Challengers::Role(models::Role::Rival).names())
             .map(String::from)
             .collect(),
         ..mqar_cpu()
@@ -195,7 +190,7 @@ fn rivals_cpu() -> Vec<Arm> {
     let ablations = Overrides {
         level: vec!["kv8".into()],
         models: std::iter::once("lime")
-            .chain(ABLATIONS)
+            .chain(Challengers::Role(models::Role::LimeAblation).names())
             .map(String::from)
             .collect(),
         model_sets: vec!["n_layers=4".into()],
@@ -333,7 +328,7 @@ fn depth_gpu() -> Vec<Arm> {
 const LIME_VS_LLAMA: &[Family] = &[Family {
     name: "lime vs llama",
     baseline: "llama",
-    challengers: &["lime"],
+    challengers: Challengers::Named(&["lime"]),
     direction: Direction::Directed,
     arms: &[],
 }];
@@ -380,14 +375,14 @@ pub fn claims() -> Vec<Claim> {
                 Family {
                     name: "rivals vs llama",
                     baseline: "llama",
-                    challengers: &RIVALS,
+                    challengers: Challengers::Role(models::Role::Rival),
                     direction: Direction::Directed,
                     arms: &["2 layers"],
                 },
                 Family {
                     name: "ablations vs lime",
                     baseline: "lime",
-                    challengers: &ABLATIONS,
+                    challengers: Challengers::Role(models::Role::LimeAblation),
                     direction: Direction::Undirected,
                     arms: &["4 layers"],
                 },

@@ -43,7 +43,7 @@ impl Default for OptimSpec {
     fn default() -> Self {
         Self {
             lr: 1e-3,
-            router_lr_mult: 10.0,
+            router_lr_mult: models::ROUTER_LR_MULT,
             weight_decay: 0.1,
             beta1: 0.9,
             beta2: 0.95,

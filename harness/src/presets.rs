@@ -14,7 +14,6 @@ pub struct Preset {
     /// Model shape (`variant` and `vocab_size` are filled in per run).
     pub model: models::Config,
     pub batch_size: usize,
-    pub lr: f64,
     pub optim: OptimSpec,
     pub budget_flops: f64,
     pub train_pool: u64,
@@ -43,7 +42,6 @@ pub fn preset(task: &str) -> Result<Preset> {
         models: vec!["llama".into(), "lime".into()],
         model,
         batch_size: 64,
-        lr: 1e-3,
         optim: OptimSpec::default(),
         budget_flops: 1e13,
         train_pool: 0,

@@ -246,7 +246,7 @@ fn rules_line(c: &Claim) -> String {
                     crate::verdict::Direction::Directed => "directed",
                     crate::verdict::Direction::Undirected => "undirected",
                 },
-                f.challengers.len()
+                f.challengers.names().len()
             )
         })
         .collect::<Vec<_>>()

@@ -231,7 +231,7 @@ pub fn locate(family: &Family, cells: &[Cell]) -> Result<Vec<Located>> {
         let Some(b) = find(family.baseline) else {
             continue;
         };
-        for ch in family.challengers {
+        for ch in family.challengers.names() {
             let Some(a) = find(ch) else {
                 continue;
             };

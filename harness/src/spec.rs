@@ -268,7 +268,7 @@ fn resolve_cell(
             bail!("--batch-size must be between 1 and 65536");
         }
         let lrs = if a.lr.is_empty() {
-            vec![preset.lr]
+            vec![preset.optim.lr]
         } else {
             a.lr.clone()
         };

@@ -255,10 +255,7 @@ pub fn run_all(
 
 /// What specs must share to be packed: everything but the seed and the learning rate.
 pub fn pack_key(spec: &RunSpec) -> String {
-    let mut s = spec.clone();
-    s.seed = 0;
-    s.optim.lr = 0.0;
-    serde_json::to_string(&s).unwrap_or_default()
+    spec.cell_key()
 }
 
 /// The specs (indices) in packs of at most `pack`, in order of first appearance.

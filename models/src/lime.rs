@@ -55,6 +55,9 @@ impl Variant {
 }
 
 impl VariantDef for Lime {
+    fn role(&self) -> crate::variant::Role {
+        crate::variant::Role::Lime
+    }
     fn name(&self) -> &'static str {
         "lime"
     }

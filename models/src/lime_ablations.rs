@@ -188,6 +188,9 @@ impl Mix for PerDim {
 }
 
 impl VariantDef for Ablation {
+    fn role(&self) -> crate::variant::Role {
+        crate::variant::Role::LimeAblation
+    }
     fn name(&self) -> &'static str {
         self.name
     }

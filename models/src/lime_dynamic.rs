@@ -66,6 +66,9 @@ impl Mix for Dynamic {
 }
 
 impl VariantDef for LimeDynamic {
+    fn role(&self) -> crate::variant::Role {
+        crate::variant::Role::LimeAblation
+    }
     fn name(&self) -> &'static str {
         "lime-dynamic"
     }

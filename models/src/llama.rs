@@ -867,6 +867,9 @@ impl Connection for Residual {
 }
 
 impl VariantDef for Llama {
+    fn role(&self) -> crate::variant::Role {
+        crate::variant::Role::Baseline
+    }
     fn name(&self) -> &'static str {
         "llama"
     }

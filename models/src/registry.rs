@@ -7,7 +7,7 @@
 use crate::variant::Variant;
 
 impl Variant {
-    pub const ALL: [Variant; 17] = [
+    pub const ALL: &'static [Variant] = &[
         Variant::LLAMA,
         Variant::LIME,
         Variant::LIME_DYNAMIC,

@@ -30,6 +30,21 @@ use crate::init::ParamGroup;
 use crate::llama::{Blocks, Pass};
 use crate::ops::Backend;
 
+/// Where a variant stands in the suite's comparisons: the harness's claims draw their families
+/// from it (the rivals against llama, the router ablations against LIMe), so a new built-in joins
+/// them by declaring it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The LLaMA-style baseline every rival is compared with.
+    Baseline,
+    /// Full static LIMe, the paper's model.
+    Lime,
+    /// One of the LIMe paper's router ablations (or its dynamic router), compared with LIMe.
+    LimeAblation,
+    /// Another paper's depth connection, compared with the baseline (the default).
+    Rival,
+}
+
 /// A variant's FLOPs beyond llama's for one sequence (see `accounting.rs` for the conventions).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExtraFlops {
@@ -58,6 +73,10 @@ pub trait VariantDef: std::any::Any + Send + Sync {
     /// the harness train the variant's runs one after another.
     fn packable(&self) -> bool {
         false
+    }
+    /// Its place in the suite's comparisons ([`Role::Rival`] unless it says otherwise).
+    fn role(&self) -> Role {
+        Role::Rival
     }
     /// Whether the blocks' RMSNorms carry a learned gain (Hyper-Connections' do not).
     fn norm_gain(&self) -> bool {
@@ -117,6 +136,15 @@ impl Variant {
     /// A built-in ([`Variant::ALL`]) or [`register`]ed variant by name.
     pub fn from_name(s: &str) -> Option<Variant> {
         Variant::all().into_iter().find(|v| v.name() == s)
+    }
+
+    /// The built-in variants of one role, in registry order.
+    pub fn with_role(role: Role) -> Vec<Variant> {
+        Variant::ALL
+            .iter()
+            .copied()
+            .filter(|v| v.def().role() == role)
+            .collect()
     }
 
     /// Every known variant: the built-ins, then the registered ones in registration order.
