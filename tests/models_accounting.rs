@@ -350,9 +350,36 @@ fn naive_causal_flops(cfg: &Config, t: usize) -> u64 {
     2 * macs as u64
 }
 
+/// The variants this file recounts from their papers' equations (`spec_shapes`,
+/// `naive_causal_flops`). A variant added later is checked against the tensors it builds and its
+/// own declarations (`models_rivals::num_params_match_built_tensors_and_formulas`) until its
+/// closed form is added here.
+const RECOUNTED: [&str; 17] = [
+    "llama",
+    "lime",
+    "lime-dynamic",
+    "lime-avg",
+    "lime-last-2",
+    "lime-first-2",
+    "lime-same-head",
+    "lime-per-dim",
+    "lime-random-init",
+    "denseformer",
+    "hyper",
+    "hyper-static",
+    "resformer",
+    "attnres",
+    "attnres-block",
+    "muddformer",
+    "mhc",
+];
+
 #[test]
 fn recounts_agree_for_small_shapes() {
-    for cfg in tiny_zoo() {
+    for cfg in tiny_zoo()
+        .into_iter()
+        .filter(|c| RECOUNTED.contains(&c.variant.name()))
+    {
         let want: usize = spec_shapes(&cfg).iter().map(|(a, b)| a * b).sum();
         assert_eq!(num_params(&cfg), want as u64, "{cfg:?}");
         for t in [1usize, 5, 27] {
