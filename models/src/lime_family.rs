@@ -1,10 +1,12 @@
-//! What the LIMe router variants (`lime`, `lime-dynamic`, the ablations) share beside the buffer
-//! and loop of [`crate::lime`]: the [`Mix`] trait a router implements, the constructor of the
-//! family's connection, and the router parameters' names, init, optimizer group and counts.
+//! What the LIMe router variants (`lime`, `lime-dynamic`, the ablations) share: the connection
+//! (the buffer of every layer's pre-RoPE K|V and the residual loop, [`LimeConnection`]), the
+//! [`Mix`] trait a router implements (with [`Full`], the full static router), the constructor of
+//! the family's connection, and the router parameters' names, init, optimizer group and counts.
+//! Imports flow one way: each variant's file uses this one, never the reverse.
 
 use std::sync::Arc;
 
-use candle_core::{Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -12,8 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::accounting::{per_mac, FlopMode};
 use crate::config::Config;
 use crate::init::ParamGroup;
-use crate::lime::LimeConnection;
-use crate::ops::Backend;
+use crate::llama::{Blocks, Pass};
+use crate::ops::{self, Backend};
 use crate::variant::{Connection, ExtraFlops};
 
 /// How one layer l ≥ 1 mixes its buffer.
@@ -124,5 +126,115 @@ pub fn router_flops(cfg: &Config, seq_len: usize, mode: FlopMode, macs: u64) -> 
     ExtraFlops {
         router: k * macs,
         ..ExtraFlops::default()
+    }
+}
+
+/// A full (R, S) router (`lime`; also the constant of `lime-avg`).
+#[derive(Debug)]
+pub struct Full(pub Tensor);
+
+impl Mix for Full {
+    fn mix(&self, all: &Tensor, _x: &Tensor, backend: Backend) -> Result<Tensor> {
+        let (s, b, t, kv) = all.dims4()?;
+        if self.0.rank() == 3 {
+            // Packed (crate::pack): W (P,R,S), rows b run-major; one batched product per run.
+            let (p, r, _) = self.0.dims3()?;
+            let per_run = all.reshape((s, p, (b / p) * t * kv))?.transpose(0, 1)?; // (P,S,N)
+            let routed = self.0.matmul(&per_run.contiguous()?)?; // (P,R,N)
+            return routed.transpose(0, 1)?.reshape((r, b, t, kv)); // (R,P·B,T,2d_h)
+        }
+        let r = self.0.dim(0)?;
+        let routed = ops::depth_mix(backend, &self.0, &all.reshape((s, b * t * kv))?)?; // (R,N)
+        routed.reshape((r, b, t, kv))
+    }
+    fn dense(&self) -> Result<Tensor> {
+        Ok(self.0.clone())
+    }
+    fn full(&self) -> Option<&Tensor> {
+        (self.0.rank() == 2).then_some(&self.0) // packed routers take the composed path
+    }
+}
+
+/// The LIMe connection: llama's residual loop, each layer's k/v routed through its [`Mix`].
+#[derive(Debug)]
+pub struct LimeConnection {
+    /// `None` at layer 0 (it only appends).
+    pub(crate) mixes: Vec<Option<Box<dyn Mix>>>,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) backend: Backend,
+    /// Every router is a full matrix and the backend is fused: in-place stacks.
+    pub(crate) stacked: bool,
+}
+
+/// The pre-RoPE K|V of the layers so far in one forward pass.
+#[derive(Default)]
+struct Buffer {
+    /// (S,B,T,2d_h), grown by concatenation (the reference path).
+    kv: Option<Tensor>,
+    /// The fused backend's in-place key and value stacks.
+    stacks: Option<crate::fused::KvStacks>,
+}
+
+impl LimeConnection {
+    /// Layer l: appends k, v (B,T,R,d_h) to the buffer, returns the routed (K_l, V_l), each
+    /// (B,R,T,d_h), still without RoPE.
+    fn route(
+        &self,
+        l: usize,
+        k: Tensor,
+        v: Tensor,
+        x: &Tensor,
+        buf: &mut Buffer,
+    ) -> Result<(Tensor, Tensor)> {
+        let mix = self.mixes[l].as_deref();
+        if self.stacked {
+            let rows = self.mixes.len() * self.n_kv_heads;
+            return crate::fused::KvStacks::route(
+                &mut buf.stacks,
+                rows,
+                mix.and_then(|m| m.full()),
+                &k,
+                &v,
+            );
+        }
+        let dh = k.dim(D::Minus1)?;
+        let kv = Tensor::cat(&[k, v], D::Minus1)?
+            .permute((2, 0, 1, 3))?
+            .contiguous()?; // (R,B,T,2d_h)
+        let all = match buf.kv.take() {
+            None => kv.clone(),
+            Some(prev) => Tensor::cat(&[&prev, &kv], 0)?, // (S,B,T,2d_h), S = (l+1)·R
+        };
+        buf.kv = Some(all.clone());
+        let routed = match mix {
+            None => kv,                               // layer 0: unrouted
+            Some(m) => m.mix(&all, x, self.backend)?, // (R,B,T,2d_h)
+        };
+        let routed = routed.transpose(0, 1)?; // (B,R,T,2d_h)
+        Ok((
+            routed.narrow(D::Minus1, 0, dh)?,
+            routed.narrow(D::Minus1, dh, dh)?,
+        ))
+    }
+}
+
+impl Connection for LimeConnection {
+    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+        let mut buf = Buffer::default();
+        for l in 0..net.len() {
+            let input = x.clone(); // the block input x_t (lime-dynamic's router reads it)
+            let mut route = |k, v| self.route(l, k, v, &input, &mut buf); // ← the diff to llama
+            x = net.block(l, &x, pass, &mut route)?; // (B,T,D)
+            pass.record(&x);
+        }
+        Ok(x)
+    }
+
+    fn mixing_weights(&self) -> Result<Vec<Tensor>> {
+        self.mixes.iter().flatten().map(|m| m.dense()).collect()
+    }
+
+    fn heatmap(&self, cfg: &Config) -> Result<Vec<Vec<f64>>> {
+        heatmap(&self.mixing_weights()?, cfg.n_kv_heads)
     }
 }
