@@ -203,6 +203,17 @@ fn arith_paper_experiment_and_epochs_resolve_to_the_papers_runs() {
     for level in ["ops4", "ops5", "ops6"] {
         assert!(out.contains(&format!("arith-{level}-lime-s0")), "{out}");
     }
+    // The paper's format: integers with step-by-step solutions, selected on generations — the
+    // same specs as the aet claim's GPU protocol at its lr.
+    let a = harness::overrides::experiment("arith-paper", &Default::default()).unwrap();
+    assert!(a.sets.contains(&"mode=int".to_string()) && a.sets.contains(&"output=cot".to_string()));
+    assert_eq!(a.val_metric, harness::overrides::ValMetric::Task);
+    let mine = harness::overrides::Overrides {
+        sets: vec!["output=direct".into()],
+        ..Default::default()
+    };
+    let b = harness::overrides::experiment("arith-paper", &mine).unwrap();
+    assert_eq!(b.sets, ["output=direct", "mode=int"]);
     let o = harness_bin(&["--task", "arith", "--epochs", "3", "--plan"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--epochs needs a fixed train pool"));
     let o = harness_bin(&["--experiment", "nope", "--plan"]);

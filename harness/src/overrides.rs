@@ -90,7 +90,8 @@ pub struct Overrides {
     pub epochs: Option<u64>,
     /// A named experiment that fills in every flag not given (see `harness --help` and the
     /// README): `arith-paper` = the LIMe paper's arithmetic runs (levels ops4,ops5,ops6, 50,000
-    /// train examples each, 200 epochs, batch 256, lr 1e-3 linear decay; llama vs lime).
+    /// train examples each, 200 epochs, batch 256, lr 1e-3 linear decay; llama vs lime) in its
+    /// format: integers, step-by-step solutions, val and test scored on generations.
     #[arg(long)]
     pub experiment: Option<String>,
     /// Train up to N runs at once, packed into one model: runs of a cell that differ only in
@@ -243,6 +244,16 @@ pub fn experiment(name: &str, given: &Overrides) -> Result<Overrides> {
             }
             if a.lr.is_empty() {
                 a.lr = vec![1e-3];
+            }
+            // The paper's format: integers with step-by-step solutions, the answer read from the
+            // generation, val scored the same way (a `--set` of either key keeps the user's).
+            for (key, value) in [("mode", "int"), ("output", "cot")] {
+                if !a.sets.iter().any(|s| s.split('=').next() == Some(key)) {
+                    a.sets.push(format!("{key}={value}"));
+                }
+            }
+            if a.val_metric == ValMetric::Teacher {
+                a.val_metric = ValMetric::Task;
             }
         }
         other => bail!("unknown experiment `{other}` (known: arith-paper)"),
