@@ -234,7 +234,8 @@ fn rules_line(c: &Claim) -> String {
     let floor = "measured per level: the best of chance, the majority predictor (the most \
                  frequent target per supervised position, or the most frequent answer, counted \
                  on 4,096 train examples) and the task's shallow heuristics (hop-k: copying the \
-                 current token, one induction hop), scored on the test split (the floor % column)";
+                 current token, one induction hop), scored on the test split (the floor % column); 1/2 for \
+                 runs judged on the two-way choice, whose candidates come in random order";
     let families = c
         .families
         .iter()
