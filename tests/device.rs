@@ -55,7 +55,7 @@ fn bf16_master_weights_and_gradients_stay_f32() {
         tie_embeddings: true,
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
-        attnres_block: models::config::DEFAULT_ATTNRES_BLOCK,
+        settings: Default::default(),
     };
     let (vm, model) = models::init_varmap(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
     let model = model.with_matmul_dtype(Some(DType::BF16));

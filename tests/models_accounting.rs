@@ -42,10 +42,7 @@ fn tiny_zoo() -> Vec<Config> {
             out.push(tiny(v, l, h, r, tied));
             if v == Variant::ATTNRES_BLOCK {
                 for s in [1, 3] {
-                    out.push(Config {
-                        attnres_block: s,
-                        ..tiny(v, l, h, r, tied)
-                    });
+                    out.push(tiny(v, l, h, r, tied).with_setting("attnres_block", s));
                 }
             }
         }
@@ -272,7 +269,7 @@ fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
 /// layer l, MLP of layer l, and the output op at the last layer).
 #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; MSRV is 1.80
 fn attnres_sources(cfg: &Config, l: usize) -> [usize; 3] {
-    let (big_l, s) = (cfg.n_layers, cfg.attnres_block);
+    let (big_l, s) = (cfg.n_layers, cfg.setting("attnres_block"));
     let last = l + 1 == big_l;
     if cfg.variant.name() == "attnres" {
         [2 * l + 1, 2 * l + 2, if last { 2 * big_l + 1 } else { 0 }]

@@ -34,7 +34,7 @@ pub(crate) fn cfg(
         tie_embeddings: tie,
         rope_theta: 10_000.0,
         norm_eps: 1e-6,
-        attnres_block: models::config::DEFAULT_ATTNRES_BLOCK,
+        settings: Default::default(),
     }
 }
 

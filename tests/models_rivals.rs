@@ -598,7 +598,7 @@ fn golden_small_flop_table() {
         tie_embeddings: false,
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
-        attnres_block: models::config::DEFAULT_ATTNRES_BLOCK,
+        settings: Default::default(),
     };
     let t = 27;
     let mut text = format!(

@@ -56,18 +56,21 @@ fn shapes() -> Vec<(usize, usize, usize, bool)> {
 
 /// The configs to sweep for `v`: every shape, and for `attnres-block` block sizes 1, 2, 3.
 fn configs(v: Variant, eps: f64) -> Vec<Config> {
-    let sizes: &[usize] = if v == Variant::ATTNRES_BLOCK {
-        &[1, 2, 3]
+    let sizes: &[Option<usize>] = if v == Variant::ATTNRES_BLOCK {
+        &[Some(1), Some(2), Some(3)]
     } else {
-        &[models::config::DEFAULT_ATTNRES_BLOCK]
+        &[None]
     };
     let mut out = Vec::new();
     for (l, h, r, tie) in shapes() {
         for &s in sizes {
-            out.push(Config {
+            let c = Config {
                 norm_eps: eps,
-                attnres_block: s,
                 ..cfg(v, l, h, r, tie)
+            };
+            out.push(match s {
+                Some(s) => c.with_setting("attnres_block", s),
+                None => c,
             });
         }
     }
@@ -311,10 +314,7 @@ fn new_weights_match_finite_differences() -> Result<()> {
         ),
     ];
     for (v, s, list) in checks {
-        let c = Config {
-            attnres_block: s,
-            ..cfg(v, 4, 4, 2, false)
-        };
+        let c = cfg(v, 4, 4, 2, false).with_setting("attnres_block", s);
         let (vm, model) = init_varmap(&c, 67, DType::F64, &Device::Cpu)?;
         randomize_every_var(&vm, 68)?;
         let ids = random_ids(2, 7, c.vocab_size, 69)?;
@@ -448,7 +448,7 @@ fn ref_attnres(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
         return ref_head(c, w, &x);
     }
     // Block AttnRes: `blocks` holds the embedding and the completed block sums.
-    let s = c.attnres_block;
+    let s = c.setting("attnres_block");
     let mut blocks: Vec<Seq> = Vec::new();
     let mut partial: Option<Seq> = Some(emb);
     let sources = |blocks: &Vec<Seq>, partial: &Option<Seq>| -> Vec<Seq> {
@@ -750,15 +750,9 @@ fn reference_configs(v: Variant) -> Vec<Config> {
     ];
     if v == Variant::ATTNRES_BLOCK {
         for s in [1, 3] {
-            out.push(Config {
-                attnres_block: s,
-                ..tiny(v, 5, 2, 1, false)
-            });
+            out.push(tiny(v, 5, 2, 1, false).with_setting("attnres_block", s));
         }
-        out.push(Config {
-            attnres_block: 1,
-            ..tiny(v, 1, 2, 2, true)
-        });
+        out.push(tiny(v, 1, 2, 2, true).with_setting("attnres_block", 1));
     }
     out
 }
@@ -779,10 +773,7 @@ fn new_rivals_match_scalar_references_at_random_weights() -> Result<()> {
 
 #[test]
 fn new_scalar_references_catch_deliberate_bugs() -> Result<()> {
-    let block3 = |l| Config {
-        attnres_block: 3,
-        ..tiny(Variant::ATTNRES_BLOCK, l, 2, 2, false)
-    };
+    let block3 = |l| tiny(Variant::ATTNRES_BLOCK, l, 2, 2, false).with_setting("attnres_block", 3);
     let cases = [
         (
             tiny(Variant::ATTNRES, 3, 2, 2, false),
@@ -846,10 +837,7 @@ fn attnres_source_counts_match_forward_and_closed_form() -> Result<()> {
                 } else {
                     Variant::ATTNRES
                 };
-                let c = Config {
-                    attnres_block: s,
-                    ..cfg(v, l_n, 2, 2, false)
-                };
+                let c = cfg(v, l_n, 2, 2, false).with_setting("attnres_block", s);
                 let (ops, adds) = source_counts(&c, block);
                 ensure!(ops.len() == 2 * l_n + 1);
                 for (op, n) in &ops {

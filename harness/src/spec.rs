@@ -147,22 +147,44 @@ pub fn parse_variant(name: &str) -> Result<models::Variant> {
     })
 }
 
+/// Keeps the settings the config's variant declares, each only where it differs from its
+/// default: the other models keep their ids (and their cached runs) whatever `--model-set` gives
+/// a setting they do not read.
+fn own_settings(mut cfg: models::Config) -> models::Config {
+    let given = std::mem::take(&mut cfg.settings);
+    for (k, v) in given {
+        cfg = cfg.with_setting(&k, v);
+    }
+    cfg
+}
+
 /// Apply `--model-set` keys to a preset shape. Derived keys follow the keys they derive from
 /// unless given explicitly: an MHA preset stays MHA when only `n_heads` changes, and a preset
 /// with `d_ff = 4 d_model` keeps that ratio when only `d_model` changes.
 pub fn shape_with_sets(base: &models::Config, sets: &[(String, String)]) -> Result<models::Config> {
-    // `attnres_block` is left out of the serialised config at its default (so older run ids stay
-    // valid), which `apply_sets` would report as an unknown key: set it here instead.
-    const BLOCK: &str = "attnres_block";
-    let (block, sets): (Vec<_>, Vec<_>) = sets.iter().cloned().partition(|(k, _)| k == BLOCK);
+    // A key some variant declares as its own setting (`VariantDef::settings`) goes to the
+    // config's settings (each model keeps the ones its variant declares: `own_settings`); the
+    // rest are shape keys.
+    let declared = |k: &str| {
+        models::Variant::all()
+            .into_iter()
+            .flat_map(|v| v.def().settings().iter())
+            .find(|s| s.key == k)
+    };
+    let (own, sets): (Vec<_>, Vec<_>) = sets
+        .iter()
+        .cloned()
+        .partition(|(k, _)| declared(k).is_some());
     let sets = &sets[..];
     let mut c = apply_sets(base, sets, "model")?;
-    if let Some((_, v)) = block.last() {
-        c.attnres_block = v
+    for (k, v) in own {
+        let min = declared(&k).map_or(0, |s| s.min);
+        let value = v
             .parse()
             .ok()
-            .filter(|&s: &usize| s >= 1)
-            .with_context(|| format!("model key `{BLOCK}` expects an integer >= 1, got `{v}`"))?;
+            .filter(|&s: &usize| s >= min)
+            .with_context(|| format!("model key `{k}` expects an integer >= {min}, got `{v}`"))?;
+        c.settings.insert(k, value);
     }
     let given = |k: &str| sets.iter().any(|(key, _)| key == k);
     if given("n_heads") && !given("n_kv_heads") && base.n_kv_heads == base.n_heads {
@@ -318,12 +340,7 @@ fn resolve_cell(
         };
         for model_name in &model_names {
             let variant = parse_variant(model_name)?;
-            let mut cfg = base_shape.clone().with_variant(variant);
-            if variant != models::Variant::ATTNRES_BLOCK {
-                // Only attnres-block reads the key: the other models keep their ids (and their
-                // cached runs) whatever `--model-set attnres_block=S` says.
-                cfg.attnres_block = models::config::DEFAULT_ATTNRES_BLOCK;
-            }
+            let cfg = own_settings(base_shape.clone().with_variant(variant));
             let fps = flops_per_step(&cfg, seq_len, batch_size);
             let steps = match match_mode {
                 MatchMode::Flops => {

@@ -120,7 +120,7 @@ pub fn source_counts(cfg: &Config, block: bool) -> (Vec<(Op, usize)>, usize) {
         return (ops, adds);
     }
     // Simulate the source list: `done` completed sources, `partial` whether a partial sum exists.
-    let s = cfg.attnres_block.max(1);
+    let s = cfg.setting(BLOCK).max(1);
     let (mut done, mut partial) = (0usize, true); // the embedding starts as the partial
     for l in 0..l_n {
         if l % s == 0 {
@@ -300,6 +300,18 @@ fn is_own(name: &str) -> bool {
         || name.contains(".attnres_out.")
 }
 
+/// Block AttnRes's one setting: decoder layers per block (`--model-set attnres_block=S`).
+pub const BLOCK: &str = "attnres_block";
+
+/// Its declaration: S = 2 by default (8 blocks at the 16-layer paper-1b shape, the block count the
+/// AttnRes paper recommends), S ≥ 1.
+const BLOCK_SETTINGS: [crate::VariantSetting; 1] = [crate::VariantSetting {
+    key: BLOCK,
+    default: 2,
+    min: 1,
+    about: "decoder layers per block",
+}];
+
 impl VariantDef for AttnRes {
     fn name(&self) -> &'static str {
         if self.block {
@@ -315,13 +327,19 @@ impl VariantDef for AttnRes {
             "Attention Residuals (Kimi 2026): softmax over depth of every earlier sub-layer output"
         }
     }
+    fn settings(&self) -> &'static [crate::VariantSetting] {
+        match self.block {
+            true => &BLOCK_SETTINGS,
+            false => &[],
+        }
+    }
     fn build(
         &self,
         cfg: &Config,
         vb: &VarBuilder,
         backend: Backend,
     ) -> Result<Arc<dyn Connection>> {
-        if self.block && cfg.attnres_block == 0 {
+        if self.block && cfg.setting(BLOCK) == 0 {
             bail!("attnres-block: attnres_block (layers per block) must be ≥ 1");
         }
         let layer = |l: usize| vb.pp("layers").pp(l);
@@ -340,7 +358,7 @@ impl VariantDef for AttnRes {
             mlp,
             out,
             counts: source_counts(cfg, self.block).0,
-            block: self.block.then_some(cfg.attnres_block),
+            block: self.block.then_some(cfg.setting(BLOCK)),
         }))
     }
     fn init(&self, name: &str, shape: &Shape, _: &mut ChaCha8Rng) -> Option<Result<Vec<f64>>> {
@@ -395,8 +413,8 @@ mod tests {
 
     #[test]
     fn source_counts_of_block_attnres() {
-        let mut c = Config::mha(Variant::ATTNRES_BLOCK, 11, 8, 5, 2);
-        c.attnres_block = 2;
+        let c = Config::mha(Variant::ATTNRES_BLOCK, 11, 8, 5, 2);
+        let c = c.with_setting(BLOCK, 2);
         let (ops, adds) = source_counts(&c, true);
         let n: Vec<usize> = ops.iter().map(|(_, n)| *n).collect();
         // l=0: [e] | [e,p]; l=1: [e,p] | [e,p]; l=2: [e,B0] | [e,B0,p]; l=3: [e,B0,p] | …; l=4: [e,B0,B1] …

@@ -1,6 +1,8 @@
 //! Model configuration: the serde boundary between the harness and the model code. The variant
 //! is serialised by name ([`Variant`]).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::variant::Variant;
@@ -22,26 +24,11 @@ pub struct Config {
     pub tie_embeddings: bool,
     pub rope_theta: f64,
     pub norm_eps: f64,
-    /// Block AttnRes (`attnres-block`): decoder layers per block, S ≥ 1. Read by that variant
-    /// only; left out of the serialised config at its default, so configs, run specs and run
-    /// ids written before the key existed are unchanged.
-    #[serde(
-        default = "default_attnres_block",
-        skip_serializing_if = "is_default_attnres_block"
-    )]
-    pub attnres_block: usize,
-}
-
-/// Default of [`Config::attnres_block`]: 2 layers per block (8 blocks at the 16-layer paper-1b
-/// shape, the block count the AttnRes paper recommends).
-pub const DEFAULT_ATTNRES_BLOCK: usize = 2;
-
-fn default_attnres_block() -> usize {
-    DEFAULT_ATTNRES_BLOCK
-}
-
-fn is_default_attnres_block(s: &usize) -> bool {
-    *s == DEFAULT_ATTNRES_BLOCK
+    /// The variant's own settings ([`crate::VariantDef::settings`]) where they differ from
+    /// their defaults; left out of the serialised config when empty, so configs, run specs and
+    /// run ids at the defaults are what they were before a variant declared a setting.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, usize>,
 }
 
 impl Config {
@@ -66,7 +53,7 @@ impl Config {
             tie_embeddings: false,
             rope_theta: 10_000.0,
             norm_eps: 1e-5,
-            attnres_block: DEFAULT_ATTNRES_BLOCK,
+            settings: BTreeMap::new(),
         }
     }
 
@@ -85,6 +72,36 @@ impl Config {
     /// The same config for another variant.
     pub fn with_variant(mut self, variant: Variant) -> Self {
         self.variant = variant;
+        self
+    }
+
+    /// A setting of the variant: its value here, else the variant's declared default (0 for a
+    /// key the variant does not declare).
+    pub fn setting(&self, key: &str) -> usize {
+        self.settings.get(key).copied().unwrap_or_else(|| {
+            self.variant
+                .def()
+                .settings()
+                .iter()
+                .find(|s| s.key == key)
+                .map_or(0, |s| s.default)
+        })
+    }
+
+    /// The same config with one setting of its variant: kept in the map only where it differs
+    /// from the declared default; a key the variant does not declare is ignored (so `settings`
+    /// only ever holds what the variant reads).
+    pub fn with_setting(mut self, key: &str, value: usize) -> Self {
+        let declared = self.variant.def().settings().iter().find(|s| s.key == key);
+        match declared {
+            Some(s) if s.default == value => {
+                self.settings.remove(key);
+            }
+            Some(_) => {
+                self.settings.insert(key.to_string(), value);
+            }
+            None => {}
+        }
         self
     }
 

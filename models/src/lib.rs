@@ -57,4 +57,4 @@ pub use init::{
 };
 pub use llama::{plain_kv, validate_config, Blocks, KvCache, KvRoute, Mixing, Model, Pass, Trace};
 pub use ops::Backend;
-pub use variant::{register, Connection, ExtraFlops, Role, Variant, VariantDef};
+pub use variant::{register, Connection, ExtraFlops, Role, Variant, VariantDef, VariantSetting};

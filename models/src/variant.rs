@@ -45,6 +45,18 @@ pub enum Role {
     Rival,
 }
 
+/// A setting a variant declares beyond the shared shape: a `--model-set key=value` only the
+/// variants that declare the key read (kept in [`Config::settings`] where it differs from its
+/// default, so a run at the defaults keeps the id it had before the setting existed).
+#[derive(Clone, Copy, Debug)]
+pub struct VariantSetting {
+    pub key: &'static str,
+    pub default: usize,
+    /// Smallest accepted value.
+    pub min: usize,
+    pub about: &'static str,
+}
+
 /// A variant's FLOPs beyond llama's for one sequence (see `accounting.rs` for the conventions).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExtraFlops {
@@ -73,6 +85,10 @@ pub trait VariantDef: std::any::Any + Send + Sync {
     /// the harness train the variant's runs one after another.
     fn packable(&self) -> bool {
         false
+    }
+    /// Its own settings (none by default).
+    fn settings(&self) -> &'static [VariantSetting] {
+        &[]
     }
     /// Its place in the suite's comparisons ([`Role::Rival`] unless it says otherwise).
     fn role(&self) -> Role {
