@@ -147,23 +147,13 @@ pub fn parse_variant(name: &str) -> Result<models::Variant> {
     })
 }
 
-/// Keeps the settings the config's variant declares, each only where it differs from its
-/// default: the other models keep their ids (and their cached runs) whatever `--model-set` gives
-/// a setting they do not read.
-fn own_settings(mut cfg: models::Config) -> models::Config {
-    let given = std::mem::take(&mut cfg.settings);
-    for (k, v) in given {
-        cfg = cfg.with_setting(&k, v);
-    }
-    cfg
-}
-
 /// Apply `--model-set` keys to a preset shape. Derived keys follow the keys they derive from
 /// unless given explicitly: an MHA preset stays MHA when only `n_heads` changes, and a preset
 /// with `d_ff = 4 d_model` keeps that ratio when only `d_model` changes.
 pub fn shape_with_sets(base: &models::Config, sets: &[(String, String)]) -> Result<models::Config> {
     // A key some variant declares as its own setting (`VariantDef::settings`) goes to the
-    // config's settings (each model keeps the ones its variant declares: `own_settings`); the
+    // config's settings (each model keeps the ones its variant declares: `with_variant`, so the
+    // other models keep their ids whatever `--model-set` gives a setting they do not read); the
     // rest are shape keys.
     let declared = |k: &str| {
         models::Variant::all()
@@ -340,7 +330,7 @@ fn resolve_cell(
         };
         for model_name in &model_names {
             let variant = parse_variant(model_name)?;
-            let cfg = own_settings(base_shape.clone().with_variant(variant));
+            let cfg = base_shape.clone().with_variant(variant);
             let fps = flops_per_step(&cfg, seq_len, batch_size);
             let steps = match match_mode {
                 MatchMode::Flops => {

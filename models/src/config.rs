@@ -69,31 +69,36 @@ impl Config {
         self
     }
 
-    /// The same config for another variant.
+    /// The same config for another variant, keeping only the settings that variant declares
+    /// (at values other than their defaults).
     pub fn with_variant(mut self, variant: Variant) -> Self {
         self.variant = variant;
+        let given = std::mem::take(&mut self.settings);
+        for (k, v) in given {
+            self = self.with_setting(&k, v);
+        }
         self
+    }
+
+    /// The declaration of one of the variant's settings.
+    fn declared(&self, key: &str) -> Option<&'static crate::VariantSetting> {
+        self.variant.def().settings().iter().find(|s| s.key == key)
     }
 
     /// A setting of the variant: its value here, else the variant's declared default (0 for a
     /// key the variant does not declare).
     pub fn setting(&self, key: &str) -> usize {
-        self.settings.get(key).copied().unwrap_or_else(|| {
-            self.variant
-                .def()
-                .settings()
-                .iter()
-                .find(|s| s.key == key)
-                .map_or(0, |s| s.default)
-        })
+        self.settings
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| self.declared(key).map_or(0, |s| s.default))
     }
 
     /// The same config with one setting of its variant: kept in the map only where it differs
     /// from the declared default; a key the variant does not declare is ignored (so `settings`
     /// only ever holds what the variant reads).
     pub fn with_setting(mut self, key: &str, value: usize) -> Self {
-        let declared = self.variant.def().settings().iter().find(|s| s.key == key);
-        match declared {
+        match self.declared(key) {
             Some(s) if s.default == value => {
                 self.settings.remove(key);
             }
