@@ -15,8 +15,7 @@ use rand_chacha::ChaCha8Rng;
 
 use models::accounting::{per_mac, FlopMode};
 use models::{
-    plain_kv, Backend, Blocks, Config, Connection, ExtraFlops, ParamGroup, Pass, Variant,
-    VariantDef,
+    plain_kv, Backend, Config, Connection, ExtraFlops, Layers, ParamGroup, Variant, VariantDef,
 };
 
 // ---- the variant file ------------------------------------------------------------------------
@@ -33,13 +32,13 @@ struct Skip {
 }
 
 impl Connection for Skip {
-    fn run(&self, net: &Blocks, x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, x: Tensor) -> Result<Tensor> {
         let x0 = x.clone(); // (B,T,D)
         let mut x = x;
         for (l, beta) in self.beta.iter().enumerate() {
-            let y = net.block(l, &x, pass, &mut plain_kv)?; // (B,T,D)
+            let y = net.block(l, &x, &mut plain_kv)?; // (B,T,D)
             x = (y + x0.broadcast_mul(beta)?)?;
-            pass.record(&x);
+            net.record(&x);
         }
         Ok(x)
     }

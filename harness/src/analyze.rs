@@ -25,7 +25,7 @@
 //! model (mean over its analysed runs).
 
 use crate::checkpoint::load_tensors;
-use crate::device::device;
+use crate::flags::DeviceFlag;
 use crate::io::write_atomic;
 pub use crate::records::Analysis;
 use crate::spec::RunSpec;
@@ -50,9 +50,8 @@ pub struct AnalyzeArgs {
     /// Test examples for the linear probes (half to fit, half to score).
     #[arg(long, default_value_t = 512)]
     pub probe_n: usize,
-    /// Device: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceFlag,
 }
 
 /// A mixing heatmap with its labels (`Analysis::mixing_*`).
@@ -542,7 +541,7 @@ fn write_one(a: &Analysis, out: &Path) -> Result<()> {
 }
 
 pub fn run(a: &AnalyzeArgs) -> Result<()> {
-    let dev = device(&a.device)?;
+    let dev = a.device.open()?;
     if a.n == 0 || a.probe_n < 2 {
         bail!("--n must be at least 1 and --probe-n at least 2");
     }

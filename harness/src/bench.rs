@@ -26,8 +26,8 @@ pub struct BenchArgs {
     /// Examples per repeat for `gen`.
     #[arg(long, default_value_t = 20_000)]
     pub n: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: crate::flags::DeviceFlag,
     /// Matmul precision for `train`/`decode` (bf16 needs a GPU).
     #[arg(long, value_enum, default_value_t = crate::spec::Precision::F32)]
     pub precision: crate::spec::Precision,
@@ -415,7 +415,7 @@ fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let dev = crate::device::device(&a.device)?;
+    let dev = a.device.open()?;
     a.precision.check_device(&dev)?;
     let out = match a.what {
         BenchWhat::Gen => bench_gen(a)?,

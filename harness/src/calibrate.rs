@@ -30,9 +30,8 @@ pub struct CalibrateArgs {
     /// The target band, as fractions of the way from the floor to 100% (`lo,hi`).
     #[arg(long, value_delimiter = ',', default_values_t = [0.25, 0.75])]
     pub band: Vec<f64>,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: crate::flags::Progress,
 }
 
 /// One candidate tried.
@@ -148,7 +147,7 @@ pub fn run(a: &CalibrateArgs) -> Result<()> {
     let dev = crate::device::device(a.run.device())?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let opts = RunOptions {
-        quiet: a.quiet,
+        quiet: a.progress.quiet,
         when_busy: WhenBusy::Wait,
         ..RunOptions::default()
     };

@@ -19,9 +19,8 @@ pub struct RunArgs {
     /// Print the resolved runs (id, steps, batch, FLOPs, ...) and exit without training.
     #[arg(long)]
     pub plan: bool,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: crate::flags::Progress,
     /// Recompute runs whose result already exists.
     #[arg(long)]
     pub force: bool,
@@ -74,7 +73,7 @@ pub fn main_job(a: &RunArgs) -> Result<()> {
     let out = a.run.out();
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let opts = RunOptions {
-        quiet: a.quiet,
+        quiet: a.progress.quiet,
         force: a.force,
         stop_after: a.stop_after,
         when_busy: WhenBusy::Wait,
@@ -86,14 +85,16 @@ pub fn main_job(a: &RunArgs) -> Result<()> {
         opts,
         a.run.pack()?,
         |spec, done| match done {
-            Outcome::Done(r) if !a.quiet => eprintln!(
+            Outcome::Done(r) if !a.progress.quiet => eprintln!(
                 "{}: {} test acc {} in {:.0}s",
                 r.id,
                 r.status,
                 fmt_opt(r.test_acc),
                 r.wall_clock_s
             ),
-            Outcome::Skipped(r) if !a.quiet => eprintln!("{}: already done, skipped", r.id),
+            Outcome::Skipped(r) if !a.progress.quiet => {
+                eprintln!("{}: already done, skipped", r.id)
+            }
             Outcome::Interrupted => eprintln!(
                 "{}: stopped after {} steps (--stop-after)",
                 spec.id(),

@@ -41,6 +41,7 @@ pub mod claims;
 pub mod device;
 pub mod eval;
 pub mod export_hf;
+pub mod flags;
 pub mod flops_cmd;
 pub mod job;
 pub mod leaderboard;

@@ -16,7 +16,7 @@
 //! the per-seed numbers the rules judge (a diverged run counts at the floor, unsolved).
 
 use crate::claims::{claims, Claim, Family, LADDER, LRS, TUNING_SEED};
-use crate::device::device;
+use crate::flags::{DeviceFlag, Progress};
 use crate::leaderboard::{evidence, load_results, Record};
 use crate::spec::RunSpec;
 use crate::train::{run_all, Outcome, RunOptions, WhenBusy};
@@ -57,12 +57,10 @@ pub struct ReproduceArgs {
     /// The report.
     #[arg(long, default_value = "REPRODUCTION.md")]
     pub out: PathBuf,
-    /// Device for training: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// No progress bars.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    #[command(flatten)]
+    pub progress: Progress,
     /// Train up to N of a claim's runs packed into one model (see the main job's `--pack`);
     /// the results are the runs' own, packed or not.
     #[arg(long, default_value_t = 1)]
@@ -485,9 +483,9 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
         return Ok(());
     }
     if !a.render_only {
-        let dev = device(&a.device)?;
+        let dev = a.device.open()?;
         let opts = RunOptions {
-            quiet: a.quiet,
+            quiet: a.progress.quiet,
             when_busy: WhenBusy::Skip,
             ..RunOptions::default()
         };
@@ -537,7 +535,7 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
                     |spec, done| {
                         n += 1;
                         match done {
-                            Outcome::Done(r) if !a.quiet => {
+                            Outcome::Done(r) if !a.progress.quiet => {
                                 eprintln!("claim {} run {n}: {} {}", c.name, r.id, r.status)
                             }
                             Outcome::Busy => {

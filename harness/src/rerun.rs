@@ -3,7 +3,7 @@
 //! deterministic (batches are a function of spec and step, weights of seed and name), so on the
 //! same kind of machine every figure but the wall-clock must come back equal.
 
-use crate::device::device;
+use crate::flags::{DeviceFlag, Progress};
 use crate::records::RunResult;
 use crate::spec::RunSpec;
 use crate::train::{run_one, Outcome, RunOptions};
@@ -18,11 +18,10 @@ pub struct RerunArgs {
     /// Where to retrain [default: a temporary folder, removed afterwards].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Device: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub device: DeviceFlag,
+    #[command(flatten)]
+    pub progress: Progress,
 }
 
 /// The fields of two results that differ, ignoring wall-clock and device (`name: saved vs new`).
@@ -75,9 +74,9 @@ pub fn run(a: &RerunArgs) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let dev = device(&a.device)?;
+    let dev = a.device.open()?;
     let opts = RunOptions {
-        quiet: a.quiet,
+        quiet: a.progress.quiet,
         force: true,
         ..RunOptions::default()
     };

@@ -18,8 +18,8 @@ pub struct SweepArgs {
     /// List the cells (with their run ids) without running them.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: crate::flags::Progress,
 }
 
 /// A sweep plan (TOML): the main job's settings under their plan keys (see [`Overrides`]). Every
@@ -116,7 +116,7 @@ pub fn run(a: &SweepArgs) -> Result<()> {
     // A cell another process is training (an overlapping shard, a second job on the same
     // volume) is left to it and reported; rerunning the sweep later picks up its result.
     let opts = crate::train::RunOptions {
-        quiet: a.quiet,
+        quiet: a.progress.quiet,
         when_busy: crate::train::WhenBusy::Skip,
         ..Default::default()
     };

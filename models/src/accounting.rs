@@ -103,38 +103,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-use crate::variant::Variant;
+pub use crate::variant::FlopMode;
+use crate::variant::{Config, Variant};
 
 /// Whether `lime-dynamic`'s per-token router normalises x_t with a *learned* RMSNorm (adds D
 /// parameters per routed layer). Must agree with the model code in `lime.rs`.
 pub const LIME_DYNAMIC_NORM_HAS_WEIGHT: bool = false;
-
-/// FLOP-counting convention, see the module docs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FlopMode {
-    /// 2 FLOPs per MAC, matmuls only, causal attention (T(T+1)/2 pairs). Used for budgets.
-    Causal,
-    /// 2 FLOPs per MAC, matmuls only, full attention (T² pairs).
-    Full,
-    /// The paper's fvcore convention (1 per MAC, full attention, elementwise ops), Table 8.
-    Fvcore,
-}
-
-impl FlopMode {
-    pub const ALL: [FlopMode; 3] = [FlopMode::Causal, FlopMode::Full, FlopMode::Fvcore];
-    pub fn name(self) -> &'static str {
-        match self {
-            FlopMode::Causal => "causal",
-            FlopMode::Full => "full",
-            FlopMode::Fvcore => "fvcore",
-        }
-    }
-    pub fn from_name(s: &str) -> Option<FlopMode> {
-        FlopMode::ALL.into_iter().find(|m| m.name() == s)
-    }
-}
 
 /// The mode every FLOP budget in lime-bench is expressed in.
 pub const BUDGET_MODE: FlopMode = FlopMode::Causal;

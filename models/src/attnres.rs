@@ -79,11 +79,9 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode};
-use crate::config::Config;
 use crate::init::ParamGroup;
-use crate::llama::{plain_kv, Blocks, Pass};
 use crate::ops::{self, Backend};
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{plain_kv, Config, Connection, ExtraFlops, Layers, Variant, VariantDef};
 
 /// `attnres` (`block: false`, Full AttnRes) and `attnres-block` (Block AttnRes).
 pub struct AttnRes {
@@ -186,7 +184,7 @@ struct DepthAttention {
 impl DepthAttention {
     /// Applies op `which`, after checking its source count against [`source_counts`], and
     /// records its weights in the trace.
-    fn apply(&self, which: Op, sources: &[&Tensor], pass: &mut Pass) -> Result<Tensor> {
+    fn apply(&self, which: Op, sources: &[&Tensor], net: &mut dyn Layers) -> Result<Tensor> {
         let labels = || {
             let consumer = match which {
                 Op::Attn(l) => format!("A{l}"),
@@ -218,13 +216,13 @@ impl DepthAttention {
         match op {
             Some(op) => {
                 let (y, alpha) = op.mix(sources)?;
-                pass.record_mixing(&alpha, labels);
+                net.record_mixing(&alpha, &labels);
                 Ok(y)
             }
             None if sources.len() == 1 => {
-                if pass.tracing() {
+                if net.tracing() {
                     let one = Tensor::ones((1, 1, 1), sources[0].dtype(), sources[0].device())?;
-                    pass.record_mixing(&one, labels);
+                    net.record_mixing(&one, &labels);
                 }
                 Ok(sources[0].clone())
             }
@@ -246,20 +244,20 @@ fn sum_all(xs: &[&Tensor]) -> Result<Tensor> {
 }
 
 impl Connection for DepthAttention {
-    fn run(&self, net: &Blocks, x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, x: Tensor) -> Result<Tensor> {
         match self.block {
             None => {
                 let mut src = vec![x]; // v_0 …, each (B,T,D)
                 for l in 0..net.len() {
-                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>(), pass)?;
-                    src.push(net.attn(l, &h, pass, &mut plain_kv)?);
-                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>(), pass)?;
+                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>(), net)?;
+                    src.push(net.attn(l, &h, &mut plain_kv)?);
+                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>(), net)?;
                     src.push(net.mlp(l, &h)?);
-                    if pass.tracing() {
-                        pass.record(&sum_all(&src.iter().collect::<Vec<_>>())?);
+                    if net.tracing() {
+                        net.record(&sum_all(&src.iter().collect::<Vec<_>>())?);
                     }
                 }
-                self.apply(Op::Out, &src.iter().collect::<Vec<_>>(), pass)
+                self.apply(Op::Out, &src.iter().collect::<Vec<_>>(), net)
             }
             Some(s) => {
                 let mut done: Vec<Tensor> = Vec::new(); // b_0 = embedding, completed block sums
@@ -272,23 +270,23 @@ impl Connection for DepthAttention {
                         done.extend(partial.take());
                     }
                     let src = with(&done, &partial);
-                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>(), pass)?;
-                    let y = net.attn(l, &h, pass, &mut plain_kv)?;
+                    let h = self.apply(Op::Attn(l), &src.iter().collect::<Vec<_>>(), net)?;
+                    let y = net.attn(l, &h, &mut plain_kv)?;
                     let p = match partial.take() {
                         Some(p) => (p + y)?,
                         None => y,
                     };
                     let src = with(&done, &Some(p.clone()));
-                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>(), pass)?;
+                    let h = self.apply(Op::Mlp(l), &src.iter().collect::<Vec<_>>(), net)?;
                     let p = (p + net.mlp(l, &h)?)?;
                     partial = Some(p);
-                    if pass.tracing() {
+                    if net.tracing() {
                         let src = with(&done, &partial);
-                        pass.record(&sum_all(&src.iter().collect::<Vec<_>>())?);
+                        net.record(&sum_all(&src.iter().collect::<Vec<_>>())?);
                     }
                 }
                 let src = with(&done, &partial);
-                self.apply(Op::Out, &src.iter().collect::<Vec<_>>(), pass)
+                self.apply(Op::Out, &src.iter().collect::<Vec<_>>(), net)
             }
         }
     }

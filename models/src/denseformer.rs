@@ -28,11 +28,9 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode};
-use crate::config::Config;
 use crate::init::ParamGroup;
-use crate::llama::{plain_kv, Blocks, Pass};
 use crate::ops::Backend;
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{plain_kv, Config, Connection, ExtraFlops, Layers, Variant, VariantDef};
 
 pub struct DenseFormer;
 
@@ -82,12 +80,12 @@ impl VariantDef for DenseFormer {
 struct Dense(Vec<DepthWeightedAverage>);
 
 impl Connection for Dense {
-    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, mut x: Tensor) -> Result<Tensor> {
         let mut ys = vec![x.clone()]; // Y_0 ..= Y_{l+1}, each (B,T,D)
         for (l, dwa) in self.0.iter().enumerate() {
-            ys.push(net.block(l, &x, pass, &mut plain_kv)?);
+            ys.push(net.block(l, &x, &mut plain_kv)?);
             x = dwa.forward(&ys)?; // Σ_j α_lj Y_j (B,T,D)
-            pass.record(&x);
+            net.record(&x);
         }
         Ok(x)
     }

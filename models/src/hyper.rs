@@ -51,11 +51,11 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode};
-use crate::config::Config;
 use crate::init::{layer_of, ParamGroup};
-use crate::llama::{plain_kv, Blocks, Mixing, Pass};
 use crate::ops::Backend;
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{
+    plain_kv, Config, Connection, ExtraFlops, Layers, Mixing, Variant, VariantDef,
+};
 
 /// Number of residual streams (the paper's expansion rate n).
 pub const STREAMS: usize = 4;
@@ -223,18 +223,18 @@ impl Variant {
 struct Streams(Vec<HyperLayer>);
 
 impl Connection for Streams {
-    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, mut x: Tensor) -> Result<Tensor> {
         let mut hs = expand(&x)?; // (B,T,n,D)
         for (l, hc) in self.0.iter().enumerate() {
             let (h, w) = hc.attn.width(&hs)?; // h = A_mᵀH (B,T,D)
-            pass.record_mixing(&w.read, || (format!("A{l}"), Mixing::streams(STREAMS)));
-            hs = hc.attn.depth(&net.attn(l, &h, pass, &mut plain_kv)?, w)?; // (B,T,n,D)
+            net.record_mixing(&w.read, &|| (format!("A{l}"), Mixing::streams(STREAMS)));
+            hs = hc.attn.depth(&net.attn(l, &h, &mut plain_kv)?, w)?; // (B,T,n,D)
             let (h, w) = hc.mlp.width(&hs)?;
-            pass.record_mixing(&w.read, || (format!("M{l}"), Mixing::streams(STREAMS)));
+            net.record_mixing(&w.read, &|| (format!("M{l}"), Mixing::streams(STREAMS)));
             hs = hc.mlp.depth(&net.mlp(l, &h)?, w)?;
-            if pass.tracing() || l + 1 == self.0.len() {
+            if net.tracing() || l + 1 == self.0.len() {
                 x = read_out(&hs)?; // Σ_i h_i (B,T,D): trace and head
-                pass.record(&x);
+                net.record(&x);
             }
         }
         Ok(x)

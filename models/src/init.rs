@@ -42,29 +42,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
-use crate::llama::Model;
+use crate::decoder::Model;
 use crate::ops::Backend;
-use crate::variant::Variant;
+pub use crate::variant::ParamGroup;
+use crate::variant::{Config, Variant};
 
 /// Standard deviation of the normal init of linear layers and embeddings.
 pub const INIT_STD: f64 = 0.02;
 /// Learning-rate multiplier of the router group (paper: 1e-2 vs base 1e-3).
 pub const ROUTER_LR_MULT: f64 = 10.0;
-
-/// Optimizer parameter group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ParamGroup {
-    /// LIMe router weights (W_l, U_l and the ablations' routers): lr × [`ROUTER_LR_MULT`], no
-    /// weight decay.
-    Router,
-    /// Matrices (projections, untied LM head) and the dynamic Hyper-Connection weights: weight
-    /// decay.
-    Decay,
-    /// Norm gains, the (possibly tied) embedding, static Hyper-Connection weights and DenseFormer
-    /// α: no weight decay.
-    NoDecay,
-}
 
 /// The optimizer group of parameter `name` of a `variant` model (see module docs).
 pub fn param_group(variant: Variant, name: &str) -> ParamGroup {

@@ -4,11 +4,14 @@
 //! Residuals ([`attnres`]), MUDDFormer ([`muddformer`]) and mHC ([`mhc`]), with
 //! deterministic name-keyed initialisation ([`init`]) and analytic counts ([`accounting`]).
 //!
-//! Design: one shared decoder skeleton (`llama.rs`) and, per variant, one file holding everything
+//! Design: one shared decoder skeleton ([`decoder`]) and, per variant, one file holding everything
 //! that variant is — its parameters and their init, its optimizer groups, its parameter and FLOP
 //! counts, and the [`Connection`] that drives the skeleton's blocks — behind the [`VariantDef`]
-//! trait. [`Variant::ALL`] (`registry.rs`) lists the built-ins, one line each; nothing else
-//! matches on variants. The numerics come from [`ops`] in one [`Backend`] chosen when the model
+//! trait ([`variant`]: the contract, with the [`Config`] both sides read). [`Variant::ALL`]
+//! (`registry.rs`) lists the built-ins, one line each; nothing else matches on variants.
+//!
+//! Imports flow one way (`tests/layering.rs`): `fused` ← `ops` ← `variant` ← `decoder` ←
+//! `init`, `accounting`, `pack` ← the variants' files ← `registry`. The numerics come from [`ops`] in one [`Backend`] chosen when the model
 //! is built: the composed candle reference or the fused f32 CPU kernels of [`fused`]. Runs of one
 //! shape can be trained as one model ([`pack`]: a leading run axis on every parameter).
 //!
@@ -31,7 +34,7 @@ pub mod attnres;
 /// numbers move; bump it in the same commit as the change that moved them.
 pub const NUMERICS_VERSION: u32 = 1;
 
-pub mod config;
+pub mod decoder;
 pub mod denseformer;
 pub mod fused;
 pub mod hyper;
@@ -49,12 +52,15 @@ mod registry;
 pub mod resformer;
 pub mod variant;
 
-pub use config::Config;
+pub use decoder::{validate_config, Blocks, KvCache, Model, Trace};
 pub use init::{
     count_params, init_model, init_tensor, init_varmap, load_state_dict, load_weights, param_group,
-    param_groups, save_weights, seeded_var_builder, sorted_vars, state_dict, ParamGroup, INIT_STD,
+    param_groups, save_weights, seeded_var_builder, sorted_vars, state_dict, INIT_STD,
     ROUTER_LR_MULT,
 };
-pub use llama::{plain_kv, validate_config, Blocks, KvCache, KvRoute, Mixing, Model, Pass, Trace};
 pub use ops::Backend;
-pub use variant::{register, Connection, ExtraFlops, Role, Variant, VariantDef, VariantSetting};
+pub use registry::register;
+pub use variant::{
+    plain_kv, Config, Connection, ExtraFlops, FlopMode, KvRoute, Layers, Mixing, ParamGroup, Role,
+    Variant, VariantDef, VariantSetting,
+};

@@ -1,6 +1,6 @@
 //! LIMe (Layer-Integrated Memory, arXiv 2502.09245; reference code corl-team/lime
 //! `src/lm/lime.py`): each attention layer mixes the pre-RoPE keys and values of all layers so
-//! far through a small learned router. As a diff of [`crate::llama`] it is one [`KvRoute`]: the
+//! far through a small learned router. As a diff of llama ([`crate::llama`]) it is one [`KvRoute`]: the
 //! blocks, norms, projections and RoPE are llama's.
 //!
 //! Layer l computes its per-kv-head keys k_l and values v_l as in llama and appends them (before
@@ -37,14 +37,13 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::FlopMode;
-use crate::config::Config;
 use crate::init::ParamGroup;
 pub use crate::lime_family::{build, Full, LimeConnection, Mix};
 use crate::lime_family::{
     identity_block_init, routed_blocks, router_flops, router_group, router_leaf, sq,
 };
 use crate::ops::Backend;
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{Config, Connection, ExtraFlops, Variant, VariantDef};
 
 /// `lime`: the paper's static router.
 pub struct Lime;

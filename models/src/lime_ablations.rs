@@ -30,12 +30,11 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::FlopMode;
-use crate::config::Config;
 use crate::init::ParamGroup;
 use crate::lime::{self, Full, Mix};
 use crate::lime_family::{self, routed_blocks, router_flops, router_group, router_leaf, sq};
 use crate::ops::{self, Backend};
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{Config, Connection, ExtraFlops, Variant, VariantDef};
 
 /// One ablation: its name and router kind.
 pub struct Ablation {

@@ -26,12 +26,11 @@ use candle_nn::{Linear, VarBuilder};
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode, LIME_DYNAMIC_NORM_HAS_WEIGHT};
-use crate::config::Config;
 use crate::init::ParamGroup;
 use crate::lime::{self, Full, Mix};
 use crate::lime_family;
 use crate::ops::Backend;
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{Config, Connection, ExtraFlops, Variant, VariantDef};
 
 pub struct LimeDynamic;
 

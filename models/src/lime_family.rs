@@ -12,11 +12,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode};
-use crate::config::Config;
 use crate::init::ParamGroup;
-use crate::llama::{Blocks, Pass};
 use crate::ops::{self, Backend};
-use crate::variant::{Connection, ExtraFlops};
+use crate::variant::{Config, Connection, ExtraFlops, Layers};
 
 /// How one layer l ≥ 1 mixes its buffer.
 pub trait Mix: std::fmt::Debug + Send + Sync {
@@ -219,13 +217,13 @@ impl LimeConnection {
 }
 
 impl Connection for LimeConnection {
-    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, mut x: Tensor) -> Result<Tensor> {
         let mut buf = Buffer::default();
         for l in 0..net.len() {
             let input = x.clone(); // the block input x_t (lime-dynamic's router reads it)
             let mut route = |k, v| self.route(l, k, v, &input, &mut buf); // ← the diff to llama
-            x = net.block(l, &x, pass, &mut route)?; // (B,T,D)
-            pass.record(&x);
+            x = net.block(l, &x, &mut route)?; // (B,T,D)
+            net.record(&x);
         }
         Ok(x)
     }

@@ -63,11 +63,11 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode};
-use crate::config::Config;
 use crate::init::{normal, ParamGroup};
-use crate::llama::{plain_kv, Blocks, Mixing, Pass};
 use crate::ops::Backend;
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{
+    plain_kv, Config, Connection, ExtraFlops, Layers, Mixing, Variant, VariantDef,
+};
 
 /// Residual streams (`hc_mult`).
 pub const STREAMS: usize = 4;
@@ -148,13 +148,13 @@ impl Site {
     fn width(
         &self,
         hs: &Tensor,
-        pass: &mut Pass,
-        consumer: impl FnOnce() -> String,
+        net: &mut dyn Layers,
+        consumer: impl Fn() -> String,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let n = STREAMS;
         let m = self.0.mix(hs)?; // (B,T,(2+n)n)
         let pre = self.0.gate(&m, 0, 0, n)?;
-        pass.record_mixing(&pre, || (consumer(), Mixing::streams(STREAMS)));
+        net.record_mixing(&pre, &|| (consumer(), Mixing::streams(STREAMS)));
         let post = self.0.gate(&m, 1, n, n)?;
         let (b, t, _) = m.dims3()?;
         let comb = sinkhorn(self.0.gate(&m, 2, 2 * n, n * n)?.reshape((b, t, n, n))?)?;
@@ -177,33 +177,33 @@ struct Streams {
 }
 
 impl Streams {
-    fn head(&self, hs: &Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn head(&self, hs: &Tensor, net: &mut dyn Layers) -> Result<Tensor> {
         let m = self.head.mix(hs)?; // (B,T,n)
         let pre = self.head.gate(&m, 0, 0, STREAMS)?;
-        pass.record_mixing(&pre, || ("out".to_string(), Mixing::streams(STREAMS)));
+        net.record_mixing(&pre, &|| ("out".to_string(), Mixing::streams(STREAMS)));
         read_in(&pre, hs)
     }
 }
 
 impl Connection for Streams {
-    fn run(&self, net: &Blocks, x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, x: Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let mut hs = x
             .unsqueeze(2)?
             .broadcast_as((b, t, STREAMS, d))?
             .contiguous()?; // (B,T,n,D)
         for (l, (attn, mlp)) in self.sites.iter().enumerate() {
-            let (h, post, comb) = attn.width(&hs, pass, || format!("A{l}"))?;
-            let y = net.attn(l, &h, pass, &mut plain_kv)?;
+            let (h, post, comb) = attn.width(&hs, net, || format!("A{l}"))?;
+            let y = net.attn(l, &h, &mut plain_kv)?;
             hs = Site::depth(&y, &post, &comb, &hs)?;
-            let (h, post, comb) = mlp.width(&hs, pass, || format!("M{l}"))?;
+            let (h, post, comb) = mlp.width(&hs, net, || format!("M{l}"))?;
             let y = net.mlp(l, &h)?;
             hs = Site::depth(&y, &post, &comb, &hs)?;
-            if pass.tracing() {
-                pass.record(&hs.sum(2)?); // the sum of the streams
+            if net.tracing() {
+                net.record(&hs.sum(2)?); // the sum of the streams
             }
         }
-        self.head(&hs, pass)
+        self.head(&hs, net)
     }
 }
 

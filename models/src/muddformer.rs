@@ -62,11 +62,10 @@ use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode};
-use crate::config::Config;
+use crate::decoder::{Proj, RmsNorm};
 use crate::init::{normal, ParamGroup};
-use crate::llama::{plain_kv, Blocks, Pass, Proj, RmsNorm};
 use crate::ops::Backend;
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{plain_kv, Config, Connection, ExtraFlops, Layers, Variant, VariantDef};
 
 /// Streams of a multiway aggregate: query, key, value, residual.
 pub const STREAMS: usize = 4;
@@ -139,17 +138,18 @@ struct Multiway {
 }
 
 impl Connection for Multiway {
-    fn run(&self, net: &Blocks, x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, x: Tensor) -> Result<Tensor> {
         let mut hids = vec![x.clone()]; // X_0 …
-        let mut y = net.block(0, &x, pass, &mut plain_kv)?; // X_1
+        let mut y = net.block(0, &x, &mut plain_kv)?; // X_1
         for (i, da) in self.da.iter().enumerate() {
             hids.push(y);
-            pass.record(hids.last().expect("pushed"));
+            net.record(hids.last().expect("pushed"));
             let (agg, dw) = da.forward(&hids)?; // (B,T,C,D), (B,T,C,n)
-            if pass.tracing() {
+            if net.tracing() {
+                let last = i + 1 == net.len();
                 for c in 0..da.c {
-                    pass.record_mixing(&dw.narrow(2, c, 1)?.squeeze(2)?, || {
-                        let consumer = match i + 1 == net.len() {
+                    net.record_mixing(&dw.narrow(2, c, 1)?.squeeze(2)?, &|| {
+                        let consumer = match last {
                             true => "out".to_string(),
                             false => format!("B{}.{}", i + 1, ["q", "k", "v", "r"][c]),
                         };
@@ -169,7 +169,7 @@ impl Connection for Multiway {
             let hq = net.attn_norm(l, &s(0)?)?;
             let hk = k_norm.forward(&s(1)?)?;
             let hv = v_norm.forward(&s(2)?)?;
-            let h = (s(3)? + net.attn_qkv(l, [&hq, &hk, &hv], pass, &mut plain_kv)?)?;
+            let h = (s(3)? + net.attn_qkv(l, [&hq, &hk, &hv], &mut plain_kv)?)?;
             y = (&h + net.mlp(l, &h)?)?; // X_{l+1}
         }
         unreachable!("the last DA returns")

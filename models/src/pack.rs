@@ -28,9 +28,9 @@ use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
 
-use crate::config::Config;
-use crate::llama::Model;
+use crate::decoder::Model;
 use crate::ops::Backend;
+use crate::variant::Config;
 
 /// Stacks the runs' weights (each the full name → tensor map of one ordinary model of the same
 /// config) into one map of (P, …) Vars. With one run the Vars keep the run's own shapes, so a

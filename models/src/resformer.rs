@@ -19,10 +19,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::accounting::FlopMode;
-use crate::config::Config;
-use crate::llama::{plain_kv, Blocks, Pass};
 use crate::ops::Backend;
-use crate::variant::{Connection, ExtraFlops, Variant, VariantDef};
+use crate::variant::{plain_kv, Config, Connection, ExtraFlops, Layers, Variant, VariantDef};
 
 /// The paper's fixed mixing weight of V_0 (½V_0 + ½V_l).
 pub const RESFORMER_LAMBDA: f64 = 0.5;
@@ -71,7 +69,7 @@ impl VariantDef for ResFormer {
 }
 
 impl Connection for ResFormer {
-    fn run(&self, net: &Blocks, mut x: Tensor, pass: &mut Pass) -> Result<Tensor> {
+    fn run(&self, net: &mut dyn Layers, mut x: Tensor) -> Result<Tensor> {
         let mut v0: Option<Tensor> = None; // V_0 (B,R,T,d_h)
         for l in 0..net.len() {
             let mut route = |k, v| {
@@ -87,8 +85,8 @@ impl Connection for ResFormer {
                 };
                 Ok((k, v))
             };
-            x = net.block(l, &x, pass, &mut route)?; // (B,T,D)
-            pass.record(&x);
+            x = net.block(l, &x, &mut route)?; // (B,T,D)
+            net.record(&x);
         }
         Ok(x)
     }
