@@ -11,7 +11,7 @@
 //! uninterrupted one would.
 
 use crate::checkpoint::{
-    find_checkpoint, load_tensors, save_checkpoint, save_tensors, temp_checkpoints, TrainState,
+    adopt_checkpoint, load_tensors, save_checkpoint, save_tensors, temp_checkpoints, TrainState,
 };
 pub use crate::claim::WhenBusy;
 use crate::claim::{claim_run, RunClaim};
@@ -335,7 +335,7 @@ fn prepare<'a>(
         best: None,
         diverged: false,
     };
-    if let Some(ck) = find_checkpoint(&dir) {
+    if let Some(ck) = adopt_checkpoint(&dir)? {
         m.st = read_json(&ck.join("state.json"))?;
         m.weights = Some(load_tensors(&ck.join("weights.safetensors"), dev)?);
         m.optim = Some(load_tensors(&ck.join("optim.safetensors"), dev)?);
@@ -343,11 +343,6 @@ fn prepare<'a>(
             m.best = Some(load_tensors(&ck.join(crate::rundir::BEST), dev)?);
         }
         truncate_metrics(&metrics_path, m.st.step)?;
-        if ck != run.ckpt() {
-            // A kill between removing ckpt/ and the rename: make the found folder the checkpoint.
-            std::fs::rename(&ck, run.ckpt())
-                .with_context(|| format!("cannot move {} to ckpt/", ck.display()))?;
-        }
     } else {
         let _ = std::fs::remove_file(&metrics_path);
         let (varmap, _) =
