@@ -118,10 +118,11 @@ def run_rust(harness, config, model, repeats, threads, device="cpu", precision="
             "gemm_kernels": kernel.group(1).strip() if kernel else None}
 
 
-def run_torch(python, config, model, repeats, threads, optim_impl, device="cpu", precision="f32", warmup=3):
+def run_torch(python, config, model, repeats, threads, optim_impl, device="cpu", precision="f32", warmup=3,
+              compile=False):
     cmd = [python, os.path.join(HERE, "torch_reference.py"), "--config", config, "--model", model,
            "--repeats", str(repeats), "--warmup", str(warmup), "--threads", str(threads), "--optim-impl", optim_impl,
-           "--device", device, "--precision", precision]
+           "--device", device, "--precision", precision] + (["--compile"] if compile else [])
     out = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
@@ -130,7 +131,7 @@ def run_torch(python, config, model, repeats, threads, optim_impl, device="cpu",
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("impl") == "torch" and rec.get("config") == config and rec.get("model") == model:
+        if rec.get("impl", "").startswith("torch") and rec.get("config") == config and rec.get("model") == model:
             rec["split_ms"] = f"{rec['fwd_ms']:.0f} / {rec['bwd_ms']:.0f} / {rec['optim_ms']:.0f}"
             return rec
     raise RuntimeError(f"no torch JSON line for {config}/{model}:\n{out.stdout}")
@@ -149,7 +150,7 @@ def torch_version(python):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Rust vs PyTorch CPU training tokens/s, run alternately.")
-    ap.add_argument("--configs", default="tiny,mqar,medium")
+    ap.add_argument("--configs", default="default,tiny,mqar,medium")
     ap.add_argument("--models", default="llama,lime")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per config (median reported)")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps per process (after the warm-up)")
@@ -164,6 +165,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both implementations")
     ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
                     help="bf16: the harness's --precision bf16 vs torch.autocast(bfloat16)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile (inductor) beside eager, in the same rounds")
     args = ap.parse_args(argv)
 
     if not os.access(args.harness, os.X_OK):
@@ -171,21 +174,22 @@ def main(argv=None):
     configs = [c for c in args.configs.split(",") if c]
     models = [m for m in args.models.split(",") if m]
 
+    impls = ("rust", "torch", "torch-compile") if args.compile else ("rust", "torch")
     raw = []
     t_start = time.time()
     for c in configs:
         for rnd in range(args.rounds):
             for m in models:
-                for impl in ("rust", "torch"):
+                for impl in impls:
                     if impl == "rust":
                         rec = run_rust(args.harness, c, m, args.repeats, args.threads, args.device,
                                        args.precision, args.warmup)
                     else:
                         rec = run_torch(args.python, c, m, args.repeats, args.threads, args.optim_impl,
-                                        args.device, args.precision, args.warmup)
+                                        args.device, args.precision, args.warmup, impl == "torch-compile")
                     rec["round"] = rnd
                     raw.append(rec)
-                    print(f"# round {rnd + 1}/{args.rounds} {c:6s} {m:5s} {impl:5s} "
+                    print(f"# round {rnd + 1}/{args.rounds} {c:7s} {m:5s} {impl:13s} "
                           f"{rec['tokens_per_s']:10.0f} tok/s  {rec['ms_per_step']:9.1f} ms/step",
                           file=sys.stderr, flush=True)
     if args.json_out:
@@ -196,24 +200,27 @@ def main(argv=None):
     def pick(c, m, impl):
         return [r for r in raw if r["config"] == c and r["model"] == m and r["impl"] == impl]
 
+    others = [i for i in impls if i != "rust"]
+    names = {"torch": "torch eager", "torch-compile": "torch.compile"}
     lines = [
-        "| config | model | rust tokens/s | torch tokens/s | rust / torch | rust ms/step (fwd / bwd / optim) "
-        "| torch ms/step (fwd / bwd / optim) | rust min-max | torch min-max |",
-        "|---|---|---:|---:|---:|---|---|---|---|",
+        "| config | model | rust tokens/s | " + " | ".join(f"{names[i]} tokens/s" for i in others)
+        + " | " + " | ".join(f"rust / {names[i]}" for i in others)
+        + " | rust ms/step (fwd / bwd / optim) | " + " | ".join(f"{names[i]} ms/step (fwd / bwd / optim)" for i in others)
+        + " | rust min-max | " + " | ".join(f"{names[i]} min-max" for i in others) + " |",
+        "|---|---|" + "---:|" * (1 + 2 * len(others)) + "---|" * (1 + len(others)) + "---|" * (1 + len(others)),
     ]
     for c in configs:
         for m in models:
-            rs, ts = pick(c, m, "rust"), pick(c, m, "torch")
-            rt, tt = median([r["tokens_per_s"] for r in rs]), median([r["tokens_per_s"] for r in ts])
+            recs = {i: pick(c, m, i) for i in impls}
+            med = {i: median([r["tokens_per_s"] for r in recs[i]]) for i in impls}
             # The split shown is the one of the round whose tokens/s is closest to the median.
-            r_mid = min(rs, key=lambda r: abs(r["tokens_per_s"] - rt))
-            t_mid = min(ts, key=lambda r: abs(r["tokens_per_s"] - tt))
-            lines.append(
-                f"| {c} | {m} | {rt:.0f} | {tt:.0f} | {rt / tt:.2f}x "
-                f"| {r_mid['ms_per_step']:.1f} ({r_mid['split_ms']}) | {t_mid['ms_per_step']:.1f} ({t_mid['split_ms']}) "
-                f"| {min(r['tokens_per_s'] for r in rs):.0f}-{max(r['tokens_per_s'] for r in rs):.0f} "
-                f"| {min(r['tokens_per_s'] for r in ts):.0f}-{max(r['tokens_per_s'] for r in ts):.0f} |"
-            )
+            mid = {i: min(recs[i], key=lambda r: abs(r["tokens_per_s"] - med[i])) for i in impls}
+            cells = [c, m, f"{med['rust']:.0f}"] + [f"{med[i]:.0f}" for i in others]
+            cells += [f"{med['rust'] / med[i]:.2f}x" for i in others]
+            cells += [f"{mid[i]['ms_per_step']:.1f} ({mid[i]['split_ms']})" for i in impls]
+            cells += [f"{min(r['tokens_per_s'] for r in recs[i]):.0f}-{max(r['tokens_per_s'] for r in recs[i]):.0f}"
+                      for i in impls]
+            lines.append("| " + " | ".join(cells) + " |")
     logical, usable, physical = core_counts()
     try:
         load = "load avg {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
@@ -222,7 +229,7 @@ def main(argv=None):
     print("\n".join(lines))
     print()
     def rates(impl):
-        xs = [r["gemm_gflops"] for r in raw if r["impl"] == impl and r.get("gemm_gflops")]
+        xs = [r["gemm_gflops"] for r in raw if r["impl"].startswith(impl) and r.get("gemm_gflops")]
         return f"{median(xs):.0f} GFLOP/s (median of {len(xs)} processes)" if xs else "n/a"
     kernels = sorted({r["gemm_kernels"] for r in raw if r.get("gemm_kernels")})
     print(f"1024^3 f32 matmul, best of 5 per process: rust {rates('rust')} "

@@ -395,3 +395,42 @@ fn lime_stack_gradients_survive_a_second_backward() {
         }
     }
 }
+
+/// The vendored matmul's split-K path (a long reduction into a small output, split across
+/// threads: the weight gradients `xᵀ·g` over all B·T rows) against an f64 loop, for a transposed
+/// view, a contiguous operand and a k no chunk count divides.
+#[test]
+fn split_k_matmul_matches_an_f64_reference() {
+    // The path runs with two or more threads; RAYON_NUM_THREADS is read per product.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "2");
+    }
+    for (m, n, k) in [(64, 48, 8192), (32, 64, 4099), (256, 64, 8192)] {
+        let x = randn(&[k, m], 11); // (k, m): the product reads xᵀ, a strided view
+        let g = randn(&[k, n], 12);
+        let (xs, gs) = (x.to_vec2::<f32>().unwrap(), g.to_vec2::<f32>().unwrap());
+        let mut want = vec![0f64; m * n];
+        for r in 0..k {
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * n + j] += xs[r][i] as f64 * gs[r][j] as f64;
+                }
+            }
+        }
+        let want = Tensor::from_vec(
+            want.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (m, n),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let strided = x.t().unwrap().matmul(&g).unwrap();
+        let contiguous = x.t().unwrap().contiguous().unwrap().matmul(&g).unwrap();
+        // Each entry sums k products of magnitude ≤ 1: f32 rounding is ~1e-7 · k.
+        let tol = 1e-6 * k as f32;
+        for got in [strided, contiguous] {
+            assert_eq!(got.dims(), &[m, n]);
+            let d = max_diff(&got, &want);
+            assert!(d < tol, "({m}, {n}, {k}): max diff {d} ≥ {tol}");
+        }
+    }
+}

@@ -20,7 +20,8 @@ pub struct BenchArgs {
     /// Models for `train`/`decode` (comma-separated) [default: llama,lime].
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Configs for `train` (comma-separated): tiny, mqar, medium [default: all].
+    /// Configs for `train` (comma-separated): default (the default experiment's shape), tiny,
+    /// mqar, medium [default: all].
     #[arg(long, value_delimiter = ',')]
     pub configs: Vec<String>,
     /// Examples per repeat for `gen`.
@@ -50,6 +51,9 @@ pub enum BenchWhat {
     /// Packed runs (`--pack`): the default cell of `--task` (seeds 0..N) one run per step vs N
     /// packed into one step, at each of `--packs`.
     Sweep,
+    /// The training step's operations one by one at the default experiment's shape (forward, and
+    /// forward + backward), beside the whole step: where a step's time goes.
+    Ops,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -131,13 +135,32 @@ fn bench_gen(a: &BenchArgs) -> Result<String> {
     )
 }
 
-/// Named training-benchmark shapes: (layers, d, heads, vocab, T, batch).
-fn train_config(name: &str) -> Result<(usize, usize, usize, usize, usize, usize)> {
+/// Named training-benchmark shapes: the model config for `variant`, T and the batch size.
+/// `default` is the default experiment's (`harness --task mqar`: its preset's model, T and batch,
+/// read from the resolved spec so it cannot drift); the others are fixed shapes with d_ff = 4d,
+/// as many kv heads as heads and an untied head (`bench/torch_reference.py` has the same table).
+pub fn train_config(
+    name: &str,
+    variant: models::Variant,
+) -> Result<(models::Config, usize, usize)> {
+    let fixed = |l: usize, d: usize, h: usize, v: usize, t: usize, b: usize| {
+        (models::Config::mha(variant, v, d, l, h), t, b)
+    };
     Ok(match name {
-        "tiny" => (4, 32, 4, 64, 64, 64),
-        "mqar" => (4, 128, 4, 8192, 256, 32),
-        "medium" => (8, 256, 8, 512, 256, 16),
-        other => bail!("unknown bench config `{other}` (known: tiny, mqar, medium)"),
+        "default" => {
+            let spec = crate::spec::resolve(&crate::overrides::Overrides {
+                task: vec!["mqar".into()],
+                models: vec!["llama".into()],
+                ..Default::default()
+            })?
+            .remove(0);
+            let cfg = spec.model_config.with_variant(variant);
+            (cfg, spec.seq_len, spec.batch_size)
+        }
+        "tiny" => fixed(4, 32, 4, 64, 64, 64),
+        "mqar" => fixed(4, 128, 4, 8192, 256, 32),
+        "medium" => fixed(8, 256, 8, 512, 256, 16),
+        other => bail!("unknown bench config `{other}` (known: default, tiny, mqar, medium)"),
     })
 }
 
@@ -165,7 +188,12 @@ fn gemm_rate(dev: &Device) -> Result<f64> {
 fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
     let peak = gemm_rate(dev)?;
     let configs = if a.configs.is_empty() {
-        vec!["tiny".to_string(), "mqar".into(), "medium".into()]
+        vec![
+            "default".to_string(),
+            "tiny".into(),
+            "mqar".into(),
+            "medium".into(),
+        ]
     } else {
         a.configs.clone()
     };
@@ -176,9 +204,9 @@ fn bench_train(a: &BenchArgs, dev: &Device) -> Result<String> {
     };
     let mut rows = Vec::new();
     for c in &configs {
-        let (l, d, h, v, t, b) = train_config(c)?;
         for m in &model_names {
-            let cfg = model_cfg(crate::spec::parse_variant(m)?, l, d, h, v);
+            let (cfg, t, b) = train_config(c, crate::spec::parse_variant(m)?)?;
+            let v = cfg.vocab_size;
             let (varmap, model) = models::init_model(&cfg, 0, DType::F32, dev, a.backend)?;
             let model = model.with_matmul_dtype(a.precision.matmul_dtype());
             let optim = crate::presets::preset("mqar")?.optim;
@@ -358,6 +386,218 @@ fn bench_sweep(a: &BenchArgs, dev: &Device) -> Result<String> {
     ))
 }
 
+/// `bench ops`: each operation of one llama block, the embedding and the loss at the default
+/// experiment's shape, timed alone (forward; forward and backward through `sum`), and what one
+/// step of the model does with them (`count` per step). Median of `--repeats` after `--warmup`.
+fn bench_ops(a: &BenchArgs, dev: &Device) -> Result<String> {
+    use candle_core::Var;
+    let (cfg, t, b) = train_config("default", models::Variant::LLAMA)?;
+    let be = a.backend;
+    let (d, h, dh, f, v) = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.head_dim(),
+        cfg.d_ff,
+        cfg.vocab_size,
+    );
+    let n = b * t;
+    let randn = |shape: &[usize]| -> Result<Var> {
+        Ok(Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, dev)?)?)
+    };
+    let x = randn(&[b, t, d])?;
+    let (w_dd, w_fd, w_df, w_vd) = (
+        randn(&[d, d])?,
+        randn(&[f, d])?,
+        randn(&[d, f])?,
+        randn(&[v, d])?,
+    );
+    let gain = Var::from_tensor(&Tensor::ones(d, DType::F32, dev)?)?;
+    let (q, k, vv) = (
+        randn(&[b, h, t, dh])?,
+        randn(&[b, h, t, dh])?,
+        randn(&[b, h, t, dh])?,
+    );
+    let (ga, up) = (randn(&[b, t, f])?, randn(&[b, t, f])?);
+    let hid = randn(&[n, d])?;
+    let targets = Tensor::from_vec((0..n).map(|i| (i % v) as u32).collect::<Vec<_>>(), n, dev)?;
+    let ids = Tensor::from_vec(
+        (0..n).map(|i| (i % v) as u32).collect::<Vec<_>>(),
+        (b, t),
+        dev,
+    )?;
+    let emb = randn(&[v, d])?;
+    let rope = {
+        let half = dh / 2;
+        let ang: Vec<f32> = (0..t * half)
+            .map(|i| (i / half) as f32 / 10_000f32.powf((i % half) as f32 / half as f32))
+            .collect();
+        let ang = Tensor::from_vec(ang, (t, half), dev)?;
+        (ang.cos()?, ang.sin()?)
+    };
+    let mask = Tensor::zeros((t, t), DType::F32, dev)?;
+    let scale = 1.0 / (dh as f64).sqrt();
+    // The models' own projection (one (B·T, in) product), as a block runs it.
+    let lin = |x: &Tensor, w: &Tensor| -> candle_core::Result<Tensor> {
+        models::decoder::Proj::new(w.clone()).forward(x)
+    };
+    use candle_core::Module;
+    type Op<'a> = Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>;
+    // (name, per step (both layers, or once), the op)
+    let ops: Vec<(&str, usize, Op)> = vec![
+        (
+            "embedding",
+            1,
+            Box::new(|| candle_nn::Embedding::new(emb.as_tensor().clone(), d).forward(&ids)),
+        ),
+        (
+            "rms_norm (B,T,D)",
+            2 * cfg.n_layers + 1,
+            Box::new(|| models::ops::rms_norm(be, &x, &gain, 1e-5)),
+        ),
+        (
+            "q/k/v/o projection (B·T,D)x(D,D)",
+            4 * cfg.n_layers,
+            Box::new(|| lin(&x, &w_dd)),
+        ),
+        (
+            "rope (B,H,T,d_h)",
+            2 * cfg.n_layers,
+            Box::new(|| models::ops::rope(be, &q, &rope.0, &rope.1)),
+        ),
+        (
+            "causal attention (B,H,T,d_h)",
+            cfg.n_layers,
+            Box::new(|| models::ops::attention(be, &q, &k, &vv, &mask, scale)),
+        ),
+        (
+            "head transposes + reshape",
+            cfg.n_layers,
+            Box::new(|| q.transpose(1, 2)?.reshape((b, t, h * dh))),
+        ),
+        (
+            "residual add (B,T,D)",
+            2 * cfg.n_layers,
+            Box::new(|| x.as_tensor() + x.as_tensor()),
+        ),
+        (
+            "gate/up projection (B·T,D)x(D,F)",
+            2 * cfg.n_layers,
+            Box::new(|| lin(&x, &w_fd)),
+        ),
+        (
+            "swiglu (B,T,F)",
+            cfg.n_layers,
+            Box::new(|| models::ops::swiglu(be, &ga, &up)),
+        ),
+        (
+            "down projection (B·T,F)x(F,D)",
+            cfg.n_layers,
+            Box::new(|| lin(&ga, &w_df)),
+        ),
+        ("lm head (B·T,D)x(D,V)", 1, Box::new(|| lin(&hid, &w_vd))),
+        (
+            "cross-entropy (B·T,V)",
+            1,
+            Box::new(|| {
+                let logits = lin(&hid, &w_vd)?;
+                models::ops::cross_entropy(be, &logits, &targets)
+            }),
+        ),
+    ];
+    let time = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+        for _ in 0..a.warmup {
+            f()?;
+        }
+        let mut ts = Vec::new();
+        for _ in 0..a.repeats.max(1) {
+            let t0 = Instant::now();
+            f()?;
+            dev.synchronize()?;
+            ts.push(t0.elapsed().as_secs_f64());
+        }
+        Ok(median(ts))
+    };
+    let mut rows = Vec::new();
+    let mut total = [0.0, 0.0];
+    for (name, count, op) in &ops {
+        let fwd = time(&|| {
+            std::hint::black_box(op()?);
+            Ok(())
+        })?;
+        // Backward from a dense random upstream gradient r, through (y · r).sum(): what that
+        // harness costs on its own (the same on a leaf of y's shape) is measured and taken off,
+        // so the row is the op's own forward and backward.
+        let y0 = op()?;
+        let up = (y0.rank() > 0)
+            .then(|| y0.randn_like(0.0, 1.0))
+            .transpose()?;
+        let through = |y: Tensor| -> Result<()> {
+            let s = match &up {
+                None => y,
+                Some(r) => (y * r)?.sum_all()?,
+            };
+            std::hint::black_box(s.backward()?);
+            Ok(())
+        };
+        let harness = match &up {
+            None => 0.0,
+            Some(_) => {
+                let leaf = Var::from_tensor(&y0.detach())?;
+                time(&|| through(leaf.as_tensor().clone()))?
+            }
+        };
+        let both = (time(&|| through(op()?))? - harness).max(fwd);
+        total[0] += fwd * *count as f64;
+        total[1] += both * *count as f64;
+        rows.push(vec![
+            name.to_string(),
+            count.to_string(),
+            format!("{:.2}", fwd * 1e3),
+            format!("{:.2}", both * 1e3),
+            format!("{:.1}", both * *count as f64 * 1e3),
+        ]);
+    }
+    // The whole step of the same model, for comparison (bench train's measurement).
+    let (varmap, model) = models::init_model(&cfg, 0, DType::F32, dev, be)?;
+    let optim = crate::presets::preset("mqar")?.optim;
+    let opt = std::cell::RefCell::new(crate::optim::AdamW::new(&varmap, cfg.variant, &optim)?);
+    let batch = crate::eval::Batch {
+        input: ids.clone(),
+        rows: Tensor::arange(0u32, n as u32, dev)?,
+        targets: targets.clone(),
+        per_example: vec![t; b],
+    };
+    let step = time(&|| {
+        crate::train::step(&model, &mut opt.borrow_mut(), &batch, 1e-3, true)?;
+        Ok(())
+    })?;
+    rows.push(vec![
+        "sum of the above × count".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!("{:.1} (fwd alone {:.1})", total[1] * 1e3, total[0] * 1e3),
+    ]);
+    rows.push(vec![
+        "one training step (llama, all rows supervised)".into(),
+        "1".into(),
+        String::new(),
+        String::new(),
+        format!("{:.1}", step * 1e3),
+    ]);
+    Ok(md(
+        &["operation", "per step", "fwd ms", "fwd+bwd ms", "fwd+bwd ms per step"],
+        rows,
+    ) + &format!(
+        "default experiment's shape (B {b}, T {t}, D {d}, H {h}, d_h {dh}, F {f}, V {v}); backward from a random upstream gradient (the harness's own cost, measured on a leaf, taken off); device: {}; backend: {}; CPU: {}; median of {} after {} warm-up\n",
+        crate::device::device_name(dev),
+        be.name(),
+        crate::device::cpu_model(),
+        a.repeats,
+        a.warmup
+    ))
+}
+
 fn bench_decode(a: &BenchArgs, dev: &Device) -> Result<String> {
     let model_names = if a.models.is_empty() {
         vec!["llama".to_string(), "lime".into()]
@@ -422,6 +662,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         BenchWhat::Train => bench_train(a, &dev)?,
         BenchWhat::Decode => bench_decode(a, &dev)?,
         BenchWhat::Sweep => bench_sweep(a, &dev)?,
+        BenchWhat::Ops => bench_ops(a, &dev)?,
     };
     print!("{out}");
     Ok(())

@@ -1506,6 +1506,63 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
+        // lime-bench patch (split-K): a single product with a long reduction and a small output
+        // — a weight gradient `xᵀ·g` over all B·T rows, k = 8192 against m·n = 64·256 — is
+        // not split across threads by gemm (it parallelises over the output only), so it runs on
+        // one core. Split k into one contiguous chunk per thread, each a serial gemm into its own
+        // buffer, and add the partial products in chunk order (deterministic for a thread count,
+        // like every threaded gemm).
+        let chunks = if num_threads > 1 && b == 1 && k >= 1024 && k >= 8 * m.max(n) {
+            num_threads.min(k / 512)
+        } else {
+            1
+        };
+        if chunks > 1 {
+            let per = k.div_ceil(chunks);
+            let parts: Vec<Vec<T>> = (0..chunks)
+                .into_par_iter()
+                .map(|c| {
+                    let k0 = c * per;
+                    let kc = per.min(k - k0);
+                    let mut part: Vec<T> = Vec::with_capacity(m * n);
+                    // SAFETY: offsets stay inside the operands (element (i, k0) of lhs and
+                    // (k0, j) of rhs exist); gemm writes all m * n elements (kc > 0).
+                    unsafe {
+                        gemm(
+                            m,
+                            n,
+                            kc,
+                            part.as_mut_ptr(),
+                            dst_cs as isize,
+                            dst_rs as isize,
+                            false,
+                            lhs.as_ptr().add(k0 * lhs_cs),
+                            lhs_cs as isize,
+                            lhs_rs as isize,
+                            rhs.as_ptr().add(k0 * rhs_rs),
+                            rhs_cs as isize,
+                            rhs_rs as isize,
+                            T::zero(),
+                            T::one(),
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                        part.set_len(m * n);
+                    }
+                    part
+                })
+                .collect();
+            let mut parts = parts.into_iter();
+            let mut out = parts.next().expect("chunks > 1");
+            for p in parts {
+                for (o, x) in out.iter_mut().zip(p) {
+                    *o = *o + x;
+                }
+            }
+            return Ok(out);
+        }
         let dst_ptr = dst.as_mut_ptr();
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
