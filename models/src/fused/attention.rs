@@ -71,7 +71,7 @@ pub(super) fn softmax_rows(tq: usize, tk: usize, scale: f32, p: &mut [f32]) {
 /// A reduction of `v` with `f` over 8 interleaved accumulators (so that it vectorises), then
 /// across them.
 #[inline(always)]
-fn lanes(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+pub(super) fn lanes(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; 8];
     let chunks = v.chunks_exact(8);
     let tail = chunks.remainder();

@@ -28,8 +28,10 @@ impl CustomOp1 for CrossEntropyOp {
             .par_chunks(v)
             .zip(self.targets.par_iter())
             .map(|(row, &t)| {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let s: f32 = row.iter().map(|x| (x - m).exp()).sum();
+                let (m, s) = simd(
+                    #[inline(always)]
+                    || max_and_sum_exp(row),
+                );
                 (m + s.ln() - row[t as usize]) as f64
             })
             .sum();
@@ -55,20 +57,43 @@ impl CrossEntropyOp {
             .zip(hz.par_chunks(v))
             .zip(self.targets.par_iter())
             .for_each(|((dr, row), &t)| {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut s = 0f32;
-                for (o, x) in dr.iter_mut().zip(row) {
-                    *o = (x - m).exp();
-                    s += *o;
-                }
-                let inv = scale / s;
-                for o in dr.iter_mut() {
-                    *o *= inv;
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        // Separate passes so that each vectorises.
+                        let m = lanes(row, f32::NEG_INFINITY, f32::max);
+                        for (o, x) in dr.iter_mut().zip(row) {
+                            *o = exp_f32(x - m);
+                        }
+                        let inv = scale / lanes(dr, 0.0, |a, b| a + b);
+                        for o in dr.iter_mut() {
+                            *o *= inv;
+                        }
+                    },
+                );
                 dr[t as usize] -= scale;
             });
         Tensor::from_vec(dz, (n, v), z.device())
     }
+}
+
+/// A row's maximum m and Σ e^(z − m), each over 8 interleaved lanes so that it vectorises.
+#[inline(always)]
+fn max_and_sum_exp(row: &[f32]) -> (f32, f32) {
+    let m = lanes(row, f32::NEG_INFINITY, f32::max);
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += exp_f32(c[k] - m);
+        }
+    }
+    let mut s = tail.iter().fold(0.0, |a, &x| a + exp_f32(x - m));
+    for a in acc {
+        s += a;
+    }
+    (m, s)
 }
 
 /// Mean cross-entropy of logits (N, V) f32 CPU against targets (N,) u32 (the reference is

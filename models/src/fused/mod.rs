@@ -24,6 +24,7 @@ mod stack;
 mod swiglu;
 
 pub use attention::causal_attention;
+use attention::lanes;
 pub use loss::cross_entropy;
 pub use mix::depth_mix;
 use mix::sum_partials;
