@@ -108,43 +108,57 @@ impl StackInner {
 /// The first R rows of a stack-layout matrix (.., N) → (B,R,T,d_h).
 fn rows_to_brtd(src: &[f32], s: Btrd) -> Vec<f32> {
     let (n, td) = (s.n(), s.t * s.d);
-    let mut out = vec![0f32; s.b * s.r * td];
-    for (bh, o) in out.chunks_exact_mut(td).enumerate() {
-        let (bi, h) = (bh / s.r, bh % s.r);
-        let at = h * n + bi * td;
-        o.copy_from_slice(&src[at..at + td]);
+    // SAFETY: the chunks cover the output, and each is written whole.
+    unsafe {
+        written(s.b * s.r * td, |out| {
+            for (bh, o) in out.chunks_exact_mut(td).enumerate() {
+                let (bi, h) = (bh / s.r, bh % s.r);
+                let at = h * n + bi * td;
+                for (d, x) in o.iter_mut().zip(&src[at..at + td]) {
+                    d.write(*x);
+                }
+            }
+        })
     }
-    out
 }
 
 /// A stack-layout matrix (R, N) plus rows `dep_row0..dep_row0 + R` of `dep` → (B,T,R,d_h).
 fn rows_to_btrd(src: &[f32], dep: &[f32], dep_row0: usize, s: Btrd) -> Vec<f32> {
     let n = s.n();
-    let mut out = vec![0f32; s.b * s.t * s.r * s.d];
-    for (bt, o) in out.chunks_exact_mut(s.r * s.d).enumerate() {
-        for (h, v) in o.chunks_exact_mut(s.d).enumerate() {
-            let (at, dat) = (h * n + bt * s.d, (dep_row0 + h) * n + bt * s.d);
-            for ((a, x), d) in v
-                .iter_mut()
-                .zip(&src[at..at + s.d])
-                .zip(&dep[dat..dat + s.d])
-            {
-                *a = x + d;
+    // SAFETY: the chunks cover the output, and each element is written.
+    unsafe {
+        written(s.b * s.t * s.r * s.d, |out| {
+            for (bt, o) in out.chunks_exact_mut(s.r * s.d).enumerate() {
+                for (h, v) in o.chunks_exact_mut(s.d).enumerate() {
+                    let (at, dat) = (h * n + bt * s.d, (dep_row0 + h) * n + bt * s.d);
+                    for ((a, x), d) in v
+                        .iter_mut()
+                        .zip(&src[at..at + s.d])
+                        .zip(&dep[dat..dat + s.d])
+                    {
+                        a.write(x + d);
+                    }
+                }
             }
-        }
+        })
     }
-    out
 }
 
 /// (B,R,T,d_h) → stack layout (R, N).
 fn brtd_to_rows(g: &[f32], s: Btrd) -> Vec<f32> {
     let (n, td) = (s.n(), s.t * s.d);
-    let mut out = vec![0f32; s.r * n];
-    for (bh, src) in g.chunks_exact(td).enumerate() {
-        let (bi, h) = (bh / s.r, bh % s.r);
-        out[h * n + bi * td..h * n + (bi + 1) * td].copy_from_slice(src);
+    // SAFETY: the B·R source chunks land on disjoint blocks that tile the (R, N) output.
+    unsafe {
+        written(s.r * n, |out| {
+            for (bh, src) in g.chunks_exact(td).enumerate() {
+                let (bi, h) = (bh / s.r, bh % s.r);
+                let at = h * n + bi * td;
+                for (d, x) in out[at..at + td].iter_mut().zip(src) {
+                    d.write(*x);
+                }
+            }
+        })
     }
-    out
 }
 
 /// One layer's routing of its k or v through a stack: layer 0 (`before == 0`, no W) only
@@ -169,7 +183,9 @@ impl StackRoute {
             candle_core::bail!("lime stack: W has {} entries for {} x {rows}", w.len(), s.r);
         }
         let x = &st.data[..rows * n];
-        let mut out = vec![0f32; s.b * s.r * td];
+        // Not zeroed: gemm (no accumulation, k = rows > 0) writes every element of each batch
+        // row's block, and the blocks tile `out`; the length is set after the jobs.
+        let mut out: Vec<f32> = Vec::with_capacity(s.b * s.r * td);
         let o = Out(out.as_mut_ptr());
         // Per batch row b: out[b] (R × T·d_h) = W (R × S) · stack[:, b block] (S × T·d_h).
         let job = |bi: usize| {
@@ -192,11 +208,13 @@ impl StackRoute {
                 )
             };
         };
-        if out.len() * rows < PAR_MIN {
+        if s.b * s.r * td * rows < PAR_MIN {
             (0..s.b).for_each(job);
         } else {
             (0..s.b).into_par_iter().for_each(job);
         }
+        // SAFETY: every element was written by the jobs above (see the allocation).
+        unsafe { out.set_len(s.b * s.r * td) };
         Ok((CpuStorage::F32(out), out_shape))
     }
 
@@ -224,7 +242,9 @@ impl StackRoute {
         };
         let x = &st.data[..rows * n];
         let dep = Out(st.grad.as_mut_ptr());
-        let mut own = vec![0f32; s.r * n]; // W[:, before..]ᵀ G in stack layout
+        // W[:, before..]ᵀ G in stack layout; not zeroed: each job's gemm (no accumulation,
+        // k = R > 0) writes its batch block of all R rows, and the blocks tile the rows.
+        let mut own: Vec<f32> = Vec::with_capacity(s.r * n);
         let o = Out(own.as_mut_ptr());
         let parts: Vec<Vec<f32>> = (0..s.b)
             .into_par_iter()
@@ -285,6 +305,8 @@ impl StackRoute {
                 dw
             })
             .collect();
+        // SAFETY: every element was written by the jobs above (see the allocation).
+        unsafe { own.set_len(s.r * n) };
         let dx = rows_to_btrd(&own, &st.grad, before, s);
         st.grad[before * n..rows * n].fill(0.0); // collected: a later backward starts from zero
         Ok((Some(sum_partials(&parts, s.r * rows)), dx))
