@@ -418,6 +418,13 @@ fn bench_ops(a: &BenchArgs, dev: &Device) -> Result<String> {
         randn(&[b, h, t, dh])?,
     );
     let (ga, up) = (randn(&[b, t, f])?, randn(&[b, t, f])?);
+    // LIMe's K|V of one layer (B,T,R,d_h), and layer 1's router (R, 2R) over layers 0 and 1.
+    let r = cfg.n_kv_heads;
+    let (lk, lv, router) = (
+        randn(&[b, t, r, dh])?,
+        randn(&[b, t, r, dh])?,
+        randn(&[r, 2 * r])?,
+    );
     let hid = randn(&[n, d])?;
     let targets = Tensor::from_vec((0..n).map(|i| (i % v) as u32).collect::<Vec<_>>(), n, dev)?;
     let ids = Tensor::from_vec(
@@ -468,6 +475,18 @@ fn bench_ops(a: &BenchArgs, dev: &Device) -> Result<String> {
             "causal attention (B,H,T,d_h)",
             cfg.n_layers,
             Box::new(|| models::ops::attention(be, &q, &k, &vv, &mask, scale)),
+        ),
+        (
+            "lime K|V route, layers 0 and 1 (+ one add)",
+            (cfg.n_layers == 2) as usize,
+            Box::new(|| {
+                let mut stacks = None;
+                let rows = 2 * r;
+                let route = models::fused::KvStacks::route;
+                let (k0, v0) = route(&mut stacks, rows, None, &lk, &lv)?;
+                let (k1, v1) = route(&mut stacks, rows, Some(&router), &lk, &lv)?;
+                (k0 + v0)? + (k1 + v1)?
+            }),
         ),
         (
             "head transposes + reshape",
@@ -547,8 +566,10 @@ fn bench_ops(a: &BenchArgs, dev: &Device) -> Result<String> {
             }
         };
         let both = (time(&|| through(op()?))? - harness).max(fwd);
-        total[0] += fwd * *count as f64;
-        total[1] += both * *count as f64;
+        if !name.starts_with("lime") {
+            total[0] += fwd * *count as f64;
+            total[1] += both * *count as f64;
+        }
         rows.push(vec![
             name.to_string(),
             count.to_string(),
@@ -557,34 +578,40 @@ fn bench_ops(a: &BenchArgs, dev: &Device) -> Result<String> {
             format!("{:.1}", both * *count as f64 * 1e3),
         ]);
     }
-    // The whole step of the same model, for comparison (bench train's measurement).
-    let (varmap, model) = models::init_model(&cfg, 0, DType::F32, dev, be)?;
-    let optim = crate::presets::preset("mqar")?.optim;
-    let opt = std::cell::RefCell::new(crate::optim::AdamW::new(&varmap, cfg.variant, &optim)?);
+    rows.push(vec![
+        "sum of the above × count (llama: without the lime row)".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!("{:.1} (fwd alone {:.1})", total[1] * 1e3, total[0] * 1e3),
+    ]);
+    // The whole step of each model, for comparison (bench train's measurement).
     let batch = crate::eval::Batch {
         input: ids.clone(),
         rows: Tensor::arange(0u32, n as u32, dev)?,
         targets: targets.clone(),
         per_example: vec![t; b],
     };
-    let step = time(&|| {
-        crate::train::step(&model, &mut opt.borrow_mut(), &batch, 1e-3, true)?;
-        Ok(())
-    })?;
-    rows.push(vec![
-        "sum of the above × count".into(),
-        String::new(),
-        String::new(),
-        String::new(),
-        format!("{:.1} (fwd alone {:.1})", total[1] * 1e3, total[0] * 1e3),
-    ]);
-    rows.push(vec![
-        "one training step (llama, all rows supervised)".into(),
-        "1".into(),
-        String::new(),
-        String::new(),
-        format!("{:.1}", step * 1e3),
-    ]);
+    let optim = crate::presets::preset("mqar")?.optim;
+    for variant in [models::Variant::LLAMA, models::Variant::LIME] {
+        let (cfg, _, _) = train_config("default", variant)?;
+        let (varmap, model) = models::init_model(&cfg, 0, DType::F32, dev, be)?;
+        let opt = std::cell::RefCell::new(crate::optim::AdamW::new(&varmap, variant, &optim)?);
+        let step = time(&|| {
+            crate::train::step(&model, &mut opt.borrow_mut(), &batch, 1e-3, true)?;
+            Ok(())
+        })?;
+        rows.push(vec![
+            format!(
+                "one training step ({}, all rows supervised)",
+                variant.name()
+            ),
+            "1".into(),
+            String::new(),
+            String::new(),
+            format!("{:.1}", step * 1e3),
+        ]);
+    }
     Ok(md(
         &["operation", "per step", "fwd ms", "fwd+bwd ms", "fwd+bwd ms per step"],
         rows,
