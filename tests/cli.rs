@@ -360,6 +360,7 @@ fn tiny_run_trains_resumes_identically_and_skips_when_done() {
         }
         for k in [
             "final_loss",
+            "val_loss",
             "val_acc",
             "test_acc",
             "test_token_acc",

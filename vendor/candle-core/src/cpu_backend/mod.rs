@@ -1509,16 +1509,18 @@ impl Map2 for MatMul {
         // lime-bench patch (split-K): a single product with a long reduction and a small output
         // — a weight gradient `xᵀ·g` over all B·T rows, k = 8192 against m·n = 64·256 — is
         // not split across threads by gemm (it parallelises over the output only), so it runs on
-        // one core. Split k into one contiguous chunk per thread, each a serial gemm into its own
-        // buffer, and add the partial products in chunk order (deterministic for a thread count,
-        // like every threaded gemm).
-        let chunks = if num_threads > 1 && b == 1 && k >= 1024 && k >= 8 * m.max(n) {
-            num_threads.min(k / 512)
+        // one core. Split k into contiguous chunks of SPLIT_K rows, each a serial gemm into its
+        // own buffer (run on as many threads as there are), and add the partial products in chunk
+        // order. The chunks are fixed by k alone, never by the thread count, so the result is
+        // the same at any thread count (training's figures are: tests/device.rs).
+        const SPLIT_K: usize = 2048;
+        let chunks = if b == 1 && k >= 2 * SPLIT_K && k >= 8 * m.max(n) {
+            k.div_ceil(SPLIT_K)
         } else {
             1
         };
         if chunks > 1 {
-            let per = k.div_ceil(chunks);
+            let per = SPLIT_K;
             let parts: Vec<Vec<T>> = (0..chunks)
                 .into_par_iter()
                 .map(|c| {
