@@ -387,8 +387,9 @@ fn bench_sweep(a: &BenchArgs, dev: &Device) -> Result<String> {
 }
 
 /// `bench ops`: each operation of one llama block, the embedding and the loss at the default
-/// experiment's shape, timed alone (forward; forward and backward through `sum`), and what one
-/// step of the model does with them (`count` per step). Median of `--repeats` after `--warmup`.
+/// experiment's shape, timed alone (forward; forward and backward from a random upstream
+/// gradient), and what one step of the model does with them (`count` per step), beside the whole
+/// llama and lime steps. Median of `--repeats` after `--warmup`.
 fn bench_ops(a: &BenchArgs, dev: &Device) -> Result<String> {
     use candle_core::Var;
     let (cfg, t, b) = train_config("default", models::Variant::LLAMA)?;
@@ -427,11 +428,7 @@ fn bench_ops(a: &BenchArgs, dev: &Device) -> Result<String> {
     );
     let hid = randn(&[n, d])?;
     let targets = Tensor::from_vec((0..n).map(|i| (i % v) as u32).collect::<Vec<_>>(), n, dev)?;
-    let ids = Tensor::from_vec(
-        (0..n).map(|i| (i % v) as u32).collect::<Vec<_>>(),
-        (b, t),
-        dev,
-    )?;
+    let ids = targets.reshape((b, t))?; // the same tokens as inputs
     let emb = randn(&[v, d])?;
     let rope = {
         let half = dh / 2;

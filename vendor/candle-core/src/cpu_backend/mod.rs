@@ -1478,14 +1478,6 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        // lime-bench patch: gemm (read_dst = false, k > 0) writes every element of dst, so it is
-        // not zeroed first (a memset per matmul output: ~7% of a small model's training step).
-        let dst_len = b * m * n;
-        let mut dst: Vec<T> = if k > 0 {
-            Vec::with_capacity(dst_len)
-        } else {
-            vec![T::zero(); dst_len]
-        };
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1520,12 +1512,11 @@ impl Map2 for MatMul {
             1
         };
         if chunks > 1 {
-            let per = SPLIT_K;
             let parts: Vec<Vec<T>> = (0..chunks)
                 .into_par_iter()
                 .map(|c| {
-                    let k0 = c * per;
-                    let kc = per.min(k - k0);
+                    let k0 = c * SPLIT_K;
+                    let kc = SPLIT_K.min(k - k0);
                     let mut part: Vec<T> = Vec::with_capacity(m * n);
                     // SAFETY: offsets stay inside the operands (element (i, k0) of lhs and
                     // (k0, j) of rhs exist); gemm writes all m * n elements (kc > 0).
@@ -1565,6 +1556,14 @@ impl Map2 for MatMul {
             }
             return Ok(out);
         }
+        // lime-bench patch: gemm (read_dst = false, k > 0) writes every element of dst, so it is
+        // not zeroed first (a memset per matmul output: ~7% of a small model's training step).
+        let dst_len = b * m * n;
+        let mut dst: Vec<T> = if k > 0 {
+            Vec::with_capacity(dst_len)
+        } else {
+            vec![T::zero(); dst_len]
+        };
         let dst_ptr = dst.as_mut_ptr();
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
