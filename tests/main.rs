@@ -13,6 +13,7 @@ mod models_correctness;
 mod models_fused;
 mod models_pack;
 mod models_rivals;
+mod models_rivals2025;
 mod models_rivals2026;
 mod models_variant;
 mod numerics;

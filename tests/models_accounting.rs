@@ -45,6 +45,18 @@ fn tiny_zoo() -> Vec<Config> {
                     out.push(tiny(v, l, h, r, tied).with_setting("attnres_block", s));
                 }
             }
+            if v == Variant::CANON {
+                for (positions, k) in [(0b0101, 4), (0b0010, 2), (0b1000, 1), (0b1111, 3)] {
+                    out.push(
+                        tiny(v, l, h, r, tied)
+                            .with_setting("canon_positions", positions)
+                            .with_setting("canon_kernel", k),
+                    );
+                }
+            }
+            if v == Variant::LAUREL {
+                out.push(tiny(v, l, h, r, tied).with_setting("laurel_rank", 1));
+            }
         }
     }
     out
@@ -248,6 +260,25 @@ fn spec_shapes(cfg: &Config) -> Vec<(usize, usize)> {
                 s.extend([(1, d), (1, d)]);
             }
         }
+        // Canon: a (channels, k) kernel per position on: A, C (D); B (q|k|v); D (gate|up).
+        if cfg.variant.name() == "canon" {
+            let k = cfg.setting("canon_kernel");
+            let mask = cfg.setting("canon_positions");
+            let ch = [d, cfg.n_heads * cfg.head_dim() + 2 * kv, d, 2 * f];
+            s.extend((0..4).filter(|i| mask >> i & 1 == 1).map(|i| (ch[i], k)));
+        }
+        // DCA: the GRN b (3(l+1), D) and w (3, D), the k/v input norms; the output GRN last.
+        if cfg.variant.name() == "dca" {
+            s.extend([(3 * (l + 1), d), (3, d), (1, d), (1, d)]);
+            if l + 1 == cfg.n_layers {
+                s.extend([(l + 2, d), (1, d)]);
+            }
+        }
+        // LAuReL: α, β, down (r, D), up (D, r).
+        if cfg.variant.name() == "laurel" {
+            let r = cfg.setting("laurel_rank");
+            s.extend([(1, 1), (1, 1), (r, d), (d, r)]);
+        }
         // mHC: per site fn ((2+n)n, nD), base, scale (3); the head after the last block.
         if cfg.variant.name() == "mhc" {
             let n = models::mhc::STREAMS;
@@ -333,6 +364,27 @@ fn naive_causal_flops(cfg: &Config, t: usize) -> u64 {
                 let hid = (c * n * if last { 4 } else { 1 } / 64 + 1) * 64;
                 macs += d * hid + hid * c * n + c * n * d; // W1, W2, Σ_j A[c,j] X_j
             }
+            if cfg.variant.name() == "canon" {
+                // Each convolution: k taps per channel.
+                let ch = [d, h * dh + 2 * r * dh, d, 2 * f];
+                let mask = cfg.setting("canon_positions");
+                let k = cfg.setting("canon_kernel");
+                macs += k
+                    * (0..4)
+                        .filter(|i| mask >> i & 1 == 1)
+                        .map(|i| ch[i])
+                        .sum::<usize>();
+            }
+            if cfg.variant.name() == "dca" {
+                // Block l's GRNs over l+1 entries, 3 streams: logits, static and dynamic mix.
+                macs += 3 * 3 * (l + 1) * d;
+                if l + 1 == cfg.n_layers {
+                    macs += 3 * (l + 2) * d; // the output GRN, one stream over L+1 entries
+                }
+            }
+            if cfg.variant.name() == "laurel" {
+                macs += 2 * cfg.setting("laurel_rank") * d; // U D x
+            }
             if cfg.variant.name() == "mhc" {
                 let n = models::mhc::STREAMS;
                 // Per site: coefficients, read-in Σ pre_i H_i, write-out post ⊗ y + comb · H.
@@ -351,7 +403,7 @@ fn naive_causal_flops(cfg: &Config, t: usize) -> u64 {
 /// `naive_causal_flops`). A variant added later is checked against the tensors it builds and its
 /// own declarations (`models_rivals::num_params_match_built_tensors_and_formulas`) until its
 /// closed form is added here.
-const RECOUNTED: [&str; 17] = [
+const RECOUNTED: [&str; 20] = [
     "llama",
     "lime",
     "lime-dynamic",
@@ -369,6 +421,9 @@ const RECOUNTED: [&str; 17] = [
     "attnres-block",
     "muddformer",
     "mhc",
+    "canon",
+    "dca",
+    "laurel",
 ];
 
 #[test]
@@ -403,6 +458,9 @@ fn recounts_agree_for_small_shapes() {
                     | "attnres-block"
                     | "muddformer"
                     | "mhc"
+                    | "canon"
+                    | "dca"
+                    | "laurel"
             )
         );
     }

@@ -756,11 +756,12 @@ pub(crate) fn overfit_one_batch(variant: Variant) -> Result<()> {
                 ensure!(g.is_some(), "{variant:?}: no gradient reaches {name}");
                 let norm = g.unwrap().sqr()?.sum_all()?.to_scalar::<f32>()?;
                 // Zero at init by construction: HC's dynamic scales (tanh(0)); AttnRes's key
-                // gains (w = 0); MUDDFormer's W1 (W2 = 0).
+                // gains (w = 0); MUDDFormer's W1 (W2 = 0); LAuReL's down map D (U = 0).
                 let zero_at_init = step == 0
                     && ((variant.name().starts_with("hyper") && name.ends_with("_scale"))
                         || (variant.name().starts_with("attnres") && name.ends_with(".key_gain"))
-                        || (variant == Variant::MUDDFORMER && name.ends_with(".dynamic_w1")));
+                        || (variant == Variant::MUDDFORMER && name.ends_with(".dynamic_w1"))
+                        || (variant == Variant::LAUREL && name.ends_with(".laurel.down")));
                 ensure!(
                     zero_at_init || norm > 0.0,
                     "{variant:?}: zero gradient for {name} at step {step}"

@@ -331,6 +331,22 @@ fn formula_extra(c: &Config) -> Option<i64> {
         }
         // Per site fn ((2+n)n × nD), base ((2+n)n), scale (3); head fn (n × nD), base, scale.
         "mhc" => 2 * l * ((2 + n) * n * n * d + (2 + n) * n + 3) + n * n * d + n + 1,
+        // Canon: a (channels, k) kernel per position and layer; A, C: D; B: q|k|v; D: gate|up.
+        "canon" => {
+            let k = c.setting("canon_kernel") as i64;
+            let mask = c.setting("canon_positions");
+            let (h, f) = (c.n_heads as i64, c.d_ff as i64);
+            let ch = [d, (h + 2 * r) * dh, d, 2 * f];
+            l * k
+                * (0..4)
+                    .filter(|i| mask >> i & 1 == 1)
+                    .map(|i| ch[i])
+                    .sum::<i64>()
+        }
+        // DCA: block i's GRN b (3, i+1, D) and w (3, D), its k/v norms; the output GRN over L+1.
+        "dca" => (0..l).map(|i| 3 * (i + 1) * d + 3 * d + 2 * d).sum::<i64>() + (l + 1) * d + d,
+        // LAuReL-RW+LR: α, β and a rank-r pair (r, D), (D, r) per block.
+        "laurel" => l * (2 + 2 * c.setting("laurel_rank") as i64 * d),
         // A variant without a closed form here is checked against its own declared count only.
         _ => return None,
     })
@@ -888,6 +904,10 @@ pub(crate) fn randomize_every_var(vm: &VarMap, seed: u64) -> Result<RefWeights> 
             (1.0, 0.5)
         } else if name.ends_with(".hc_base") {
             (0.0, 1.0) // mHC gate biases
+        } else if name.contains(".dca") && name.ends_with(".bias") {
+            (1.0, 0.5) // DCA's static GRN weights: far from all-ones
+        } else if name.ends_with(".laurel.alpha") || name.ends_with(".laurel.beta") {
+            (1.0, 0.5) // LAuReL's α, β
         } else if name.contains(".dynamic_") {
             (0.0, 0.7)
         } else if dims.len() == 2 {

@@ -410,7 +410,7 @@ fn ref_attnres_op(c: &Config, w: &RefWeights, prefix: &str, srcs: &[&Seq], bug: 
         .collect()
 }
 
-fn ref_mlp_seq(c: &Config, w: &RefWeights, l: usize, h: &Seq) -> Seq {
+pub(crate) fn ref_mlp_seq(c: &Config, w: &RefWeights, l: usize, h: &Seq) -> Seq {
     h.iter().map(|x| ref_mlp(c, w, l, x, true)).collect()
 }
 
@@ -501,7 +501,7 @@ fn gelu_erf(x: f64) -> f64 {
 }
 
 /// Attention of layer l on normalised, separate q, k, v inputs (each [t][D]), no residual.
-fn ref_attention_qkv(c: &Config, w: &RefWeights, l: usize, h: [&Seq; 3]) -> Seq {
+pub(crate) fn ref_attention_qkv(c: &Config, w: &RefWeights, l: usize, h: [&Seq; 3]) -> Seq {
     let (nh, r, dh) = (c.n_heads, c.n_kv_heads, c.head_dim());
     let heads = |name: &str, x: &Seq| -> Vec<Seq> {
         let m = w.get(&format!("layers.{l}.attn.{name}.weight"));

@@ -168,12 +168,8 @@ pub fn shape_with_sets(base: &models::Config, sets: &[(String, String)]) -> Resu
     let sets = &sets[..];
     let mut c = apply_sets(base, sets, "model")?;
     for (k, v) in own {
-        let min = declared(&k).map_or(0, |s| s.min);
-        let value = v
-            .parse()
-            .ok()
-            .filter(|&s: &usize| s >= min)
-            .with_context(|| format!("model key `{k}` expects an integer >= {min}, got `{v}`"))?;
+        let setting = declared(&k).expect("partitioned on being declared");
+        let value = setting.parse(&v).map_err(anyhow::Error::msg)?;
         c.settings.insert(k, value);
     }
     let given = |k: &str| sets.iter().any(|(key, _)| key == k);

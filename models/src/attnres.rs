@@ -307,6 +307,7 @@ const BLOCK_SETTINGS: [crate::VariantSetting; 1] = [crate::VariantSetting {
     key: BLOCK,
     default: 2,
     min: 1,
+    letters: "",
     about: "decoder layers per block",
 }];
 

@@ -45,7 +45,10 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use crate::ops::{self, Backend};
-use crate::variant::{Config, Connection, KvRoute, Layers, Mixing, VariantDef};
+use crate::variant::{
+    plain_gate_up, plain_q, Config, Connection, GateUpRoute, KvRoute, Layers, Mixing, QRoute,
+    VariantDef,
+};
 
 /// Checks the shape constraints that the model code relies on.
 #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87; MSRV is 1.80
@@ -253,8 +256,14 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_hooked(x, &mut plain_gate_up)
+    }
+
+    /// The MLP with the variant's hook between the gate/up projections and the SwiGLU.
+    fn forward_hooked(&self, x: &Tensor, route: GateUpRoute) -> Result<Tensor> {
         let gate = self.w_gate.forward(x)?; // (B,T,F)
         let up = self.w_up.forward(x)?; // (B,T,F)
+        let (gate, up) = route(gate, up)?; // the variant's hook (Canon-D), (B,T,F) each
         self.w_down.forward(&ops::swiglu(self.backend, &gate, &up)?) // silu(gate)·up → (B,T,D)
     }
 }
@@ -339,21 +348,20 @@ impl Attention {
 
     /// `[h_q, h_k, h_v]`: the normalised inputs of the query, key and value projections, each
     /// (B,T,D) (the same tensor but for MUDDFormer's multiway inputs); `route`: the variant's k/v
-    /// hook. Returns the attention output (B,T,D) and the values used, (B,R,T_total,d_h).
+    /// hook, `q_route` its query hook. Returns the attention output (B,T,D) and the values used,
+    /// (B,R,T_total,d_h).
     fn forward(
         &self,
         [hq, hk, hv]: [&Tensor; 3],
         pass: &mut Pass,
         layer: usize,
+        q_route: QRoute,
         route: KvRoute,
     ) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = hq.dims3()?;
         let (nh, r, dh) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(hq)?
-            .reshape((b, t, nh, dh))?
-            .transpose(1, 2)?; // (B,H,T,d_h)
+        let q = self.q_proj.forward(hq)?.reshape((b, t, nh, dh))?; // (B,T,H,d_h)
+        let q = q_route(q)?.transpose(1, 2)?; // the variant's hook, pre-RoPE → (B,H,T,d_h)
         let k = self.k_proj.forward(hk)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
         let v = self.v_proj.forward(hv)?.reshape((b, t, r, dh))?; // (B,T,R,d_h)
         let (k, v) = route(k, v)?; // (B,R,T,d_h) each: the variant's hook, pre-RoPE
@@ -436,7 +444,19 @@ impl Layers for Net<'_, '_> {
     }
 
     fn attn_qkv(&mut self, l: usize, h: [&Tensor; 3], route: KvRoute) -> Result<Tensor> {
-        let (y, v) = self.blocks.0[l].attn.forward(h, &mut self.pass, l, route)?;
+        self.attn_hooked(l, h, &mut plain_q, route)
+    }
+
+    fn attn_hooked(
+        &mut self,
+        l: usize,
+        h: [&Tensor; 3],
+        q_route: QRoute,
+        route: KvRoute,
+    ) -> Result<Tensor> {
+        let (y, v) = self.blocks.0[l]
+            .attn
+            .forward(h, &mut self.pass, l, q_route, route)?;
         if let Some(tr) = self.pass.trace.as_deref_mut() {
             tr.values.push(v);
         }
@@ -446,6 +466,43 @@ impl Layers for Net<'_, '_> {
     fn mlp(&self, l: usize, x: &Tensor) -> Result<Tensor> {
         let block = &self.blocks.0[l];
         block.mlp.forward(&block.mlp_norm.forward(x)?)
+    }
+
+    fn mlp_norm(&self, l: usize, x: &Tensor) -> Result<Tensor> {
+        self.blocks.0[l].mlp_norm.forward(x)
+    }
+
+    fn mlp_hooked(&self, l: usize, h: &Tensor, route: GateUpRoute) -> Result<Tensor> {
+        self.blocks.0[l].mlp.forward_hooked(h, route)
+    }
+
+    fn past(
+        &mut self,
+        l: usize,
+        site: &'static str,
+        batch: usize,
+        channels: usize,
+        k: usize,
+    ) -> Result<Tensor> {
+        let kept = self
+            .pass
+            .cache
+            .as_deref()
+            .and_then(|c| c.pasts.get(&(l, site)));
+        match kept {
+            Some(t) if t.dims() == [batch, k, channels] => Ok(t.clone()),
+            Some(t) => bail!(
+                "decoding cache: layer {l} `{site}` keeps {:?}, this pass needs ({batch}, {k}, {channels})",
+                t.dims()
+            ),
+            None => Tensor::zeros((batch, k, channels), self.pass.dtype, &self.pass.device),
+        }
+    }
+
+    fn keep_past(&mut self, l: usize, site: &'static str, tail: Tensor) {
+        if let Some(c) = self.pass.cache.as_deref_mut() {
+            c.pasts.insert((l, site), tail);
+        }
     }
 
     fn tracing(&self) -> bool {
@@ -479,6 +536,9 @@ struct Pass<'a> {
     mask: Tensor,
     cache: Option<&'a mut KvCache>,
     trace: Option<&'a mut Trace>,
+    /// The model's dtype and device (for the zeros of [`Layers::past`]).
+    dtype: DType,
+    device: Device,
 }
 
 /// Incremental-decoding cache: per layer the post-RoPE keys and values of all past positions.
@@ -493,9 +553,14 @@ struct Pass<'a> {
 /// The buffers are allocated on first use for `max(capacity, positions needed)` positions
 /// (default 256; callers that know the final length use [`KvCache::with_capacity`]) and double
 /// when full.
+///
+/// Variants that mix along the sequence before attention (Canon's causal convolutions) also keep
+/// the last inputs of each mixer here ([`Layers::past`], [`Layers::keep_past`]).
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
+    /// (layer, mixer) → its last k inputs (B,k,C).
+    pasts: std::collections::HashMap<(usize, &'static str), Tensor>,
     len: usize,
     capacity: usize,
 }
@@ -509,6 +574,7 @@ impl KvCache {
     pub fn with_capacity(cfg: &Config, capacity: usize) -> Self {
         Self {
             layers: (0..cfg.n_layers).map(|_| None).collect(),
+            pasts: std::collections::HashMap::new(),
             len: 0,
             capacity: capacity.max(1),
         }
@@ -526,6 +592,7 @@ impl KvCache {
     /// Forgets every position; the buffers are kept for the next sequence.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.pasts.clear();
     }
 }
 
@@ -734,6 +801,8 @@ impl Model {
             mask: causal_mask(start, t, self.dtype, &self.device)?, // (T,T_total)
             cache,
             trace,
+            dtype: self.dtype,
+            device: self.device.clone(),
         };
         let mut net = Net {
             blocks: &self.blocks,

@@ -26,6 +26,8 @@
 //! and read a path chosen by the caller; prefer [`state_dict`]/[`load_state_dict`].
 pub mod accounting;
 pub mod attnres;
+pub mod canon;
+pub mod dca;
 
 /// Version of the models' numerics: initialisation, every variant's forward and backward, the
 /// fused kernels. Recorded in every run spec (so a bump changes every run id and finished runs
@@ -39,6 +41,7 @@ pub mod denseformer;
 pub mod fused;
 pub mod hyper;
 pub mod init;
+pub mod laurel;
 pub mod lime;
 pub mod lime_ablations;
 pub mod lime_dynamic;
@@ -61,6 +64,6 @@ pub use init::{
 pub use ops::Backend;
 pub use registry::register;
 pub use variant::{
-    plain_kv, Config, Connection, ExtraFlops, FlopMode, KvRoute, Layers, Mixing, ParamGroup, Role,
-    Variant, VariantDef, VariantSetting,
+    plain_gate_up, plain_kv, plain_q, Config, Connection, ExtraFlops, FlopMode, GateUpRoute,
+    KvRoute, Layers, Mixing, ParamGroup, QRoute, Role, Variant, VariantDef, VariantSetting,
 };

@@ -32,6 +32,9 @@ impl Variant {
         Variant::ATTNRES_BLOCK,
         Variant::MUDDFORMER,
         Variant::MHC,
+        Variant::CANON,
+        Variant::DCA,
+        Variant::LAUREL,
     ];
 }
 

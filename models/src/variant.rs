@@ -179,7 +179,68 @@ pub struct VariantSetting {
     pub default: usize,
     /// Smallest accepted value.
     pub min: usize,
+    /// Non-empty for a set of named options: the value may be given as letters from this string
+    /// (`--model-set canon_positions=AC`), stored as the bit mask Σ 2^i over the letters' indices
+    /// i (A = 1, B = 2, C = 4, D = 8 for "ABCD"); [`VariantSetting::parse`].
+    pub letters: &'static str,
     pub about: &'static str,
+}
+
+impl VariantSetting {
+    /// The value of `--model-set key=text`: an integer ≥ `min` (below 2^letters.len() for a letter
+    /// set), or for a letter set the letters themselves, each once.
+    pub fn parse(&self, text: &str) -> std::result::Result<usize, String> {
+        let n = self.letters.chars().count();
+        let bound = (n > 0).then(|| (1usize << n) - 1);
+        let expect = || {
+            match bound {
+            Some(max) => format!(
+                "model key `{}` expects letters from `{}`, each at most once (or their bit mask, {}..={max}), got `{text}`",
+                self.key, self.letters, self.min
+            ),
+            None => format!(
+                "model key `{}` expects an integer >= {}, got `{text}`",
+                self.key, self.min
+            ),
+        }
+        };
+        if let Ok(v) = text.parse::<usize>() {
+            return match bound {
+                Some(max) if v > max => Err(expect()),
+                _ if v < self.min => Err(expect()),
+                _ => Ok(v),
+            };
+        }
+        if n == 0 || text.is_empty() {
+            return Err(expect());
+        }
+        let mut mask = 0usize;
+        for c in text.chars() {
+            let i = self.letters.find(c).ok_or_else(expect)?;
+            let bit = 1usize << self.letters[..i].chars().count();
+            if mask & bit != 0 {
+                return Err(expect());
+            }
+            mask |= bit;
+        }
+        if mask < self.min {
+            return Err(expect());
+        }
+        Ok(mask)
+    }
+
+    /// A letter set's value as its letters (`5` → `AC` for "ABCD"); the number otherwise.
+    pub fn show(&self, value: usize) -> String {
+        if self.letters.is_empty() {
+            return value.to_string();
+        }
+        self.letters
+            .chars()
+            .enumerate()
+            .filter(|(i, _)| value >> i & 1 == 1)
+            .map(|(_, c)| c)
+            .collect()
+    }
 }
 
 /// A variant's FLOPs beyond llama's for one sequence (see `accounting.rs` for the conventions).
@@ -275,6 +336,38 @@ pub trait Layers {
     fn attn_qkv(&mut self, l: usize, h: [&Tensor; 3], route: KvRoute) -> Result<Tensor>;
     /// Block l's MLP sub-layer without its residual: MLP_l(mlp_norm_l(x)), (B,T,D).
     fn mlp(&self, l: usize, x: &Tensor) -> Result<Tensor>;
+    /// Block l's attention on separate normalised inputs (as [`Layers::attn_qkv`]), with a hook
+    /// on the queries as well: `q_route` receives the queries (B,T,H,d_h) between the q
+    /// projection and RoPE and returns those attention uses, same shape (Canon-B).
+    /// `attn_qkv(l, h, route)` is `attn_hooked(l, h, &mut plain_q, route)`.
+    fn attn_hooked(
+        &mut self,
+        l: usize,
+        h: [&Tensor; 3],
+        q_route: QRoute,
+        route: KvRoute,
+    ) -> Result<Tensor>;
+    /// Block l's MLP norm: mlp_norm_l(x), (B,T,D).
+    fn mlp_norm(&self, l: usize, x: &Tensor) -> Result<Tensor>;
+    /// Block l's SwiGLU MLP on an already-normalised input h (B,T,D), without residual, with a
+    /// hook between the gate/up projections and `silu(gate)·up` (Canon-D): (B,T,D).
+    /// `mlp(l, x)` is `mlp_hooked(l, &mlp_norm(l, x), &mut plain_gate_up)`.
+    fn mlp_hooked(&self, l: usize, h: &Tensor, route: GateUpRoute) -> Result<Tensor>;
+    /// The inputs of one of block l's causal sequence mixers (`site` names it; Canon's short
+    /// convolutions) at the `k` positions before this pass, (B,k,C): the decoding cache's, or
+    /// zeros at the start of a sequence (a full forward pass, or an empty cache). The mixer
+    /// hands back its input's last k positions with [`Layers::keep_past`].
+    fn past(
+        &mut self,
+        l: usize,
+        site: &'static str,
+        batch: usize,
+        channels: usize,
+        k: usize,
+    ) -> Result<Tensor>;
+    /// Keeps `tail` (B,k,C), the last k inputs of block l's mixer `site` up to the end of this
+    /// pass, for the next decoding step (a no-op without a cache).
+    fn keep_past(&mut self, l: usize, site: &'static str, tail: Tensor);
     /// The whole pre-norm block l: `x += Attn(attn_norm(x)); x += MLP(mlp_norm(x))`.
     fn block(&mut self, l: usize, x: &Tensor, route: KvRoute) -> Result<Tensor> {
         let x = (x + self.attn(l, x, route)?)?; // (B,T,D)
@@ -297,6 +390,24 @@ pub type KvRoute<'a> = &'a mut dyn FnMut(Tensor, Tensor) -> Result<(Tensor, Tens
 /// llama's keys and values: unchanged, (B,T,R,d_h) → (B,R,T,d_h).
 pub fn plain_kv(k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
     Ok((k.transpose(1, 2)?, v.transpose(1, 2)?))
+}
+
+/// A variant's hook on the queries between the q projection and RoPE: (B,T,H,d_h) in and out.
+/// [`plain_q`] is llama's.
+pub type QRoute<'a> = &'a mut dyn FnMut(Tensor) -> Result<Tensor>;
+
+/// llama's queries: unchanged.
+pub fn plain_q(q: Tensor) -> Result<Tensor> {
+    Ok(q)
+}
+
+/// A variant's hook inside the SwiGLU MLP: receives the gate and up projections (each (B,T,F))
+/// and returns those `silu(gate)·up` reads. [`plain_gate_up`] is llama's.
+pub type GateUpRoute<'a> = &'a mut dyn FnMut(Tensor, Tensor) -> Result<(Tensor, Tensor)>;
+
+/// llama's gate and up projections: unchanged.
+pub fn plain_gate_up(gate: Tensor, up: Tensor) -> Result<(Tensor, Tensor)> {
+    Ok((gate, up))
 }
 
 /// One consumer's depth-mixing weights in a trace ([`crate::decoder::Trace`]).
