@@ -400,6 +400,30 @@ fn main_job_rejects_bad_input_with_one_line() {
         &run(&["--task", "mqar", "--model-set", "widht=3", "--out", out]),
         "unknown model key `widht`",
     );
+    assert_one_line_error(
+        &run(&[
+            "--task",
+            "mqar",
+            "--model-set",
+            "canon_positions=AE",
+            "--out",
+            out,
+        ]),
+        "canon_positions",
+    );
+    assert_one_line_error(
+        &run(&[
+            "--task",
+            "mqar",
+            "--models",
+            "laurel",
+            "--model-set",
+            "laurel_rank=65",
+            "--out",
+            out,
+        ]),
+        "laurel_rank must be between 1 and d_model (64)",
+    );
     assert_one_line_error(&run(&["--task", "mqar", "--lr", "7", "--out", out]), "--lr");
     assert_one_line_error(
         &run(&["--task", "mqar", "--device", "tpu", "--out", out]),
@@ -657,6 +681,37 @@ fn attnres_block_changes_only_attnres_block_ids() {
     let block1 = ids(vec!["attnres_block=1".into()]);
     assert_eq!(plain[..2], block1[..2]);
     assert_ne!(plain[2], block1[2]);
+}
+
+/// Canon's and LAuReL's settings change their own runs only, and `canon_positions` given as
+/// letters or as its mask is the same run.
+#[test]
+fn canon_and_laurel_settings_change_only_their_ids() {
+    let ids = |sets: &[&str]| -> Vec<String> {
+        harness::spec::resolve(&harness::overrides::Overrides {
+            task: vec!["mqar".into()],
+            models: ["llama", "canon", "laurel", "dca"]
+                .map(String::from)
+                .to_vec(),
+            seeds: Some(1),
+            model_sets: sets.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|s| s.id())
+        .collect()
+    };
+    let plain = ids(&[]);
+    assert_eq!(plain, ids(&["canon_positions=ABCD", "laurel_rank=4"]));
+    let ac = ids(&["canon_positions=AC"]);
+    assert_eq!(ac, ids(&["canon_positions=5"]));
+    assert_ne!(plain[1], ac[1]);
+    assert_eq!([&plain[0], &plain[2], &plain[3]], [&ac[0], &ac[2], &ac[3]]);
+    let r8 = ids(&["laurel_rank=8", "canon_kernel=2"]);
+    assert_ne!(plain[1], r8[1]);
+    assert_ne!(plain[2], r8[2]);
+    assert_eq!([&plain[0], &plain[3]], [&r8[0], &r8[3]]);
 }
 
 /// A plan sets what the flags set: `match`, `steps`, `epochs`, `precision` give the same specs

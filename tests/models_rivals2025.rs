@@ -792,7 +792,8 @@ fn canon_dca_laurel_optimizer_groups() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 7. DCA's mixing weights in a trace (read by `harness analyze`); LAuReL's α, β
+// 7. The mixing weights a trace records (read by `harness analyze`): DCA's per token, LAuReL's
+//    α and β, Canon's taps
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -825,13 +826,48 @@ fn dca_traces_its_per_token_mixing_weights() -> Result<()> {
         w.chunks(2).any(|x| x != &w[..2]),
         "the same weights at every token"
     );
-    // LAuReL reports its (α, β) per block as mixing weights.
+    // LAuReL records (α, β) as each block output's weights on its two terms.
     let c = cfg(Variant::LAUREL, 2, 4, 4, false);
     let (vm, model) = init_varmap(&c, 0, DType::F64, &Device::Cpu)?;
     var(&vm, "layers.1.laurel.beta")?.set(&Tensor::new(&[0.25f64], &Device::Cpu)?)?;
-    let mw = model.mixing_weights()?;
-    ensure!(mw.len() == 2);
-    ensure!(mw[1].to_vec2::<f64>()? == [[1.0, 0.25]]);
+    let (_, trace) = model.forward_trace(&ids)?;
+    let got: Vec<(String, Vec<String>, Vec<f64>)> = trace
+        .mixing
+        .iter()
+        .map(|m| {
+            let w = m.weights.flatten_all().unwrap().to_vec1().unwrap();
+            (m.consumer.clone(), m.sources.clone(), w)
+        })
+        .collect();
+    let terms = vec!["f".to_string(), "x+UDx".to_string()];
+    ensure!(
+        got == [
+            ("B0".to_string(), terms.clone(), vec![1.0, 1.0]),
+            ("B1".to_string(), terms, vec![1.0, 0.25])
+        ],
+        "{got:?}"
+    );
+    // Canon records each convolution's mean |W| per tap, named by the token it reads.
+    let c = cfg(Variant::CANON, 2, 4, 2, false).with_setting("canon_kernel", 3);
+    let (vm, model) = init_varmap(&c, 0, DType::F64, &Device::Cpu)?;
+    let (_, trace) = model.forward_trace(&ids)?;
+    let readers: Vec<&str> = trace.mixing.iter().map(|m| m.consumer.as_str()).collect();
+    ensure!(
+        readers[..7] == ["A0", "B0.q", "B0.k", "B0.v", "M0", "D0.gate", "D0.up"]
+            && readers.len() == 14,
+        "{readers:?}"
+    );
+    ensure!(trace.mixing[0].sources == ["t-2", "t-1", "t"]);
+    let w: Vec<Vec<f64>> = var(&vm, "layers.1.canon_c.weight")?.as_tensor().to_vec2()?;
+    let want: Vec<f64> = (0..3)
+        .map(|j| w.iter().map(|row| row[j].abs()).sum::<f64>() / w.len() as f64)
+        .collect();
+    let got: Vec<f64> = trace.mixing[11].weights.flatten_all()?.to_vec1()?; // M1
+    ensure!(
+        trace.mixing[11].consumer == "M1"
+            && got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12),
+        "{got:?} vs {want:?}"
+    );
     Ok(())
 }
 

@@ -15,9 +15,10 @@
 //! * the **router heatmap** (LIMe's mean |W| per layer × source; lime-dynamic: its static part)
 //!   and, for the other depth connections, a **mixing heatmap**: per reader (a sub-layer's input,
 //!   a MUDDFormer stream, the final norm's input) the share of each source in its weights —
-//!   DenseFormer's static α, or the mean |weight| over the analysed tokens of the weights
-//!   computed per token (`Trace::mixing`: AttnRes's softmax over sources, MUDDFormer's dense
-//!   aggregation weights, HC's A_m and mHC's pre over the residual streams).
+//!   DenseFormer's static α, or the mean |weight| over the analysed tokens of the weights a trace
+//!   records (`Trace::mixing`: AttnRes's softmax over sources, MUDDFormer's dense aggregation
+//!   weights, DCA's per-source GRN weights, HC's A_m and mHC's pre over the residual streams,
+//!   LAuReL's α and β, and Canon's mean |W| per kernel tap).
 //!
 //! Output: `analysis.json` ([`Analysis`]) and SVG figures in `--out` (default `RUN_DIR/analysis`).
 //! Over a results folder (`DIR/runs/…`), every run with weights is analysed into

@@ -368,7 +368,8 @@ pub fn claims() -> Vec<Claim> {
             name: "rivals",
             title: "Every depth connection against llama on one MQAR cell",
             reported: "each rival's paper reports gains over its baseline (DenseFormer, \
-                       Hyper-Connections, ResFormer, Attention Residuals, MUDDFormer, mHC); the \
+                       Hyper-Connections, ResFormer, Attention Residuals, MUDDFormer, mHC, Canon \
+                       layers, DeepCrossAttention, LAuReL); the \
                        router ablations are the LIMe paper's own and are compared with LIMe \
                        itself, with no direction assumed (*differs* or *equivalent*)",
             families: &[

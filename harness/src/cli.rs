@@ -289,5 +289,30 @@ pub fn models_table() -> String {
         .collect();
     let mut t = Table::new(rows);
     t.with(Style::markdown());
-    format!("{t}\n(vocab 256 and 2 heads for the small shape; use with --models a,b,...)\n")
+    let mut out =
+        format!("{t}\n(vocab 256 and 2 heads for the small shape; use with --models a,b,...)\n");
+    // The variants' own settings (`--model-set key=value`), with their defaults.
+    let settings: Vec<String> = models::Variant::all()
+        .into_iter()
+        .flat_map(|v| v.def().settings().iter().map(move |s| (v, s)))
+        .map(|(v, s)| {
+            let values = match s.letters {
+                "" => format!("an integer >= {}", s.min),
+                letters => format!("letters from {letters}"),
+            };
+            format!(
+                "  {} ({}): {}; {values}, default {}",
+                s.key,
+                v.name(),
+                s.about,
+                s.show(s.default)
+            )
+        })
+        .collect();
+    if !settings.is_empty() {
+        out += "\nVariant settings (--model-set key=value; a model reads only its own):\n";
+        out += &settings.join("\n");
+        out += "\n";
+    }
+    out
 }

@@ -149,6 +149,7 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
             "\n## {} (`{}`)\n\nReported: {}.\n\n",
             c.title, c.name, c.reported
         );
+        md += &implemented_line(c);
         md += &setting_line(c);
         md += &rules_line(c);
         let Some(cpu) = arms(c, Scale::Cpu)? else {
@@ -215,6 +216,30 @@ pub fn report(claims: &[Claim], results: &Path) -> Result<Report> {
     }
     out += &md;
     Ok(Report { md: out, forest })
+}
+
+/// For a claim whose challengers are drawn by role (the rivals): which variant of each model is
+/// implemented, from the models' own summaries (each file's header has the rest).
+fn implemented_line(c: &Claim) -> String {
+    let by_role = c
+        .families
+        .iter()
+        .any(|f| matches!(f.challengers, crate::claims::Challengers::Role(_)));
+    if !by_role {
+        return String::new();
+    }
+    let items: Vec<String> = c
+        .models()
+        .into_iter()
+        .filter_map(models::Variant::from_name)
+        .map(|v| format!("`{}` — {}", v.name(), v.def().summary()))
+        .collect();
+    format!(
+        "Models as implemented (`harness models`; each model's file under `models/src/` states its          equations, init, deviations and neutral setting): {}.
+
+",
+        items.join("; ")
+    )
 }
 
 /// The declared rules of a claim, one paragraph.

@@ -327,6 +327,7 @@ fn resolve_cell(
         for model_name in &model_names {
             let variant = parse_variant(model_name)?;
             let cfg = base_shape.clone().with_variant(variant);
+            validate_model(&cfg)?; // the variant's own settings against the shape
             let fps = flops_per_step(&cfg, seq_len, batch_size);
             let steps = match match_mode {
                 MatchMode::Flops => {

@@ -29,6 +29,9 @@
 //! | `attnres`, `attnres-block`: pseudo-query and key gain (D each) for every sub-layer but the first, and the output op | 4·L·D |
 //! | `muddformer`: after block i, W1 (H_i, D), W2 (C_i(i+2), H_i), a (C_i, i+2); k/v input norms for l ≥ 1 (`muddformer.rs`) | Σ_i [H_i·D + C_i(i+2)(H_i + 1)] + 2(L−1)·D |
 //! | `mhc`: per site fn ((2+n)n, nD), base, scale (3); head fn (n, nD), base, scale (1) | 2L·((2+n)n(nD+1) + 3) + n(nD+1) + 1 |
+//! | `canon`: a (C, k) kernel per position on, per block: A, C D channels; B (H + 2R)·d_h; D 2F (`canon.rs`) | L·k·Σ_on C |
+//! | `dca`: block l's GRN b (3, l+1, D) and w (3, D), k/v input norms; the output GRN b (1, L+1, D), w (1, D) (`dca.rs`) | 3D·L(L+1)/2 + 5LD + (L+2)D |
+//! | `laurel`: α, β, D (r, D), U (D, r) per block (`laurel.rs`) | L·(2rD + 2) |
 //!
 //! At the paper's 1B config `hyper` adds 16·(2·12,314 − 4,096) = 328,512 (Table 8), which is how
 //! we know the authors' HC blocks have gain-free norms.
@@ -57,7 +60,9 @@
 //!   - `attnres*`, per token and op with n ≥ 2 sources: logits n·D and weighted sum n·D
 //!     (source counts: `attnres::source_counts`); `muddformer`, per token and block: W1, W2 and
 //!     the C aggregates; `mhc`, per token and site: the coefficient projection, read-in and
-//!     write-out, plus the head. Each file documents its terms, fvcore ones included (those are
+//!     write-out, plus the head; `canon`, per token: k MACs per channel of every convolution;
+//!     `dca`, per token and GRN over n sources and c streams: 3·c·n·D (logits, static and dynamic
+//!     mix); `laurel`, per token and block: 2·r·D (D then U). All in `depth`. Each file documents its terms, fvcore ones included (those are
 //!     our extension of the Table 8 inventory, not checked against a trace).
 //! * [`FlopMode::Full`] — as `Causal`, but attention over all T² pairs (what a dense, masked
 //!   attention kernel actually multiplies).
@@ -153,7 +158,8 @@ pub struct FlopBreakdown {
     pub attention: u64,
     /// LIMe router mixing of the K/V buffer (and `lime-dynamic`'s U_l projection).
     pub router: u64,
-    /// Residual-stream connections: DenseFormer's DWA, Hyper-Connections' projections and mixes.
+    /// The variants' other connections: DenseFormer's DWA, Hyper-Connections' projections and
+    /// mixes, DCA's GRNs, Canon's convolutions, LAuReL's low-rank map.
     pub depth: u64,
     /// SwiGLU gate, up, down.
     pub mlp: u64,

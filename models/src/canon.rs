@@ -221,10 +221,54 @@ fn heads(
     y.reshape((b, t, g, d))
 }
 
+impl CanonBlock {
+    /// Each convolution of block l with the name of what it reads (`A{l}` the attention input,
+    /// `B{l}.q` its queries, `M{l}` the MLP input, `D{l}.gate` its gate projection, …).
+    fn convs(&self, l: usize) -> Vec<(String, &CausalConv)> {
+        let mut out = Vec::new();
+        out.extend(self.a.iter().map(|c| (format!("A{l}"), c)));
+        if let Some([q, k, v]) = &self.b {
+            out.extend([
+                (format!("B{l}.q"), q),
+                (format!("B{l}.k"), k),
+                (format!("B{l}.v"), v),
+            ]);
+        }
+        out.extend(self.c.iter().map(|c| (format!("M{l}"), c)));
+        if let Some([g, u]) = &self.d {
+            out.extend([(format!("D{l}.gate"), g), (format!("D{l}.up"), u)]);
+        }
+        out
+    }
+}
+
+/// While tracing: each convolution's mean |W| per tap over its channels, (1,1,k), with the taps
+/// named by the token they read (`t-3` … `t`) — how far back each site looks (`harness analyze`'s
+/// mixing heatmap).
+fn record_taps(net: &mut dyn Layers, l: usize, cb: &CanonBlock) -> Result<()> {
+    for (reader, conv) in cb.convs(l) {
+        let k = conv.k();
+        let taps = conv.w.abs()?.mean(0)?.reshape((1, 1, k))?;
+        net.record_mixing(&taps, &|| {
+            let names = (0..k)
+                .map(|j| match k - 1 - j {
+                    0 => "t".to_string(),
+                    back => format!("t-{back}"),
+                })
+                .collect();
+            (reader.clone(), names)
+        });
+    }
+    Ok(())
+}
+
 impl Connection for CanonNet {
     fn run(&self, net: &mut dyn Layers, mut x: Tensor) -> Result<Tensor> {
         let batch = x.dim(0)?;
         for (l, cb) in self.blocks.iter().enumerate() {
+            if net.tracing() {
+                record_taps(net, l, cb)?;
+            }
             // Attention: A on its input, B on q, k, v.
             let mut h = net.attn_norm(l, &x)?; // (B,T,D)
             if let Some(a) = &cb.a {
@@ -364,13 +408,17 @@ impl VariantDef for Canon {
     fn settings(&self) -> &'static [VariantSetting] {
         &SETTINGS
     }
-    fn build(&self, cfg: &Config, vb: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
+    fn validate(&self, cfg: &Config) -> Result<()> {
         if cfg.setting(POSITIONS) == 0 || cfg.setting(POSITIONS) > 0b1111 {
             candle_core::bail!("canon_positions must name some of A, B, C, D");
         }
         if cfg.setting(KERNEL) == 0 {
             candle_core::bail!("canon_kernel must be at least 1");
         }
+        Ok(())
+    }
+    fn build(&self, cfg: &Config, vb: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
+        self.validate(cfg)?;
         let blocks = (0..cfg.n_layers)
             .map(|l| build_block(cfg, vb, l))
             .collect::<Result<_>>()?;

@@ -12,9 +12,11 @@
 //! A variant ([`crate::variant`]) changes only what happens between the embedding and the final
 //! norm: its [`Connection::run`] drives the blocks through [`Layers`] — a whole block
 //! ([`Layers::block`]) or its two sub-layers ([`Layers::attn`], [`Layers::mlp`]; or
-//! [`Layers::attn_qkv`] with separate query, key and value inputs, for MUDDFormer) — and may
-//! route each attention layer's keys and values before RoPE through a [`KvRoute`] (LIMe,
-//! ResFormer). [`Blocks`] with the state of one forward pass (RoPE tables, mask, cache, trace)
+//! [`Layers::attn_qkv`] with separate query, key and value inputs, for MUDDFormer and DCA) — and
+//! may route each attention layer's keys and values before RoPE through a [`KvRoute`] (LIMe,
+//! ResFormer), its queries through a [`crate::variant::QRoute`] and the MLP's gate and up
+//! projections through a [`crate::variant::GateUpRoute`] (Canon), keeping what an op that mixes
+//! along the sequence needs between decoding steps with [`Layers::past`]. [`Blocks`] with the state of one forward pass (RoPE tables, mask, cache, trace)
 //! is that [`Layers`].
 //!
 //! Checkpoint tree (the names of the `VarBuilder` paths, used verbatim in safetensors files); each
@@ -73,7 +75,7 @@ pub fn validate_config(cfg: &Config) -> Result<()> {
     if cfg.head_dim() % 2 != 0 {
         bail!("config: head_dim {} must be even for RoPE", cfg.head_dim());
     }
-    Ok(())
+    cfg.variant.def().validate(cfg)
 }
 
 fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Proj> {

@@ -43,7 +43,7 @@ impl VariantDef for DenseFormer {
         "denseformer"
     }
     fn summary(&self) -> &'static str {
-        "DenseFormer (Pagliardini et al. 2024): depth-weighted average after every block"
+        "DenseFormer (Pagliardini et al. 2024), 1x1 (no dilation, no period): depth-weighted average of all earlier block outputs after every block"
     }
     fn build(&self, cfg: &Config, vb: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
         let dwa = (0..cfg.n_layers)

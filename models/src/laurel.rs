@@ -39,7 +39,7 @@
 //! which or with what init; a softmax or sigmoid pair starts at α = β = ½ and halves the stream at
 //! every block. lime-bench keeps α and β as raw scalars initialised to 1, so the model at init is
 //! llama exactly, and leaves their growth to weight-decay-free training (they are reported by
-//! `harness analyze` through [`crate::Model::mixing_weights`]).
+//! `harness analyze` as the mixing weights of each block's output, `f` and `x+UDx`).
 //!
 //! **Neutral setting (exact reduction):** α = β = 1 and U = 0 (its init; tested at random shared
 //! weights). Per token, so the KV cache needs nothing extra. Not packable (its weights have no run
@@ -99,17 +99,16 @@ impl Connection for LaurelNet {
             let f = (a + m)?; // f_l(x): llama's block minus its input
             let g = (&x + lb.up.forward(&lb.down.forward(&x)?)?)?; // x + U D x
             x = (f.broadcast_mul(&lb.alpha)? + g.broadcast_mul(&lb.beta)?)?; // (B,T,D)
+            if net.tracing() {
+                // (α_l, β_l) as the block output's weights on its two terms, (1,1,2).
+                let w = Tensor::cat(&[&lb.alpha, &lb.beta], 0)?.reshape((1, 1, 2))?;
+                net.record_mixing(&w, &|| {
+                    (format!("B{l}"), vec!["f".to_string(), "x+UDx".to_string()])
+                });
+            }
             net.record(&x);
         }
         Ok(x)
-    }
-
-    /// Per block the pair (α_l, β_l), each (1, 2).
-    fn mixing_weights(&self) -> Result<Vec<Tensor>> {
-        self.blocks
-            .iter()
-            .map(|b| Tensor::cat(&[&b.alpha, &b.beta], 0)?.unsqueeze(0))
-            .collect()
     }
 }
 
@@ -127,11 +126,16 @@ impl VariantDef for Laurel {
     fn settings(&self) -> &'static [VariantSetting] {
         &SETTINGS
     }
-    fn build(&self, cfg: &Config, vb: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
+    fn validate(&self, cfg: &Config) -> Result<()> {
         let (r, d) = (cfg.setting(RANK), cfg.d_model);
         if r == 0 || r > d {
             candle_core::bail!("laurel_rank must be between 1 and d_model ({d}), got {r}");
         }
+        Ok(())
+    }
+    fn build(&self, cfg: &Config, vb: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
+        self.validate(cfg)?;
+        let (r, d) = (cfg.setting(RANK), cfg.d_model);
         let blocks = (0..cfg.n_layers)
             .map(|l| {
                 let vb = vb.pp("layers").pp(l).pp("laurel");

@@ -1,7 +1,8 @@
 //! models — candle implementations of the LLaMA-style baseline ([`llama`]), LIMe ([`lime`]; our
 //! [`lime_dynamic`] extension and the [`lime_ablations`]) and the rivals: DenseFormer
 //! ([`denseformer`]), Hyper-Connections ([`hyper`]), ResFormer ([`resformer`]), Attention
-//! Residuals ([`attnres`]), MUDDFormer ([`muddformer`]) and mHC ([`mhc`]), with
+//! Residuals ([`attnres`]), MUDDFormer ([`muddformer`]), mHC ([`mhc`]), Canon layers
+//! ([`canon`]), DeepCrossAttention ([`dca`]) and LAuReL ([`laurel`]), with
 //! deterministic name-keyed initialisation ([`init`]) and analytic counts ([`accounting`]).
 //!
 //! Design: one shared decoder skeleton ([`decoder`]) and, per variant, one file holding everything

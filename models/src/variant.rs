@@ -17,7 +17,8 @@
 //!
 //! Every built-in variant lives in its own file (`llama.rs`, `lime.rs`, `lime_dynamic.rs`,
 //! `lime_ablations.rs`, `denseformer.rs`, `hyper.rs`, `resformer.rs`, `attnres.rs`,
-//! `muddformer.rs`, `mhc.rs`), which declares its `Variant::NAME` constant; [`Variant::ALL`] (in
+//! `muddformer.rs`, `mhc.rs`, `canon.rs`, `dca.rs`, `laurel.rs`), which declares its
+//! `Variant::NAME` constant; [`Variant::ALL`] (in
 //! `registry.rs`) is the list of them. A variant defined outside this crate (a researcher's
 //! experiment, a test) is made known with [`crate::register`], after which it is found by name
 //! like the built-ins. Nothing else in the crate matches on variants.
@@ -248,7 +249,9 @@ impl VariantSetting {
 pub struct ExtraFlops {
     /// Mixing of the attention inputs across depth (LIMe's router).
     pub router: u64,
-    /// Residual-stream connections (DenseFormer's DWA, Hyper-Connections).
+    /// The variant's other added connections: across depth (DenseFormer's DWA,
+    /// Hyper-Connections, DCA's GRNs), along the sequence (Canon's convolutions) or around the
+    /// residual (LAuReL's low-rank map).
     pub depth: u64,
     /// Elementwise ops; counted in [`FlopMode::Fvcore`] only, and may be negative (HC's blocks
     /// have no residual adds).
@@ -275,6 +278,11 @@ pub trait VariantDef: std::any::Any + Send + Sync {
     /// Its own settings (none by default).
     fn settings(&self) -> &'static [VariantSetting] {
         &[]
+    }
+    /// Checks what its settings need of the shape (a rank at most `d_model`, …), so a bad
+    /// combination fails when a run is specified, before anything is written or trained.
+    fn validate(&self, _cfg: &Config) -> Result<()> {
+        Ok(())
     }
     /// Its place in the suite's comparisons ([`Role::Rival`] unless it says otherwise).
     fn role(&self) -> Role {
