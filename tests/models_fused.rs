@@ -431,3 +431,34 @@ fn split_k_matmul_matches_an_f64_reference() {
         }
     }
 }
+
+/// Canon's causal depthwise convolution: the fused kernel against the composed reference
+/// (`ops::causal_conv` on the reference backend), with a non-zero past (a decoding cache), T
+/// shorter than the kernel, one new token, and a shape spanning the parallel chunks. The forward
+/// sums in the composed order, so it is bit-identical.
+#[test]
+fn fused_causal_conv_matches_composed() {
+    use models::{ops::causal_conv, Backend};
+    for (i, (b, t, c, k)) in [
+        (2, 7, 5, 4),
+        (3, 50, 130, 4),
+        (2, 2, 9, 4),
+        (1, 1, 8, 3),
+        (2, 6, 4, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 40 + 3 * i as u64;
+        let past = randn(&[b, k - 1, c], seed);
+        let (x, w) = (randn(&[b, t, c], seed + 1), randn(&[c, k], seed + 2));
+        let fused =
+            |ts: &[Tensor]| causal_conv(Backend::Fused, Some(&past), &ts[0], &ts[1]).unwrap();
+        let reference =
+            |ts: &[Tensor]| causal_conv(Backend::Reference, Some(&past), &ts[0], &ts[1]).unwrap();
+        let name = format!("causal_conv {b}x{t}x{c} k{k}");
+        assert_same(&name, &fused, &reference, &[x.clone(), w.clone()], 1e-5);
+        let d = max_diff(&fused(&[x.clone(), w.clone()]), &reference(&[x, w]));
+        assert_eq!(d, 0.0, "{name}: the forward should be bit-identical");
+    }
+}

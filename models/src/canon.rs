@@ -61,7 +61,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::accounting::{per_mac, FlopMode};
-use crate::ops::Backend;
+use crate::ops::{self, Backend};
 use crate::variant::{
     plain_gate_up, plain_kv, Config, Connection, ExtraFlops, Layers, ParamGroup, Variant,
     VariantDef, VariantSetting,
@@ -140,6 +140,7 @@ struct CausalConv {
     w: Tensor,
     /// Its name in the decoding cache.
     site: &'static str,
+    backend: Backend,
 }
 
 impl CausalConv {
@@ -163,20 +164,12 @@ impl CausalConv {
 
     /// h (B,T,C) → (h + conv_k(h) (B,T,C), the last k − 1 inputs (B,k−1,C) to keep).
     fn forward(&self, past: Option<&Tensor>, h: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        let (_, t, _) = h.dims3()?;
-        let k = self.k();
-        let ctx = match past {
-            Some(p) => Tensor::cat(&[p, h], 1)?, // (B, k−1+T, C)
-            None => h.clone(),
-        };
-        let mut y = h.clone(); // the residual
-        for j in 0..k {
-            let tap = self.w.narrow(1, j, 1)?.squeeze(1)?; // (C,)
-            y = (y + ctx.narrow(1, j, t)?.broadcast_mul(&tap)?)?; // x[t − (k−1) + j] · W[:, j]
-        }
-        let tail = match k {
-            1 => None,
-            _ => Some(ctx.narrow(1, t, k - 1)?), // (B, k−1, C): the last k − 1 inputs
+        let y = ops::causal_conv(self.backend, past, h, &self.w)?;
+        let t = h.dim(1)?;
+        let tail = match past {
+            None => None,                                                              // k = 1
+            Some(p) if t >= p.dim(1)? => Some(h.narrow(1, t - p.dim(1)?, p.dim(1)?)?), // (B,k−1,C)
+            Some(p) => Some(Tensor::cat(&[&p.narrow(1, t, p.dim(1)? - t)?, h], 1)?),
         };
         Ok((y, tail))
     }
@@ -332,7 +325,7 @@ impl Connection for CanonNet {
 }
 
 /// The block convolutions `cfg` asks for, their kernels taken from `vb` (the model's root).
-fn build_block(cfg: &Config, vb: &VarBuilder, l: usize) -> Result<CanonBlock> {
+fn build_block(cfg: &Config, vb: &VarBuilder, l: usize, backend: Backend) -> Result<CanonBlock> {
     let k = cfg.setting(KERNEL);
     let kernel = |site: Site| -> Result<Option<Tensor>> {
         match site.on(cfg) {
@@ -349,6 +342,7 @@ fn build_block(cfg: &Config, vb: &VarBuilder, l: usize) -> Result<CanonBlock> {
         Ok(CausalConv {
             w: w.narrow(0, from, n)?,
             site,
+            backend,
         })
     };
     let (q, kv, f) = (
@@ -417,10 +411,15 @@ impl VariantDef for Canon {
         }
         Ok(())
     }
-    fn build(&self, cfg: &Config, vb: &VarBuilder, _: Backend) -> Result<Arc<dyn Connection>> {
+    fn build(
+        &self,
+        cfg: &Config,
+        vb: &VarBuilder,
+        backend: Backend,
+    ) -> Result<Arc<dyn Connection>> {
         self.validate(cfg)?;
         let blocks = (0..cfg.n_layers)
-            .map(|l| build_block(cfg, vb, l))
+            .map(|l| build_block(cfg, vb, l, backend))
             .collect::<Result<_>>()?;
         Ok(Arc::new(CanonNet { blocks }))
     }

@@ -130,3 +130,23 @@ pub fn cross_entropy(b: Backend, logits: &Tensor, targets: &Tensor) -> Result<Te
     }
     candle_nn::loss::cross_entropy(logits, targets)
 }
+
+/// Canon's residual causal depthwise convolution along the sequence: x (B,T,C) plus, per channel,
+/// Σ_{j<k} w[c,j] · ctx[t+j] over ctx = [past | x] (past: the k − 1 inputs before x, (B,k−1,C);
+/// `None` for k = 1), w (C,k). Returns (B,T,C).
+pub fn causal_conv(b: Backend, past: Option<&Tensor>, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if let (true, Some(p)) = (b.is_fused(), past) {
+        return crate::fused::causal_conv(p, x, w);
+    }
+    let (k, t) = (w.dim(1)?, x.dim(1)?);
+    let ctx = match past {
+        Some(p) => Tensor::cat(&[p, x], 1)?, // (B, k−1+T, C)
+        None => x.clone(),
+    };
+    let mut y = x.clone(); // the residual
+    for j in 0..k {
+        let tap = w.narrow(1, j, 1)?.squeeze(1)?; // (C,)
+        y = (y + ctx.narrow(1, j, t)?.broadcast_mul(&tap)?)?; // x[t − (k−1) + j] · w[:, j]
+    }
+    Ok(y)
+}

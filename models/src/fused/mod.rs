@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 mod attention;
+mod conv;
 mod loss;
 mod mix;
 mod norm;
@@ -25,6 +26,7 @@ mod swiglu;
 
 pub use attention::causal_attention;
 use attention::lanes;
+pub use conv::causal_conv;
 pub use loss::cross_entropy;
 pub use mix::depth_mix;
 use mix::sum_partials;
