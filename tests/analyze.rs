@@ -269,6 +269,51 @@ fn a_muddformer_run_gets_its_per_token_mixing_heatmap() {
     assert!(run.join("analysis/mixing-heatmap.svg").is_file());
 }
 
+/// DCA, LAuReL and Canon get a mixing heatmap through the same path: DCA's q/k/v/out GRN weights
+/// over the embedding and block outputs (at three steps from b = 1, w ≈ 0 every source still
+/// holds a near-equal share), LAuReL's α, β per block (near ½ each), Canon's taps per
+/// convolution (each row the shares of t-3 … t).
+#[test]
+fn dca_laurel_and_canon_runs_get_their_mixing_heatmaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, run) = tiny_run("dca", 2, dir.path());
+    let an = analyze_cli(&run, 4, 8);
+    assert_eq!(
+        an.mixing_rows,
+        ["B0.q", "B0.k", "B0.v", "B1.q", "B1.k", "B1.v", "out"]
+    );
+    assert_eq!(an.mixing_sources, ["emb", "B0", "B1"]);
+    for (r, row) in an.mixing_rows.iter().zip(&an.mixing_heatmap) {
+        let n = row.len() as f64;
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{r}: {row:?}");
+        assert!(
+            row.iter().all(|&x| (x - 1.0 / n).abs() < 0.1),
+            "{r}: {row:?}"
+        );
+    }
+    assert!(run.join("analysis/mixing-heatmap.svg").is_file());
+
+    let (_, run) = tiny_run("laurel", 2, dir.path());
+    let an = analyze_cli(&run, 4, 8);
+    assert_eq!(an.mixing_rows, ["B0", "B1"]);
+    assert_eq!(an.mixing_sources, ["f", "x+UDx"]);
+    for row in &an.mixing_heatmap {
+        assert!(
+            (row[0] - 0.5).abs() < 0.05 && (row[1] - 0.5).abs() < 0.05,
+            "{row:?}"
+        );
+    }
+
+    let (_, run) = tiny_run("canon", 2, dir.path());
+    let an = analyze_cli(&run, 4, 8);
+    assert_eq!(an.mixing_rows.len(), 2 * 7);
+    assert_eq!(an.mixing_rows[..3], ["A0", "B0.q", "B0.k"]);
+    assert_eq!(an.mixing_sources, ["t-3", "t-2", "t-1", "t"]);
+    for (r, row) in an.mixing_rows.iter().zip(&an.mixing_heatmap) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{r}: {row:?}");
+    }
+}
+
 /// Once a run is analysed, `harness leaderboard` adds its value entropy (mean over layers, mean
 /// over the row's analysed runs) in every format; an analysis.json of another run makes the
 /// folder unreadable, named under the table, instead of lending its numbers.
