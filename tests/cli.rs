@@ -714,6 +714,166 @@ fn canon_and_laurel_settings_change_only_their_ids() {
     assert_eq!([&plain[0], &plain[3]], [&r8[0], &r8[3]]);
 }
 
+/// `--eval-levels`: trained at parity n16, each run is also tested on n32 and n64 — their own
+/// test splits (the lines `harness gen` writes for those levels), longer than the trained
+/// length — into `result.json`, and the leaderboard gains the OOD score and a column per level.
+/// Without the flag the run ids are unchanged.
+#[test]
+fn eval_levels_test_each_run_beyond_its_training_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let mut args: Vec<String> = [
+        "--task",
+        "parity",
+        "--level",
+        "n16",
+        "--models",
+        "llama,lime",
+        "--quiet",
+        "--out",
+        out,
+        "--model-set",
+        "d_model=16",
+        "--model-set",
+        "n_layers=2",
+        "--model-set",
+        "n_heads=2",
+        "--model-set",
+        "d_ff=32",
+        "--batch-size",
+        "8",
+        "--match",
+        "steps",
+        "--steps",
+        "6",
+        "--n-val",
+        "16",
+        "--n-test",
+        "16",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(["--eval-levels".to_string(), "n32,n64".to_string()]);
+    let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let results = result_files(dir.path());
+    assert_eq!(results.len(), 2);
+    for (_, r) in &results {
+        let levels = r["eval_levels"]
+            .as_object()
+            .expect("eval_levels in result.json");
+        assert_eq!(levels.keys().collect::<Vec<_>>(), ["n32", "n64"]);
+        for (l, s) in levels {
+            let acc = s["test_acc"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&acc), "{l}: {acc}");
+            assert!(
+                s["seq_len"].as_u64().unwrap() > 16,
+                "{l}: longer than trained"
+            );
+        }
+    }
+    // The examples behind those numbers are the levels' own test splits, byte for byte.
+    let loaded = harness::leaderboard::load_results(dir.path()).unwrap();
+    let spec = &loaded.records[0].spec;
+    for (i, level) in ["n32", "n64"].iter().enumerate() {
+        let gen = dir.path().join(format!("{level}.jsonl"));
+        let o = run(&[
+            "gen",
+            "--task",
+            "parity",
+            "--level",
+            level,
+            "--split",
+            "test",
+            "--n",
+            "16",
+            "--out",
+            gen.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let task = harness::train::eval_level_task(spec, i).unwrap();
+        let ours: String = harness::train::eval_level_examples(spec, i)
+            .unwrap()
+            .iter()
+            .map(|e| harness::gen::example_line(task.as_ref(), e) + "\n")
+            .collect();
+        assert_eq!(ours, std::fs::read_to_string(&gen).unwrap(), "{level}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("leaderboard.md")).unwrap();
+    assert!(
+        md.contains("OOD test acc % (95% CI)") && md.contains("n32 "),
+        "{md}"
+    );
+    let o = run(&["leaderboard", "--results", out, "--format", "csv"]);
+    let csv = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",ood_mean,ood_ci95,eval_n32,eval_n64"),
+        "{csv}"
+    );
+    // Without --eval-levels the ids are those of runs without evaluation levels: unchanged.
+    let ids = |extra: &[&str]| -> Vec<String> {
+        let mut o = harness::overrides::Overrides {
+            task: vec!["parity".into()],
+            level: vec!["n16".into()],
+            seeds: Some(1),
+            ..Default::default()
+        };
+        o.eval_levels = extra.iter().map(|s| s.to_string()).collect();
+        harness::spec::resolve(&o)
+            .unwrap()
+            .iter()
+            .map(|s| s.id())
+            .collect()
+    };
+    let spec_json = serde_json::to_string(
+        &harness::spec::resolve(&harness::overrides::Overrides {
+            task: vec!["parity".into()],
+            seeds: Some(1),
+            ..Default::default()
+        })
+        .unwrap()[0],
+    )
+    .unwrap();
+    assert!(!spec_json.contains("eval_levels"), "{spec_json}");
+    assert_ne!(ids(&[]), ids(&["n32"]));
+}
+
+/// A level the trained model cannot read, or that is no evaluation at all, fails with one line
+/// before any run folder is written.
+#[test]
+fn bad_eval_levels_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let bad = |level: &str, eval: &str, needle: &str| {
+        let task = if level.starts_with('v') {
+            "memorize"
+        } else {
+            "parity"
+        };
+        assert_one_line_error(
+            &run(&[
+                "--task",
+                task,
+                "--level",
+                level,
+                "--eval-levels",
+                eval,
+                "--out",
+                out,
+            ]),
+            needle,
+        );
+    };
+    bad("v256", "v512", "its vocabulary has");
+    bad("n16", "n16", "that is the training level");
+    bad("n16", "n32,n32", "twice");
+    bad("n16", "n999", "--eval-levels n999");
+    assert!(!dir.path().join("runs").exists(), "nothing may be written");
+}
+
 /// A plan sets what the flags set: `match`, `steps`, `epochs`, `precision` give the same specs
 /// (so the same run ids) as `--match steps --steps 7` on the main job.
 #[test]

@@ -53,6 +53,7 @@ pub(crate) fn write_run(out: &Path, spec: &RunSpec, val: f64, test: f64, status:
         test_choice_acc: None,
         test_steps_valid: None,
         router_heatmap: vec![],
+        eval_levels: Default::default(),
     };
     let d = out.join("runs").join(spec.id());
     std::fs::create_dir_all(&d).unwrap();

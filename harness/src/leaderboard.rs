@@ -75,6 +75,22 @@ pub struct Row {
     /// How many of the row's runs that mean covers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub analysed: Option<usize>,
+    /// Out-of-distribution score (`--eval-levels`): per run the mean test accuracy over its
+    /// evaluation levels, then the mean over the row's runs; None where no run has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_mean: Option<f64>,
+    /// Half-width of its 95% Student-t interval over seeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_ci95: Option<f64>,
+    /// Mean test accuracy per evaluation level over the row's runs.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval_levels: BTreeMap<String, f64>,
+}
+
+/// A run's OOD score: the mean of its evaluation levels' test accuracies (None without any).
+pub fn ood_score(r: &RunResult) -> Option<f64> {
+    let v: Vec<f64> = r.eval_levels.values().map(|s| s.test_acc).collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// A finished run as the leaderboard reads it: the result, the spec that made it and, where
@@ -245,6 +261,21 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
             .filter(|a| !a.value_entropy.is_empty())
             .map(|a| a.value_entropy.iter().sum::<f64>() / a.value_entropy.len() as f64)
             .collect();
+        let ood: Vec<f64> = ok.iter().filter_map(|r| ood_score(r)).collect();
+        let (ood_mean, ood_ci95) = mean_ci(&ood);
+        let mut per_level: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for r in &ok {
+            for (level, score) in &r.eval_levels {
+                per_level
+                    .entry(level.clone())
+                    .or_default()
+                    .push(score.test_acc);
+            }
+        }
+        let eval_levels = per_level
+            .into_iter()
+            .map(|(l, v)| (l, v.iter().sum::<f64>() / v.len() as f64))
+            .collect();
         let r0 = best[0];
         let n = best.len() as f64;
         out.push(Row {
@@ -266,6 +297,9 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
             wall_clock_s: best.iter().map(|r| r.wall_clock_s).sum::<f64>() / n,
             value_entropy: mean_ci(&entropies).0,
             analysed: (!entropies.is_empty()).then_some(entropies.len()),
+            ood_mean,
+            ood_ci95,
+            eval_levels,
         });
     }
     // Rows of one task, level and model in order of FLOPs (then setting), not of cell hashes.
@@ -377,15 +411,25 @@ fn pct(x: Option<f64>) -> String {
 pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> {
     // The value-entropy columns only where some run has been analysed.
     let with_entropy = rows.iter().any(|r| r.value_entropy.is_some());
+    // The OOD columns only where some run was tested on evaluation levels: the score, then one
+    // column per level (csv: `eval_<level>`).
+    let levels: std::collections::BTreeSet<&String> =
+        rows.iter().flat_map(|r| r.eval_levels.keys()).collect();
+    let with_ood = !levels.is_empty();
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(rows)? + "\n",
         Format::Csv => {
             let mut s = String::from("task,level,model,cell,setting,params,flops,lr,seeds,diverged,test_mean,test_ci95,val_mean,test_macro_mean,chance,wall_clock_s");
-            s += if with_entropy {
-                ",value_entropy,analysed\n"
-            } else {
-                "\n"
-            };
+            if with_entropy {
+                s += ",value_entropy,analysed";
+            }
+            if with_ood {
+                s += ",ood_mean,ood_ci95";
+                for l in &levels {
+                    s += &format!(",eval_{l}");
+                }
+            }
+            s += "\n";
             for r in rows {
                 let o = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
                 s += &format!(
@@ -418,6 +462,12 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                         r.analysed.map(|n| n.to_string()).unwrap_or_default()
                     );
                 }
+                if with_ood {
+                    s += &format!(",{},{}", o(r.ood_mean), o(r.ood_ci95));
+                    for l in &levels {
+                        s += &format!(",{}", o(r.eval_levels.get(*l).copied()));
+                    }
+                }
                 s += "\n";
             }
             s
@@ -444,6 +494,10 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
             ]);
             if with_entropy {
                 header.push("value entropy (nats, analysed runs)");
+            }
+            if with_ood {
+                header.push("OOD test acc % (95% CI)");
+                header.push("test acc % by evaluation level");
             }
             b.push_record(header);
             for r in rows {
@@ -481,6 +535,19 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                         (Some(h), Some(n)) => format!("{h:.2} ({n} of {})", r.seeds),
                         _ => "-".into(),
                     });
+                }
+                if with_ood {
+                    record.push(match (r.ood_mean, r.ood_ci95) {
+                        (Some(m), Some(c)) => format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * c),
+                        (Some(m), None) => format!("{:.1}", 100.0 * m),
+                        _ => "-".into(),
+                    });
+                    let by_level: Vec<String> = r
+                        .eval_levels
+                        .iter()
+                        .map(|(l, a)| format!("{l} {:.1}", 100.0 * a))
+                        .collect();
+                    record.push(by_level.join(", "));
                 }
                 b.push_record(record);
             }

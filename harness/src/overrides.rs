@@ -78,6 +78,13 @@ pub struct Overrides {
     #[arg(long, value_enum, default_value_t = ValMetric::Teacher)]
     #[serde(default)]
     pub val_metric: ValMetric,
+    /// After training, also test the chosen weights on these levels of the same task
+    /// (comma-separated; each level's own test split, built with the same `--set` keys):
+    /// generalization beyond the training level. Longer sequences than trained on run with
+    /// RoPE positions past the trained length (extrapolation); a level the model cannot read
+    /// (another vocabulary or answer format) is refused before anything is written.
+    #[arg(long, value_delimiter = ',')]
+    pub eval_levels: Vec<String>,
     /// Implementation of the model's building blocks: `fused` (the f32 CPU kernels where they
     /// apply; elsewhere the reference) or `reference` (composed candle ops, for A/B runs).
     #[arg(long, default_value = "fused", value_parser = parse_backend)]

@@ -3,6 +3,7 @@
 //! `harness analyze` writes of a run (`analysis.json`), which the leaderboard reads where present.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// How a run ended (`"ok"` / `"diverged"` in `result.json`).
@@ -71,6 +72,23 @@ pub struct RunResult {
     /// normalised to 1 (the paper's Figure 5). Empty for models without a router.
     #[serde(default)]
     pub router_heatmap: Vec<Vec<f64>>,
+    /// Test results on the spec's evaluation levels (`--eval-levels`), by level; absent when
+    /// none was asked (and in results from before the flag).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval_levels: BTreeMap<String, LevelScore>,
+}
+
+/// A run's test on one evaluation level.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelScore {
+    /// The task's metric on the level's test split (the run's `n_test` first examples).
+    pub test_acc: f64,
+    /// Padded length of the level's sequences; above the run's `seq_len`, the model read
+    /// positions it never trained on (RoPE extrapolation).
+    pub seq_len: usize,
+    /// Chance accuracy at that level.
+    pub chance: f64,
 }
 
 /// Where `harness analyze` writes a run's `analysis.json` by default, in the order the

@@ -55,6 +55,63 @@ pub struct RunSpec {
         skip_serializing_if = "crate::overrides::ValMetric::is_teacher"
     )]
     pub val_metric: crate::overrides::ValMetric,
+    /// Levels the chosen weights are also tested on (`--eval-levels`), each with its exact task
+    /// config. Omitted when empty, so runs without them keep the ids they had before the flag.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval_levels: Vec<EvalLevel>,
+}
+
+/// A level a run is also tested on after training: its name and its exact task config (the
+/// level's own, with the run's `--set` keys), so its test split is that level's own test split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalLevel {
+    pub level: String,
+    pub task_config: Value,
+}
+
+/// The evaluation levels of a run trained on `task` at `level`: each built like a level of its
+/// own, and refused (one line, before anything is written) where the trained model could not
+/// read it: the training level itself, a repeat, another vocabulary, another answer format.
+/// A longer sequence is allowed: RoPE positions past the trained length are extrapolation, and
+/// each level's result records its sequence length beside the trained one.
+fn eval_levels(
+    names: &[String],
+    task_name: &str,
+    level: &str,
+    task: &dyn tasks::Task,
+    sets: &[(String, String)],
+) -> Result<Vec<EvalLevel>> {
+    let mut out: Vec<EvalLevel> = Vec::new();
+    for name in names {
+        if name == level {
+            bail!("--eval-levels {name}: that is the training level (its test split is the run's own test)");
+        }
+        if out.iter().any(|e| &e.level == name) {
+            bail!("--eval-levels names {name} twice");
+        }
+        let e = tasks::build(task_name, Some(name), sets)
+            .with_context(|| format!("--eval-levels {name}"))?;
+        if e.vocab_size() != task.vocab_size() {
+            bail!(
+                "--eval-levels {name}: its vocabulary has {} tokens, the training level's {} (a model trained on {level} cannot read it)",
+                e.vocab_size(),
+                task.vocab_size()
+            );
+        }
+        if e.metric() != task.metric() {
+            bail!(
+                "--eval-levels {name}: its answers are scored as {:?}, the training level's as {:?}",
+                e.metric(),
+                task.metric()
+            );
+        }
+        out.push(EvalLevel {
+            level: name.clone(),
+            task_config: e.config(),
+        });
+    }
+    Ok(out)
 }
 
 impl RunSpec {
@@ -264,6 +321,7 @@ fn resolve_cell(
         if seq_len == 0 {
             bail!("task {task_name} produces sequences too short to train on");
         }
+        let eval_levels = eval_levels(&a.eval_levels, task_name, &level, task.as_ref(), &all_sets)?;
         if a.val_metric == crate::overrides::ValMetric::Choice
             && task
                 .choice(&tasks::generate(task.as_ref(), tasks::Split::Val, 0))
@@ -379,6 +437,7 @@ fn resolve_cell(
                         precision: a.precision,
                         backend: a.backend,
                         val_metric: a.val_metric,
+                        eval_levels: eval_levels.clone(),
                     });
                 }
             }

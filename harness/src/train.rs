@@ -29,7 +29,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::rundir::{MetricLine, RunDir};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 use tasks::{Example, Split, Task};
@@ -720,6 +720,7 @@ fn empty_result(m: &Member, params: u64, task: &dyn Task, dev: &Device) -> RunRe
         test_choice_acc: None,
         test_steps_valid: None,
         router_heatmap: Vec::new(),
+        eval_levels: BTreeMap::new(),
     }
 }
 
@@ -750,6 +751,25 @@ fn test_into(
             acc
         }
     });
+    // The same weights on each evaluation level's own test split, scored by the same metric.
+    for (i, e) in spec.eval_levels.iter().enumerate() {
+        let level_task = eval_level_task(spec, i)?;
+        let lt = level_task.as_ref();
+        let test = eval_level_examples(spec, i)?;
+        let seq_len = lt.max_len();
+        let test_acc = match lt.metric() {
+            tasks::Metric::TeacherForced => {
+                teacher_forced(&model, lt, &test, seq_len, dev, spec.batch_size)?.token_acc
+            }
+            tasks::Metric::Generate => generation_scores(&model, lt, &test, dev)?.0,
+        };
+        let score = crate::records::LevelScore {
+            test_acc,
+            seq_len,
+            chance: lt.chance(),
+        };
+        result.eval_levels.insert(e.level.clone(), score);
+    }
     result.best_step = m.st.best_step;
     result.router_heatmap = model.router_heatmap()?;
     result.val_acc = m.st.best_val;
@@ -759,12 +779,38 @@ fn test_into(
 
 /// Rebuild the task from the exact config stored in the spec.
 pub fn task_from_spec(spec: &RunSpec) -> Result<Box<dyn Task>, tasks::TaskError> {
-    let sets: Vec<(String, String)> = spec
-        .task_config
+    task_from_config(&spec.task, &spec.level, &spec.task_config)
+}
+
+/// A task of `name` at `level` with exactly `config`.
+fn task_from_config(
+    name: &str,
+    level: &str,
+    config: &serde_json::Value,
+) -> Result<Box<dyn Task>, tasks::TaskError> {
+    let sets: Vec<(String, String)> = config
         .as_object()
         .map(|o| o.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
         .unwrap_or_default();
-    tasks::build(&spec.task, Some(&spec.level), &sets)
+    tasks::build(name, Some(level), &sets)
+}
+
+/// The task of the spec's evaluation level `i`, from its exact config.
+pub fn eval_level_task(spec: &RunSpec, i: usize) -> Result<Box<dyn Task>> {
+    let e = &spec.eval_levels[i];
+    Ok(task_from_config(&spec.task, &e.level, &e.task_config)?)
+}
+
+/// The examples a run is tested on at its evaluation level `i`: the first `n_test` of that
+/// level's own test split (what `harness gen --level L --split test` writes).
+pub fn eval_level_examples(spec: &RunSpec, i: usize) -> Result<Vec<Example>> {
+    let task = eval_level_task(spec, i)?;
+    Ok(tasks::generate_range(
+        task.as_ref(),
+        Split::Test,
+        0,
+        spec.n_test,
+    ))
 }
 
 fn progress(spec: &RunSpec, quiet: bool, pos: u64) -> indicatif::ProgressBar {
