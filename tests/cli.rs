@@ -841,6 +841,51 @@ fn eval_levels_test_each_run_beyond_its_training_level() {
     assert_ne!(ids(&[]), ids(&["n32"]));
 }
 
+/// Every task's declared generalization split is one the harness accepts: its training level
+/// and every out-of-distribution level exist, and a model trained on the first can be tested on
+/// the others (same vocabulary and answer format), with the OOD levels at least as long.
+#[test]
+fn every_declared_generalization_split_resolves() {
+    let (mut declared, mut failures) = (0, Vec::new());
+    for info in tasks::registry() {
+        let Some(g) = info.generalization else {
+            continue;
+        };
+        declared += 1;
+        let specs = harness::spec::resolve(&harness::overrides::Overrides {
+            task: vec![info.name.into()],
+            level: vec![g.train.into()],
+            models: vec!["llama".into()],
+            seeds: Some(1),
+            eval_levels: g.ood.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .map_err(|e| format!("{}: {e:#}", info.name));
+        let specs = match specs {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let spec = &specs[0];
+        assert_eq!(spec.eval_levels.len(), g.ood.len(), "{}", info.name);
+        for i in 0..g.ood.len() {
+            let t = harness::train::eval_level_task(spec, i).unwrap();
+            assert!(
+                t.max_len() >= spec.seq_len,
+                "{} {}: shorter",
+                info.name,
+                g.ood[i]
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(declared >= 13, "{declared} tasks declare a split");
+    let table = harness::cli::tasks_table();
+    assert!(table.contains("length: n16 → n32 n64 n128"), "{table}");
+}
+
 /// A level the trained model cannot read, or that is no evaluation at all, fails with one line
 /// before any run folder is written.
 #[test]

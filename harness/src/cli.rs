@@ -212,6 +212,8 @@ pub fn tasks_table() -> String {
         metric: String,
         chance: String,
         levels: String,
+        #[tabled(rename = "generalization (train → test, --eval-levels)")]
+        generalization: String,
         knobs: String,
     }
     let rows: Vec<Row> = tasks::registry()
@@ -244,12 +246,17 @@ pub fn tasks_table() -> String {
                         .join(" ")
                 })
                 .unwrap_or_default();
+            let generalization = match i.generalization {
+                Some(g) => format!("{}: {} → {}", g.axis, g.train, g.ood.join(" ")),
+                None => "-".into(),
+            };
             Row {
                 task: i.name.into(),
                 about: i.about.into(),
                 metric,
                 chance,
                 levels,
+                generalization,
                 knobs,
             }
         })

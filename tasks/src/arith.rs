@@ -104,6 +104,11 @@ pub fn info() -> TaskInfo {
         defaults: to_config_value(&ArithConfig::default()),
         levels: pinned(&["ops"], &[("ops4", 4), ("ops5", 5), ("ops6", 6), ("ops8", 8)]),
         default_level: "ops4",
+        generalization: Some(crate::Generalization {
+            axis: "operands",
+            train: "ops4",
+            ood: &["ops5", "ops6"],
+        }),
     }
 }
 

@@ -66,6 +66,11 @@ pub fn info() -> TaskInfo {
         defaults: to_config_value(&HopkConfig::default()),
         levels: [k, vec![("mix", json!({}))]].concat(),
         default_level: "k4",
+        generalization: Some(crate::Generalization {
+            axis: "hops",
+            train: "k2",
+            ood: &["k4", "k8"],
+        }),
     }
 }
 

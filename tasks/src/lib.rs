@@ -304,6 +304,19 @@ pub struct TaskInfo {
     /// Named difficulty levels: (name, overrides applied to the defaults).
     pub levels: Vec<(&'static str, Value)>,
     pub default_level: &'static str,
+    /// The axis along which the task gets harder and its default split of levels into one to
+    /// train on and harder ones to test on (`harness --eval-levels`); None where nothing
+    /// extrapolates (memorization).
+    pub generalization: Option<Generalization>,
+}
+
+/// A task's generalization axis (`hops`, `length`, …) and its default in-distribution level and
+/// out-of-distribution levels.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Generalization {
+    pub axis: &'static str,
+    pub train: &'static str,
+    pub ood: &'static [&'static str],
 }
 
 /// Every registered task.

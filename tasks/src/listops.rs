@@ -107,6 +107,11 @@ pub fn info() -> TaskInfo {
         ]
         .concat(),
         default_level: "depth2",
+        generalization: Some(crate::Generalization {
+            axis: "nesting depth",
+            train: "depth2",
+            ood: &["depth4", "depth6"],
+        }),
     }
 }
 

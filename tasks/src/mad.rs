@@ -139,6 +139,11 @@ pub fn recall_info() -> TaskInfo {
         ]
         .concat(),
         default_level: "base",
+        generalization: Some(crate::Generalization {
+            axis: "sequence length",
+            train: "base",
+            ood: &["t256", "t512"],
+        }),
     }
 }
 
@@ -155,6 +160,11 @@ pub fn noisy_recall_info() -> TaskInfo {
         ]
         .concat(),
         default_level: "f20",
+        generalization: Some(crate::Generalization {
+            axis: "sequence length",
+            train: "f20",
+            ood: &["t256", "t512"],
+        }),
     }
 }
 
@@ -370,6 +380,11 @@ pub fn fuzzy_recall_info() -> TaskInfo {
         ]
         .concat(),
         default_level: "base",
+        generalization: Some(crate::Generalization {
+            axis: "sequence length",
+            train: "base",
+            ood: &["t256", "t512"],
+        }),
     }
 }
 
@@ -610,6 +625,11 @@ pub fn selective_copy_info() -> TaskInfo {
         ]
         .concat(),
         default_level: "copy16",
+        generalization: Some(crate::Generalization {
+            axis: "tokens to copy",
+            train: "copy16",
+            ood: &["copy32", "copy64"],
+        }),
     }
 }
 
@@ -769,6 +789,7 @@ pub fn memorize_info() -> TaskInfo {
         ]
         .concat(),
         default_level: "v256",
+        generalization: None, // a fixed map: nothing to extrapolate to
     }
 }
 

@@ -81,6 +81,11 @@ pub fn info() -> TaskInfo {
             ],
         ),
         default_level: "kv16",
+        generalization: Some(crate::Generalization {
+            axis: "key-value pairs",
+            train: "kv4",
+            ood: &["kv8", "kv16"],
+        }),
     }
 }
 

@@ -70,6 +70,11 @@ pub fn info() -> TaskInfo {
             &[("n16", 16), ("n32", 32), ("n64", 64), ("n128", 128)],
         ),
         default_level: "n16",
+        generalization: Some(crate::Generalization {
+            axis: "length",
+            train: "n16",
+            ood: &["n32", "n64", "n128"],
+        }),
     }
 }
 

@@ -162,6 +162,11 @@ pub fn info() -> TaskInfo {
         defaults: to_config_value(&ProsqaConfig::default()),
         levels: [vec![("mixed", json!({}))], hops].concat(),
         default_level: "mixed",
+        generalization: Some(crate::Generalization {
+            axis: "hops",
+            train: "hops3",
+            ood: &["hops4", "hops5", "hops6"],
+        }),
     }
 }
 

@@ -91,6 +91,11 @@ pub fn info() -> TaskInfo {
             ("n32", level(32, 24, 2, 4)),
         ],
         default_level: "d2",
+        generalization: Some(crate::Generalization {
+            axis: "distance",
+            train: "d2",
+            ood: &["d3", "d4"], // d6 needs more nodes: another vocabulary
+        }),
     }
 }
 

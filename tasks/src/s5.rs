@@ -86,6 +86,11 @@ pub fn info() -> TaskInfo {
             &[("n4", 4), ("n8", 8), ("n16", 16), ("n32", 32)],
         ),
         default_level: "n8",
+        generalization: Some(crate::Generalization {
+            axis: "length",
+            train: "n8",
+            ood: &["n16", "n32"],
+        }),
     }
 }
 

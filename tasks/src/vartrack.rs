@@ -100,6 +100,11 @@ pub fn info() -> TaskInfo {
             &[("hops1", 1), ("hops2", 2), ("hops4", 4), ("hops8", 8)],
         ),
         default_level: "hops2",
+        generalization: Some(crate::Generalization {
+            axis: "hops",
+            train: "hops2",
+            ood: &["hops4", "hops8"],
+        }),
     }
 }
 
