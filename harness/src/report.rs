@@ -235,7 +235,8 @@ fn implemented_line(c: &Claim) -> String {
         .map(|v| format!("`{}` — {}", v.name(), v.def().summary()))
         .collect();
     format!(
-        "Models as implemented (`harness models`; each model's file under `models/src/` states its          equations, init, deviations and neutral setting): {}.
+        "Models as implemented (`harness models`; each model's file under `models/src/` states its \
+         equations, init, deviations and neutral setting): {}.
 
 ",
         items.join("; ")
