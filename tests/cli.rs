@@ -804,6 +804,11 @@ fn eval_levels_test_each_run_beyond_its_training_level() {
         md.contains("OOD test acc % (95% CI)") && md.contains("n32 "),
         "{md}"
     );
+    // The extrapolation figure: the training level marked, then the evaluation levels.
+    let svg = std::fs::read_to_string(dir.path().join("parity-n16-generalization.svg")).unwrap();
+    for label in ["n16*", "n32", "n64", "lime", "llama", "trained at n16"] {
+        assert!(svg.contains(label), "{label} missing from the figure");
+    }
     let o = run(&["leaderboard", "--results", out, "--format", "csv"]);
     let csv = String::from_utf8(o.stdout).unwrap();
     assert!(

@@ -82,9 +82,19 @@ pub struct Row {
     /// Half-width of its 95% Student-t interval over seeds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ood_ci95: Option<f64>,
-    /// Mean test accuracy per evaluation level over the row's runs.
+    /// Test accuracy per evaluation level over the row's runs: mean and 95% CI half-width.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub eval_levels: BTreeMap<String, f64>,
+    pub eval_levels: BTreeMap<String, LevelMean>,
+}
+
+/// A row's test accuracy at one evaluation level, over its runs.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct LevelMean {
+    pub mean: f64,
+    /// Half-width of the 95% Student-t interval (None with one seed).
+    pub ci95: Option<f64>,
+    /// Chance at that level.
+    pub chance: f64,
 }
 
 /// A run's OOD score: the mean of its evaluation levels' test accuracies (None without any).
@@ -263,18 +273,27 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
             .collect();
         let ood: Vec<f64> = ok.iter().filter_map(|r| ood_score(r)).collect();
         let (ood_mean, ood_ci95) = mean_ci(&ood);
-        let mut per_level: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut per_level: BTreeMap<String, (Vec<f64>, f64)> = BTreeMap::new();
         for r in &ok {
             for (level, score) in &r.eval_levels {
-                per_level
-                    .entry(level.clone())
-                    .or_default()
-                    .push(score.test_acc);
+                let e = per_level.entry(level.clone()).or_default();
+                e.0.push(score.test_acc);
+                e.1 = score.chance;
             }
         }
         let eval_levels = per_level
             .into_iter()
-            .map(|(l, v)| (l, v.iter().sum::<f64>() / v.len() as f64))
+            .filter_map(|(l, (v, chance))| {
+                let (mean, ci95) = mean_ci(&v);
+                Some((
+                    l,
+                    LevelMean {
+                        mean: mean?,
+                        ci95,
+                        chance,
+                    },
+                ))
+            })
             .collect();
         let r0 = best[0];
         let n = best.len() as f64;
@@ -465,7 +484,7 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                 if with_ood {
                     s += &format!(",{},{}", o(r.ood_mean), o(r.ood_ci95));
                     for l in &levels {
-                        s += &format!(",{}", o(r.eval_levels.get(*l).copied()));
+                        s += &format!(",{}", o(r.eval_levels.get(*l).map(|m| m.mean)));
                     }
                 }
                 s += "\n";
@@ -545,7 +564,7 @@ pub fn render(rows: &[Row], format: Format, wall_clock: bool) -> Result<String> 
                     let by_level: Vec<String> = r
                         .eval_levels
                         .iter()
-                        .map(|(l, a)| format!("{l} {:.1}", 100.0 * a))
+                        .map(|(l, a)| format!("{l} {:.1}", 100.0 * a.mean))
                         .collect();
                     record.push(by_level.join(", "));
                 }

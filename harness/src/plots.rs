@@ -273,6 +273,21 @@ pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
         let path = dir.join(format!("{task}-accuracy-vs-level.svg"));
         level_plot(&path, task, &levels, &rows)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        // Runs tested beyond their training level (`--eval-levels`): one figure per training
+        // level, the extrapolation curve per row.
+        for level in &levels {
+            let tested: Vec<&Row> = rows
+                .iter()
+                .copied()
+                .filter(|r| r.level == *level && !r.eval_levels.is_empty())
+                .collect();
+            if tested.is_empty() {
+                continue;
+            }
+            let path = dir.join(format!("{task}-{level}-generalization.svg"));
+            generalization_plot(&path, task, level, &tested)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         for row in rows.iter() {
             let maps: Vec<&Vec<Vec<f64>>> = runs_of(records, row)
                 .iter()
@@ -541,6 +556,137 @@ fn level_plot(path: &Path, task: &str, levels: &[&str], rows: &[&Row]) -> Result
             .iter()
             .map(|(label, model)| (label.clone(), model_color(model), false))
             .collect();
+        entries.push(("chance".into(), grey, true));
+        legend(&side, &entries)?;
+        root.present()?;
+    }
+    crate::io::write_atomic(path, buf.as_bytes())
+}
+
+/// The extrapolation figure of rows trained at `train` and tested beyond it: the training level
+/// first (shaded, `*`), then the evaluation levels in the task's order; per row its mean test
+/// accuracy at each with the 95% CI bar, joined by a line; chance per level dashed.
+fn generalization_plot(path: &Path, task: &str, train: &str, rows: &[&Row]) -> Result<()> {
+    let order: Vec<&str> = tasks::registry()
+        .into_iter()
+        .find(|i| i.name == task)
+        .map(|i| i.levels.iter().map(|(n, _)| *n).collect())
+        .unwrap_or_default();
+    let mut evals: Vec<&str> = rows
+        .iter()
+        .flat_map(|r| r.eval_levels.keys().map(String::as_str))
+        .collect();
+    evals.sort_by_key(|l| order.iter().position(|o| o == l).unwrap_or(usize::MAX));
+    evals.dedup();
+    let levels: Vec<&str> = std::iter::once(train).chain(evals).collect();
+    let n = levels.len();
+    // (mean, CI half-width, chance) of a row at level i.
+    let at = |r: &Row, i: usize| -> Option<(f64, Option<f64>, f64)> {
+        match i {
+            0 => r.test_mean.map(|m| (m, r.test_ci95, r.chance)),
+            _ => r
+                .eval_levels
+                .get(levels[i])
+                .map(|e| (e.mean, e.ci95, e.chance)),
+        }
+    };
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (plot, side) = root.split_horizontally(900 - LEGEND_W);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(
+                format!("{task}: trained at {train}, tested beyond (mean, 95% CI over seeds)"),
+                ("sans-serif", 17),
+            )
+            .margin(10)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, -0.02..1.05)?;
+        let names: Vec<String> = levels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let l: String = l.chars().take(7).collect();
+                if i == 0 {
+                    format!("{l}*")
+                } else {
+                    l
+                }
+            })
+            .collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n + 1)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_labels(12)
+            .y_label_formatter(&|y| {
+                if (0.0..=1.0).contains(y) {
+                    format!("{:.0}%", 100.0 * y)
+                } else {
+                    String::new()
+                }
+            })
+            .label_style(("sans-serif", TICK_FONT))
+            .x_desc("level (* = trained on)")
+            .y_desc("test accuracy")
+            .axis_desc_style(("sans-serif", 14))
+            .draw()?;
+        let shade = RGBColor(235, 235, 235);
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(-0.5, -0.02), (0.5, 1.05)],
+            shade.filled(),
+        )))?;
+        let grey = RGBColor(110, 110, 110);
+        for i in 0..n {
+            if let Some((_, _, chance)) = rows.iter().find_map(|r| at(r, i)) {
+                let x = i as f64;
+                chart.draw_series(DashedLineSeries::new(
+                    vec![(x - 0.45, chance), (x + 0.45, chance)],
+                    6,
+                    4,
+                    grey.stroke_width(2),
+                ))?;
+            }
+        }
+        let width = 0.5 / rows.len().max(1) as f64;
+        let mut entries = Vec::new();
+        for (g, r) in rows.iter().enumerate() {
+            let color = model_color(&r.model);
+            let off = (g as f64 - (rows.len() as f64 - 1.0) / 2.0) * width;
+            let pts: Vec<(f64, f64, Option<f64>)> = (0..n)
+                .filter_map(|i| at(r, i).map(|(m, h, _)| (i as f64 + off, m, h)))
+                .collect();
+            chart.draw_series(std::iter::once(PathElement::new(
+                pts.iter().map(|&(x, m, _)| (x, m)).collect::<Vec<_>>(),
+                color.stroke_width(2),
+            )))?;
+            for &(x, m, h) in &pts {
+                if let Some(h) = h {
+                    let (lo, hi) = ((m - h).max(0.0), (m + h).min(1.0));
+                    chart.draw_series(std::iter::once(PathElement::new(
+                        vec![(x, lo), (x, hi)],
+                        color.stroke_width(2),
+                    )))?;
+                }
+                chart.draw_series(std::iter::once(Circle::new((x, m), 5, color.filled())))?;
+            }
+            let label = if r.setting.is_empty() {
+                r.model.clone()
+            } else {
+                format!("{} ({})", r.model, r.setting)
+            };
+            entries.push((label, color, false));
+        }
         entries.push(("chance".into(), grey, true));
         legend(&side, &entries)?;
         root.present()?;
