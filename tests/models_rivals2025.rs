@@ -31,7 +31,7 @@ use crate::models_rivals::{
     copy_shared, pair, randomize_every_var, ref_add, ref_attention, ref_embed, ref_head, ref_mlp,
     tiny, with, RefWeights, Seq,
 };
-use crate::models_rivals2026::{ref_attention_qkv, ref_mlp_seq};
+use crate::models_rivals2026::{model_vs_reference, ref_attention_qkv, ref_mlp_seq};
 
 const NEW: [Variant; 3] = [Variant::CANON, Variant::DCA, Variant::LAUREL];
 
@@ -572,37 +572,14 @@ fn ref_laurel(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
 
 /// Max |model − reference| over a (B=2, T=6) batch at random weights, for `bug`.
 fn reference_gap(c: &Config, seed: u64, bug: Bug) -> Result<f64> {
-    let (vm, model) = init_varmap(c, seed, DType::F64, &Device::Cpu)?;
-    let w = randomize_every_var(&vm, seed ^ 0x5eed)?;
-    let ids = random_ids(2, 6, c.vocab_size, seed + 1)?;
-    let logits: Vec<Vec<Vec<f64>>> = model.forward(&ids)?.to_vec3()?;
-    let ids: Vec<Vec<u32>> = ids.to_vec2()?;
-    let mut gap = 0.0f64;
-    for (b, seq) in ids.iter().enumerate() {
-        let reference = match c.variant.name() {
-            "canon" => ref_canon(c, &w, seq, bug),
-            "dca" => ref_dca(c, &w, seq, bug),
-            "laurel" => ref_laurel(c, &w, seq, bug),
+    model_vs_reference(c, seed, 6, &|w, seq| {
+        Ok(match c.variant.name() {
+            "canon" => ref_canon(c, w, seq, bug),
+            "dca" => ref_dca(c, w, seq, bug),
+            "laurel" => ref_laurel(c, w, seq, bug),
             v => anyhow::bail!("no scalar reference for {v:?}"),
-        };
-        ensure!(reference.len() == seq.len());
-        for (m_t, r_t) in logits[b].iter().zip(&reference) {
-            ensure!(m_t.len() == r_t.len() && r_t.iter().all(|x| x.is_finite()));
-            for (a, e) in m_t.iter().zip(r_t) {
-                gap = gap.max((a - e).abs());
-            }
-        }
-    }
-    let unread: Vec<&String> =
-        w.w.keys()
-            .filter(|k| !w.used.borrow().contains(*k))
-            .collect();
-    ensure!(
-        unread.is_empty(),
-        "{:?}: reference ignores {unread:?}",
-        c.variant
-    );
-    Ok(gap)
+        })
+    })
 }
 
 fn reference_configs(v: Variant) -> Vec<Config> {

@@ -709,19 +709,33 @@ fn ref_mhc(c: &Config, w: &RefWeights, ids: &[u32], bug: Bug) -> Seq {
 
 /// Max |model − reference| over a (B=2, T=5) batch at random weights, for `bug`.
 fn reference_gap(c: &Config, seed: u64, bug: Bug) -> Result<f64> {
+    model_vs_reference(c, seed, 5, &|w, seq| {
+        Ok(match c.variant.name() {
+            "attnres" | "attnres-block" => ref_attnres(c, w, seq, bug),
+            "muddformer" => ref_muddformer(c, w, seq, bug),
+            "mhc" => ref_mhc(c, w, seq, bug),
+            v => anyhow::bail!("no scalar reference for {v:?}"),
+        })
+    })
+}
+
+/// Max |model − reference| over a (B=2, T=`t`) batch at random weights (`seed`), where
+/// `reference(w, ids)` gives one sequence's logits [t][vocab] from the weights by name; fails
+/// when the reference leaves a weight unread (it would check less than it claims).
+pub(crate) fn model_vs_reference(
+    c: &Config,
+    seed: u64,
+    t: usize,
+    reference: &dyn Fn(&RefWeights, &[u32]) -> Result<Seq>,
+) -> Result<f64> {
     let (vm, model) = init_varmap(c, seed, DType::F64, &Device::Cpu)?;
     let w = randomize_every_var(&vm, seed ^ 0x5eed)?;
-    let ids = random_ids(2, 5, c.vocab_size, seed + 1)?;
+    let ids = random_ids(2, t, c.vocab_size, seed + 1)?;
     let logits: Vec<Vec<Vec<f64>>> = model.forward(&ids)?.to_vec3()?;
     let ids: Vec<Vec<u32>> = ids.to_vec2()?;
     let mut gap = 0.0f64;
     for (b, seq) in ids.iter().enumerate() {
-        let reference = match c.variant.name() {
-            "attnres" | "attnres-block" => ref_attnres(c, &w, seq, bug),
-            "muddformer" => ref_muddformer(c, &w, seq, bug),
-            "mhc" => ref_mhc(c, &w, seq, bug),
-            v => anyhow::bail!("no scalar reference for {v:?}"),
-        };
+        let reference = reference(&w, seq)?;
         ensure!(reference.len() == seq.len());
         for (m_t, r_t) in logits[b].iter().zip(&reference) {
             ensure!(m_t.len() == r_t.len() && r_t.iter().all(|x| x.is_finite()));

@@ -464,48 +464,15 @@ fn level_plot(path: &Path, task: &str, levels: &[&str], rows: &[&Row]) -> Result
         .collect();
     groups.sort();
     groups.dedup();
-    let n = levels.len();
     let width = 0.6 / groups.len().max(1) as f64;
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
         root.fill(&WHITE)?;
         let (plot, side) = root.split_horizontally(900 - LEGEND_W);
-        let mut chart = ChartBuilder::on(&plot)
-            .caption(
-                format!("{task}: test accuracy by level (mean, 95% CI over seeds)"),
-                ("sans-serif", 17),
-            )
-            .margin(10)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.5..n as f64 - 0.5, -0.02..1.05)?;
         let names: Vec<String> = levels.iter().map(|l| l.chars().take(8).collect()).collect();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n + 1)
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
-                    names[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
-            .y_labels(12)
-            .y_label_formatter(&|y| {
-                if (0.0..=1.0).contains(y) {
-                    format!("{:.0}%", 100.0 * y)
-                } else {
-                    String::new()
-                }
-            })
-            .label_style(("sans-serif", TICK_FONT))
-            .x_desc("level")
-            .y_desc("test accuracy")
-            .axis_desc_style(("sans-serif", 14))
-            .draw()?;
+        let caption = format!("{task}: test accuracy by level (mean, 95% CI over seeds)");
+        let mut chart = level_chart(&plot, caption, &names, "level")?;
         let grey = RGBColor(110, 110, 110);
         for (i, level) in levels.iter().enumerate() {
             if let Some(r) = rows.iter().find(|r| r.level == *level) {
@@ -563,6 +530,55 @@ fn level_plot(path: &Path, task: &str, levels: &[&str], rows: &[&Row]) -> Result
     crate::io::write_atomic(path, buf.as_bytes())
 }
 
+/// A chart of test accuracy (y, 0–100%) over categorical levels (x: `names` at 0 … n−1), its
+/// mesh drawn.
+fn level_chart<'a, 'b>(
+    plot: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: String,
+    names: &[String],
+    x_desc: &str,
+) -> Result<
+    ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+> {
+    let n = names.len();
+    let mut chart = ChartBuilder::on(plot)
+        .caption(caption, ("sans-serif", 17))
+        .margin(10)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, -0.02..1.05)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n + 1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_labels(12)
+        .y_label_formatter(&|y| {
+            if (0.0..=1.0).contains(y) {
+                format!("{:.0}%", 100.0 * y)
+            } else {
+                String::new()
+            }
+        })
+        .label_style(("sans-serif", TICK_FONT))
+        .x_desc(x_desc)
+        .y_desc("test accuracy")
+        .axis_desc_style(("sans-serif", 14))
+        .draw()?;
+    Ok(chart)
+}
+
 /// The extrapolation figure of rows trained at `train` and tested beyond it: the training level
 /// first (shaded, `*`), then the evaluation levels in the task's order; per row its mean test
 /// accuracy at each with the 95% CI bar, joined by a line; chance per level dashed.
@@ -595,15 +611,6 @@ fn generalization_plot(path: &Path, task: &str, train: &str, rows: &[&Row]) -> R
         let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
         root.fill(&WHITE)?;
         let (plot, side) = root.split_horizontally(900 - LEGEND_W);
-        let mut chart = ChartBuilder::on(&plot)
-            .caption(
-                format!("{task}: trained at {train}, tested beyond (mean, 95% CI over seeds)"),
-                ("sans-serif", 17),
-            )
-            .margin(10)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.5..n as f64 - 0.5, -0.02..1.05)?;
         let names: Vec<String> = levels
             .iter()
             .enumerate()
@@ -616,31 +623,9 @@ fn generalization_plot(path: &Path, task: &str, train: &str, rows: &[&Row]) -> R
                 }
             })
             .collect();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n + 1)
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
-                    names[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
-            .y_labels(12)
-            .y_label_formatter(&|y| {
-                if (0.0..=1.0).contains(y) {
-                    format!("{:.0}%", 100.0 * y)
-                } else {
-                    String::new()
-                }
-            })
-            .label_style(("sans-serif", TICK_FONT))
-            .x_desc("level (* = trained on)")
-            .y_desc("test accuracy")
-            .axis_desc_style(("sans-serif", 14))
-            .draw()?;
+        let caption =
+            format!("{task}: trained at {train}, tested beyond (mean, 95% CI over seeds)");
+        let mut chart = level_chart(&plot, caption, &names, "level (* = trained on)")?;
         let shade = RGBColor(235, 235, 235);
         chart.draw_series(std::iter::once(Rectangle::new(
             [(-0.5, -0.02), (0.5, 1.05)],
