@@ -48,6 +48,10 @@
 //! lime-bench keeps llama's full RoPE and no QK-norm, and the comparison isolates the
 //! convolutions.
 //!
+//! Numerics: on f32 CPU the convolution is one fused kernel with a hand-written backward
+//! (`fused/conv.rs`, bit-identical forward); the composed ops (`ops::causal_conv`) are the
+//! reference it is tested against, and the path of f64, GPU and k = 1.
+//!
 //! **Neutral setting (exact reduction):** every kernel zero — each site is h + 0, the llama block
 //! (tested). **Decoding:** each convolution keeps its last k − 1 inputs in the decoding cache
 //! ([`Layers::past`]); the official code keeps the last k (the same values). Not packable: the
@@ -167,9 +171,14 @@ impl CausalConv {
         let y = ops::causal_conv(self.backend, past, h, &self.w)?;
         let t = h.dim(1)?;
         let tail = match past {
-            None => None,                                                              // k = 1
-            Some(p) if t >= p.dim(1)? => Some(h.narrow(1, t - p.dim(1)?, p.dim(1)?)?), // (B,k−1,C)
-            Some(p) => Some(Tensor::cat(&[&p.narrow(1, t, p.dim(1)? - t)?, h], 1)?),
+            None => None, // k = 1: nothing to keep
+            Some(p) => {
+                let keep = p.dim(1)?; // k − 1
+                Some(match t >= keep {
+                    true => h.narrow(1, t - keep, keep)?,
+                    false => Tensor::cat(&[&p.narrow(1, t, keep - t)?, h], 1)?,
+                }) // (B,k−1,C): the last k − 1 inputs
+            }
         };
         Ok((y, tail))
     }
