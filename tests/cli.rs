@@ -891,6 +891,83 @@ fn every_declared_generalization_split_resolves() {
     assert!(table.contains("length: n16 → n32 n64 n128"), "{table}");
 }
 
+/// `--judge ood`: a verdict reads a run's OOD score (the mean over its evaluation levels) against
+/// the mean of those levels' floors; the run's selection is unchanged (same steps, same val).
+#[test]
+fn judged_on_ood_reads_the_evaluation_levels() {
+    use harness::overrides::{Judge, Overrides};
+    let base = Overrides {
+        task: vec!["hopk".into()],
+        level: vec!["k2".into()],
+        models: vec!["llama".into()],
+        seeds: Some(1),
+        eval_levels: vec!["k4".into(), "k8".into()],
+        ..Default::default()
+    };
+    let test = harness::spec::resolve(&base).unwrap().remove(0);
+    let ood = harness::spec::resolve(&Overrides {
+        judge: Judge::Ood,
+        ..base.clone()
+    })
+    .unwrap()
+    .remove(0);
+    assert_ne!(test.id(), ood.id());
+    assert_eq!((test.steps, test.eval_every), (ood.steps, ood.eval_every));
+    // The floor: the mean of the evaluation levels' own floors.
+    let level_floor = |i: usize| {
+        let e = &ood.eval_levels[i];
+        harness::reproduce::spec_floor(&harness::spec::RunSpec {
+            level: e.level.clone(),
+            task_config: e.task_config.clone(),
+            eval_levels: Vec::new(),
+            judge: Judge::Test,
+            ..ood.clone()
+        })
+        .unwrap()
+    };
+    let want = (level_floor(0) + level_floor(1)) / 2.0;
+    let got = harness::reproduce::spec_floor(&ood).unwrap();
+    assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+    assert_ne!(got, harness::reproduce::spec_floor(&test).unwrap());
+    // The judged number: the mean of the levels' accuracies, not the training level's.
+    let mut result: harness::records::RunResult = serde_json::from_value(serde_json::json!({
+        "id": ood.id(), "status": "ok", "task": "hopk", "level": "k2", "model": "llama",
+        "seed": 0, "lr": 1e-3, "params": 1, "budget_flops": 1.0, "flops_spent": 1.0, "steps": 1,
+        "tokens_seen": 1, "wall_clock_s": 0.0, "device": "cpu", "metric": "teacher-forced",
+        "chance": 0.25, "final_loss": 1.0, "best_step": 1, "val_acc": 0.9, "test_acc": 0.8,
+        "test_token_acc": 0.8, "test_macro_acc": 0.8,
+    }))
+    .unwrap();
+    for (l, a) in [("k4", 0.5), ("k8", 0.3)] {
+        let s = harness::records::LevelScore {
+            test_acc: a,
+            seq_len: 100,
+            chance: 0.25,
+        };
+        result.eval_levels.insert(l.into(), s);
+    }
+    let record = |spec: &harness::spec::RunSpec| harness::leaderboard::Record {
+        result: result.clone(),
+        spec: spec.clone(),
+        analysis: None,
+    };
+    assert_eq!(record(&ood).judged_acc(), Some(0.4));
+    assert_eq!(record(&test).judged_acc(), Some(0.8));
+    // Without evaluation levels there is nothing to judge: one line.
+    let dir = tempfile::tempdir().unwrap();
+    assert_one_line_error(
+        &run(&[
+            "--task",
+            "hopk",
+            "--judge",
+            "ood",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]),
+        "--judge ood reads the evaluation levels",
+    );
+}
+
 /// A level the trained model cannot read, or that is no evaluation at all, fails with one line
 /// before any run folder is written.
 #[test]

@@ -51,7 +51,10 @@ fn every_protocol_trains_what_its_families_compare() {
 #[test]
 fn the_claims_and_their_arms() {
     let names: Vec<&str> = claims().iter().map(|c| c.name).collect();
-    assert_eq!(names, ["mqar", "rivals", "aet", "prosqa", "depth"]);
+    assert_eq!(
+        names,
+        ["mqar", "rivals", "aet", "prosqa", "depth", "generalization"]
+    );
     let layers = |name: &str| -> Vec<(String, Vec<usize>)> {
         let c = claims().into_iter().find(|c| c.name == name).unwrap();
         arms(&c, Scale::Cpu)
@@ -73,6 +76,19 @@ fn the_claims_and_their_arms() {
             ("4 layers".to_string(), vec![4])
         ]
     );
+    // The generalization claim: the depth claim's 2-layer cell, judged on k4 and k8.
+    let c = claims()
+        .into_iter()
+        .find(|c| c.name == "generalization")
+        .unwrap();
+    for (_, specs) in arms(&c, Scale::Cpu).unwrap().unwrap() {
+        for s in specs {
+            let levels: Vec<&str> = s.eval_levels.iter().map(|e| e.level.as_str()).collect();
+            assert_eq!((s.level.as_str(), levels), ("k2", vec!["k4", "k8"]));
+            assert_eq!(s.judge, harness::overrides::Judge::Ood);
+            assert_eq!(s.model_config.n_layers, 2);
+        }
+    }
     assert_eq!(
         layers("rivals"),
         [

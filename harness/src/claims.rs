@@ -318,6 +318,20 @@ fn depth_cpu() -> Vec<Arm> {
     depth_arms("k2", &[2, 3, 4], 3e12)
 }
 
+/// The depth claim's calibrated training cell (hop-k k = 2, 2 layers, 3e12 FLOPs per run), each
+/// run also tested at k = 4 and k = 8 (the task's declared split) and judged on the mean of
+/// those (`--judge ood`); the lr and the early-stopping step are chosen on k = 2's val split.
+fn generalization_cpu() -> Vec<Arm> {
+    depth_arms("k2", &[2], 3e12)
+        .into_iter()
+        .map(|mut a| {
+            a.overrides.eval_levels = vec!["k4".into(), "k8".into()];
+            a.overrides.judge = crate::overrides::Judge::Ood;
+            a
+        })
+        .collect()
+}
+
 /// The same task at k = 4, 2 to 16 layers and 1e14 FLOPs per run (~4,400 steps at 8 layers).
 /// Sized, not yet run.
 fn depth_gpu() -> Vec<Arm> {
@@ -461,6 +475,26 @@ pub fn claims() -> Vec<Claim> {
                           --budget-flops 3e12 --lr 3e-3 --knob level --values k1,k2,k4,k8 \
                           --out results/calibration/depth",
             },
+        },
+        Claim {
+            name: "generalization",
+            title: "Generalization: does LIMe follow more hops than it was trained on? (k-hop \
+                    induction trained at k = 2, tested at k = 4 and 8)",
+            reported: "not a claim of the LIMe paper, which trains and tests at one difficulty; \
+                       the suite's question for depth connections, judged on the mean test \
+                       accuracy at k = 4 and k = 8 of models trained at k = 2 (the lr and the \
+                       early-stopping step chosen on k = 2's val split)",
+            families: LIME_VS_LLAMA,
+            cpu: generalization_cpu,
+            gpu: None,
+            rules: RULES,
+            paper: &[],
+            setting: Setting::Fixed(
+                "the depth claim's calibrated training cell (hop-k k2, 2 layers, 3e12 FLOPs per \
+                 run), where llama learns the training level (45% of the way from the floor to \
+                 100% at the calibration); k4 and k8 are the task's declared out-of-distribution \
+                 levels",
+            ),
         },
     ]
 }

@@ -113,9 +113,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// The test number a run is judged on: what its val selected on — the two-way choice
-    /// accuracy for a run selected on choices, else `test_acc`. None for a diverged run.
+    /// The test number a run is judged on: its OOD score for a run judged on its evaluation
+    /// levels (`--judge ood`); else what its val selected on — the two-way choice accuracy for a
+    /// run selected on choices, else `test_acc`. None for a diverged run.
     pub fn judged_acc(&self) -> Option<f64> {
+        if self.spec.judge == crate::overrides::Judge::Ood {
+            return ood_score(&self.result);
+        }
         match self.spec.val_metric {
             crate::overrides::ValMetric::Choice => self.result.test_choice_acc,
             _ => self.result.test_acc,

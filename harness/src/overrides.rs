@@ -85,6 +85,10 @@ pub struct Overrides {
     /// (another vocabulary or answer format) is refused before anything is written.
     #[arg(long, value_delimiter = ',')]
     pub eval_levels: Vec<String>,
+    /// What a verdict reads of each run: `test` (its test accuracy) or `ood` (its mean test
+    /// accuracy over `--eval-levels`; selection stays on the training level's val split).
+    #[arg(long, value_enum, default_value_t = Judge::Test)]
+    pub judge: Judge,
     /// Implementation of the model's building blocks: `fused` (the f32 CPU kernels where they
     /// apply; elsewhere the reference) or `reference` (composed candle ops, for A/B runs).
     #[arg(long, default_value = "fused", value_parser = parse_backend)]
@@ -193,6 +197,25 @@ pub enum ValMetric {
 impl ValMetric {
     pub fn is_teacher(&self) -> bool {
         *self == ValMetric::Teacher
+    }
+}
+
+/// What a verdict reads of a run (`Record::judged_acc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Judge {
+    /// Its test accuracy at the training level (or its choice accuracy, when selected on it).
+    #[default]
+    Test,
+    /// Its OOD score: the mean test accuracy over its `--eval-levels`, against the mean of those
+    /// levels' floors. The lr and the early-stopping step are still chosen on the training
+    /// level's val split: nothing of the evaluation levels leaks into the selection.
+    Ood,
+}
+
+impl Judge {
+    pub fn is_test(&self) -> bool {
+        *self == Judge::Test
     }
 }
 

@@ -258,8 +258,14 @@ const FLOOR_TRAIN: u64 = 4096;
 pub fn floor_of(cell: &Cell, memo: &mut BTreeMap<String, f64>) -> Result<f64> {
     let spec = &cell.specs[0];
     let key = format!(
-        "{}/{}/{}/{}/{:?}",
-        spec.task, spec.level, spec.task_config, spec.n_test, spec.val_metric
+        "{}/{}/{}/{}/{:?}/{:?}/{:?}",
+        spec.task,
+        spec.level,
+        spec.task_config,
+        spec.n_test,
+        spec.val_metric,
+        spec.judge,
+        spec.eval_levels
     );
     if let Some(&f) = memo.get(&key) {
         return Ok(f);
@@ -272,6 +278,24 @@ pub fn floor_of(cell: &Cell, memo: &mut BTreeMap<String, f64>) -> Result<f64> {
 /// The floor of what a run is judged on ([`floor_of`] without the memo; `harness calibrate`
 /// measures its positions from it too).
 pub fn spec_floor(spec: &RunSpec) -> Result<f64> {
+    // Judged on its evaluation levels: the mean of their floors, as its score is the mean of
+    // their accuracies.
+    if spec.judge == crate::overrides::Judge::Ood && !spec.eval_levels.is_empty() {
+        let floors = spec
+            .eval_levels
+            .iter()
+            .map(|e| {
+                spec_floor(&RunSpec {
+                    level: e.level.clone(),
+                    task_config: e.task_config.clone(),
+                    eval_levels: Vec::new(),
+                    judge: crate::overrides::Judge::Test,
+                    ..spec.clone()
+                })
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        return Ok(floors.iter().sum::<f64>() / floors.len() as f64);
+    }
     // Judged on a two-way choice whose candidates the question lists in random order: no
     // predictor that ignores the facts beats 1/2.
     if spec.val_metric == crate::overrides::ValMetric::Choice {

@@ -59,6 +59,9 @@ pub struct RunSpec {
     /// config. Omitted when empty, so runs without them keep the ids they had before the flag.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub eval_levels: Vec<EvalLevel>,
+    /// What a verdict reads of the run; omitted when `test` (the default), so earlier ids stay.
+    #[serde(default, skip_serializing_if = "crate::overrides::Judge::is_test")]
+    pub judge: crate::overrides::Judge,
 }
 
 /// A level a run is also tested on after training: its name and its exact task config (the
@@ -322,6 +325,9 @@ fn resolve_cell(
             bail!("task {task_name} produces sequences too short to train on");
         }
         let eval_levels = eval_levels(&a.eval_levels, task_name, &level, task.as_ref(), &all_sets)?;
+        if a.judge == crate::overrides::Judge::Ood && eval_levels.is_empty() {
+            bail!("--judge ood reads the evaluation levels' scores: give --eval-levels");
+        }
         if a.val_metric == crate::overrides::ValMetric::Choice
             && task
                 .choice(&tasks::generate(task.as_ref(), tasks::Split::Val, 0))
@@ -438,6 +444,7 @@ fn resolve_cell(
                         backend: a.backend,
                         val_metric: a.val_metric,
                         eval_levels: eval_levels.clone(),
+                        judge: a.judge,
                     });
                 }
             }
