@@ -24,14 +24,15 @@ use candle_core::{DType, Device, Tensor};
 use models::{init_varmap, param_group, sorted_vars, Config, KvCache, ParamGroup, Variant};
 
 use crate::models_correctness::{
-    causal_attention_ref, cfg, fd_check, loss, matvec, max_abs_diff, random_ids, randomize,
-    rmsnorm_ref, var,
+    causal_attention_ref, cfg, loss, matvec, max_abs_diff, random_ids, randomize, rmsnorm_ref, var,
 };
 use crate::models_rivals::{
     copy_shared, pair, randomize_every_var, ref_add, ref_attention, ref_embed, ref_head, ref_mlp,
     tiny, with, RefWeights, Seq,
 };
-use crate::models_rivals2026::{model_vs_reference, ref_attention_qkv, ref_mlp_seq};
+use crate::models_rivals2026::{
+    fd_check_at_random_weights, model_vs_reference, ref_attention_qkv, ref_mlp_seq,
+};
 
 const NEW: [Variant; 3] = [Variant::CANON, Variant::DCA, Variant::LAUREL];
 
@@ -289,24 +290,7 @@ fn canon_dca_laurel_weights_match_finite_differences() -> Result<()> {
         ),
     ];
     for (c, list) in checks {
-        let (vm, model) = init_varmap(&c, 102, DType::F64, &Device::Cpu)?;
-        randomize_every_var(&vm, 103)?;
-        let ids = random_ids(2, 7, c.vocab_size, 104)?;
-        let targets = random_ids(2, 7, c.vocab_size, 105)?;
-        let grads = loss(&model, &ids, &targets)?.backward()?;
-        for (name, idxs) in list {
-            let label = format!("{:?}", c.variant);
-            fd_check(
-                &label,
-                &model,
-                &vm,
-                (&ids, &targets),
-                &grads,
-                name,
-                idxs,
-                true,
-            )?;
-        }
+        fd_check_at_random_weights(&c, 102, list)?;
     }
     Ok(())
 }

@@ -315,24 +315,35 @@ fn new_weights_match_finite_differences() -> Result<()> {
     ];
     for (v, s, list) in checks {
         let c = cfg(v, 4, 4, 2, false).with_setting("attnres_block", s);
-        let (vm, model) = init_varmap(&c, 67, DType::F64, &Device::Cpu)?;
-        randomize_every_var(&vm, 68)?;
-        let ids = random_ids(2, 7, c.vocab_size, 69)?;
-        let targets = random_ids(2, 7, c.vocab_size, 70)?;
-        let grads = loss(&model, &ids, &targets)?.backward()?;
-        for (name, idxs) in list {
-            let label = format!("{v:?}");
-            fd_check(
-                &label,
-                &model,
-                &vm,
-                (&ids, &targets),
-                &grads,
-                name,
-                idxs,
-                true,
-            )?;
-        }
+        fd_check_at_random_weights(&c, 67, list)?;
+    }
+    Ok(())
+}
+
+/// f64 central differences against backward for the entries `list` names, at random non-neutral
+/// weights (`randomize_every_var`), on a (2, 7) batch; seeds `seed` … `seed + 3`.
+pub(crate) fn fd_check_at_random_weights(
+    c: &Config,
+    seed: u64,
+    list: &[(&str, &[usize])],
+) -> Result<()> {
+    let (vm, model) = init_varmap(c, seed, DType::F64, &Device::Cpu)?;
+    randomize_every_var(&vm, seed + 1)?;
+    let ids = random_ids(2, 7, c.vocab_size, seed + 2)?;
+    let targets = random_ids(2, 7, c.vocab_size, seed + 3)?;
+    let grads = loss(&model, &ids, &targets)?.backward()?;
+    let label = format!("{:?}", c.variant);
+    for (name, idxs) in list {
+        fd_check(
+            &label,
+            &model,
+            &vm,
+            (&ids, &targets),
+            &grads,
+            name,
+            idxs,
+            true,
+        )?;
     }
     Ok(())
 }
