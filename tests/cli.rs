@@ -200,6 +200,20 @@ fn bad_gen_input_is_one_line_and_leaves_nothing_behind() {
     assert_eq!(files_in(dir.path()), ["x.jsonl"]);
 }
 
+/// The model shape and batch of the tiny runs: 2 layers, d=16, 2 heads, SwiGLU 32, batch 8.
+const TINY_SHAPE: [&str; 10] = [
+    "--model-set",
+    "d_model=16",
+    "--model-set",
+    "n_layers=2",
+    "--model-set",
+    "n_heads=2",
+    "--model-set",
+    "d_ff=32",
+    "--batch-size",
+    "8",
+];
+
 /// Flags of a tiny, fast training run (a few seconds on 2 cores).
 pub(crate) fn tiny_run(out: &Path) -> Vec<String> {
     let mut v: Vec<String> = [
@@ -214,16 +228,6 @@ pub(crate) fn tiny_run(out: &Path) -> Vec<String> {
         "seq_len=16",
         "--set",
         "num_kv_pairs=2",
-        "--model-set",
-        "d_model=16",
-        "--model-set",
-        "n_layers=2",
-        "--model-set",
-        "n_heads=2",
-        "--model-set",
-        "d_ff=32",
-        "--batch-size",
-        "8",
         "--match",
         "steps",
         "--steps",
@@ -236,6 +240,7 @@ pub(crate) fn tiny_run(out: &Path) -> Vec<String> {
         "0.003",
     ]
     .iter()
+    .chain(&TINY_SHAPE)
     .map(|s| s.to_string())
     .collect();
     v.push("--models".into());
@@ -732,16 +737,6 @@ fn eval_levels_test_each_run_beyond_its_training_level() {
         "--quiet",
         "--out",
         out,
-        "--model-set",
-        "d_model=16",
-        "--model-set",
-        "n_layers=2",
-        "--model-set",
-        "n_heads=2",
-        "--model-set",
-        "d_ff=32",
-        "--batch-size",
-        "8",
         "--match",
         "steps",
         "--steps",
@@ -753,6 +748,7 @@ fn eval_levels_test_each_run_beyond_its_training_level() {
     ]
     .map(String::from)
     .to_vec();
+    args.extend(TINY_SHAPE.map(String::from));
     args.extend(["--eval-levels".to_string(), "n32,n64".to_string()]);
     let o = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
