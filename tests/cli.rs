@@ -997,6 +997,92 @@ fn bad_eval_levels_fail_with_one_line() {
     assert!(!dir.path().join("runs").exists(), "nothing may be written");
 }
 
+/// `--eval-set`: a knob no level names, tested like a level. `--eval-set length=32` on parity
+/// n16 is n32's exact config, so its examples are n32's test split byte for byte; the label is
+/// the `KEY=VALUE` and the plan key `eval_sets` gives the same spec as the flag.
+#[test]
+fn eval_set_tests_a_knob_beyond_the_levels() {
+    use harness::overrides::Overrides;
+    let base = Overrides {
+        task: vec!["parity".into()],
+        level: vec!["n16".into()],
+        models: vec!["llama".into()],
+        seeds: Some(1),
+        ..Default::default()
+    };
+    let by_level = harness::spec::resolve(&Overrides {
+        eval_levels: vec!["n32".into()],
+        ..base.clone()
+    })
+    .unwrap()
+    .remove(0);
+    let by_set = harness::spec::resolve(&Overrides {
+        eval_set: vec!["length=32".into(), "length=40".into()],
+        ..base.clone()
+    })
+    .unwrap()
+    .remove(0);
+    let labels: Vec<&str> = by_set
+        .eval_levels
+        .iter()
+        .map(|e| e.level.as_str())
+        .collect();
+    assert_eq!(labels, ["length=32", "length=40"]);
+    assert_eq!(
+        by_set.eval_levels[0].task_config,
+        by_level.eval_levels[0].task_config
+    );
+    let examples = |spec: &harness::spec::RunSpec, i: usize| {
+        let t = harness::train::eval_level_task(spec, i).unwrap();
+        let e = harness::train::eval_level_examples(spec, i).unwrap();
+        e.iter()
+            .map(|x| harness::gen::example_line(t.as_ref(), x))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(examples(&by_set, 0), examples(&by_level, 0));
+    let t40 = harness::train::eval_level_task(&by_set, 1).unwrap();
+    assert_eq!(t40.config()["length"], 40);
+    // A plan's `eval_sets` is the flag.
+    let plan: harness::sweep::Plan = toml::from_str(
+        "tasks = [\"parity\"]\nlevels = [\"n16\"]\nmodels = [\"llama\"]\nseeds = 1\neval_sets = [\"length=32\", \"length=40\"]\n",
+    )
+    .unwrap();
+    let from_plan = harness::sweep::cells(&plan).unwrap();
+    assert_eq!(from_plan[0].id(), by_set.id());
+    // Refused with one line, nothing written: no change, a repeat, an unknown knob, a
+    // vocabulary the model cannot read, not KEY=VALUE.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let bad = |task: &str, level: &str, sets: &[&str], needle: &str| {
+        let mut args = vec!["--task", task, "--level", level, "--out", out];
+        for s in sets {
+            args.extend(["--eval-set", s]);
+        }
+        assert_one_line_error(&run(&args), needle);
+    };
+    bad(
+        "parity",
+        "n16",
+        &["length=16"],
+        "the training level's own setting",
+    );
+    bad(
+        "parity",
+        "n16",
+        &["length=32", "length=32"],
+        "asked for twice",
+    );
+    bad("parity", "n16", &["lenght=32"], "--eval-set lenght=32");
+    bad(
+        "memorize",
+        "v256",
+        &["vocab_size=512"],
+        "its vocabulary has",
+    );
+    bad("parity", "n16", &["length"], "KEY=VALUE");
+    assert!(!dir.path().join("runs").exists(), "nothing may be written");
+}
+
 /// A plan sets what the flags set: `match`, `steps`, `epochs`, `precision` give the same specs
 /// (so the same run ids) as `--match steps --steps 7` on the main job.
 #[test]

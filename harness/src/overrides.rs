@@ -85,6 +85,14 @@ pub struct Overrides {
     /// (another vocabulary or answer format) is refused before anything is written.
     #[arg(long, value_delimiter = ',')]
     pub eval_levels: Vec<String>,
+    /// Also test the chosen weights on the training level with these knobs changed (repeatable;
+    /// one evaluation per flag, `KEY=VALUE` or `K1=V1,K2=V2`), e.g. `--eval-set num_kv_pairs=16`
+    /// for a size no level names. Reported like an evaluation level, under the label `K=V`;
+    /// refused like one where the model could not read it or nothing changes. Plan key
+    /// `eval_sets` (a list of strings).
+    #[arg(long = "eval-set", value_name = "KEY=VALUE[,KEY=VALUE]")]
+    #[serde(rename = "eval_sets")]
+    pub eval_set: Vec<String>,
     /// What a verdict reads of each run: `test` (its test accuracy) or `ood` (its mean test
     /// accuracy over `--eval-levels`; selection stays on the training level's val split).
     #[arg(long, value_enum, default_value_t = Judge::Test)]

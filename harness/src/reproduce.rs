@@ -286,7 +286,7 @@ pub fn spec_floor(spec: &RunSpec) -> Result<f64> {
             .iter()
             .map(|e| {
                 spec_floor(&RunSpec {
-                    level: e.level.clone(),
+                    level: e.base_level(&spec.level).to_string(),
                     task_config: e.task_config.clone(),
                     eval_levels: Vec::new(),
                     judge: crate::overrides::Judge::Test,

@@ -80,41 +80,82 @@ pub struct EvalLevel {
 /// each level's result records its sequence length beside the trained one.
 fn eval_levels(
     names: &[String],
+    eval_sets: &[String],
     task_name: &str,
     level: &str,
     task: &dyn tasks::Task,
     sets: &[(String, String)],
 ) -> Result<Vec<EvalLevel>> {
     let mut out: Vec<EvalLevel> = Vec::new();
+    // Each evaluation: (its label, the flag that asked for it, the task it builds).
+    let mut asked = Vec::new();
     for name in names {
         if name == level {
             bail!("--eval-levels {name}: that is the training level (its test split is the run's own test)");
         }
-        if out.iter().any(|e| &e.level == name) {
-            bail!("--eval-levels names {name} twice");
-        }
         let e = tasks::build(task_name, Some(name), sets)
             .with_context(|| format!("--eval-levels {name}"))?;
+        asked.push((name.clone(), format!("--eval-levels {name}"), e));
+    }
+    for raw in eval_sets {
+        let flag = format!("--eval-set {raw}");
+        let pairs = parse_sets(&raw.split(',').map(str::to_string).collect::<Vec<_>>())
+            .with_context(|| flag.clone())?;
+        let label = eval_set_label(&pairs);
+        let mut all = sets.to_vec();
+        all.extend(pairs);
+        let e = tasks::build(task_name, Some(level), &all).with_context(|| flag.clone())?;
+        if e.config() == task.config() {
+            bail!("{flag}: that is the training level's own setting (its test split is the run's own test)");
+        }
+        asked.push((label, flag, e));
+    }
+    for (label, flag, e) in asked {
+        if out.iter().any(|o| o.level == label) {
+            bail!("{flag}: asked for twice");
+        }
         if e.vocab_size() != task.vocab_size() {
             bail!(
-                "--eval-levels {name}: its vocabulary has {} tokens, the training level's {} (a model trained on {level} cannot read it)",
+                "{flag}: its vocabulary has {} tokens, the training level's {} (a model trained on {level} cannot read it)",
                 e.vocab_size(),
                 task.vocab_size()
             );
         }
         if e.metric() != task.metric() {
             bail!(
-                "--eval-levels {name}: its answers are scored as {:?}, the training level's as {:?}",
+                "{flag}: its answers are scored as {:?}, the training level's as {:?}",
                 e.metric(),
                 task.metric()
             );
         }
         out.push(EvalLevel {
-            level: name.clone(),
+            level: label,
             task_config: e.config(),
         });
     }
     Ok(out)
+}
+
+/// The label an `--eval-set` evaluation is reported under: its `KEY=VALUE` pairs, comma-joined.
+/// Level names never hold `=`, so a label tells which kind of evaluation it is.
+fn eval_set_label(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl EvalLevel {
+    /// The level its task is built at: its own, or for an `--eval-set` evaluation (a label with
+    /// `=`) the run's training level, whose config it overrides.
+    pub fn base_level<'a>(&'a self, training_level: &'a str) -> &'a str {
+        if self.level.contains('=') {
+            training_level
+        } else {
+            &self.level
+        }
+    }
 }
 
 impl RunSpec {
@@ -324,9 +365,18 @@ fn resolve_cell(
         if seq_len == 0 {
             bail!("task {task_name} produces sequences too short to train on");
         }
-        let eval_levels = eval_levels(&a.eval_levels, task_name, &level, task.as_ref(), &all_sets)?;
+        let eval_levels = eval_levels(
+            &a.eval_levels,
+            &a.eval_set,
+            task_name,
+            &level,
+            task.as_ref(),
+            &all_sets,
+        )?;
         if a.judge == crate::overrides::Judge::Ood && eval_levels.is_empty() {
-            bail!("--judge ood reads the evaluation levels' scores: give --eval-levels");
+            bail!(
+                "--judge ood reads the evaluation levels' scores: give --eval-levels or --eval-set"
+            );
         }
         if a.val_metric == crate::overrides::ValMetric::Choice
             && task

@@ -755,7 +755,7 @@ fn test_into(
     for (i, e) in spec.eval_levels.iter().enumerate() {
         let level_task = eval_level_task(spec, i)?;
         let lt = level_task.as_ref();
-        let test = eval_level_examples(spec, i)?;
+        let test = tasks::generate_range(lt, Split::Test, 0, spec.n_test);
         let seq_len = lt.max_len();
         let test_acc = match lt.metric() {
             tasks::Metric::TeacherForced => {
@@ -798,7 +798,11 @@ fn task_from_config(
 /// The task of the spec's evaluation level `i`, from its exact config.
 pub fn eval_level_task(spec: &RunSpec, i: usize) -> Result<Box<dyn Task>> {
     let e = &spec.eval_levels[i];
-    Ok(task_from_config(&spec.task, &e.level, &e.task_config)?)
+    Ok(task_from_config(
+        &spec.task,
+        e.base_level(&spec.level),
+        &e.task_config,
+    )?)
 }
 
 /// The examples a run is tested on at its evaluation level `i`: the first `n_test` of that
