@@ -31,6 +31,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
         .join(": ")
         .replace('\n', " ")
 }
+pub mod aggregate;
 pub mod analyze;
 pub mod bench;
 pub mod calibrate;
