@@ -21,6 +21,7 @@ mod pack;
 mod plots;
 mod reproduce;
 mod runs;
+mod suite;
 mod task_contract;
 mod tasks_common;
 mod tasks_probes;

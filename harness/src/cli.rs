@@ -39,6 +39,10 @@ pub enum Command {
     /// Find the knob value (level, budget, task knob, model shape) at which a baseline's val
     /// accuracy lands in a target band between the task's floor and 100%.
     Calibrate(Box<crate::calibrate::CalibrateArgs>),
+    /// The suite scorecard: every task family at its calibrated setting, every model trained
+    /// under the verdict rules, IQM and probability of improvement with bootstrap intervals,
+    /// the A/A noise floor and the performance profile (SUITE.md from results/suite/).
+    Suite(crate::suite::SuiteArgs),
     /// Retrain a saved run from its config.json alone and check the result equals the saved one.
     Rerun(crate::rerun::RerunArgs),
     /// The paper's diagnostics of a trained run (or of every run under a results folder): value
@@ -147,6 +151,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Calibrate(a)) => crate::calibrate::run(&a),
+        Some(Command::Suite(a)) => crate::suite::run(&a),
         Some(Command::Rerun(a)) => crate::rerun::run(&a),
         Some(Command::Analyze(a)) => crate::analyze::run(&a),
         Some(Command::CheckDevice(a)) => crate::check_device::run(&a),

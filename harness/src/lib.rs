@@ -57,6 +57,7 @@ pub mod rerun;
 pub mod rundir;
 pub mod spec;
 pub mod stats;
+pub mod suite;
 pub mod sweep;
 pub mod train;
 pub mod verdict;

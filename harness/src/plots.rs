@@ -1017,3 +1017,58 @@ mod colour_tests {
         assert_eq!(model_color("llama"), PALETTE[0]);
     }
 }
+
+/// The suite's performance profile: per model the fraction of runs whose normalized score
+/// exceeds τ, a step line over τ ∈ [0, 1] with its bootstrap band shaded.
+pub fn performance_profile(path: &Path, curves: &[crate::suite::ProfileCurve]) -> Result<()> {
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (plot, side) = root.split_horizontally(900 - LEGEND_W);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption(
+                "performance profile: fraction of runs above each normalized score",
+                ("sans-serif", 16),
+            )
+            .margin(12)
+            .x_label_area_size(48)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.02)?;
+        chart
+            .configure_mesh()
+            .x_labels(11)
+            .y_labels(11)
+            .x_label_formatter(&|x| format!("{x:.1}"))
+            .y_label_formatter(&|y| format!("{:.0}%", 100.0 * y))
+            .label_style(("sans-serif", TICK_FONT))
+            .x_desc("normalized score τ ((acc − floor) / (1 − floor))")
+            .y_desc("fraction of runs with score > τ")
+            .axis_desc_style(("sans-serif", 14))
+            .draw()?;
+        let mut entries = Vec::new();
+        for c in curves {
+            let color = model_color(&c.model);
+            if c.band.len() == c.taus.len() && !c.band.is_empty() {
+                let upper = c.taus.iter().zip(&c.band).map(|(&t, b)| (t, b.1));
+                let lower = c.taus.iter().zip(&c.band).rev().map(|(&t, b)| (t, b.0));
+                chart.draw_series(std::iter::once(Polygon::new(
+                    upper.chain(lower).collect::<Vec<_>>(),
+                    color.mix(0.15).filled(),
+                )))?;
+            }
+            chart.draw_series(std::iter::once(PathElement::new(
+                c.taus
+                    .iter()
+                    .zip(&c.fraction)
+                    .map(|(&t, &f)| (t, f))
+                    .collect::<Vec<_>>(),
+                color.stroke_width(2),
+            )))?;
+            entries.push((c.model.clone(), color, false));
+        }
+        legend(&side, &entries)?;
+        root.present()?;
+    }
+    crate::io::write_atomic(path, buf.as_bytes())
+}

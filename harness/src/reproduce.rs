@@ -513,67 +513,102 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
             when_busy: WhenBusy::Skip,
             ..RunOptions::default()
         };
-        let mut n = 0;
-        'claims: for c in &claims {
+        let keep = |s: &RunSpec| {
+            (a.models.is_empty() || a.models.contains(&s.model))
+                && (a.levels.is_empty() || a.levels.contains(&s.level))
+        };
+        for c in &claims {
             let Some(arms) = arms(c, a.scale)? else {
                 eprintln!("claim {}: no {:?}-scale protocol", c.name, a.scale);
                 continue;
             };
-            // Tuning, then evaluation seeds, then further looks: train what the rules want
-            // until they want nothing new (or only runs another process holds).
-            let mut tried: BTreeSet<String> = BTreeSet::new();
-            loop {
-                let records = committed(&a.results)?;
-                let todo: Vec<RunSpec> = standing(c, &arms, &records, &a.results)?
-                    .missing(&records)
-                    .into_iter()
-                    .filter(|s| a.models.is_empty() || a.models.contains(&s.model))
-                    .filter(|s| a.levels.is_empty() || a.levels.contains(&s.level))
-                    .filter(|s| !tried.contains(&s.id()))
-                    .collect();
-                if a.plan {
-                    for s in &todo {
-                        println!(
-                            "{}\t{} {} {} ({} layers) seed {} lr {:e}",
-                            c.name,
-                            s.task,
-                            s.level,
-                            s.model,
-                            s.model_config.n_layers,
-                            s.seed,
-                            s.optim.lr
-                        );
-                    }
-                    continue 'claims;
-                }
-                if todo.is_empty() {
-                    break;
-                }
-                tried.extend(todo.iter().map(|s| s.id()));
-                let done = run_all(
-                    &todo,
-                    &a.results,
-                    &dev,
-                    opts,
-                    a.pack.max(1),
-                    |spec, done| {
-                        n += 1;
-                        match done {
-                            Outcome::Done(r) if !a.progress.quiet => {
-                                eprintln!("claim {} run {n}: {} {}", c.name, r.id, r.status)
-                            }
-                            Outcome::Busy => {
-                                eprintln!("{}: held by another process, left to it", spec.id())
-                            }
-                            _ => {}
-                        }
-                    },
-                )?;
-                if done.iter().any(|d| matches!(d, Outcome::Interrupted)) {
-                    break 'claims;
-                }
+            let want = |records: &[Record]| -> Result<Vec<RunSpec>> {
+                Ok(standing(c, &arms, records, &a.results)?.missing(records))
+            };
+            let drive = Drive {
+                name: c.name,
+                results: &a.results,
+                plan: a.plan,
+                pack: a.pack,
+                opts,
+            };
+            if !drive.run(&dev, want, keep)? {
+                break;
             }
         }
     }
     Ok(())
+}
+
+/// How [`Drive::run`] trains: into `results`, under a name for its messages.
+pub struct Drive<'a> {
+    pub name: &'a str,
+    pub results: &'a Path,
+    /// Print the runs wanted next instead of training them.
+    pub plan: bool,
+    pub pack: usize,
+    pub opts: RunOptions,
+}
+
+impl Drive<'_> {
+    /// Train what `want` asks for given the committed runs (those `keep` keeps), then ask again,
+    /// until it asks for nothing new (or only for runs another process holds). Returns false when
+    /// interrupted.
+    pub fn run(
+        &self,
+        dev: &candle_core::Device,
+        want: impl Fn(&[Record]) -> Result<Vec<RunSpec>>,
+        keep: impl Fn(&RunSpec) -> bool,
+    ) -> Result<bool> {
+        let mut tried: BTreeSet<String> = BTreeSet::new();
+        let mut n = 0;
+        loop {
+            let records = committed(self.results)?;
+            let todo: Vec<RunSpec> = want(&records)?
+                .into_iter()
+                .filter(|s| keep(s) && !tried.contains(&s.id()))
+                .collect();
+            if self.plan {
+                for s in &todo {
+                    println!(
+                        "{}\t{} {} {} ({} layers) seed {} lr {:e}",
+                        self.name,
+                        s.task,
+                        s.level,
+                        s.model,
+                        s.model_config.n_layers,
+                        s.seed,
+                        s.optim.lr
+                    );
+                }
+                return Ok(true);
+            }
+            if todo.is_empty() {
+                return Ok(true);
+            }
+            tried.extend(todo.iter().map(|s| s.id()));
+            let done = run_all(
+                &todo,
+                self.results,
+                dev,
+                self.opts,
+                self.pack.max(1),
+                |spec, done| {
+                    n += 1;
+                    match done {
+                        Outcome::Done(r) if !self.opts.quiet => {
+                            eprintln!("{} run {n}: {} {}", self.name, r.id, r.status)
+                        }
+                        Outcome::Busy => {
+                            eprintln!("{}: held by another process, left to it", spec.id())
+                        }
+                        _ => {}
+                    }
+                },
+            )?;
+            if done.iter().any(|d| matches!(d, Outcome::Interrupted)) {
+                return Ok(false);
+            }
+        }
+    }
 }
