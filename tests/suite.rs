@@ -102,7 +102,7 @@ fn the_scorecard_aggregates_what_the_runs_show() {
     assert!(!r.md.contains("incomplete"), "{}", r.md);
 }
 
-/// `--quick` reads only the tuning seed at lr 1e-3 and says it is not a verdict.
+/// `--quick` reads only the tuning seed at `QUICK_LR` and says it is not a verdict.
 #[test]
 fn quick_reads_one_run_per_cell_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +136,7 @@ fn suite_models_are_checked() {
 }
 
 /// Every family's setting is the level its committed calibration chose (where it is committed):
-/// `harness calibrate` at the suite's budget, llama, lr 1e-3, seed 0 — and the calibration's
+/// `harness calibrate` at the setting, llama, lr `QUICK_LR`, seed 0 — and the calibration's
 /// chosen run is the suite's own tuning run of llama at that lr.
 #[test]
 fn suite_settings_are_their_calibrations() {
@@ -145,16 +145,17 @@ fn suite_settings_are_their_calibrations() {
     let arms = suite::arms(&models, Scale::Cpu).unwrap();
     let mut checked = 0;
     for (f, (_, specs)) in suite::SETTINGS.iter().zip(&arms) {
-        let path = root.join(suite::calibration_file(f.task));
+        let path = root.join(f.calibration_file());
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
         let cal: harness::calibrate::Calibration = serde_json::from_str(&text).unwrap();
-        assert_eq!(cal.chosen.as_deref(), Some(f.level), "{}", f.task);
+        let value = f.calibrated_value();
+        assert_eq!(cal.chosen.as_ref(), Some(&value), "{}", f.task);
         let run = cal
             .tried
             .iter()
-            .find(|t| t.value == f.level)
+            .find(|t| t.value == value)
             .unwrap()
             .run
             .clone();

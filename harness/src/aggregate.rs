@@ -274,7 +274,10 @@ mod tests {
         let mut rng = rng_for("test");
         let (lo, hi) = stratified_ci(&strata, |x| iqm(x), 40_000, 0.9, &mut rng).unwrap();
         // The Monte Carlo quantiles sit within a small distance of the exact ones.
-        assert!((lo - elo).abs() < 0.02 && (hi - ehi).abs() < 0.02, "{lo} {hi} vs {elo} {ehi}");
+        assert!(
+            (lo - elo).abs() < 0.02 && (hi - ehi).abs() < 0.02,
+            "{lo} {hi} vs {elo} {ehi}"
+        );
         // Within strata only: a stratum of one value never varies, so the mean's interval is
         // the other stratum's alone, shifted.
         let fixed = vec![vec![0.5, 0.5, 0.5], vec![0.0, 0.2, 1.0]];
@@ -282,7 +285,10 @@ mod tests {
         let lo_exact = exact.iter().cloned().fold(f64::INFINITY, f64::min);
         assert!((lo_exact - (1.5 + 0.0) / 6.0).abs() < 1e-12);
         let (lo, _) = stratified_ci(&fixed, mean, 40_000, 1.0, &mut rng).unwrap();
-        assert!((lo - lo_exact).abs() < 1e-12, "the smallest resample is all zeros there");
+        assert!(
+            (lo - lo_exact).abs() < 1e-12,
+            "the smallest resample is all zeros there"
+        );
         // The same seed gives the same interval (byte-identical re-renders).
         let a = stratified_ci(&strata, iqm, 500, 0.95, &mut rng_for("x"));
         let b = stratified_ci(&strata, iqm, 500, 0.95, &mut rng_for("x"));
@@ -315,7 +321,10 @@ mod tests {
         }
         let (elo, ehi) = percentile_interval(exact, 0.9);
         let (lo, hi) = poi_ci(&x, &y, 40_000, 0.9, &mut rng_for("poi")).unwrap();
-        assert!((lo - elo).abs() < 0.03 && (hi - ehi).abs() < 0.03, "{lo} {hi} vs {elo} {ehi}");
+        assert!(
+            (lo - elo).abs() < 0.03 && (hi - ehi).abs() < 0.03,
+            "{lo} {hi} vs {elo} {ehi}"
+        );
         // 0.2 > 0.1; 0.6 > 0.1, 0.5; 0.7 > all three: 6 of 9 pairs.
         assert_eq!(probability_of_improvement(&x, &y), Some(6.0 / 9.0));
     }
@@ -323,7 +332,10 @@ mod tests {
     #[test]
     fn profile_counts_runs_above_each_threshold() {
         let x = [0.0, 0.25, 0.5, 0.75, 1.0];
-        assert_eq!(profile(&x, &[-0.1, 0.0, 0.5, 0.99, 1.0]), [1.0, 0.8, 0.4, 0.2, 0.0]);
+        assert_eq!(
+            profile(&x, &[-0.1, 0.0, 0.5, 0.99, 1.0]),
+            [1.0, 0.8, 0.4, 0.2, 0.0]
+        );
         // A band brackets the profile and is flat where no resample can differ.
         let strata = vec![vec![0.3, 0.3], vec![0.8, 0.8]];
         let band = profile_band(&strata, &[0.5], 100, 0.95, &mut rng_for("p"));
@@ -339,7 +351,9 @@ mod tests {
     fn half_splits_enumerate_each_split_once() {
         let s = half_splits(10);
         assert_eq!(s.len(), 126); // C(10, 5) / 2
-        assert!(s.iter().all(|(a, b)| a.len() == 5 && b.len() == 5 && a[0] == 0));
+        assert!(s
+            .iter()
+            .all(|(a, b)| a.len() == 5 && b.len() == 5 && a[0] == 0));
         let s4 = half_splits(4);
         assert_eq!(s4.len(), 3);
         assert_eq!(s4[0], (vec![0, 1], vec![2, 3]));

@@ -47,7 +47,7 @@ pub struct SuiteArgs {
     /// Print the runs wanted next (train nothing, write nothing).
     #[arg(long)]
     pub plan: bool,
-    /// One seed per (family, model) at lr 1e-3, no lr search, no verdicts: a first look in about
+    /// One seed per (family, model) at lr 3e-3 (`QUICK_LR`), no lr search, no verdicts: a first look in about
     /// 20 minutes on 2 cores for two models, labelled as not a verdict. Its runs are the full
     /// protocol's tuning runs at that lr, so nothing is trained twice.
     #[arg(long)]
@@ -78,25 +78,43 @@ pub const GPU_BUDGET: f64 = 3e14;
 pub const AGG_SEEDS: usize = 5;
 /// llama's evaluation seeds: two disjoint halves of [`AGG_SEEDS`] for the A/A noise floor.
 pub const AA_SEEDS: usize = 2 * AGG_SEEDS;
-/// The lr of `--quick` (the middle of the grid).
-pub const QUICK_LR: f64 = 1e-3;
+/// The lr the families were calibrated at, and `--quick`'s: the grid's top, which the staged
+/// search chose for most cells at these short budgets (lr 1e-3 left llama at the floor of hop-k
+/// k2 at 4 layers, where 3e-3 takes it to 68%); its runs are the protocol's tuning runs there.
+pub const QUICK_LR: f64 = 3e-3;
 /// Where the performance profile is evaluated (normalized score thresholds).
 const TAUS: usize = 41;
 
-/// One task family's suite setting: the level `harness calibrate` chose for llama at
-/// [`CPU_BUDGET`] (lr 1e-3, seed 0), its evidence committed at [`calibration_file`].
+/// One task family's suite setting: its level and budget (and, where the preset's would leave
+/// llama at the floor, task knobs or a depth), chosen by `harness calibrate` for llama at lr
+/// [`QUICK_LR`], seed 0 — the level bisected at [`CPU_BUDGET`], or where even the easiest level stays
+/// below the band, the budget at that level. The evidence: [`FamilySetting::calibration_file`]
+/// under `results/suite/`, written by [`FamilySetting::calibration_command`].
 pub struct FamilySetting {
     pub task: &'static str,
     pub level: &'static str,
+    /// FLOPs per run.
+    pub budget: f64,
+    /// What the calibration searched: `level` or `budget`.
+    pub knob: &'static str,
+    /// Task knobs (`--set`) and model knobs (`--model-set`) beyond the preset's.
+    pub sets: &'static [&'static str],
+    pub model_sets: &'static [&'static str],
+    /// Selected and judged on the two-way choice (`--val-metric choice`), with this batch size.
+    pub choice_batch: Option<usize>,
 }
 
-/// Every family's setting, one line each (the calibration evidence: `results/suite/calibration/
-/// <task>-llama-level.json`, written by the command [`calibration_command`] prints).
+/// Every family's setting, one line each.
 pub const SETTINGS: [FamilySetting; 15] = [
     fam("mqar", "kv4"),
     fam("arith", "ops4"),
     fam("prosqa", "hops3"),
-    fam("hopk", "k2"),
+    // At 4 layers and 2e12 FLOPs llama stays at k2's floor: the depth claim's 2 layers, budget
+    // calibrated.
+    FamilySetting {
+        model_sets: &["n_layers=2"],
+        ..fam("hopk", "k2").at_budget(3e12)
+    },
     fam("vartrack", "hops2"),
     fam("listops", "depth2"),
     fam("recall", "v64"),
@@ -110,21 +128,63 @@ pub const SETTINGS: [FamilySetting; 15] = [
     fam("reachability", "d2"),
 ];
 
+/// A family whose level was calibrated at [`CPU_BUDGET`] with the preset's knobs.
 const fn fam(task: &'static str, level: &'static str) -> FamilySetting {
-    FamilySetting { task, level }
+    FamilySetting {
+        task,
+        level,
+        budget: CPU_BUDGET,
+        knob: "level",
+        sets: &[],
+        model_sets: &[],
+        choice_batch: None,
+    }
 }
 
-/// The committed calibration of a family, relative to the results folder.
-pub fn calibration_file(task: &str) -> String {
-    format!("calibration/{task}-llama-level.json")
-}
+impl FamilySetting {
+    /// Its budget calibrated at its level instead (budget candidates, largest first).
+    const fn at_budget(self, budget: f64) -> Self {
+        FamilySetting {
+            budget,
+            knob: "budget",
+            ..self
+        }
+    }
 
-/// The command that calibrates a family (candidates: its levels, easiest first).
-pub fn calibration_command(task: &str, levels: &str) -> String {
-    format!(
-        "harness calibrate --task {task} --models llama --budget-flops {CPU_BUDGET:e} --lr 1e-3 \
-         --knob level --values {levels} --out results/suite"
-    )
+    /// The committed calibration, relative to the results folder.
+    pub fn calibration_file(&self) -> String {
+        format!("calibration/{}-llama-{}.json", self.task, self.knob)
+    }
+
+    /// The value its calibration chose, as the calibration writes it.
+    pub fn calibrated_value(&self) -> String {
+        match self.knob {
+            "budget" => format!("{:e}", self.budget),
+            _ => self.level.to_string(),
+        }
+    }
+
+    /// The command that calibrates it, given the candidates (easiest first).
+    pub fn calibration_command(&self, values: &str) -> String {
+        let mut c = format!(
+            "harness calibrate --task {} --models llama --lr {QUICK_LR:e}",
+            self.task
+        );
+        for s in self.sets {
+            c += &format!(" --set {s}");
+        }
+        for s in self.model_sets {
+            c += &format!(" --model-set {s}");
+        }
+        if let Some(b) = self.choice_batch {
+            c += &format!(" --val-metric choice --batch-size {b}");
+        }
+        match self.knob {
+            "budget" => c += &format!(" --level {} --knob budget", self.level),
+            _ => c += &format!(" --budget-flops {:e} --knob level", self.budget),
+        }
+        c + &format!(" --values {values} --out results/suite")
+    }
 }
 
 /// The models a suite compares: llama first, each a known variant, none twice.
@@ -155,15 +215,22 @@ pub fn arms(models: &[String], scale: Scale) -> Result<Vec<ArmRuns>> {
             let mut o = Overrides {
                 task: vec![f.task.into()],
                 level: vec![f.level.into()],
+                sets: f.sets.iter().map(|s| s.to_string()).collect(),
+                model_sets: f.model_sets.iter().map(|s| s.to_string()).collect(),
+                val_metric: match f.choice_batch {
+                    Some(_) => crate::overrides::ValMetric::Choice,
+                    None => crate::overrides::ValMetric::Teacher,
+                },
+                batch_size: f.choice_batch,
                 models: models.to_vec(),
                 seeds: Some(1 + crate::verdict::LOOKS[crate::verdict::LOOKS.len() - 1] as u64),
                 lr: LADDER.to_vec(),
-                budget_flops: Some(CPU_BUDGET),
+                budget_flops: Some(f.budget),
                 ..Overrides::default()
             };
             if scale == Scale::Gpu {
                 o.budget_flops = Some(GPU_BUDGET);
-                o.model_sets = vec!["d_model=256".into()];
+                o.model_sets.push("d_model=256".into());
             }
             let arm = Arm {
                 label: f.task.into(),
@@ -710,7 +777,7 @@ fn markdown(j: &SuiteJson, results: &Path) -> String {
     md += "<!-- Rendered by `harness suite` from the committed runs under results/suite/; do not \
            edit by hand. -->\n\n";
     if j.quick {
-        md += "**`--quick`: one seed per (family, model) at lr 1e-3, no lr search, no verdicts and no \
+        md += "**`--quick`: one seed per (family, model) at lr 3e-3, no lr search, no verdicts and no \
                intervals.** A first look, not evidence: the full protocol tunes the lr and trains \
                five or more evaluation seeds.\n\n";
     }
