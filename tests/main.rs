@@ -6,6 +6,7 @@ mod analyze;
 mod cli;
 mod device;
 mod export_formats;
+mod html;
 mod layering;
 mod leaderboard;
 mod models_accounting;

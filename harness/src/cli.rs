@@ -43,6 +43,9 @@ pub enum Command {
     /// under the verdict rules, IQM and probability of improvement with bootstrap intervals,
     /// the A/A noise floor and the performance profile (SUITE.md from results/suite/).
     Suite(crate::suite::SuiteArgs),
+    /// One self-contained HTML page of results folders: the sortable leaderboard, the verdicts
+    /// whose runs are there, each row's curves, heatmap and runs.
+    Report(crate::html::ReportArgs),
     /// Retrain a saved run from its config.json alone and check the result equals the saved one.
     Rerun(crate::rerun::RerunArgs),
     /// The paper's diagnostics of a trained run (or of every run under a results folder): value
@@ -152,6 +155,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Calibrate(a)) => crate::calibrate::run(&a),
         Some(Command::Suite(a)) => crate::suite::run(&a),
+        Some(Command::Report(a)) => crate::html::run(&a),
         Some(Command::Rerun(a)) => crate::rerun::run(&a),
         Some(Command::Analyze(a)) => crate::analyze::run(&a),
         Some(Command::CheckDevice(a)) => crate::check_device::run(&a),

@@ -155,5 +155,7 @@ pub fn write_report(
         crate::io::write_atomic(&dir.join(name), text.as_bytes())?;
     }
     crate::plots::write_plots(dir, &loaded.records, &rs)?;
-    Ok((rs, loaded.unreadable))
+    let unreadable = loaded.unreadable.clone();
+    crate::html::write_beside(dir, loaded, rs.clone())?;
+    Ok((rs, unreadable))
 }

@@ -44,6 +44,7 @@ pub mod eval;
 pub mod export_hf;
 pub mod flags;
 pub mod flops_cmd;
+pub mod html;
 pub mod job;
 pub mod leaderboard;
 pub mod optim;

@@ -145,7 +145,7 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// Which number of a metric line a curve follows.
-type Pick = fn(&MetricLine) -> Option<f64>;
+pub type Pick = fn(&MetricLine) -> Option<f64>;
 
 /// (flops, value) points of a run's metrics.jsonl: the training loss, or the val accuracy (whose
 /// lines carry only the step: x = step × FLOPs per step). A folder whose metrics cannot be read
@@ -187,7 +187,7 @@ fn band(v: &[f64]) -> (f64, f64, f64) {
 }
 
 /// The runs of a row: its cell at its chosen lr.
-fn runs_of<'a>(records: &'a [Record], row: &Row) -> Vec<&'a Record> {
+pub fn runs_of<'a>(records: &'a [Record], row: &Row) -> Vec<&'a Record> {
     records
         .iter()
         .filter(|r| r.spec.cell_key() == row.cell && r.result.lr == row.lr)
@@ -206,7 +206,8 @@ fn row_label(row: &Row, many_levels: bool) -> String {
     s
 }
 
-fn mean_curve(dir: &Path, runs: &[&Record], pick: Pick) -> Vec<(f64, f64, f64, f64)> {
+/// A row's curve: per logged point (x, mean over its runs, band low, band high).
+pub fn mean_curve(dir: &Path, runs: &[&Record], pick: Pick) -> Vec<(f64, f64, f64, f64)> {
     let curves: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| curve(dir, r, pick)).collect();
     let n = curves.iter().map(Vec::len).min().unwrap_or(0);
     (0..n)
@@ -306,15 +307,7 @@ pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
                         .collect()
                 })
                 .collect();
-            let cell = if row.setting.is_empty() {
-                String::new()
-            } else {
-                format!("-{}", &row.cell[..8.min(row.cell.len())])
-            };
-            let path = dir.join(format!(
-                "{task}-{}-{}{cell}-router-heatmap.svg",
-                row.level, row.model
-            ));
+            let path = dir.join(row_heatmap_file(row));
             let title = format!(
                 "{} {}: mean |W| per source, mean of {} seed(s)",
                 row.model,
@@ -326,6 +319,19 @@ pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file (beside the runs) of a row's mean router heatmap, where its runs have one.
+pub fn row_heatmap_file(row: &Row) -> String {
+    let cell = if row.setting.is_empty() {
+        String::new()
+    } else {
+        format!("-{}", &row.cell[..8.min(row.cell.len())])
+    };
+    format!(
+        "{}-{}-{}{cell}-router-heatmap.svg",
+        row.task, row.level, row.model
+    )
 }
 
 /// The legend, outside the plot area: a swatch and a label per entry.
