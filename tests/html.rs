@@ -181,7 +181,10 @@ fn the_report_opens_sorts_and_escapes_in_a_browser() {
     );
     assert_eq!(leaderboard_rows(&dom).len(), want);
     assert!(dom.contains("class=\"filters\" data-table=\"lb-0\" hidden"));
-    assert!(!dom.contains("aria-sort=\""), "nothing sorted without the script");
+    assert!(
+        !dom.contains("aria-sort=\""),
+        "nothing sorted without the script"
+    );
 }
 
 /// Pixels of a PNG that differ from its first pixel, and all pixels.

@@ -68,7 +68,8 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em auto;max
 padding:0 1em;color:#222}table{border-collapse:collapse;margin:.8em 0;font-size:13px}\
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}\
 th{background:#f2f2f2;cursor:pointer;position:sticky;top:0}th[aria-sort=ascending]::after{content:' ▲'}\
-th[aria-sort=descending]::after{content:' ▼'}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+th[aria-sort=descending]::after{content:' ▼'}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
+td.s{max-width:26em;font-size:11px;word-break:break-word}\
 .ci{color:#777}details{margin:.4em 0;border:1px solid #ddd;padding:.3em .6em}summary{cursor:pointer}\
 img{max-width:100%}.figs{display:flex;flex-wrap:wrap;gap:8px}code{background:#f4f4f4;padding:0 2px}\
 .filters{margin:.5em 0}.filters label{margin-right:1em}";
@@ -184,7 +185,7 @@ fn section(k: usize, dir: &Path, loaded: &Loaded, rows: &[Row]) -> Result<String
     for (i, r) in rows.iter().enumerate() {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{}{}{}",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"s\">{}</td>{}{}{}",
             esc(&r.task),
             esc(&r.level),
             esc(&r.model),
