@@ -17,6 +17,17 @@ fn models(names: &[&str]) -> Vec<String> {
 /// seeds 1..=10, lime 1..=5 — whose test accuracy is `acc(family index, model, seed)`.
 fn fake_suite(dir: &std::path::Path, acc: impl Fn(usize, &str, u64) -> f64) {
     let models = models(&["llama", "lime"]);
+    // A run judged on the two-way choice (ProsQA's) reports it as its choice accuracy too.
+    let write = |s: &harness::spec::RunSpec, val: f64, test: f64| {
+        write_run(dir, s, val, test, RunStatus::Ok);
+        if s.val_metric == harness::overrides::ValMetric::Choice {
+            let path = dir.join("runs").join(s.id()).join("result.json");
+            let mut r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            r["test_choice_acc"] = test.into();
+            std::fs::write(&path, serde_json::to_string(&r).unwrap()).unwrap();
+        }
+    };
     for (f, (_, specs)) in suite::arms(&models, Scale::Cpu).unwrap().iter().enumerate() {
         for s in specs {
             let last = if s.model == "llama" {
@@ -26,9 +37,9 @@ fn fake_suite(dir: &std::path::Path, acc: impl Fn(usize, &str, u64) -> f64) {
             } as u64;
             if s.seed == TUNING_SEED && LRS.contains(&s.optim.lr) {
                 let val = if s.optim.lr == 1e-3 { 0.9 } else { 0.2 };
-                write_run(dir, s, val, 1.0, RunStatus::Ok);
+                write(s, val, 1.0);
             } else if s.seed >= 1 && s.seed <= last && s.optim.lr == 1e-3 {
-                write_run(dir, s, 0.5, acc(f, &s.model, s.seed), RunStatus::Ok);
+                write(s, 0.5, acc(f, &s.model, s.seed));
             }
         }
     }
@@ -102,7 +113,8 @@ fn the_scorecard_aggregates_what_the_runs_show() {
     assert!(!r.md.contains("incomplete"), "{}", r.md);
 }
 
-/// `--quick` reads only the tuning seed at `QUICK_LR` and says it is not a verdict.
+/// `--quick` reads only the tuning seed at each family's calibration lr and says it is not a
+/// verdict.
 #[test]
 fn quick_reads_one_run_per_cell_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +148,7 @@ fn suite_models_are_checked() {
 }
 
 /// Every family's setting is the level its committed calibration chose (where it is committed):
-/// `harness calibrate` at the setting, llama, lr `QUICK_LR`, seed 0 — and the calibration's
+/// `harness calibrate` at the setting, llama, the family's lr, seed 0 — and the calibration's
 /// chosen run is the suite's own tuning run of llama at that lr.
 #[test]
 fn suite_settings_are_their_calibrations() {
@@ -161,10 +173,34 @@ fn suite_settings_are_their_calibrations() {
             .clone();
         let ours = specs
             .iter()
-            .find(|s| s.seed == TUNING_SEED && s.optim.lr == suite::QUICK_LR)
+            .find(|s| s.seed == TUNING_SEED && s.optim.lr == f.lr)
             .unwrap();
         assert_eq!(run, ours.id(), "{}", f.task);
         checked += 1;
     }
     eprintln!("{checked} families' calibrations checked");
+}
+
+/// SUITE.md and SUITE-quick.md are pure functions of the committed runs: re-rendered from
+/// `results/suite/` they are byte for byte what is committed.
+#[test]
+fn committed_suite_md_re_renders_byte_for_byte() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let results = repo.join("results/suite");
+    let mut checked = 0;
+    for (file, quick, names) in [
+        ("SUITE.md", false, &[][..]),
+        ("SUITE-quick.md", true, &["llama", "lime"][..]),
+    ] {
+        let Ok(committed) = std::fs::read_to_string(repo.join(file)) else {
+            continue;
+        };
+        let models = models(names);
+        let arms = suite::arms(&models, Scale::Cpu).unwrap();
+        let claim = suite::claim(&models);
+        let r = suite::render(&models, &arms, &claim, &results, quick).unwrap();
+        assert!(r.md == committed, "{file} differs from its re-render");
+        checked += 1;
+    }
+    eprintln!("{checked} committed suite reports re-rendered");
 }

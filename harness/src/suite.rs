@@ -47,7 +47,7 @@ pub struct SuiteArgs {
     /// Print the runs wanted next (train nothing, write nothing).
     #[arg(long)]
     pub plan: bool,
-    /// One seed per (family, model) at lr 3e-3 (`QUICK_LR`), no lr search, no verdicts: a first look in about
+    /// One seed per (family, model) at lr 3e-3 (`CALIBRATION_LR`), no lr search, no verdicts: a first look in about
     /// 20 minutes on 2 cores for two models, labelled as not a verdict. Its runs are the full
     /// protocol's tuning runs at that lr, so nothing is trained twice.
     #[arg(long)]
@@ -78,16 +78,16 @@ pub const GPU_BUDGET: f64 = 3e14;
 pub const AGG_SEEDS: usize = 5;
 /// llama's evaluation seeds: two disjoint halves of [`AGG_SEEDS`] for the A/A noise floor.
 pub const AA_SEEDS: usize = 2 * AGG_SEEDS;
-/// The lr the families were calibrated at, and `--quick`'s: the grid's top, which the staged
-/// search chose for most cells at these short budgets (lr 1e-3 left llama at the floor of hop-k
-/// k2 at 4 layers, where 3e-3 takes it to 68%); its runs are the protocol's tuning runs there.
-pub const QUICK_LR: f64 = 3e-3;
+/// The lr a family is calibrated at unless its setting says otherwise (and `--quick`'s): the
+/// grid's top, which the staged search chose for most cells at these short budgets (lr 1e-3
+/// left llama at the floor of hop-k k2 at 4 layers); its runs are the protocol's tuning runs.
+pub const CALIBRATION_LR: f64 = 3e-3;
 /// Where the performance profile is evaluated (normalized score thresholds).
 const TAUS: usize = 41;
 
 /// One task family's suite setting: its level and budget (and, where the preset's would leave
 /// llama at the floor, task knobs or a depth), chosen by `harness calibrate` for llama at lr
-/// [`QUICK_LR`], seed 0 — the level bisected at [`CPU_BUDGET`], or where even the easiest level stays
+/// [`CALIBRATION_LR`], seed 0 — the level bisected at [`CPU_BUDGET`], or where even the easiest level stays
 /// below the band, the budget at that level. The evidence: [`FamilySetting::calibration_file`]
 /// under `results/suite/`, written by [`FamilySetting::calibration_command`].
 pub struct FamilySetting {
@@ -102,30 +102,43 @@ pub struct FamilySetting {
     pub model_sets: &'static [&'static str],
     /// Selected and judged on the two-way choice (`--val-metric choice`), with this batch size.
     pub choice_batch: Option<usize>,
+    /// The lr its calibration ran at (one of the grid's), which `--quick` trains at.
+    pub lr: f64,
 }
 
 /// Every family's setting, one line each.
 pub const SETTINGS: [FamilySetting; 15] = [
     fam("mqar", "kv4"),
-    fam("arith", "ops4"),
-    fam("prosqa", "hops3"),
+    fam("arith", "ops5"),
+    // The reproduction's ProsQA posing (edge list, answer alone, small graphs, two-way choice).
+    FamilySetting {
+        sets: &[
+            "rendering=symbolic",
+            "cot=false",
+            "min_nodes=8",
+            "max_nodes=14",
+            "max_edges=40",
+        ],
+        choice_batch: Some(16),
+        ..fam("prosqa", "hops3").at_budget(1e13).at_lr(1e-3)
+    },
     // At 4 layers and 2e12 FLOPs llama stays at k2's floor: the depth claim's 2 layers, budget
     // calibrated.
     FamilySetting {
         model_sets: &["n_layers=2"],
         ..fam("hopk", "k2").at_budget(3e12)
     },
-    fam("vartrack", "hops2"),
+    fam("vartrack", "hops2").at_lr(1e-3),
     fam("listops", "depth2"),
-    fam("recall", "v64"),
+    fam("recall", "base"),
     fam("fuzzy-recall", "base"),
-    fam("noisy-recall", "f40"),
-    fam("selective-copy", "copy32"),
-    fam("memorize", "v1024"),
+    fam("noisy-recall", "f20"),
+    fam("selective-copy", "copy16"),
+    fam("memorize", "v8192"),
     fam("counting", "n32"),
     fam("parity", "n16"),
-    fam("s5", "n8"),
-    fam("reachability", "d2"),
+    fam("s5", "n4"),
+    fam("reachability", "d3"),
 ];
 
 /// A family whose level was calibrated at [`CPU_BUDGET`] with the preset's knobs.
@@ -138,6 +151,7 @@ const fn fam(task: &'static str, level: &'static str) -> FamilySetting {
         sets: &[],
         model_sets: &[],
         choice_batch: None,
+        lr: CALIBRATION_LR,
     }
 }
 
@@ -149,6 +163,12 @@ impl FamilySetting {
             knob: "budget",
             ..self
         }
+    }
+
+    /// Calibrated at another lr of the grid (where [`CALIBRATION_LR`] left llama below the band
+    /// and it did not).
+    const fn at_lr(self, lr: f64) -> Self {
+        FamilySetting { lr, ..self }
     }
 
     /// The committed calibration, relative to the results folder.
@@ -167,8 +187,8 @@ impl FamilySetting {
     /// The command that calibrates it, given the candidates (easiest first).
     pub fn calibration_command(&self, values: &str) -> String {
         let mut c = format!(
-            "harness calibrate --task {} --models llama --lr {QUICK_LR:e}",
-            self.task
+            "harness calibrate --task {} --models llama --lr {:e}",
+            self.task, self.lr
         );
         for s in self.sets {
             c += &format!(" --set {s}");
@@ -293,11 +313,15 @@ fn aa_wanted(st: &Standing) -> Vec<RunSpec> {
     out
 }
 
-/// The runs of `--quick`: the tuning seed at [`QUICK_LR`] per (family, model).
+/// The runs of `--quick`: the tuning seed at each family's calibration lr, per model.
 fn quick_specs(arms: &[ArmRuns]) -> Vec<RunSpec> {
     arms.iter()
-        .flat_map(|(_, specs)| specs)
-        .filter(|s| s.seed == TUNING_SEED && s.optim.lr == QUICK_LR)
+        .zip(&SETTINGS)
+        .flat_map(|((_, specs), f)| {
+            specs
+                .iter()
+                .filter(move |s| s.seed == TUNING_SEED && s.optim.lr == f.lr)
+        })
         .cloned()
         .collect()
 }
@@ -388,6 +412,9 @@ pub struct FamilyRow {
     pub level: String,
     pub layers: usize,
     pub floor: Option<f64>,
+    /// What its committed calibration found (`harness calibrate`): llama's place between the
+    /// floor and 100% at the chosen value, and whether that is in the band.
+    pub calibration: String,
     /// Every model has [`AGG_SEEDS`] evaluation seeds (`--quick`: its run): in the aggregates.
     pub complete: bool,
     pub models: Vec<FamilyScore>,
@@ -483,8 +510,9 @@ pub fn render(
     let mut families = Vec::new();
     // llama's A/A seeds per family (all AA_SEEDS, or none).
     let mut aa: Vec<Vec<f64>> = Vec::new();
-    for (label, _) in arms {
+    for (k, (label, _)) in arms.iter().enumerate() {
         let mut row = FamilyRow {
+            calibration: calibration_line(&SETTINGS[k], results),
             task: label.clone(),
             level: String::new(),
             layers: 0,
@@ -508,10 +536,11 @@ pub fn render(
             row.floor = Some(floor);
             let (lr, runs): (Option<f64>, Vec<&Record>) = match quick {
                 true => {
+                    let lr = SETTINGS[k].lr;
                     let r = cell
-                        .spec(TUNING_SEED, QUICK_LR)
+                        .spec(TUNING_SEED, lr)
                         .and_then(|s| crate::reproduce::record(&records, s));
-                    (Some(QUICK_LR), r.into_iter().collect())
+                    (Some(lr), r.into_iter().collect())
                 }
                 false => {
                     let lr = st.selections[ci].chosen;
@@ -666,8 +695,39 @@ pub fn render(
         gpu_runs: size(models, Scale::Gpu)?.0,
         gpu_flops: size(models, Scale::Gpu)?.1,
     };
-    let md = markdown(&json, results);
+    let md = markdown(&json);
     Ok(Rendered { md, json })
+}
+
+/// A family's committed calibration in a few words.
+fn calibration_line(f: &FamilySetting, results: &Path) -> String {
+    let path = results.join(f.calibration_file());
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return "not calibrated".into();
+    };
+    let Ok(cal) = serde_json::from_str::<crate::calibrate::Calibration>(&text) else {
+        return format!("unreadable calibration {}", f.calibration_file());
+    };
+    let Some(chosen) = cal.chosen else {
+        return "nothing tried".into();
+    };
+    let position = cal
+        .tried
+        .iter()
+        .find(|t| t.value == chosen)
+        .map(|t| t.position)
+        .unwrap_or(0.0);
+    format!(
+        "{} {chosen} at lr {:e}: {:.0}% of the way, {}",
+        cal.knob,
+        f.lr,
+        100.0 * position,
+        match (cal.in_band, position < cal.band.0) {
+            (true, _) => "in the band".to_string(),
+            (false, true) => format!("below the band (the nearest of {})", cal.values.join(", ")),
+            (false, false) => format!("above the band (the nearest of {})", cal.values.join(", ")),
+        }
+    )
 }
 
 /// The verdict of cell `ci`'s comparison with llama, if it has one.
@@ -763,7 +823,7 @@ fn prob(x: Option<f64>, c: Option<(f64, f64)>) -> String {
     }
 }
 
-fn markdown(j: &SuiteJson, results: &Path) -> String {
+fn markdown(j: &SuiteJson) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -849,16 +909,21 @@ fn markdown(j: &SuiteJson, results: &Path) -> String {
         };
         let _ = writeln!(
             md,
-            "\n![performance profile]({}/{fig})\n\nThe performance profile: per model the fraction \
-             of its runs (over the complete families) whose normalized score exceeds τ, with its \
-             95% stratified bootstrap band.\n",
-            results.display()
+            "\n![performance profile](results/suite/{fig})\n\nThe performance profile: per model \
+             the fraction of its runs (over the complete families) whose normalized score exceeds \
+             τ, with its 95% stratified bootstrap band.\n"
         );
     }
     md += "## Per family\n\n";
     md += "Normalized score × 100, mean ± 95% CI over evaluation seeds (test accuracy % in \
            parentheses); under it the verdict against llama (difference of mean test accuracy in \
            points, Holm-adjusted interval).\n\n";
+    md += "Where each family's setting comes from (llama's val accuracy at the tuning seed, as a \
+           share of the way from the floor to 100%, against the band 25–75%):\n\n";
+    for f in &j.families {
+        let _ = writeln!(md, "- {}: {}", f.task, f.calibration);
+    }
+    md += "\n";
     let _ = write!(md, "| family | level · layers | floor % |");
     for m in &j.models {
         let _ = write!(md, " {m} |");
