@@ -133,7 +133,7 @@ pub const SETTINGS: [FamilySetting; 15] = [
     fam("recall", "base"),
     fam("fuzzy-recall", "base"),
     fam("noisy-recall", "f20"),
-    fam("selective-copy", "copy16"),
+    fam("selective-copy", "copy16").at_budget(4e12),
     fam("memorize", "v8192"),
     fam("counting", "n32"),
     fam("parity", "n16"),
