@@ -148,7 +148,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(a)) => crate::bench::run(&a),
         Some(Command::Reproduce(a)) => {
             crate::reproduce::train(&a)?;
-            match a.plan || a.stale {
+            match a.stage.plan || a.stale {
                 true => Ok(()),
                 false => crate::report::write(&a),
             }

@@ -38,15 +38,8 @@ pub struct ReproduceArgs {
     /// Train only the cells of these levels (comma-separated) [default: every level].
     #[arg(long, value_delimiter = ',')]
     pub levels: Vec<String>,
-    /// Protocol size: `cpu` (fits a 2-core machine) or `gpu` (the paper's sizes, where defined).
-    #[arg(long, value_enum, default_value_t = Scale::Cpu)]
-    pub scale: Scale,
-    /// Train nothing: render the report from the committed results only.
-    #[arg(long)]
-    pub render_only: bool,
-    /// Print the runs the protocols want next (train nothing, write nothing).
-    #[arg(long)]
-    pub plan: bool,
+    #[command(flatten)]
+    pub stage: Stage,
     /// Print the committed run folders no claim's protocol (at either scale) resolves to —
     /// earlier protocols' runs, which git history keeps — and train nothing.
     #[arg(long)]
@@ -65,6 +58,22 @@ pub struct ReproduceArgs {
     /// the results are the runs' own, packed or not.
     #[arg(long, default_value_t = 1)]
     pub pack: usize,
+}
+
+/// What a protocol command (`reproduce`, `suite`) does this time: its scale, and whether it
+/// trains, only renders, or only lists what it would train.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Stage {
+    /// Protocol size: `cpu` (fits a 2-core machine) or `gpu` (the paper's sizes where defined;
+    /// for the suite, defined and sized but not run here).
+    #[arg(long, value_enum, default_value_t = Scale::Cpu)]
+    pub scale: Scale,
+    /// Train nothing: render the report from the committed results only.
+    #[arg(long)]
+    pub render_only: bool,
+    /// Print the runs the protocol wants next (train nothing, write nothing).
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -489,7 +498,7 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
     for (what, names) in [("--models", &a.models), ("--levels", &a.levels)] {
         for n in names {
             let known = claims.iter().any(|c| {
-                arms(c, a.scale).ok().flatten().is_some_and(|arms| {
+                arms(c, a.stage.scale).ok().flatten().is_some_and(|arms| {
                     arms.iter()
                         .flat_map(|(_, s)| s)
                         .any(|s| &s.model == n || &s.level == n)
@@ -506,7 +515,7 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if !a.render_only {
+    if !a.stage.render_only {
         let dev = a.device.open()?;
         let opts = RunOptions {
             quiet: a.progress.quiet,
@@ -518,8 +527,8 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
                 && (a.levels.is_empty() || a.levels.contains(&s.level))
         };
         for c in &claims {
-            let Some(arms) = arms(c, a.scale)? else {
-                eprintln!("claim {}: no {:?}-scale protocol", c.name, a.scale);
+            let Some(arms) = arms(c, a.stage.scale)? else {
+                eprintln!("claim {}: no {:?}-scale protocol", c.name, a.stage.scale);
                 continue;
             };
             let want = |records: &[Record]| -> Result<Vec<RunSpec>> {
@@ -528,7 +537,7 @@ pub fn train(a: &ReproduceArgs) -> Result<()> {
             let drive = Drive {
                 name: c.name,
                 results: &a.results,
-                plan: a.plan,
+                plan: a.stage.plan,
                 pack: a.pack,
                 opts,
             };

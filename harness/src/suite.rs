@@ -38,16 +38,9 @@ pub struct SuiteArgs {
     /// committed run whose spec is unchanged.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// `cpu` (calibrated to fit a 2-core machine) or `gpu` (defined and sized; not run here).
-    #[arg(long, value_enum, default_value_t = Scale::Cpu)]
-    pub scale: Scale,
-    /// Train nothing: render from the committed runs only.
-    #[arg(long)]
-    pub render_only: bool,
-    /// Print the runs wanted next (train nothing, write nothing).
-    #[arg(long)]
-    pub plan: bool,
-    /// One seed per (family, model) at lr 3e-3 (`CALIBRATION_LR`), no lr search, no verdicts: a first look in about
+    #[command(flatten)]
+    pub stage: crate::reproduce::Stage,
+    /// One seed per (family, model) at its calibration lr, no lr search, no verdicts: a first look in about
     /// 20 minutes on 2 cores for two models, labelled as not a verdict. Its runs are the full
     /// protocol's tuning runs at that lr, so nothing is trained twice.
     #[arg(long)]
@@ -328,14 +321,14 @@ fn quick_specs(arms: &[ArmRuns]) -> Vec<RunSpec> {
 
 pub fn run(a: &SuiteArgs) -> Result<()> {
     let models = models(&a.models)?;
-    let arms = arms(&models, a.scale)?;
+    let arms = arms(&models, a.stage.scale)?;
     let claim = claim(&models);
-    if !a.render_only {
+    if !a.stage.render_only {
         let dev = a.device.open()?;
         let drive = Drive {
             name: "suite",
             results: &a.results,
-            plan: a.plan,
+            plan: a.stage.plan,
             pack: 1,
             opts: RunOptions {
                 quiet: a.progress.quiet,
@@ -356,7 +349,7 @@ pub fn run(a: &SuiteArgs) -> Result<()> {
                 .collect())
         };
         drive.run(&dev, want, |_| true)?;
-        if a.plan {
+        if a.stage.plan {
             return Ok(());
         }
     }
