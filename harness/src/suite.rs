@@ -113,7 +113,7 @@ pub const SETTINGS: [FamilySetting; 15] = [
             "max_edges=40",
         ],
         choice_batch: Some(16),
-        ..fam("prosqa", "hops3").at_budget(1e13).at_lr(1e-3)
+        ..fam("prosqa", "hops3").at_budget(2e13).at_lr(1e-3)
     },
     // At 4 layers and 2e12 FLOPs llama stays at k2's floor: the depth claim's 2 layers, budget
     // calibrated.
