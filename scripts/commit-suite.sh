@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Commit the suite's finished runs (config.json, result.json, metrics.jsonl; never checkpoints)
-# under results/suite/runs/ — the runs its protocol or its calibrations name — with the
-# calibrations and SUITE.md / SUITE-quick.md rendered from exactly that set, so the committed
-# reports re-render byte for byte (tests/suite.rs), even while `harness suite` trains on.
+# under results/suite/runs/ — its protocol's and its calibrations' (every candidate a calibration
+# tried is kept, as evidence) — with the calibrations and SUITE.md / SUITE-quick.md rendered from
+# exactly that set, so the committed reports re-render byte for byte (tests/suite.rs), even while
+# `harness suite` trains on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${HARNESS:-$(scripts/target-dir.sh)/release/harness}

@@ -830,14 +830,14 @@ fn markdown(j: &SuiteJson) -> String {
     md += "<!-- Rendered by `harness suite` from the committed runs under results/suite/; do not \
            edit by hand. -->\n\n";
     if j.quick {
-        md += "**`--quick`: one seed per (family, model) at lr 3e-3, no lr search, no verdicts and no \
-               intervals.** A first look, not evidence: the full protocol tunes the lr and trains \
-               five or more evaluation seeds.\n\n";
+        md += "**`--quick`: one seed per (family, model) at the family's calibration lr, no lr \
+               search, no verdicts and no intervals.** A first look, not evidence: the full \
+               protocol tunes the lr and trains five or more evaluation seeds.\n\n";
     }
     let _ = writeln!(
         md,
-        "Every task family at one calibrated CPU-scale setting ({:.0e} FLOPs per run, each family's \
-         preset shape), models {}. Scores are normalized per run: (test accuracy − floor) / (1 − floor), \
+        "Every task family at one calibrated CPU-scale setting ({:.0e} FLOPs per run unless its \
+         calibration chose a budget, each family's preset shape unless stated), models {}. Scores are normalized per run: (test accuracy − floor) / (1 − floor), \
          with the verdicts' floor (the best of chance, the majority predictor and the task's shallow \
          heuristics); 0 is trivial, 1 perfect.\n",
         j.budget_flops,
@@ -870,14 +870,20 @@ fn markdown(j: &SuiteJson) -> String {
         md += "No family is complete yet (every model with its evaluation seeds); nothing to \
                aggregate.\n\n";
     } else {
+        let intervals = match j.quick {
+            true => "no intervals (one run per cell)".to_string(),
+            false => format!(
+                "95% stratified bootstrap intervals ({} resamples, runs resampled within each \
+                 family)",
+                agg::REPS
+            ),
+        };
         let _ = writeln!(
             md,
-            "Over the {} complete families ({}), {} run(s) per model and family; 95% stratified \
-             bootstrap intervals ({} resamples, runs resampled within each family).\n",
+            "Over the {} complete families ({}), {} run(s) per model and family; {intervals}.\n",
             j.complete_families.len(),
             j.complete_families.join(", "),
             if j.quick { 1 } else { AGG_SEEDS },
-            agg::REPS
         );
         md += "| model | IQM × 100 | mean × 100 | P(better than llama) | P(better than lime) | mean rank |\n";
         md += "|---|---:|---:|---:|---:|---:|\n";
@@ -908,9 +914,12 @@ fn markdown(j: &SuiteJson) -> String {
         );
     }
     md += "## Per family\n\n";
-    md += "Normalized score × 100, mean ± 95% CI over evaluation seeds (test accuracy % in \
-           parentheses); under it the verdict against llama (difference of mean test accuracy in \
-           points, Holm-adjusted interval).\n\n";
+    md += match j.quick {
+        true => "Normalized score × 100 of the one run (test accuracy % in parentheses).\n\n",
+        false => "Normalized score × 100, mean ± 95% CI over evaluation seeds (test accuracy % in \
+                  parentheses); under it the verdict against llama (difference of mean test \
+                  accuracy in points, Holm-adjusted interval).\n\n",
+    };
     md += "Where each family's setting comes from (llama's val accuracy at the tuning seed, as a \
            share of the way from the floor to 100%, against the band 25–75%):\n\n";
     for f in &j.families {
