@@ -916,9 +916,11 @@ fn markdown(j: &SuiteJson) -> String {
     md += "## Per family\n\n";
     md += match j.quick {
         true => "Normalized score × 100 of the one run (test accuracy % in parentheses).\n\n",
-        false => "Normalized score × 100, mean ± 95% CI over evaluation seeds (test accuracy % in \
+        false => {
+            "Normalized score × 100, mean ± 95% CI over evaluation seeds (test accuracy % in \
                   parentheses); under it the verdict against llama (difference of mean test \
-                  accuracy in points, Holm-adjusted interval).\n\n",
+                  accuracy in points, Holm-adjusted interval).\n\n"
+        }
     };
     md += "Where each family's setting comes from (llama's val accuracy at the tuning seed, as a \
            share of the way from the floor to 100%, against the band 25–75%):\n\n";
