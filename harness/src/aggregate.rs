@@ -12,6 +12,15 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// One model's performance profile (the fraction of its runs above each τ) and its band.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProfileCurve {
+    pub model: String,
+    pub taus: Vec<f64>,
+    pub fraction: Vec<f64>,
+    pub band: Vec<(f64, f64)>,
+}
+
 /// Bootstrap resamples behind every interval (fixed, like the seed, so a re-render is
 /// byte-identical).
 pub const REPS: usize = 2000;

@@ -135,26 +135,12 @@ fn fmt_opt(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
 }
 
-/// Write leaderboard.{md,csv,json} and the SVG plots into `dir` from every run under it; returns
-/// the rows written and the run folders that could not be read.
+/// Write leaderboard.{md,csv,json}, the SVG plots and report.html into `dir` from every run
+/// under it; returns the rows written and the run folders that could not be read.
 pub fn write_report(
     dir: &Path,
 ) -> Result<(Vec<crate::leaderboard::Row>, crate::leaderboard::Unreadable)> {
-    use crate::leaderboard::{load_results, render, rows, unreadable_footer, Format};
-    let loaded = load_results(dir)?;
-    let rs = rows(&loaded.records);
-    for (f, name) in [
-        (Format::Md, "leaderboard.md"),
-        (Format::Csv, "leaderboard.csv"),
-        (Format::Json, "leaderboard.json"),
-    ] {
-        let mut text = render(&rs, f, true)?;
-        if f == Format::Md {
-            text += &unreadable_footer(&loaded.unreadable);
-        }
-        crate::io::write_atomic(&dir.join(name), text.as_bytes())?;
-    }
-    crate::plots::write_plots(dir, &loaded.records, &rs)?;
+    let (loaded, rs) = crate::plots::write_leaderboard(dir)?;
     let unreadable = loaded.unreadable.clone();
     crate::html::write_beside(dir, loaded, rs.clone())?;
     Ok((rs, unreadable))

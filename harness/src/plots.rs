@@ -220,6 +220,27 @@ pub fn mean_curve(dir: &Path, runs: &[&Record], pick: Pick) -> Vec<(f64, f64, f6
         .collect()
 }
 
+/// Write leaderboard.{md,csv,json} and the SVG plots into `dir` from every run under it (what
+/// the main job and `reproduce` put beside their runs); returns what was read and the rows.
+pub fn write_leaderboard(dir: &Path) -> Result<(crate::leaderboard::Loaded, Vec<Row>)> {
+    use crate::leaderboard::{load_results, render, rows, unreadable_footer, Format};
+    let loaded = load_results(dir)?;
+    let rs = rows(&loaded.records);
+    for (f, name) in [
+        (Format::Md, "leaderboard.md"),
+        (Format::Csv, "leaderboard.csv"),
+        (Format::Json, "leaderboard.json"),
+    ] {
+        let mut text = render(&rs, f, true)?;
+        if f == Format::Md {
+            text += &unreadable_footer(&loaded.unreadable);
+        }
+        crate::io::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    write_plots(dir, &loaded.records, &rs)?;
+    Ok((loaded, rs))
+}
+
 pub fn write_plots(dir: &Path, records: &[Record], rows: &[Row]) -> Result<()> {
     for r in records.iter().filter(|r| r.result.router_heatmap.len() > 1) {
         let path = RunDir::of(dir, &r.result.id)
@@ -1026,7 +1047,7 @@ mod colour_tests {
 
 /// The suite's performance profile: per model the fraction of runs whose normalized score
 /// exceeds τ, a step line over τ ∈ [0, 1] with its bootstrap band shaded.
-pub fn performance_profile(path: &Path, curves: &[crate::suite::ProfileCurve]) -> Result<()> {
+pub fn performance_profile(path: &Path, curves: &[crate::aggregate::ProfileCurve]) -> Result<()> {
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();

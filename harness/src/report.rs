@@ -665,7 +665,7 @@ pub fn write(a: &crate::reproduce::ReproduceArgs) -> Result<()> {
     eprintln!("wrote {}", a.out.display());
     if crate::rundir::has_runs(&a.results) {
         // The leaderboard and its figures of every committed run, beside the run folders.
-        crate::job::write_report(&a.results)?;
+        crate::plots::write_leaderboard(&a.results)?;
         for (name, rows) in &report.forest {
             let path = a.results.join(format!("{name}-differences.svg"));
             crate::plots::forest_plot(&path, name, rows)

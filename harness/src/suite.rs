@@ -447,14 +447,7 @@ pub struct NoiseFloor {
     pub detectable_iqm_diff: Option<f64>,
 }
 
-/// One model's performance profile and its band.
-#[derive(Clone, Debug, Serialize)]
-pub struct ProfileCurve {
-    pub model: String,
-    pub taus: Vec<f64>,
-    pub fraction: Vec<f64>,
-    pub band: Vec<(f64, f64)>,
-}
+pub use crate::aggregate::ProfileCurve;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SuiteJson {
