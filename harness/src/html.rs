@@ -467,7 +467,14 @@ fn verdicts(dir: &Path, records: &[Record]) -> Result<String> {
             .into_iter()
             .filter(|m| in_suite.contains(m))
             .collect();
-        let arms = crate::suite::arms(&models, crate::reproduce::Scale::Cpu)?;
+        // The arms already resolved, narrowed to those models (same order, so the same cells).
+        let arms: Vec<crate::reproduce::ArmRuns> = arms
+            .into_iter()
+            .map(|(label, specs)| {
+                let specs = specs.into_iter().filter(|s| models.contains(&s.model));
+                (label, specs.collect())
+            })
+            .collect();
         let claim = crate::suite::claim(&models);
         let quick = !records.iter().any(|r| r.result.seed > 0);
         let r = crate::suite::render(&models, &arms, &claim, dir, quick)?;

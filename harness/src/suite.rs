@@ -518,7 +518,12 @@ pub fn render(
             let cell = &st.cells[ci];
             row.level = cell.level.clone();
             row.layers = cell.specs[0].model_config.n_layers;
-            let floor = crate::reproduce::floor_of(cell, &mut memo)?;
+            // The standing measured the floor of every cell in a comparison; a suite of llama
+            // alone has none, so its floor is measured here.
+            let floor = match st.floors[ci] {
+                Some(f) => f,
+                None => crate::reproduce::floor_of(cell, &mut memo)?,
+            };
             row.floor = Some(floor);
             let (lr, runs): (Option<f64>, Vec<&Record>) = match quick {
                 true => {
@@ -660,6 +665,7 @@ pub fn render(
         })
         .collect();
     let noise_floor = noise_floor(&aa);
+    let (gpu_runs, gpu_flops) = size(models, Scale::Gpu)?;
     let devices: std::collections::BTreeSet<String> =
         used.iter().map(|r| r.result.device.clone()).collect();
     let json = SuiteJson {
@@ -678,8 +684,8 @@ pub fn render(
         runs: used.len(),
         wall_clock_s: used.iter().map(|r| r.result.wall_clock_s).sum::<f64>() + 0.0,
         devices: devices.into_iter().collect(),
-        gpu_runs: size(models, Scale::Gpu)?.0,
-        gpu_flops: size(models, Scale::Gpu)?.1,
+        gpu_runs,
+        gpu_flops,
     };
     let md = markdown(&json);
     Ok(Rendered { md, json })
